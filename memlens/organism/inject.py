@@ -1,0 +1,130 @@
+"""Injection: fine-tune new paragraphs into a model through chosen components only.
+
+In the spirit of the INJ benchmark (Chang et al., 2024): the caller names the sites (components
+of the registry), the paragraphs are trained in with every other weight fixed, and a
+localization method can then be scored on whether it finds those sites. Updates are strictly
+confined to the named slices: gradients outside them are zeroed, Adam has no weight decay, and
+the untouched weights are copied back after each step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from memlens.components import ComponentKey
+from memlens.data import ParagraphSet
+from memlens.errors import InputError
+from memlens.metrics import teacher_forced_scores
+
+if TYPE_CHECKING:
+    from memlens.model import HookedModel
+
+
+@dataclass
+class InjectionResult:
+    """Outcome of :func:`inject`.
+
+    Attributes:
+        components: the sites that were allowed to change.
+        em_before, em_after: EM of each paragraph before and after.
+        steps: optimizer steps taken.
+        weights_changed: number of scalar weights that differ from before (all inside the sites).
+        losses: training loss per step (mean continuation NLL, nats/token).
+    """
+
+    components: list[ComponentKey]
+    paragraph_ids: list[str]
+    em_before: Int[Tensor, " n"]
+    em_after: Int[Tensor, " n"]
+    continuation_len: int
+    steps: int
+    weights_changed: int
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def memorized(self) -> Tensor:
+        return self.em_after >= self.continuation_len
+
+    @property
+    def success_rate(self) -> float:
+        """Share of paragraphs memorized (EM = whole continuation) after injection."""
+        return float(self.memorized.float().mean())
+
+    @property
+    def succeeded(self) -> bool:
+        return bool(self.memorized.all())
+
+
+def inject(
+    model: "HookedModel",
+    paragraphs: ParagraphSet,
+    components: Sequence[ComponentKey | tuple],
+    *,
+    steps: int = 300,
+    lr: float = 1e-3,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> InjectionResult:
+    """Train ``paragraphs`` into ``model`` with only ``components`` allowed to change.
+
+    Stops as soon as every paragraph is recited in full, or after ``steps``; the result says
+    which paragraphs made it (a single head's four matrices often lack the room for a whole
+    50-token continuation: pick a site with room, e.g. an MLP or a whole layer).
+    """
+    if len(paragraphs) == 0:
+        raise InputError("inject got an empty ParagraphSet")
+    if not components:
+        raise InputError("inject needs at least one component, e.g. [(1, 'W_in', -1)]")
+    paragraphs.validate(model.vocab_size, model.n_ctx)
+    reg = model.components
+    keys = [reg.key(*k) for k in components]
+    masks: dict[int, Tensor] = {}
+    params: dict[int, torch.nn.Parameter] = {}
+    for key in keys:
+        for s in reg[key].slices:
+            m = masks.setdefault(id(s.param), torch.zeros_like(s.param, dtype=torch.bool))
+            s.of(m).fill_(True)
+            params[id(s.param)] = s.param
+    originals = {i: p.detach().clone() for i, p in params.items()}
+    all_params = list(model.tl_model.parameters())
+    flags = [p.requires_grad for p in all_params]
+    for p in all_params:
+        p.requires_grad_(id(p) in params)
+    opt = torch.optim.Adam(list(params.values()), lr=lr, weight_decay=0.0)
+    tokens = paragraphs.tokens.to(model.device)
+    P = paragraphs.prefix_len
+    em_before = teacher_forced_scores(model, paragraphs.tokens, P).em
+    losses: list[float] = []
+    step = 0
+    try:
+        bar = tqdm(range(steps), desc="inject", disable=not progress)
+        for step in bar:
+            batch = tokens[torch.randperm(len(tokens))[:batch_size]]
+            logits = model(batch[:, :-1])[:, P - 1 :]
+            loss = F.cross_entropy(logits.transpose(1, 2), batch[:, P:])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for i, p in params.items():
+                p.grad.mul_(masks[i])
+            opt.step()
+            with torch.no_grad():
+                for i, p in params.items():
+                    p.copy_(torch.where(masks[i], p, originals[i]))
+            losses.append(loss.item())
+            if step % 10 == 9 and bool((teacher_forced_scores(model, paragraphs.tokens, P).em >= paragraphs.continuation_len).all()):
+                break
+    finally:
+        for p, f in zip(all_params, flags):
+            p.requires_grad_(f)
+            p.grad = None
+    changed = sum(int((p.detach() != originals[i]).sum()) for i, p in params.items())
+    em_after = teacher_forced_scores(model, paragraphs.tokens, P).em
+    return InjectionResult(keys, list(paragraphs.ids), em_before, em_after, paragraphs.continuation_len,
+                           step + 1, changed, losses)

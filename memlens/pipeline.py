@@ -1,0 +1,69 @@
+"""``memlens run``: the main job, stage by stage, with every stage's result saved.
+
+Stages now: load (building the organism on first use) -> scan -> splits and ground-truth checks.
+Later analyses (gradient maps, heads, perturbation, unlearning, the HTML report) add stages here.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from memlens.data import ParagraphSet
+from memlens.io import write_json_atomic
+
+
+def organism_ground_truth(result, info) -> dict[str, Any]:
+    """EM against the organism's ground truth: memorization rate per duplication level, the
+    rank correlation of EM with copies, and the memorized share of seen-once and unseen text."""
+    from memlens.stats import spearman
+
+    df = result.to_dataframe()
+    planted = df[df["group"] == "planted"]
+    per_level = {
+        int(c): {"n": int(len(g)), "memorized": int((g["split"] == "memorized").sum()), "mean_em": round(float(g["em"].mean()), 2)}
+        for c, g in planted.groupby("copies")
+    }
+    out: dict[str, Any] = {"planted_by_copies": per_level,
+                           "spearman_em_vs_copies": round(spearman(planted["copies"].tolist(), planted["em"].tolist()), 3)}
+    for group in ("background", "held_out"):
+        g = df[df["group"] == group]
+        out[group] = {"n": int(len(g)), "frac_em_ge_30": round(float((g["em"] >= 30).mean()), 4),
+                      "mean_em": round(float(g["em"].mean()), 3), "mean_nll": round(float(g["nll"].mean()), 4)}
+    return out
+
+
+def run_pipeline(model_spec: str, out: Path, paragraphs: str | None = None, seed: int = 0,
+                 cache_dir: str | None = None) -> dict[str, Any]:
+    """Run every stage into ``out`` and return the summary (also written to ``summary.json``)."""
+    from memlens.cli import _load_model
+    from memlens.scan import scan
+
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    model = _load_model(model_spec, seed, cache_dir)
+    timings["load_model"] = round(time.perf_counter() - t, 1)
+    info = model.organism_info
+    if paragraphs is not None:
+        path = Path(paragraphs)
+        loader = ParagraphSet.from_csv if path.suffix.lower() == ".csv" else ParagraphSet.from_jsonl
+        paras = loader(path, model)
+    elif info is not None:
+        paras = info.paragraph_set()
+    else:
+        raise SystemExit("memlens run: this model has no built-in paragraphs; pass --paragraphs FILE")
+    t = time.perf_counter()
+    result = scan(model, paras, out=out / "scan.jsonl")
+    timings["scan"] = round(time.perf_counter() - t, 1)
+    summary: dict[str, Any] = {"model": model.name, "scan": result.summary()}
+    if info is not None and paragraphs is None:
+        summary["ground_truth"] = organism_ground_truth(result, info)
+        summary["organism"] = info.summary()
+    summary["seconds"] = timings
+    summary["torch_threads"] = torch.get_num_threads()
+    write_json_atomic(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set up with the dev extras, then run the test suite offline; then the TransformerLens 3
+# compatibility tests in a second environment (.venv-tl3) unless MEMLENS_SKIP_TL3=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh dev
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+.venv/bin/python -m pytest "$@"
+if [ "${MEMLENS_SKIP_TL3:-0}" != "1" ]; then
+  pip_install() { "$1" -m pip install -q "${@:2}" 2>&1 | grep -v '^WARNING: Location' || true; }
+  [ -x .venv-tl3/bin/python ] || "${PYTHON:-python3}" -m venv .venv-tl3
+  .venv-tl3/bin/python -c "import torch" 2>/dev/null || pip_install .venv-tl3/bin/python torch==2.13.0
+  .venv-tl3/bin/python -c "import transformer_lens, pytest" 2>/dev/null \
+    || pip_install .venv-tl3/bin/python "transformer-lens>=3.9,<4" pytest
+  pip_install .venv-tl3/bin/python --no-deps -e .
+  .venv-tl3/bin/python -m pytest -p no:cacheprovider tests/test_tl3.py "$@"
+fi

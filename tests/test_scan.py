@@ -1,0 +1,98 @@
+import importlib
+import json
+
+import pytest
+import torch
+
+from memlens import InputError, ParagraphSet, ScanResult, greedy_decode, scan
+from memlens.testing import random_tokens
+
+
+@pytest.fixture(scope="module")
+def planted_set(neo):
+    """Paragraphs of the random GPT-Neo with known EM: the continuation follows greedy decoding
+    for k tokens (k = 0, 5, 20, 30), then breaks."""
+    base = random_tokens(8, 60, neo.vocab_size, seed=11)
+    gen = greedy_decode(neo, base[:, :30], 30)
+    tokens = torch.cat([base[:, :30], gen], 1)
+    ems = [30, 30, 20, 5, 0, 0, 12, 30]
+    for i, k in enumerate(ems):
+        if k < 30:
+            tokens[i, 30 + k] = (gen[i, k] + 1) % neo.vocab_size
+    return ParagraphSet.from_tokens(tokens, prefix_len=30, ids=[f"p{i}" for i in range(8)]), ems
+
+
+def test_scan_em_and_splits(neo, planted_set):
+    ps, ems = planted_set
+    res = scan(neo, ps, batch_size=3, progress=False)
+    assert res.em.tolist() == ems
+    assert res.nll.shape == (8,) and res.nll.dtype == torch.float32
+    assert res.memorized().ids == ["p0", "p1", "p7"]
+    assert res.non_memorized().ids == ["p3", "p4", "p5"]
+    assert res.partly_memorized().ids == ["p2", "p6"]
+    s = res.summary()
+    assert s["memorized"]["count"] == 3 and s["partly"]["count"] == 2 and s["non_memorized"]["count"] == 3
+    df = res.to_dataframe()
+    assert list(df.columns[:4]) == ["paragraph", "em", "nll", "split"]
+    strict = scan(neo, ps, non_memorized_max_em=4, memorized_min_em=20, progress=False)
+    assert strict.memorized().ids == ["p0", "p1", "p2", "p7"] and strict.non_memorized().ids == ["p4", "p5"]
+
+
+def test_scan_save_load_and_plot(neo, planted_set, tmp_path):
+    ps, _ = planted_set
+    res = scan(neo, ps, progress=False)
+    res.save(tmp_path / "r.jsonl")
+    back = ScanResult.load(tmp_path / "r.jsonl")
+    assert back.em.tolist() == res.em.tolist() and torch.allclose(back.nll, res.nll)
+    assert torch.equal(back.paragraphs.tokens, ps.tokens)
+    fig = res.plot()
+    assert sum(fig.data[0].x) == sum(res.em.tolist())
+
+
+def test_scan_resumes_without_recomputing(neo, planted_set, tmp_path, monkeypatch):
+    ps, ems = planted_set
+    out = tmp_path / "scan.jsonl"
+    scan_mod = importlib.import_module("memlens.scan")  # the package's `scan` name is the function
+
+    calls = []
+    real = scan_mod.teacher_forced_scores
+
+    def flaky(model, tokens, *a, **k):
+        calls.append(tokens.shape[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(model, tokens, *a, **k)
+
+    monkeypatch.setattr(scan_mod, "teacher_forced_scores", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        scan(neo, ps, batch_size=3, out=out, progress=False)
+    assert not out.exists()  # never a half-written results file
+    partial = out.with_name(out.name + ".partial")
+    assert len(partial.read_text().strip().split("\n")) == 1 + 3
+    calls.clear()
+    monkeypatch.setattr(scan_mod, "teacher_forced_scores", real)
+    monkeypatch.setattr(scan_mod, "teacher_forced_scores", lambda m, t, *a, **k: (calls.append(t.shape[0]), real(m, t, *a, **k))[1])
+    res = scan(neo, ps, batch_size=3, out=out, progress=False)
+    assert sum(calls) == 5  # only the 5 paragraphs not yet done
+    assert res.em.tolist() == ems and out.exists() and not partial.exists()
+    assert ScanResult.load(out).em.tolist() == ems
+
+
+def test_scan_refuses_a_partial_of_another_model(neo, planted_set, tmp_path):
+    ps, _ = planted_set
+    out = tmp_path / "scan.jsonl"
+    out.with_name(out.name + ".partial").write_text(json.dumps({"model": "other", "prefix_len": 30, "continuation_len": 30}) + "\n")
+    with pytest.raises(InputError, match="another model"):
+        scan(neo, ps, out=out, progress=False)
+
+
+def test_scan_bad_input(neo):
+    with pytest.raises(InputError, match="empty"):
+        scan(neo, ParagraphSet.from_tokens(random_tokens(2, 100))[[]], progress=False)
+    bad = ParagraphSet.from_tokens(random_tokens(2, 100), ids=["ok", "bad"])
+    bad.tokens[1, 60] = neo.vocab_size + 3
+    with pytest.raises(InputError, match="paragraph 'bad' has token id"):
+        scan(neo, bad, progress=False)
+    long = ParagraphSet.from_tokens(random_tokens(2, 200), prefix_len=100, continuation_len=100)
+    with pytest.raises(InputError, match="exceed the model's context"):
+        scan(neo, long, progress=False)
