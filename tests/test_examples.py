@@ -1,6 +1,5 @@
 """The examples run as written, on the tiny organism."""
 
-import os
 import runpy
 from pathlib import Path
 

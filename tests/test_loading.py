@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from memlens import HookedModel, ModelLoadError
-from memlens.loading import from_hf, hub_reachable, plain_twin
+from memlens.loading import from_hf, hub_reachable
 from memlens.testing import random_hf_model, tiny_tokenizer
 
 

@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from memlens import HookError, InputError
-from memlens.model import HookedModel
 
 
 def test_public_surface(neo):

@@ -1,0 +1,1 @@
+"""Figures (plotly) and views (circuitsvis) of memlens results."""

@@ -1,0 +1,47 @@
+"""Plotly figures of gradient maps: heatmaps per component kind and layer profiles."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+    from memlens.gradients import GradientMapResult
+
+
+def plot_gradient_map(result: "GradientMapResult", title: str | None = None) -> "go.Figure":
+    """One heatmap per head kind (layer x head) and one for W_in / W_out (layer x matrix)."""
+    import torch
+    from plotly.subplots import make_subplots
+    import plotly.graph_objects as go
+
+    kinds = ["W_Q", "W_K", "W_V", "W_O"]
+    fig = make_subplots(rows=1, cols=5, subplot_titles=kinds + ["MLP"], horizontal_spacing=0.03,
+                        column_widths=[1, 1, 1, 1, 0.4])
+    zmax = float(result.scores.max()) if len(result.scores) else 1.0
+    for i, kind in enumerate(kinds):
+        z = result.grid(kind)
+        fig.add_trace(go.Heatmap(z=z.tolist(), zmin=0, zmax=zmax, coloraxis="coloraxis",
+                                 hovertemplate=f"{kind} L%{{y}} H%{{x}}: %{{z:.3g}}<extra></extra>"), 1, i + 1)
+    mlp = torch.cat([result.grid("W_in"), result.grid("W_out")], dim=1)
+    fig.add_trace(go.Heatmap(z=mlp.tolist(), x=["W_in", "W_out"], zmin=0, zmax=zmax, coloraxis="coloraxis",
+                             hovertemplate="%{x} L%{y}: %{z:.3g}<extra></extra>"), 1, 5)
+    fig.update_yaxes(title_text="layer", col=1)
+    fig.update_xaxes(title_text="head", col=1)
+    fig.update_layout(title=title or f"Gradient map ({result.objective}, {result.aggregation}|grad|, "
+                                     f"{len(result.paragraph_ids)} paragraphs)",
+                      coloraxis=dict(colorscale="Viridis"), height=360)
+    return fig
+
+
+def plot_layer_profiles(results: Sequence["GradientMapResult"], labels: Sequence[str] | None = None) -> "go.Figure":
+    """Total score per layer for each map (the paper's Fig. 9 layer profiles)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for i, r in enumerate(results):
+        name = (labels[i] if labels else None) or r.label or f"map {i} ({len(r.paragraph_ids)} paragraphs)"
+        fig.add_trace(go.Scatter(x=list(range(r.n_layers)), y=r.layer_totals().tolist(), mode="lines+markers", name=name))
+    fig.update_layout(title="Gradient per layer", xaxis_title="layer", yaxis_title="sum of component scores")
+    return fig

@@ -1,0 +1,166 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from memlens import InputError, ParagraphSet
+from memlens.gradients import GradientMap, GradientMapResult
+from memlens.testing import random_tokens
+
+
+@pytest.fixture(scope="module")
+def paras(neo):
+    return ParagraphSet.from_tokens(random_tokens(6, 40, neo.vocab_size, seed=7), prefix_len=20)
+
+
+@pytest.fixture(scope="module")
+def nll_map(neo, paras):
+    return GradientMap(neo).compute(paras, batch_size=4, progress=False)
+
+
+def test_scores_are_max_abs_gradient_of_each_slice(neo, paras, nll_map):
+    """Independent check on the plain HuggingFace model: autograd w.r.t. HF parameters, sliced by hand."""
+    hf = neo.plain_model()
+    names = {
+        "W_Q": "attn.attention.q_proj.weight", "W_K": "attn.attention.k_proj.weight",
+        "W_V": "attn.attention.v_proj.weight", "W_O": "attn.attention.out_proj.weight",
+        "W_in": "mlp.c_fc.weight", "W_out": "mlp.c_proj.weight",
+    }
+    params = dict(hf.named_parameters())
+    wanted = [params[f"transformer.h.{L}.{n}"] for L in range(neo.n_layers) for n in names.values()]
+    logits = hf(paras.tokens[:, :-1]).logits[:, 19:]
+    loss = F.cross_entropy(logits.transpose(1, 2), paras.tokens[:, 20:])
+    grads = dict(zip([(L, k) for L in range(neo.n_layers) for k in names], torch.autograd.grad(loss, wanted)))
+    df = nll_map.to_dataframe()
+    dh = neo.d_head
+    for row in df.itertuples():
+        g = grads[(row.layer, row.component)]
+        if row.component in ("W_Q", "W_K", "W_V"):
+            g = g[row.head * dh : (row.head + 1) * dh]
+        elif row.component == "W_O":
+            g = g[:, row.head * dh : (row.head + 1) * dh]
+        assert row.score == pytest.approx(g.abs().max().item(), rel=1e-4, abs=1e-9)
+    assert nll_map.loss == pytest.approx(loss.item(), rel=1e-5)
+
+
+def test_dataframe_surface(neo, nll_map):
+    df = nll_map.to_dataframe()
+    assert list(df.columns[:4]) == ["layer", "component", "head", "score"]
+    assert len(df) == neo.n_layers * (4 * neo.n_heads + 2)
+    assert set(df[df.component.isin(["W_in", "W_out"])]["head"]) == {-1}
+    top = nll_map.top(3)
+    assert top["score"].tolist() == sorted(df["score"], reverse=True)[:3]
+
+
+def test_only_the_paper_trainable_set_gets_gradients(neo, paras):
+    flags = {n: p.requires_grad for n, p in neo.tl_model.named_parameters()}
+    res = GradientMap(neo).compute(paras, progress=False)
+    assert set(res.weight_grads) == {s.param_name for c in neo.components for s in c.slices}
+    assert not any("wte" in n or "bias" in n or "ln" in n for n in res.weight_grads)
+    assert {n: p.requires_grad for n, p in neo.tl_model.named_parameters()} == flags
+    assert all(p.grad is None for p in neo.tl_model.parameters())
+
+
+def test_batch_size_does_not_change_the_map(neo, paras, nll_map):
+    other = GradientMap(neo).compute(paras, batch_size=1, progress=False)
+    torch.testing.assert_close(other.scores, nll_map.scores, rtol=1e-4, atol=1e-8)
+
+
+def test_aggregations(neo, paras, nll_map):
+    l1 = GradientMap(neo).compute(paras, aggregation="l1", progress=False)
+    mean = GradientMap(neo).compute(paras, aggregation="mean", progress=False)
+    sizes = torch.tensor([neo.components[k].numel for k in l1.keys], dtype=torch.float)
+    torch.testing.assert_close(mean.scores, l1.scores / sizes, rtol=1e-5, atol=1e-10)
+    assert torch.all(l1.scores >= nll_map.scores)
+    assert torch.all(nll_map.signed.abs() == nll_map.scores)
+
+
+def test_contrastive_at_the_original_weights_is_minus_nll(neo, paras, nll_map):
+    """KL(model || frozen copy of itself) has zero gradient where the two agree, so at the
+    original weights the contrastive gradient is exactly minus the NLL gradient."""
+    contrast = ParagraphSet.from_tokens(random_tokens(4, 40, neo.vocab_size, seed=8), prefix_len=20)
+    c = GradientMap(neo).compute(paras, contrast=contrast, progress=False)
+    assert c.objective == "contrastive"
+    torch.testing.assert_close(c.scores, nll_map.scores, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(c.signed, -nll_map.signed, rtol=1e-4, atol=1e-7)
+
+
+def test_per_paragraph_maps_in_one_pass_equal_single_maps(any_model):
+    paras = ParagraphSet.from_tokens(random_tokens(3, 30, any_model.vocab_size, seed=1), prefix_len=15)
+    gm = GradientMap(any_model)
+    fast = gm.compute_per_paragraph(paras, progress=False)
+    for i, r in enumerate(fast):
+        single = gm.compute(paras[[i]], keep_weight_grads=False, progress=False)
+        torch.testing.assert_close(r.scores, single.scores, rtol=1e-4, atol=1e-8)
+        assert r.paragraph_ids == [paras.ids[i]]
+
+
+def test_masks(nll_map):
+    total = sum(g.numel() for g in nll_map.weight_grads.values())
+    m = nll_map.mask(count=50)
+    assert sum(int(x.sum()) for x in m.values()) == 50
+    chosen = torch.cat([nll_map.weight_grads[n][m[n]] for n in m])
+    rest = torch.cat([nll_map.weight_grads[n][~m[n]] for n in m])
+    assert chosen.min() >= rest.max()
+    f = nll_map.mask(fraction=0.01)
+    assert sum(int(x.sum()) for x in f.values()) == round(0.01 * total)
+    per = nll_map.mask(fraction=0.01, scope="per_layer")
+    for layer in (0, 1):
+        names = [n for n in per if f".h.{layer}." in n]
+        n_layer = sum(nll_map.weight_grads[n].numel() for n in names)
+        assert sum(int(per[n].sum()) for n in names) == pytest.approx(0.01 * n_layer, abs=1)
+    with pytest.raises(InputError, match="exactly one"):
+        nll_map.mask()
+
+
+def test_save_load(nll_map, tmp_path):
+    nll_map.save(tmp_path / "g.pt")
+    back = GradientMapResult.load(tmp_path / "g.pt")
+    assert back.keys == nll_map.keys and torch.equal(back.scores, nll_map.scores)
+    fig = nll_map.plot()
+    assert len(fig.data) == 5
+
+
+def test_bad_input(neo, paras):
+    gm = GradientMap(neo)
+    with pytest.raises(InputError, match="empty"):
+        gm.compute(paras[[]])
+    other = ParagraphSet.from_tokens(random_tokens(2, 40, neo.vocab_size), prefix_len=10)
+    with pytest.raises(InputError, match="differ in length"):
+        gm.compute(paras, contrast=other)
+    with pytest.raises(InputError, match="layer 7 out of range"):
+        gm.compute(paras, components=[(7, "W_Q", 0)])
+    with pytest.raises(InputError, match="unknown aggregation"):
+        gm.compute(paras, aggregation="median")
+    w = neo.components[(0, "W_V", 0)].weights()[0]
+    saved = w.clone()
+    w[0, 0] = float("nan")
+    try:
+        with pytest.raises(InputError, match="non-finite NLL for paragraph '0'"):
+            gm.compute(paras, progress=False)
+    finally:
+        w.copy_(saved)
+
+
+def test_activation_gradients_match_autograd(neo, paras):
+    from memlens.activation_gradients import activation_gradients
+
+    res = activation_gradients(neo, paras[:3], progress=False)
+    assert res.values.shape == (3, neo.n_layers, 4, neo.n_heads, 39)
+    # independent check for one paragraph, layer 1, v: autograd through a hook that keeps the tensor
+    kept = {}
+
+    def keep(t, hook):
+        t.retain_grad()
+        kept["v"] = t
+        return t
+
+    with neo.hooks(fwd_hooks=[("blocks.1.attn.hook_v", keep)]):
+        logits = neo(paras.tokens[1:2, :-1])[:, 19:]
+        F.cross_entropy(logits.transpose(1, 2), paras.tokens[1:2, 20:]).backward()
+    expected = kept["v"].grad.abs().amax(-1)[0].T  # [head, pos]
+    for p in neo.tl_model.parameters():
+        p.grad = None
+    torch.testing.assert_close(res.values[1, 1, 2], expected, rtol=1e-4, atol=1e-9)
+    assert res.values[:, :, :, :, 19].sum() > 0
+    assert res.head_scores("v").shape == (neo.n_layers, neo.n_heads)
+    assert len(res.to_dataframe()) == neo.n_layers * neo.n_heads * 4
