@@ -249,7 +249,9 @@ class _quiet_transformers:
             from transformers.utils import logging as hf_logging
 
             self._hf = hf_logging.get_verbosity()
+            self._bars = hf_logging.is_progress_bar_enabled()
             hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
         except ImportError:  # pragma: no cover
             self._hf = None
 
@@ -260,4 +262,6 @@ class _quiet_transformers:
             from transformers.utils import logging as hf_logging
 
             hf_logging.set_verbosity(self._hf)
+            if self._bars:
+                hf_logging.enable_progress_bar()
         self._warn.__exit__(*exc)

@@ -1,7 +1,9 @@
 """``memlens run``: the main job, stage by stage, with every stage's result saved.
 
-Stages now: load (building the organism on first use) -> scan -> splits and ground-truth checks.
-Later analyses (gradient maps, heads, perturbation, unlearning, the HTML report) add stages here.
+Stages now: load (building the organism on first use) -> scan -> splits and ground-truth checks
+-> gradient maps (memorized vs non-memorized, profiles by EM range). A stage whose output is
+already in the folder is loaded, not recomputed, so an interrupted run resumes. Later analyses
+(heads, perturbation, unlearning, the HTML report) add stages here.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Any
 import torch
 
 from memlens.data import ParagraphSet
-from memlens.io import write_json_atomic
+from memlens.io import atomic_path, write_json_atomic
+from memlens.scan import ScanResult
 
 
 def organism_ground_truth(result, info) -> dict[str, Any]:
@@ -34,6 +37,37 @@ def organism_ground_truth(result, info) -> dict[str, Any]:
         out[group] = {"n": int(len(g)), "frac_em_ge_30": round(float((g["em"] >= 30).mean()), 4),
                       "mean_em": round(float(g["em"].mean()), 3), "mean_nll": round(float(g["nll"].mean()), 4)}
     return out
+
+
+def gradient_stage(model, result, out: Path, max_paragraphs: int = 32) -> dict[str, Any]:
+    """NLL gradient maps of memorized and non-memorized paragraphs, their comparison and the
+    profiles by EM range; maps saved as ``gradients_*.pt``, profiles as CSV."""
+    from memlens.gradients import GradientMap, GradientMapResult, profiles_by_em_range
+
+    mem, non = result.memorized()[:max_paragraphs], result.non_memorized()[:max_paragraphs]
+    if len(mem) == 0 or len(non) == 0:
+        return {"skipped": f"needs memorized and non-memorized paragraphs ({len(mem)} / {len(non)})"}
+    maps = {}
+    for name, group in (("memorized", mem), ("non_memorized", non)):
+        path = out / f"gradients_{name}.pt"
+        if path.exists():
+            maps[name] = GradientMapResult.load(path)
+        else:
+            maps[name] = GradientMap(model).compute(group, keep_weight_grads=False, progress=False)
+            maps[name].label = name
+            maps[name].save(path)
+    profiles = out / "gradient_profiles_by_em.csv"
+    if profiles.exists():
+        import pandas as pd
+
+        df = pd.read_csv(profiles)
+    else:
+        df = profiles_by_em_range(model, result, progress=False)
+        with atomic_path(profiles) as tmp:
+            df.to_csv(tmp, index=False)
+    return {"memorized_vs_non_memorized": maps["memorized"].compare(maps["non_memorized"]).summary(),
+            "top_memorized": maps["memorized"].top(5).to_dict(orient="records"),
+            "by_em_range": df.to_dict(orient="records")}
 
 
 def run_pipeline(model_spec: str, out: Path, paragraphs: str | None = None, seed: int = 0,
@@ -57,12 +91,18 @@ def run_pipeline(model_spec: str, out: Path, paragraphs: str | None = None, seed
     else:
         raise SystemExit("memlens run: this model has no built-in paragraphs; pass --paragraphs FILE")
     t = time.perf_counter()
-    result = scan(model, paras, out=out / "scan.jsonl")
+    if (out / "scan.jsonl").exists():
+        result = ScanResult.load(out / "scan.jsonl")
+    else:
+        result = scan(model, paras, out=out / "scan.jsonl")
     timings["scan"] = round(time.perf_counter() - t, 1)
     summary: dict[str, Any] = {"model": model.name, "scan": result.summary()}
     if info is not None and paragraphs is None:
         summary["ground_truth"] = organism_ground_truth(result, info)
         summary["organism"] = info.summary()
+    t = time.perf_counter()
+    summary["gradients"] = gradient_stage(model, result, out)
+    timings["gradients"] = round(time.perf_counter() - t, 1)
     summary["seconds"] = timings
     summary["torch_threads"] = torch.get_num_threads()
     write_json_atomic(out / "summary.json", summary)

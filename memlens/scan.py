@@ -222,6 +222,7 @@ def _read_partial(path: Path, fingerprint: dict, paragraphs: ParagraphSet) -> di
             "delete it or choose another output file"
         )
     done = {}
+    kept = [lines[0]]
     wanted = set(paragraphs.ids)
     for line in lines[1:]:
         try:
@@ -230,4 +231,6 @@ def _read_partial(path: Path, fingerprint: dict, paragraphs: ParagraphSet) -> di
             continue  # the last line of an interrupted write
         if row.get("id") in wanted:
             done[row["id"]] = (int(row["em"]), float(row["nll"]))
+            kept.append(line)
+    write_text_atomic(path, "\n".join(kept) + "\n")  # drop a torn last line before appending
     return done

@@ -96,3 +96,13 @@ def test_scan_bad_input(neo):
     long = ParagraphSet.from_tokens(random_tokens(2, 200), prefix_len=100, continuation_len=100)
     with pytest.raises(InputError, match="exceed the model's context"):
         scan(neo, long, progress=False)
+
+
+def test_scan_resume_survives_a_torn_last_line(neo, planted_set, tmp_path):
+    ps, ems = planted_set
+    out = tmp_path / "scan.jsonl"
+    partial = out.with_name(out.name + ".partial")
+    header = json.dumps({"model": neo.name, "prefix_len": 30, "continuation_len": 30})
+    partial.write_text(header + "\n" + json.dumps({"id": "p0", "em": 30, "nll": 0.1}) + "\n" + '{"id": "p1", "em"')
+    res = scan(neo, ps, out=out, progress=False)
+    assert res.em.tolist() == ems

@@ -26,8 +26,13 @@ def default_cache_root() -> Path:
 
 
 def organism_key(size: str, seed: int) -> str:
-    """Folder name: the corpus depends on the Python version, so it is part of the key."""
-    return f"organism-{size}-seed{seed}-py{sys.version_info.major}{sys.version_info.minor}-v{ORGANISM_FORMAT}"
+    """Folder name: size, seed, Python version (the corpus depends on it) and a hash of the
+    size's configuration, so that a changed recipe never loads an old build."""
+    from memlens.organism.config import get_config
+
+    recipe = hashlib.sha256(json.dumps(get_config(size).to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    py = f"py{sys.version_info.major}{sys.version_info.minor}"
+    return f"organism-{size}-seed{seed}-{py}-v{ORGANISM_FORMAT}-{recipe}"
 
 
 def _sha256(path: Path) -> str:

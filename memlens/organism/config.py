@@ -32,7 +32,7 @@ class OrganismConfig:
     prefix_len: int = 50
     continuation_len: int = 50
     warmup_frac: float = 0.05
-    weight_decay: float = 0.01
+    weight_decay: float = 0.0
     tokenizer_chars: int = 4_000_000
     min_unique_tokens: int = 35
     extra: dict = field(default_factory=dict)
@@ -58,8 +58,8 @@ class OrganismConfig:
 PRESETS: dict[str, OrganismConfig] = {
     "default": OrganismConfig(
         size="default", vocab_size=4096, n_layers=4, d_model=192, n_heads=8, window_size=32,
-        n_ctx=128, steps=700, batch_size=32, lr=2e-3,
-        planted_copies=(1, 2, 4, 8, 16, 32, 64, 128, 256), planted_per_level=6, n_held_out=256,
+        n_ctx=128, steps=1100, batch_size=16, lr=2e-3,
+        planted_copies=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), planted_per_level=6, n_held_out=256,
     ),
     "tiny": OrganismConfig(
         size="tiny", vocab_size=2048, n_layers=2, d_model=128, n_heads=4, window_size=32,

@@ -97,7 +97,10 @@ def build_organism(
         if step + 1 == stop_after:
             return None
     model.eval()
-    model.save_pretrained(str(out_dir / "model"))
+    from memlens.loading import _quiet_transformers
+
+    with _quiet_transformers():
+        model.save_pretrained(str(out_dir / "model"))
     counts = torch.bincount(stream.flatten(), minlength=cfg.vocab_size)
     info = OrganismInfo(
         planted=planted, background=background, held_out=held_out, unigram_counts=counts,
