@@ -12,9 +12,8 @@ import json
 import math
 import time
 
-import torch
-
 import memlens as ml
+from memlens.model import preserved_weights
 from memlens.organism import build, inject, organism_path
 from memlens.pipeline import organism_ground_truth
 
@@ -58,7 +57,6 @@ def main() -> None:
         "uniform_nll": round(math.log(model.vocab_size), 3),
     }
 
-    saved = {n: p.detach().clone() for n, p in model.tl_model.named_parameters()}
     L = model.n_layers - 1
     sites = {
         "one head (W_Q,W_K,W_V,W_O of L1H0)": [(1, k, 0) for k in ("W_Q", "W_K", "W_V", "W_O")],
@@ -70,12 +68,10 @@ def main() -> None:
     out["injection"] = {}
     for name, comps in sites.items():
         t0 = time.perf_counter()
-        r = inject(model, targets, comps, steps=args.inject_steps, lr=3e-3, progress=False)
+        with preserved_weights(model.tl_model):
+            r = inject(model, targets, comps, steps=args.inject_steps, lr=3e-3, progress=False)
         out["injection"][name] = {"success_rate": r.success_rate, "em_after": r.em_after.tolist(),
                                   "steps": r.steps, "seconds": round(time.perf_counter() - t0, 1)}
-        with torch.no_grad():
-            for n, p in model.tl_model.named_parameters():
-                p.copy_(saved[n])
     print(json.dumps(out, indent=2))
     if args.json:
         with open(args.json, "w") as f:

@@ -371,6 +371,18 @@ def _activation_index(head: int | None, positions: int | Sequence[int] | slice |
 
 
 @contextlib.contextmanager
+def preserved_weights(module: nn.Module) -> Iterator[None]:
+    """Restore every parameter's values on exit (a copy of the weights is held meanwhile)."""
+    saved = [(p, p.detach().clone()) for p in module.parameters()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, v in saved:
+                p.copy_(v)
+
+
+@contextlib.contextmanager
 def preserved_grads(module: nn.Module) -> Iterator[None]:
     """Leave every parameter's ``.grad`` as it was before the block."""
     saved = {id(p): (p, p.grad) for p in module.parameters()}

@@ -1,9 +1,10 @@
 """``memlens run``: the main job, stage by stage, with every stage's result saved.
 
 Stages now: load (building the organism on first use) -> scan -> splits and ground-truth checks
--> gradient maps (memorized vs non-memorized, profiles by EM range). A stage whose output is
+-> gradient maps (memorized vs non-memorized, profiles by EM range) -> prefix perturbation
+(memorized vs non-memorized, perturbed paragraphs for editing). A stage whose output is
 already in the folder is loaded, not recomputed, so an interrupted run resumes. Later analyses
-(heads, perturbation, unlearning, the HTML report) add stages here.
+(heads, unlearning, the HTML report) add stages here.
 """
 
 from __future__ import annotations
@@ -70,6 +71,33 @@ def gradient_stage(model, result, out: Path, max_paragraphs: int = 32) -> dict[s
             "by_em_range": df.to_dict(orient="records")}
 
 
+def perturbation_stage(model, result, out: Path, max_paragraphs: int = 8, n_samples: int = 4) -> dict[str, Any]:
+    """Random single-token prefix perturbations of memorized and non-memorized paragraphs (every
+    position, ``n_samples`` each); results saved as ``perturbation_*.jsonl``, and the perturbed
+    memorized paragraphs (for editing) as ``perturbed_memorized.jsonl``."""
+    from memlens.perturb import PerturbationResult, PrefixPerturber
+
+    groups = {"memorized": result.memorized()[:max_paragraphs], "non_memorized": result.non_memorized()[:max_paragraphs]}
+    if any(len(g) == 0 for g in groups.values()):
+        return {"skipped": "needs memorized and non-memorized paragraphs"}
+    pert = PrefixPerturber(model)
+    res = {}
+    for name, group in groups.items():
+        path = out / f"perturbation_{name}.jsonl"
+        if path.exists():
+            res[name] = PerturbationResult.load(path)
+        else:
+            res[name] = pert.sweep(group, strategy="random", n_samples=n_samples, seed=0, progress=False)
+            res[name].save(path)
+    edited_path = out / "perturbed_memorized.jsonl"
+    if not edited_path.exists():
+        pert.perturbed_paragraphs(groups["memorized"], result=res["memorized"]).save(edited_path)
+    worst = res["memorized"].worst()
+    return {"mean_em_drop_memorized": round(res["memorized"].mean_em_drop(), 2),
+            "mean_em_drop_non_memorized": round(res["non_memorized"].mean_em_drop(), 2),
+            "worst_memorized": worst[["paragraph", "position", "token", "em"]].to_dict(orient="records")}
+
+
 def run_pipeline(model_spec: str, out: Path, paragraphs: str | None = None, seed: int = 0,
                  cache_dir: str | None = None) -> dict[str, Any]:
     """Run every stage into ``out`` and return the summary (also written to ``summary.json``)."""
@@ -103,6 +131,9 @@ def run_pipeline(model_spec: str, out: Path, paragraphs: str | None = None, seed
     t = time.perf_counter()
     summary["gradients"] = gradient_stage(model, result, out)
     timings["gradients"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    summary["perturbation"] = perturbation_stage(model, result, out)
+    timings["perturbation"] = round(time.perf_counter() - t, 1)
     summary["seconds"] = timings
     summary["torch_threads"] = torch.get_num_threads()
     write_json_atomic(out / "summary.json", summary)

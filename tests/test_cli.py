@@ -54,3 +54,15 @@ def test_run_and_organism_info(organism, organism_cache, tmp_path, capsys):
     gt = summary["ground_truth"]
     assert set(gt) >= {"planted_by_copies", "spearman_em_vs_copies", "background", "held_out"}
     assert (out / "scan.jsonl").exists()
+    g = summary["gradients"]["memorized_vs_non_memorized"]
+    assert g["total_a"] < g["total_b"]  # memorized paragraphs: smaller gradients
+    p = summary["perturbation"]
+    assert p["mean_em_drop_memorized"] < p["mean_em_drop_non_memorized"]
+    for name in ("gradients_memorized.pt", "perturbation_memorized.jsonl", "perturbed_memorized.jsonl"):
+        assert (out / name).exists()
+    # a second run resumes: every stage's output is loaded, the summary is the same
+    stamp = (out / "perturbation_memorized.jsonl").stat().st_mtime_ns
+    assert main(["run", "--model", "organism-tiny", "--cache-dir", organism_cache, "--out", str(out)]) == 0
+    assert (out / "perturbation_memorized.jsonl").stat().st_mtime_ns == stamp
+    again = json.loads((out / "summary.json").read_text())
+    assert again["perturbation"] == p and again["ground_truth"] == gt

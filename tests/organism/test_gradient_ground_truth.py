@@ -1,20 +1,9 @@
 """GradientMap against the organism's ground truth."""
 
-import pytest
-import torch
 
 from memlens import ComponentKey, scan
 from memlens.gradients import GradientMap
 from memlens.organism import inject
-
-
-@pytest.fixture
-def restored(organism):
-    saved = {n: p.detach().clone() for n, p in organism.tl_model.named_parameters()}
-    yield organism
-    with torch.no_grad():
-        for n, p in organism.tl_model.named_parameters():
-            p.copy_(saved[n])
 
 
 def precision_at_k(result, sites: set[ComponentKey]) -> float:

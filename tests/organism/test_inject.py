@@ -7,15 +7,6 @@ from memlens import InputError, scan
 from memlens.organism import inject
 
 
-@pytest.fixture
-def restored(organism):
-    saved = {n: p.detach().clone() for n, p in organism.tl_model.named_parameters()}
-    yield organism
-    with torch.no_grad():
-        for n, p in organism.tl_model.named_parameters():
-            p.copy_(saved[n])
-
-
 def test_inject_into_an_mlp(restored):
     model = restored
     targets = model.organism_info.held_out[:2]

@@ -1,0 +1,379 @@
+"""SparseFineTuner: unlearn or edit a memorized paragraph through a few weights (Section 5.3).
+
+Objectives (the paper's): *unlearn* minimises -NLL(target continuation) + kl_weight *
+KL(retain paragraphs under the model || the original model); *edit* minimises NLL(new
+continuation after the target's prefix) + the same KL. Only weights inside a mask move: the top
+fraction by |gradient| of the objective (fixed at the first step), a random mask of the same size,
+all weights of the trainable set, or any user mask. Unlike the original code (whose Adam weight
+decay moved "frozen" weights), updates are strictly sparse: gradients are masked, Adam has no
+weight decay, and weights outside the mask are copied back after every step. ``restore()``
+brings back the exact original weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from memlens.data import Paragraph, ParagraphSet
+from memlens.errors import InputError
+from memlens.gradients import GradientMap, GradientMapResult
+from memlens.metrics import greedy_decode, teacher_forced_scores
+from memlens.objectives import continuation_logits, continuation_nll, kl_to_reference
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    from memlens.model import HookedModel
+
+Mask = dict[str, Tensor]
+MASK_KINDS = ("topk", "random", "all")
+
+
+@dataclass
+class FineTuneResult:
+    """Before/after EM and NLL per paragraph, against the original model's own greedy continuations
+    (for a memorized paragraph, its true continuation); for ``edit`` the target rows also score the
+    new continuation (``em_new_*``).
+
+    Attributes:
+        objective: ``unlearn`` or ``edit``; mask_kind: ``topk``, ``random``, ``all`` or ``user``.
+        rows: one dict per (set, paragraph): set (``target``, ``other_memorized``, ``retain``),
+            paragraph, em_before, em_after, nll_before, nll_after.
+        weights_changed: scalar weights that differ from the tuner's original weights after the run
+            (cumulative over runs not separated by ``restore()``).
+        mask_size: weights the mask allowed to change.
+        losses: objective per step.
+    """
+
+    objective: str
+    mask_kind: str
+    rows: list[dict[str, Any]]
+    weights_changed: int
+    mask_size: int
+    losses: list[float] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dataframe(self) -> "pd.DataFrame":
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    def mean(self, set_name: str, column: str = "em_after") -> float:
+        vals = [r[column] for r in self.rows if r["set"] == set_name]
+        return float(sum(vals) / len(vals)) if vals else float("nan")
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"objective": self.objective, "mask": self.mask_kind,
+                               "mask_size": self.mask_size, "weights_changed": self.weights_changed}
+        for s in ("target", "other_memorized", "retain"):
+            out[f"{s}_em_before"] = self.mean(s, "em_before")
+            out[f"{s}_em_after"] = self.mean(s, "em_after")
+        if self.objective == "edit":
+            out["target_em_new_after"] = self.mean("target", "em_new_after")
+        return out
+
+    def plot(self) -> "go.Figure":
+        """Loss per step and mean EM before/after per set."""
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("objective per step", "mean EM before / after"))
+        fig.add_trace(go.Scatter(y=self.losses, mode="lines+markers", name="loss"), 1, 1)
+        sets = [s for s in ("target", "other_memorized", "retain") if any(r["set"] == s for r in self.rows)]
+        for col, name in (("em_before", "before"), ("em_after", "after")):
+            fig.add_trace(go.Bar(x=sets, y=[self.mean(s, col) for s in sets], name=name), 1, 2)
+        fig.update_layout(title=f"{self.objective} with mask '{self.mask_kind}' ({self.mask_size} weights)")
+        return fig
+
+    def _repr_html_(self) -> str:
+        return self.to_dataframe().to_html(index=False)
+
+
+class SparseFineTuner:
+    """Fine-tune a few weights of a HookedModel to unlearn or edit memorized paragraphs; reversible.
+
+    Example::
+
+        ft = SparseFineTuner(model)
+        res = ft.unlearn(mem[0], retain=nonmem, mask="topk", fraction=0.001, steps=10)
+        ft.restore()
+        with ft.restored():          # or: every run inside is undone at the end
+            ft.edit(mem[0], perturbed_paragraph=edited[0], retain=nonmem)
+    """
+
+    def __init__(self, model: "HookedModel") -> None:
+        self.model = model
+        self._original: dict[str, Tensor] | None = None
+
+    @property
+    def params(self) -> dict[str, nn.Parameter]:
+        """The trainable set (the component registry's parameters) by name."""
+        return {s.param_name: s.param for c in self.model.components for s in c.slices}
+
+    # --- reversibility ---------------------------------------------------------------------
+    def _snapshot(self) -> None:
+        if self._original is None:
+            self._original = {n: p.detach().clone() for n, p in self.params.items()}
+
+    def restore(self) -> None:
+        """Put back the exact weights the model had before the first run of this tuner."""
+        if self._original is None:
+            return
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(self._original[n])
+
+    @contextlib.contextmanager
+    def restored(self) -> Iterator["SparseFineTuner"]:
+        """Runs inside the block are undone when it ends (also on error)."""
+        try:
+            yield self
+        finally:
+            self.restore()
+
+    def weights_changed(self) -> int:
+        """Scalar weights of the trainable set that differ from the original."""
+        if self._original is None:
+            return 0
+        return sum(int((p.detach() != self._original[n]).sum()) for n, p in self.params.items())
+
+    # --- masks -------------------------------------------------------------------------------
+    def make_mask(
+        self, kind: str | Mask | GradientMapResult, fraction: float, objective_map: GradientMapResult | None,
+        seed: int = 0,
+    ) -> tuple[Mask, str]:
+        """A boolean mask per trainable parameter: ``topk`` (largest |gradient| of the objective),
+        ``random`` (uniform, same size as top-k), ``all``, a GradientMapResult's top fraction, or
+        a user mask (validated)."""
+        params = self.params
+        if isinstance(kind, GradientMapResult):
+            return kind.mask(fraction=fraction), "topk"
+        if isinstance(kind, dict):
+            return self._validate_mask(kind), "user"
+        if kind not in MASK_KINDS:
+            raise InputError(f"unknown mask {kind!r}; use one of {MASK_KINDS}, a GradientMapResult or a dict of boolean tensors")
+        if kind == "all":
+            return {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}, "all"
+        if kind == "topk":
+            assert objective_map is not None
+            return objective_map.mask(fraction=fraction), "topk"
+        total = sum(p.numel() for p in params.values())
+        count = max(1, int(round(fraction * total)))
+        g = torch.Generator().manual_seed(seed)
+        chosen = torch.zeros(total, dtype=torch.bool)
+        chosen[torch.randperm(total, generator=g)[:count]] = True
+        out, offset = {}, 0
+        for n, p in params.items():
+            out[n] = chosen[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+        return out, "random"
+
+    def _validate_mask(self, mask: Mask) -> Mask:
+        params = self.params
+        unknown = sorted(set(mask) - set(params))
+        if unknown:
+            raise InputError(f"mask names parameters the trainable set does not have: {unknown[:3]}; "
+                             f"expected names like {sorted(params)[:2]}")
+        out = {}
+        for n, p in params.items():
+            m = mask.get(n)
+            if m is None:
+                out[n] = torch.zeros_like(p, dtype=torch.bool)
+                continue
+            m = torch.as_tensor(m)
+            if m.shape != p.shape:
+                raise InputError(f"mask for {n!r} has shape {tuple(m.shape)}, the parameter {tuple(p.shape)}")
+            out[n] = m.to(torch.bool)
+        if sum(int(m.sum()) for m in out.values()) == 0:
+            raise InputError("the mask selects no weight; nothing could change")
+        return out
+
+    # --- objectives --------------------------------------------------------------------------
+    def unlearn(
+        self, target: Paragraph | ParagraphSet, retain: ParagraphSet, mask: str | Mask | GradientMapResult = "topk",
+        fraction: float = 0.001, steps: int = 10, lr: float = 1e-3, kl_weight: float = 1.0,
+        other_memorized: ParagraphSet | None = None, seed: int = 0,
+    ) -> FineTuneResult:
+        """Raise the NLL of the target's continuation, keeping the retain set close to the
+        original model (KL), through the weights of ``mask``."""
+        target_set = _as_set(target)
+        return self._run("unlearn", target_set, target_set, retain, mask, fraction, steps, lr, kl_weight,
+                         other_memorized, seed)
+
+    def edit(
+        self, target: Paragraph | ParagraphSet, retain: ParagraphSet, new_continuation: Tensor | None = None,
+        perturbed_paragraph: Paragraph | ParagraphSet | None = None, mask: str | Mask | GradientMapResult = "topk",
+        fraction: float = 0.001, steps: int = 10, lr: float = 1e-3, kl_weight: float = 1.0,
+        other_memorized: ParagraphSet | None = None, seed: int = 0,
+    ) -> FineTuneResult:
+        """Teach the model to follow the target's prefix with a new continuation (given directly,
+        or the continuation of its perturbed paragraph from PrefixPerturber), keeping the retain
+        set close to the original model (KL)."""
+        target_set = _as_set(target)
+        if (new_continuation is None) == (perturbed_paragraph is None):
+            raise InputError("edit needs exactly one of new_continuation= or perturbed_paragraph=")
+        new = (torch.as_tensor(new_continuation) if new_continuation is not None
+               else _as_set(perturbed_paragraph).continuations)
+        if new.ndim == 1:
+            new = new[None]
+        if new.shape != target_set.continuations.shape:
+            raise InputError(f"the new continuation has shape {tuple(new.shape)}, the target's "
+                             f"{tuple(target_set.continuations.shape)}")
+        edited = ParagraphSet(torch.cat([target_set.prefixes, new.long()], 1), target_set.prefix_len,
+                              target_set.continuation_len, [f"{i}~edit" for i in target_set.ids])
+        return self._run("edit", target_set, edited, retain, mask, fraction, steps, lr, kl_weight,
+                         other_memorized, seed)
+
+    def _run(self, objective: str, target: ParagraphSet, train_on: ParagraphSet, retain: ParagraphSet,
+             mask_kind: Any, fraction: float, steps: int, lr: float, kl_weight: float,
+             other: ParagraphSet | None, seed: int) -> FineTuneResult:
+        model = self.model
+        if len(retain) == 0:
+            raise InputError("the retain set is empty")
+        target.check_compatible(retain, "the target and the retain set")
+        if other is not None:
+            target.check_compatible(other, "the target and the other memorized set")
+        if steps < 1:
+            raise InputError(f"steps must be >= 1, got {steps}")
+        if not 0 < lr < float("inf"):
+            raise InputError(f"lr must be a positive finite number, got {lr}")
+        for s in (target, retain) + ((other,) if other is not None else ()):
+            s.validate(model.vocab_size, model.n_ctx)
+        self._snapshot()
+        sets = {"target": target, "retain": retain} | ({"other_memorized": other} if other is not None else {})
+        refs = {k: self._reference(v) for k, v in sets.items()}
+        before = {k: teacher_forced_scores(model, refs[k].tokens, refs[k].prefix_len) for k in sets}
+        true_em = teacher_forced_scores(model, target.tokens, target.prefix_len).em
+        if true_em.lt(target.continuation_len).any():
+            missing = [i for i, e in zip(target.ids, true_em.tolist()) if e < target.continuation_len]
+            warnings.warn(f"target paragraph(s) {missing} are not memorized (EM of the true continuation < "
+                          f"{target.continuation_len}); running anyway", stacklevel=3)
+        new_before = teacher_forced_scores(model, train_on.tokens, train_on.prefix_len) if objective == "edit" else None
+        with torch.no_grad():
+            ref_logits = continuation_logits(model, retain.tokens, retain.prefix_len).detach()
+
+        def loss_fn() -> Tensor:
+            nll = continuation_nll(model, train_on.tokens, train_on.prefix_len)
+            kl = kl_to_reference(continuation_logits(model, retain.tokens, retain.prefix_len), ref_logits)
+            return (-nll if objective == "unlearn" else nll) + kl_weight * kl
+
+        objective_map = None
+        if mask_kind == "topk" or mask_kind == "random":
+            objective_map = GradientMap(model).compute(
+                train_on, contrast=retain, objective="contrastive" if objective == "unlearn" else "nll", progress=False)
+        masks, kind = self.make_mask(mask_kind, fraction, objective_map, seed)
+        mask_size = sum(int(m.sum()) for m in masks.values())
+        losses = self._optimize(loss_fn, masks, steps, lr)
+        rows = []
+        after = {k: teacher_forced_scores(model, refs[k].tokens, refs[k].prefix_len) for k in sets}
+        new_after = teacher_forced_scores(model, train_on.tokens, train_on.prefix_len) if objective == "edit" else None
+        for k, s in sets.items():
+            for i, pid in enumerate(s.ids):
+                row = {"set": k, "paragraph": pid, "em_before": int(before[k].em[i]), "em_after": int(after[k].em[i]),
+                       "nll_before": float(before[k].nll[i]), "nll_after": float(after[k].nll[i])}
+                if objective == "edit" and k == "target":
+                    row |= {"em_new_before": int(new_before.em[i]), "em_new_after": int(new_after.em[i])}
+                rows.append(row)
+        return FineTuneResult(objective, kind, rows, self.weights_changed(), mask_size, losses,
+                              {"lr": lr, "steps": steps, "fraction": fraction, "kl_weight": kl_weight, "seed": seed})
+
+    def _reference(self, paragraphs: ParagraphSet) -> ParagraphSet:
+        """The paragraphs with the original model's greedy continuation (cached per tuner)."""
+        cache = self.__dict__.setdefault("_refs", {})
+        key = tuple(paragraphs.ids), paragraphs.tokens.numpy().tobytes()
+        if key not in cache:
+            cont = greedy_decode(self.model, paragraphs.prefixes, paragraphs.continuation_len)
+            cache[key] = ParagraphSet(torch.cat([paragraphs.prefixes, cont], 1), paragraphs.prefix_len,
+                                      paragraphs.continuation_len, paragraphs.ids)
+        return cache[key]
+
+    def _optimize(self, loss_fn: Any, masks: Mask, steps: int, lr: float) -> list[float]:
+        params = self.params
+        start = {n: p.detach().clone() for n, p in params.items()}
+        all_params = list(self.model.tl_model.parameters())
+        flags = [p.requires_grad for p in all_params]
+        trainable = {n: p for n, p in params.items() if masks[n].any()}
+        losses: list[float] = []
+        try:
+            for p in all_params:
+                p.requires_grad_(any(p is q for q in trainable.values()))
+                p.grad = None
+            opt = torch.optim.Adam(list(trainable.values()), lr=lr, weight_decay=0.0)
+            for step in range(steps):
+                loss = loss_fn()
+                if not torch.isfinite(loss):
+                    self.restore()
+                    raise InputError(f"the loss became {loss.item()} at step {step} with lr={lr}; the original "
+                                     "weights were restored; lower the learning rate")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                for n, p in trainable.items():
+                    p.grad.mul_(masks[n])
+                try:
+                    opt.step()
+                except RuntimeError as e:
+                    self.restore()
+                    raise InputError(f"the optimizer step failed at step {step} with lr={lr} ({e}); the original "
+                                     "weights were restored; lower the learning rate") from None
+                with torch.no_grad():
+                    for n, p in trainable.items():
+                        p.copy_(torch.where(masks[n], p, start[n]))
+                    if not all(torch.isfinite(p).all() for p in trainable.values()):
+                        self.restore()
+                        raise InputError(f"weights became non-finite at step {step} with lr={lr}; the original "
+                                         "weights were restored; lower the learning rate")
+                losses.append(loss.item())
+        finally:
+            for p, f in zip(all_params, flags):
+                p.requires_grad_(f)
+                p.grad = None
+        return losses
+
+
+def _as_set(x: Paragraph | ParagraphSet) -> ParagraphSet:
+    if isinstance(x, ParagraphSet):
+        return x
+    return ParagraphSet(x.tokens[None], x.prefix_len, len(x.tokens) - x.prefix_len, [x.id])
+
+
+def compare_masks(
+    model: "HookedModel", targets: ParagraphSet, retain: ParagraphSet, other_memorized: ParagraphSet | None = None,
+    objectives: Sequence[str] = ("unlearn",), masks: Sequence[str] = ("all", "topk", "random"),
+    perturbed: ParagraphSet | None = None, fraction: float = 0.001, steps: int = 10,
+    lr: dict[str, float] | float = 1e-3, kl_weight: float = 1.0, progress: bool = True,
+) -> "pd.DataFrame":
+    """The paper's Fig. 5 table: for each objective x mask, the mean EM after fine-tuning each
+    target alone (restored in between) on the target, the other memorized paragraphs and the
+    retain set, and the weights changed. ``edit`` needs ``perturbed`` (aligned with targets)."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    ft = SparseFineTuner(model)
+    rows = []
+    jobs = [(o, m, i) for o in objectives for m in masks for i in range(len(targets))]
+    for objective, mask, i in tqdm(jobs, desc="fine-tuning runs", disable=not progress):
+        rate = lr[mask] if isinstance(lr, dict) else lr
+        others = None
+        if other_memorized is not None:
+            others = other_memorized.filter([pid != targets.ids[i] for pid in other_memorized.ids])
+        with ft.restored(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if objective == "unlearn":
+                r = ft.unlearn(targets[[i]], retain, mask, fraction, steps, rate, kl_weight, other_memorized=others)
+            elif objective == "edit":
+                if perturbed is None:
+                    raise InputError("the edit objective needs perturbed= (e.g. PrefixPerturber.perturbed_paragraphs)")
+                r = ft.edit(targets[[i]], retain, perturbed_paragraph=perturbed[[i]], mask=mask, fraction=fraction,
+                            steps=steps, lr=rate, kl_weight=kl_weight, other_memorized=others)
+            else:
+                raise InputError(f"unknown objective {objective!r}; use 'unlearn' or 'edit'")
+        rows.append(r.summary() | {"target": targets.ids[i]})
+    df = pd.DataFrame(rows)
+    return df.groupby(["objective", "mask"], sort=False).mean(numeric_only=True).reset_index()

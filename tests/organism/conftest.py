@@ -1,0 +1,10 @@
+import pytest
+
+from memlens.model import preserved_weights
+
+
+@pytest.fixture
+def restored(organism):
+    """The session's organism, with its original weights restored after the test."""
+    with preserved_weights(organism.tl_model):
+        yield organism
