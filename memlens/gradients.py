@@ -9,6 +9,7 @@ component as soon as a backward pass ends; the per-weight |gradient| is kept onc
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
@@ -228,6 +229,11 @@ class GradientMapComparison:
         return plot_layer_profiles([self.a, self.b])
 
 
+def _is_oom(error: BaseException) -> bool:
+    text = str(error).lower()
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
 def _lower_half(profile: Tensor) -> float:
     n = len(profile)
     return round(float(profile[: n // 2].sum() + (profile[n // 2] / 2 if n % 2 else 0)), 4)
@@ -288,29 +294,48 @@ class GradientMap:
                 ref_logits = [continuation_logits(self.model, b, contrast.prefix_len).detach()
                               for b in contrast.tokens.split(batch_size)]
         with self._trainable_params() as params:
-            n = len(paragraphs)
-            batches = list(range(0, n, batch_size))
-            loss_total = 0.0
-            for s in tqdm(batches, desc=f"gradient map ({objective})", disable=not progress, leave=False):
-                chunk = paragraphs.tokens[s : s + batch_size]
-                nll = continuation_nll(self.model, chunk, paragraphs.prefix_len, reduction="none")
-                self._check_finite(nll, paragraphs.ids[s : s + batch_size])
-                sign = -1.0 if objective == "contrastive" else 1.0
-                loss = sign * nll.sum() / n
-                loss.backward()
-                loss_total += loss.item()
-            if objective == "contrastive":
-                m = len(contrast)
-                for j, b in enumerate(contrast.tokens.split(batch_size)):
-                    kl = kl_to_reference(continuation_logits(self.model, b, contrast.prefix_len), ref_logits[j])
-                    term = kl_weight * kl * len(b) / m
-                    term.backward()
-                    loss_total += term.item()
+            while True:
+                try:
+                    loss_total = self._accumulate(paragraphs, contrast, objective, kl_weight, ref_logits,
+                                                  batch_size, progress)
+                    break
+                except (torch.OutOfMemoryError, RuntimeError) as e:
+                    if not _is_oom(e) or batch_size == 1:
+                        raise
+                    for p in params.values():
+                        p.grad = None
+                    batch_size //= 2
+                    warnings.warn(f"out of memory; retrying the gradient map with batch_size={batch_size}", stacklevel=2)
+                    if ref_logits is not None:
+                        ref_logits = [t for r in ref_logits for t in r.split(batch_size)]
             result = self._reduce(keys, params, aggregation, keep_weight_grads)
         return GradientMapResult(
             keys, result[0], result[1], self.model.n_layers, self.model.n_heads, objective, aggregation,
             list(paragraphs.ids), loss_total, result[2],
         )
+
+    def _accumulate(self, paragraphs: ParagraphSet, contrast: ParagraphSet | None, objective: str,
+                    kl_weight: float, ref_logits: list[Tensor] | None, batch_size: int, progress: bool) -> float:
+        """Forward and backward over micro-batches; gradients of the whole objective accumulate
+        in ``.grad``. Returns the objective's value."""
+        n = len(paragraphs)
+        loss_total = 0.0
+        sign = -1.0 if objective == "contrastive" else 1.0
+        for s in tqdm(range(0, n, batch_size), desc=f"gradient map ({objective})", disable=not progress, leave=False):
+            chunk = paragraphs.tokens[s : s + batch_size]
+            nll = continuation_nll(self.model, chunk, paragraphs.prefix_len, reduction="none")
+            self._check_finite(nll, paragraphs.ids[s : s + batch_size])
+            loss = sign * nll.sum() / n
+            loss.backward()
+            loss_total += loss.item()
+        if objective == "contrastive":
+            m = len(contrast)
+            for j, b in enumerate(contrast.tokens.split(batch_size)):
+                kl = kl_to_reference(continuation_logits(self.model, b, contrast.prefix_len), ref_logits[j])
+                term = kl_weight * kl * len(b) / m
+                term.backward()
+                loss_total += term.item()
+        return loss_total
 
     def compute_per_paragraph(
         self, paragraphs: ParagraphSet, aggregation: str = "max", progress: bool = True,

@@ -162,7 +162,8 @@ class SparseFineTuner:
         if kind == "all":
             return {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}, "all"
         if kind == "topk":
-            assert objective_map is not None
+            if objective_map is None:
+                raise InputError("a top-k mask needs the objective's GradientMapResult")
             return objective_map.mask(fraction=fraction), "topk"
         total = sum(p.numel() for p in params.values())
         count = max(1, int(round(fraction * total)))
@@ -265,7 +266,7 @@ class SparseFineTuner:
             return (-nll if objective == "unlearn" else nll) + kl_weight * kl
 
         objective_map = None
-        if mask_kind == "topk" or mask_kind == "random":
+        if isinstance(mask_kind, str) and mask_kind == "topk":
             objective_map = GradientMap(model).compute(
                 train_on, contrast=retain, objective="contrastive" if objective == "unlearn" else "nll", progress=False)
         masks, kind = self.make_mask(mask_kind, fraction, objective_map, seed)

@@ -164,3 +164,21 @@ def test_activation_gradients_match_autograd(neo, paras):
     assert res.values[:, :, :, :, 19].sum() > 0
     assert res.head_scores("v").shape == (neo.n_layers, neo.n_heads)
     assert len(res.to_dataframe()) == neo.n_layers * neo.n_heads * 4
+
+
+def test_batches_split_when_they_do_not_fit(neo, paras, nll_map, monkeypatch):
+    import importlib
+
+    mod = importlib.import_module("memlens.gradients")
+    real = mod.continuation_nll
+
+    def limited(model, tokens, *a, **k):
+        if len(tokens) > 2:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 TB")
+        return real(model, tokens, *a, **k)
+
+    monkeypatch.setattr(mod, "continuation_nll", limited)
+    with pytest.warns(UserWarning, match="retrying the gradient map") as caught:
+        res = GradientMap(neo).compute(paras, batch_size=8, progress=False)
+    assert [str(w.message)[-12:] for w in caught] == ["batch_size=4", "batch_size=2"]
+    torch.testing.assert_close(res.scores, nll_map.scores, rtol=1e-4, atol=1e-8)
