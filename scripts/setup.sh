@@ -10,8 +10,19 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 . .venv/bin/activate
-python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-pip_install() { python -m pip install -q "$@" 2>&1 | grep -v '^WARNING: Location' || true; }
+# pip's output goes to a log, shown only when an install fails
+pip_install() {
+  local log
+  log=$(mktemp)
+  if ! python -m pip install -q "$@" >"$log" 2>&1; then
+    grep -v '^WARNING: Location' "$log" >&2
+    rm -f "$log"
+    echo "setup: pip install $* failed" >&2
+    return 1
+  fi
+  rm -f "$log"
+}
+pip_install --upgrade pip || echo "setup: could not upgrade pip; continuing" >&2
 python -c "import torch" 2>/dev/null || pip_install torch==2.13.0
 if [ "${1:-}" = "dev" ]; then
   pip_install -e ".[dev]"

@@ -7,7 +7,17 @@ scripts/setup.sh dev
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 .venv/bin/python -m pytest "$@"
 if [ "${MEMLENS_SKIP_TL3:-0}" != "1" ]; then
-  pip_install() { "$1" -m pip install -q "${@:2}" 2>&1 | grep -v '^WARNING: Location' || true; }
+  pip_install() {
+    local log
+    log=$(mktemp)
+    if ! "$1" -m pip install -q "${@:2}" >"$log" 2>&1; then
+      grep -v '^WARNING: Location' "$log" >&2
+      rm -f "$log"
+      echo "test.sh: pip install ${*:2} failed" >&2
+      return 1
+    fi
+    rm -f "$log"
+  }
   [ -x .venv-tl3/bin/python ] || "${PYTHON:-python3}" -m venv .venv-tl3
   .venv-tl3/bin/python -c "import torch" 2>/dev/null || pip_install .venv-tl3/bin/python torch==2.13.0
   .venv-tl3/bin/python -c "import transformer_lens, pytest" 2>/dev/null \
