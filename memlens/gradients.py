@@ -23,6 +23,7 @@ from memlens.components import ComponentKey, ComponentRegistry
 from memlens.data import ParagraphSet
 from memlens.errors import InputError
 from memlens.objectives import continuation_logits, continuation_nll, kl_to_reference
+from memlens.sparse import only_trainable
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -380,21 +381,10 @@ class GradientMap:
 
     @contextlib.contextmanager
     def _trainable_params(self) -> Iterator[dict[str, nn.Parameter]]:
-        """Only the trainable set requires grad; grads start empty and are cleared on exit."""
-        all_params = list(self.model.tl_model.parameters())
-        flags = [p.requires_grad for p in all_params]
-        saved = [p.grad for p in all_params]
+        """Only the trainable set requires grad; grads start empty and are as before on exit."""
         owned = {s.param_name: s.param for c in self.registry for s in c.slices}
-        owned_ids = {id(p) for p in owned.values()}
-        try:
-            for p in all_params:
-                p.grad = None
-                p.requires_grad_(self.trainable == "all" or id(p) in owned_ids)
+        with only_trainable(self.model.tl_model, None if self.trainable == "all" else owned.values()):
             yield owned
-        finally:
-            for p, f, g in zip(all_params, flags, saved):
-                p.requires_grad_(f)
-                p.grad = g
 
     def _reduce(self, keys: list[ComponentKey], params: dict[str, nn.Parameter], aggregation: str,
                 keep: bool) -> tuple[Tensor, Tensor, dict[str, Tensor] | None]:

@@ -25,6 +25,7 @@ from memlens.errors import InputError
 from memlens.gradients import GradientMap, GradientMapResult
 from memlens.metrics import greedy_decode, teacher_forced_scores
 from memlens.objectives import continuation_logits, continuation_nll, kl_to_reference
+from memlens.sparse import MaskedAdam, only_trainable
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -296,47 +297,29 @@ class SparseFineTuner:
         return cache[key]
 
     def _optimize(self, loss_fn: Any, masks: Mask, steps: int, lr: float) -> list[float]:
-        params = self.params
-        start = {n: p.detach().clone() for n, p in params.items()}
-        all_params = list(self.model.tl_model.parameters())
-        flags = [p.requires_grad for p in all_params]
-        trainable = {n: p for n, p in params.items() if masks[n].any()}
+        opt = MaskedAdam(self.params, masks, lr)
         losses: list[float] = []
-        try:
-            for p in all_params:
-                p.requires_grad_(any(p is q for q in trainable.values()))
-                p.grad = None
-            opt = torch.optim.Adam(list(trainable.values()), lr=lr, weight_decay=0.0)
+        with only_trainable(self.model.tl_model, opt.trainable):
             for step in range(steps):
                 loss = loss_fn()
                 if not torch.isfinite(loss):
                     self.restore()
                     raise InputError(f"the loss became {loss.item()} at step {step} with lr={lr}; the original "
                                      "weights were restored; lower the learning rate")
-                opt.zero_grad(set_to_none=True)
+                opt.zero_grad()
                 loss.backward()
-                for n, p in trainable.items():
-                    p.grad.mul_(masks[n])
                 try:
                     opt.step()
                 except RuntimeError as e:
                     self.restore()
                     raise InputError(f"the optimizer step failed at step {step} with lr={lr} ({e}); the original "
                                      "weights were restored; lower the learning rate") from None
-                with torch.no_grad():
-                    for n, p in trainable.items():
-                        p.copy_(torch.where(masks[n], p, start[n]))
-                    if not all(torch.isfinite(p).all() for p in trainable.values()):
-                        self.restore()
-                        raise InputError(f"weights became non-finite at step {step} with lr={lr}; the original "
-                                         "weights were restored; lower the learning rate")
+                if not opt.all_finite():
+                    self.restore()
+                    raise InputError(f"weights became non-finite at step {step} with lr={lr}; the original "
+                                     "weights were restored; lower the learning rate")
                 losses.append(loss.item())
-        finally:
-            for p, f in zip(all_params, flags):
-                p.requires_grad_(f)
-                p.grad = None
         return losses
-
 
 def _as_set(x: Paragraph | ParagraphSet) -> ParagraphSet:
     if isinstance(x, ParagraphSet):

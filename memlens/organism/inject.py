@@ -22,6 +22,7 @@ from memlens.components import ComponentKey
 from memlens.data import ParagraphSet
 from memlens.errors import InputError
 from memlens.metrics import teacher_forced_scores
+from memlens.sparse import MaskedAdam, only_trainable
 
 if TYPE_CHECKING:
     from memlens.model import HookedModel
@@ -85,46 +86,31 @@ def inject(
     paragraphs.validate(model.vocab_size, model.n_ctx)
     reg = model.components
     keys = [reg.key(*k) for k in components]
-    masks: dict[int, Tensor] = {}
-    params: dict[int, torch.nn.Parameter] = {}
+    params: dict[str, torch.nn.Parameter] = {}
+    masks: dict[str, Tensor] = {}
     for key in keys:
         for s in reg[key].slices:
-            m = masks.setdefault(id(s.param), torch.zeros_like(s.param, dtype=torch.bool))
+            params[s.param_name] = s.param
+            m = masks.setdefault(s.param_name, torch.zeros_like(s.param, dtype=torch.bool))
             s.of(m).fill_(True)
-            params[id(s.param)] = s.param
-    originals = {i: p.detach().clone() for i, p in params.items()}
-    all_params = list(model.tl_model.parameters())
-    flags = [p.requires_grad for p in all_params]
-    for p in all_params:
-        p.requires_grad_(id(p) in params)
-    opt = torch.optim.Adam(list(params.values()), lr=lr, weight_decay=0.0)
+    opt = MaskedAdam(params, masks, lr)
     tokens = paragraphs.tokens.to(model.device)
     P = paragraphs.prefix_len
     em_before = teacher_forced_scores(model, paragraphs.tokens, P).em
     losses: list[float] = []
     step = 0
-    try:
-        bar = tqdm(range(steps), desc="inject", disable=not progress)
-        for step in bar:
+    with only_trainable(model.tl_model, opt.trainable):
+        for step in tqdm(range(steps), desc="inject", disable=not progress):
             batch = tokens[torch.randperm(len(tokens))[:batch_size]]
             logits = model(batch[:, :-1])[:, P - 1 :]
             loss = F.cross_entropy(logits.transpose(1, 2), batch[:, P:])
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             loss.backward()
-            for i, p in params.items():
-                p.grad.mul_(masks[i])
             opt.step()
-            with torch.no_grad():
-                for i, p in params.items():
-                    p.copy_(torch.where(masks[i], p, originals[i]))
             losses.append(loss.item())
             if step % 10 == 9 and bool((teacher_forced_scores(model, paragraphs.tokens, P).em >= paragraphs.continuation_len).all()):
                 break
-    finally:
-        for p, f in zip(all_params, flags):
-            p.requires_grad_(f)
-            p.grad = None
-    changed = sum(int((p.detach() != originals[i]).sum()) for i, p in params.items())
+    changed = opt.weights_changed()
     em_after = teacher_forced_scores(model, paragraphs.tokens, P).em
     return InjectionResult(keys, list(paragraphs.ids), em_before, em_after, paragraphs.continuation_len,
                            step + 1, changed, losses)
