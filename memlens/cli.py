@@ -37,10 +37,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     model = _load_model(args.model, args.seed, args.cache_dir)
     path = Path(args.paragraphs)
-    if path.suffix.lower() == ".csv":
-        paras = ParagraphSet.from_csv(path, model, args.prefix_len, args.continuation_len)
-    else:
-        paras = ParagraphSet.from_jsonl(path, model, args.prefix_len, args.continuation_len)
+    paras = ParagraphSet.from_file(path, model, args.prefix_len, args.continuation_len)
     out = Path(args.out) if args.out else path.with_name(path.stem + ".scan.jsonl")
     result = scan(model, paras, batch_size=args.batch_size, non_memorized_max_em=args.non_memorized_max_em, out=out)
     summary = result.summary()

@@ -211,8 +211,6 @@ class ParagraphSet:
         path = Path(path)
         csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
         lines = list(_read_lines(path))
-        if not lines:
-            raise InputError(f"{path}: the file is empty; give a CSV with a header and one paragraph per row")
         reader = csv.DictReader([line + "\n" for _, line in lines])
         header = reader.fieldnames or []
         if text_column is None:
@@ -241,6 +239,32 @@ class ParagraphSet:
                 row["text"] = row.pop(text_column)
             rows.append((lineno, row))
         return cls._from_rows(rows, path, model, prefix_len, continuation_len, id_column)
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | Path,
+        model: "HookedModel | None" = None,
+        prefix_len: int = DEFAULT_PREFIX_LEN,
+        continuation_len: int = DEFAULT_CONTINUATION_LEN,
+    ) -> "ParagraphSet":
+        """A CSV (by extension) or JSONL paragraph file."""
+        path = Path(path)
+        reader = cls.from_csv if path.suffix.lower() == ".csv" else cls.from_jsonl
+        return reader(path, model, prefix_len, continuation_len)
+
+    @classmethod
+    def from_records(
+        cls, records: list[dict[str, Any]], prefix_len: int, continuation_len: int, exclude: Sequence[str] = ()
+    ) -> "ParagraphSet":
+        """The inverse of :meth:`to_records`; keys in ``exclude`` are not metadata."""
+        skip = {"id", "tokens", "text", *exclude}
+        keys = [k for k in records[0] if k not in skip] if records else []
+        return cls(
+            torch.tensor([r["tokens"] for r in records]), prefix_len, continuation_len,
+            [r["id"] for r in records], [r.get("text") for r in records],
+            {k: [r.get(k) for r in records] for k in keys},
+        )
 
     @classmethod
     def _from_rows(

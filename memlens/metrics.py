@@ -131,6 +131,17 @@ def greedy_decode(
     return torch.cat(out).cpu()
 
 
+def cache_keyword(hf_model: torch.nn.Module) -> str:
+    """The forward argument that takes a KV cache: ``cache`` (transformers >= 5.24 for GPT-2,
+    NeoX, Llama) or ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(hf_model.forward).parameters else "past_key_values"
+
+
+def returned_cache(output: object) -> object:
+    """The KV cache a HuggingFace forward returned, under either name."""
+    return getattr(output, "past_key_values", None) or getattr(output, "cache", None)
+
+
 def _left_pad(rows: Sequence[Tensor], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
@@ -145,7 +156,7 @@ def _left_pad(rows: Sequence[Tensor], pad_id: int, device: torch.device) -> tupl
 
 def _decode_hf(model: "HookedModel", rows: Sequence[Tensor], n_new: int, use_cache: bool) -> Tensor:
     plain = model.plain_model()
-    cache_kw = "cache" if "cache" in inspect.signature(plain.forward).parameters else "past_key_values"
+    cache_kw = cache_keyword(plain)
     ids, mask = _left_pad(rows, 0, model.device)
     new = []
     past = None
@@ -165,7 +176,7 @@ def _decode_hf(model: "HookedModel", rows: Sequence[Tensor], n_new: int, use_cac
         new.append(nxt)
         mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
         if use_cache:
-            past = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+            past = returned_cache(out)
             step_ids = nxt
         else:
             step_ids = torch.cat([step_ids, nxt], dim=1)

@@ -9,6 +9,7 @@ perturbed one are computed once per paragraph and reused for every replacement t
 from __future__ import annotations
 
 import html
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 from memlens.data import ParagraphSet
 from memlens.errors import InputError
 from memlens.io import write_text_atomic
-from memlens.metrics import greedy_decode, score_logits
+from memlens.metrics import cache_keyword, greedy_decode, returned_cache, score_logits
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -176,11 +177,7 @@ class PerturbationResult:
         h = json.loads(lines[0])
         if h.get("memlens") != "PerturbationResult":
             raise InputError(f"{path}:1: not a saved PerturbationResult")
-        recs = h["paragraphs"]
-        meta_keys = [k for k in recs[0] if k not in ("id", "tokens", "text")]
-        paras = ParagraphSet(torch.tensor([r["tokens"] for r in recs]), h["prefix_len"], h["continuation_len"],
-                             [r["id"] for r in recs], [r.get("text") for r in recs],
-                             {k: [r.get(k) for r in recs] for k in meta_keys})
+        paras = ParagraphSet.from_records(h["paragraphs"], h["prefix_len"], h["continuation_len"])
         cols = list(zip(*[json.loads(l) for l in lines[1:]])) if len(lines) > 1 else [[]] * 6
         t = [torch.tensor(c, dtype=torch.float if i == 5 else torch.long) for i, c in enumerate(cols)]
         return cls(paras, torch.tensor(h["base_em"]), torch.tensor(h["base_nll"]), *t, h["strategy"], h["meta"])
@@ -316,7 +313,7 @@ class PrefixPerturber:
         if not use_cache:
             return self.model(tokens[:, :-1]), None
         out = self._plain(tokens[:, :-1], use_cache=True)
-        cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+        cache = returned_cache(out)
         kv = [(layer.keys, layer.values) for layer in cache.layers]
         return out.logits, kv
 
@@ -342,14 +339,14 @@ class PrefixPerturber:
         from transformers import DynamicCache
 
         plain = self._plain
-        params = _forward_params(plain)
         n_cont = chunk.shape[1] - P
-        extra: dict[str, Any] = {"logits_to_keep": n_cont} if "logits_to_keep" in params else {}
+        has_keep = "logits_to_keep" in inspect.signature(plain.forward).parameters
+        extra: dict[str, Any] = {"logits_to_keep": n_cont} if has_keep else {}
         if p > 0:
             cache = DynamicCache()
             for layer, (k, v) in enumerate(past):
                 cache.update(k[:, :, :p].contiguous(), v[:, :, :p].contiguous(), layer)
-            extra["cache" if "cache" in params else "past_key_values"] = cache
+            extra[cache_keyword(plain)] = cache
             extra["use_cache"] = True
         positions = torch.arange(p, chunk.shape[1] - 1, device=chunk.device)[None].expand(len(chunk), -1)
         logits = plain(input_ids=chunk[:, p:-1], position_ids=positions, **extra).logits
@@ -382,8 +379,3 @@ class PrefixPerturber:
             self._emb = self.model.tl_model.W_E.detach().float().cpu()
         return self._emb
 
-
-def _forward_params(module: torch.nn.Module) -> set[str]:
-    import inspect
-
-    return set(inspect.signature(module.forward).parameters)

@@ -111,9 +111,7 @@ def run_pipeline(model_spec: str, out: Path, paragraphs: str | None = None, seed
     timings["load_model"] = round(time.perf_counter() - t, 1)
     info = model.organism_info
     if paragraphs is not None:
-        path = Path(paragraphs)
-        loader = ParagraphSet.from_csv if path.suffix.lower() == ".csv" else ParagraphSet.from_jsonl
-        paras = loader(path, model)
+        paras = ParagraphSet.from_file(paragraphs, model)
     elif info is not None:
         paras = info.paragraph_set()
     else:

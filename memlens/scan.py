@@ -149,11 +149,7 @@ class ScanResult:
         if header.get("memlens") != "ScanResult":
             raise InputError(f"{path}:1: not a memlens scan results file")
         rows = [json.loads(l) for l in lines[1:]]
-        meta_keys = [k for k in rows[0] if k not in ("id", "tokens", "text", "em", "nll")] if rows else []
-        paragraphs = ParagraphSet(
-            torch.tensor([r["tokens"] for r in rows]), header["prefix_len"], header["continuation_len"],
-            [r["id"] for r in rows], [r.get("text") for r in rows], {k: [r.get(k) for r in rows] for k in meta_keys},
-        )
+        paragraphs = ParagraphSet.from_records(rows, header["prefix_len"], header["continuation_len"], ("em", "nll"))
         return cls(paragraphs, torch.tensor([r["em"] for r in rows]), torch.tensor([r["nll"] for r in rows]),
                    header["memorized_min_em"], header["non_memorized_max_em"], header["model"], header.get("meta", {}))
 
