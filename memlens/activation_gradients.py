@@ -109,11 +109,20 @@ def activation_gradients(
 
         _, _, grads = model.capture(chunk[:, :-1], names, loss_fn=loss_fn)
         per = torch.stack([
-            torch.stack([grads[f"blocks.{L}.attn.hook_{k}"].abs().amax(dim=-1).transpose(1, 2) for k in kinds], dim=1)
+            torch.stack([per_query_head(grads[f"blocks.{L}.attn.hook_{k}"].abs().amax(dim=-1), model.n_heads, 2).transpose(1, 2)
+                         for k in kinds], dim=1)
             for L in range(model.n_layers)
         ], dim=1)  # [batch, layer, kind, head, pos]
         out.append(per.cpu())
     return ActivationGradientResult(torch.cat(out), tuple(kinds), paragraphs.tokens, list(paragraphs.ids), P)
+
+
+def per_query_head(x: Tensor, n_heads: int, dim: int) -> Tensor:
+    """Expand a per-key/value-head axis to one entry per query head (grouped-query attention:
+    query head ``h`` reads kv head ``h // (n_heads // n_kv_heads)``); a no-op without grouping."""
+    if x.shape[dim] == n_heads:
+        return x
+    return x.repeat_interleave(n_heads // x.shape[dim], dim=dim)
 
 
 def _summed_continuation_nll(logits: Tensor, targets: Tensor) -> Tensor:

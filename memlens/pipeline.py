@@ -1,138 +1,185 @@
-"""``memlens run``: the main job, stage by stage, with every stage's result saved.
+"""``memlens run``: the whole study, stage by stage, into one run folder.
 
-Stages now: load (building the organism on first use) -> scan -> splits and ground-truth checks
--> gradient maps (memorized vs non-memorized, profiles by EM range) -> prefix perturbation
-(memorized vs non-memorized, perturbed paragraphs for editing). A stage whose output is
-already in the folder is loaded, not recomputed, so an interrupted run resumes. Later analyses
-(heads, unlearning, the HTML report) add stages here.
+Stages: scan -> gradients -> perturb -> heads -> unlearn -> report. (Perturbation runs before
+the head analysis so that activation patching reuses its perturbed paragraphs.) Each stage writes
+its result files and then ``<stage>.summary.json``; a stage whose summary exists is done and is
+skipped, so an interrupted run resumes, and ``memlens <stage>`` re-runs one stage alone.
+``run.json`` records what the folder holds (model, paragraphs, seed): a folder that holds another
+run is refused rather than mixed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import platform
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from memlens.data import ParagraphSet
-from memlens.io import atomic_path, write_json_atomic
+from memlens.errors import InputError
+from memlens.io import write_json_atomic
 from memlens.scan import ScanResult
 
+STAGES = ("scan", "gradients", "perturb", "heads", "unlearn", "report")
 
-def organism_ground_truth(result, info) -> dict[str, Any]:
-    """EM against the organism's ground truth: memorization rate per duplication level, the
-    rank correlation of EM with copies, and the memorized share of seen-once and unseen text."""
-    from memlens.stats import spearman
 
-    df = result.to_dataframe()
-    planted = df[df["group"] == "planted"]
-    per_level = {
-        int(c): {"n": int(len(g)), "memorized": int((g["split"] == "memorized").sum()), "mean_em": round(float(g["em"].mean()), 2)}
-        for c, g in planted.groupby("copies")
-    }
-    out: dict[str, Any] = {"planted_by_copies": per_level,
-                           "spearman_em_vs_copies": round(spearman(planted["copies"].tolist(), planted["em"].tolist()), 3)}
-    for group in ("background", "held_out"):
-        g = df[df["group"] == group]
-        out[group] = {"n": int(len(g)), "frac_em_ge_30": round(float((g["em"] >= 30).mean()), 4),
-                      "mean_em": round(float(g["em"].mean()), 3), "mean_nll": round(float(g["nll"].mean()), 4)}
+@dataclass
+class RunContext:
+    """What the stages share: the run folder, the model (loaded on first use) and the scan."""
+
+    out: Path
+    model_spec: str
+    paragraphs_file: str | None = None
+    seed: int = 0
+    cache_dir: str | None = None
+    progress: bool = True
+    _model: Any = field(default=None, repr=False)
+    _paragraphs: ParagraphSet | None = field(default=None, repr=False)
+    _scan: ScanResult | None = field(default=None, repr=False)
+    load_seconds: float = 0.0
+
+    @property
+    def model(self):
+        if self._model is None:
+            from memlens.cli import load_model
+
+            t0 = time.perf_counter()
+            self._model = load_model(self.model_spec, self.seed, self.cache_dir)
+            self.load_seconds = round(time.perf_counter() - t0, 1)
+        return self._model
+
+    def paragraphs(self) -> ParagraphSet:
+        if self._paragraphs is None:
+            if self.paragraphs_file is not None:
+                self._paragraphs = ParagraphSet.from_file(self.paragraphs_file, self.model)
+            elif self.model.organism_info is not None:
+                self._paragraphs = self.model.organism_info.paragraph_set()
+            else:
+                raise InputError(f"{self.model_spec} has no built-in paragraphs; pass --paragraphs FILE")
+        return self._paragraphs
+
+    def scan_result(self) -> ScanResult:
+        """The scan stage's result (running the scan first if the folder has none)."""
+        if self._scan is None:
+            if not (self.out / "scan.summary.json").exists():
+                run_stage(self, "scan")
+            self._scan = ScanResult.load(self.out / "scan.jsonl")
+        return self._scan
+
+
+def _stage_functions() -> dict[str, Callable[[RunContext], dict[str, Any]]]:
+    from memlens import stages
+
+    def report(ctx: RunContext) -> dict[str, Any]:
+        from memlens.viz.report import write_report
+
+        path = write_report(ctx.out)
+        return {"path": str(path), "bytes": path.stat().st_size}
+
+    return {"scan": stages.scan_stage, "gradients": stages.gradients_stage, "perturb": stages.perturb_stage,
+            "heads": stages.heads_stage, "unlearn": stages.unlearn_stage, "report": report}
+
+
+def run_stage(ctx: RunContext, stage: str) -> dict[str, Any]:
+    """Run one stage now (whether or not it ran before) and write its summary."""
+    fns = _stage_functions()
+    if stage not in fns:
+        raise InputError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    t0 = time.perf_counter()
+    summary = fns[stage](ctx)
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    write_json_atomic(ctx.out / f"{stage}.summary.json", summary)
+    return summary
+
+
+def manifest(ctx: RunContext) -> dict[str, Any]:
+    """What identifies a run: model, paragraphs (path and content hash), seed."""
+    para = None
+    if ctx.paragraphs_file is not None:
+        path = Path(ctx.paragraphs_file)
+        if not path.is_file():
+            raise InputError(f"{path}: no such paragraph file")
+        para = {"path": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return {"model": ctx.model_spec, "paragraphs": para, "seed": ctx.seed}
+
+
+def claim_folder(ctx: RunContext) -> dict[str, Any]:
+    """Create the run folder or check that it holds this run; raise rather than mix two runs."""
+    want = manifest(ctx)
+    path = ctx.out / "run.json"
+    if ctx.out.exists() and not ctx.out.is_dir():
+        raise InputError(f"--out {ctx.out} is a file, not a folder")
+    if path.exists():
+        try:
+            have = json.loads(path.read_text())
+        except ValueError as e:
+            raise InputError(f"{path} is not readable JSON ({e}); delete the folder or choose another --out") from e
+        diff = [k for k in ("model", "paragraphs", "seed") if have.get(k) != want[k]]
+        if diff:
+            theirs = ", ".join(f"{k}={have.get(k)!r}" for k in diff)
+            raise InputError(f"{ctx.out} holds another run ({theirs}); choose another --out, or delete that folder "
+                             "to start over")
+        return have
+    if ctx.out.exists() and any(ctx.out.iterdir()):
+        raise InputError(f"{ctx.out} is not empty and holds no memlens run (no run.json); choose another --out")
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, want | {"versions": versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return want
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("memlens", "torch", "transformer-lens", "transformers", "plotly", "circuitsvis"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
     return out
 
 
-def gradient_stage(model, result, out: Path, max_paragraphs: int = 32) -> dict[str, Any]:
-    """NLL gradient maps of memorized and non-memorized paragraphs, their comparison and the
-    profiles by EM range; maps saved as ``gradients_*.pt``, profiles as CSV."""
-    from memlens.gradients import GradientMap, GradientMapResult, profiles_by_em_range
-
-    mem, non = result.memorized()[:max_paragraphs], result.non_memorized()[:max_paragraphs]
-    if len(mem) == 0 or len(non) == 0:
-        return {"skipped": f"needs memorized and non-memorized paragraphs ({len(mem)} / {len(non)})"}
-    maps = {}
-    for name, group in (("memorized", mem), ("non_memorized", non)):
-        path = out / f"gradients_{name}.pt"
-        if path.exists():
-            maps[name] = GradientMapResult.load(path)
-        else:
-            maps[name] = GradientMap(model).compute(group, keep_weight_grads=False, progress=False)
-            maps[name].label = name
-            maps[name].save(path)
-    profiles = out / "gradient_profiles_by_em.csv"
-    if profiles.exists():
-        import pandas as pd
-
-        df = pd.read_csv(profiles)
-    else:
-        df = profiles_by_em_range(model, result, progress=False)
-        with atomic_path(profiles) as tmp:
-            df.to_csv(tmp, index=False)
-    return {"memorized_vs_non_memorized": maps["memorized"].compare(maps["non_memorized"]).summary(),
-            "top_memorized": maps["memorized"].top(5).to_dict(orient="records"),
-            "by_em_range": df.to_dict(orient="records")}
-
-
-def perturbation_stage(model, result, out: Path, max_paragraphs: int = 8, n_samples: int = 4) -> dict[str, Any]:
-    """Random single-token prefix perturbations of memorized and non-memorized paragraphs (every
-    position, ``n_samples`` each); results saved as ``perturbation_*.jsonl``, and the perturbed
-    memorized paragraphs (for editing) as ``perturbed_memorized.jsonl``."""
-    from memlens.perturb import PerturbationResult, PrefixPerturber
-
-    groups = {"memorized": result.memorized()[:max_paragraphs], "non_memorized": result.non_memorized()[:max_paragraphs]}
-    if any(len(g) == 0 for g in groups.values()):
-        return {"skipped": "needs memorized and non-memorized paragraphs"}
-    pert = PrefixPerturber(model)
-    res = {}
-    for name, group in groups.items():
-        path = out / f"perturbation_{name}.jsonl"
-        if path.exists():
-            res[name] = PerturbationResult.load(path)
-        else:
-            res[name] = pert.sweep(group, strategy="random", n_samples=n_samples, seed=0, progress=False)
-            res[name].save(path)
-    edited_path = out / "perturbed_memorized.jsonl"
-    if not edited_path.exists():
-        pert.perturbed_paragraphs(groups["memorized"], result=res["memorized"]).save(edited_path)
-    worst = res["memorized"].worst()
-    return {"mean_em_drop_memorized": round(res["memorized"].mean_em_drop(), 2),
-            "mean_em_drop_non_memorized": round(res["non_memorized"].mean_em_drop(), 2),
-            "worst_memorized": worst[["paragraph", "position", "token", "em"]].to_dict(orient="records")}
-
-
 def run_pipeline(model_spec: str, out: Path, paragraphs: str | None = None, seed: int = 0,
-                 cache_dir: str | None = None) -> dict[str, Any]:
-    """Run every stage into ``out`` and return the summary (also written to ``summary.json``)."""
-    from memlens.cli import _load_model
-    from memlens.scan import scan
+                 cache_dir: str | None = None, stages: Sequence[str] = STAGES, redo: bool = False,
+                 progress: bool = True) -> dict[str, Any]:
+    """Run ``stages`` into ``out`` (skipping those already done unless ``redo``) and return the
+    combined summary, also written to ``summary.json``."""
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise InputError(f"unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
+    ctx = RunContext(Path(out), model_spec, paragraphs, seed, cache_dir, progress)
+    claim_folder(ctx)
+    bar = tqdm(list(stages), desc="memlens run", disable=not progress, unit="stage")
+    for stage in bar:
+        bar.set_postfix_str(stage)
+        if stage == "report":
+            _write_summary(ctx)
+        if redo or not (ctx.out / f"{stage}.summary.json").exists():
+            run_stage(ctx, stage)
+    return _write_summary(ctx)
 
-    out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
-    model = _load_model(model_spec, seed, cache_dir)
-    timings["load_model"] = round(time.perf_counter() - t, 1)
-    info = model.organism_info
-    if paragraphs is not None:
-        paras = ParagraphSet.from_file(paragraphs, model)
-    elif info is not None:
-        paras = info.paragraph_set()
-    else:
-        raise SystemExit("memlens run: this model has no built-in paragraphs; pass --paragraphs FILE")
-    t = time.perf_counter()
-    if (out / "scan.jsonl").exists():
-        result = ScanResult.load(out / "scan.jsonl")
-    else:
-        result = scan(model, paras, out=out / "scan.jsonl")
-    timings["scan"] = round(time.perf_counter() - t, 1)
-    summary: dict[str, Any] = {"model": model.name, "scan": result.summary()}
-    if info is not None and paragraphs is None:
-        summary["ground_truth"] = organism_ground_truth(result, info)
-        summary["organism"] = info.summary()
-    t = time.perf_counter()
-    summary["gradients"] = gradient_stage(model, result, out)
-    timings["gradients"] = round(time.perf_counter() - t, 1)
-    t = time.perf_counter()
-    summary["perturbation"] = perturbation_stage(model, result, out)
-    timings["perturbation"] = round(time.perf_counter() - t, 1)
-    summary["seconds"] = timings
+
+def _write_summary(ctx: RunContext) -> dict[str, Any]:
+    summary: dict[str, Any] = {"run": json.loads((ctx.out / "run.json").read_text())}
+    seconds: dict[str, float] = {}
+    if ctx.load_seconds:
+        seconds["load_model"] = ctx.load_seconds
+    for stage in STAGES:
+        path = ctx.out / f"{stage}.summary.json"
+        if path.exists():
+            data = json.loads(path.read_text())
+            seconds[stage] = data.pop("seconds", None)
+            if stage == "scan":
+                summary.update(data)
+            else:
+                summary[stage] = data
+    summary["seconds"] = seconds
     summary["torch_threads"] = torch.get_num_threads()
-    write_json_atomic(out / "summary.json", summary)
+    write_json_atomic(ctx.out / "summary.json", summary)
     return summary

@@ -26,3 +26,19 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     rx, ry = rx - rx.mean(), ry - ry.mean()
     denom = (rx.norm() * ry.norm()).item()
     return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b (ties counted on both sides); nan if a side is constant. O(n^2), meant for
+    the short sequences of this package (prefix tokens, heads)."""
+    a = torch.as_tensor(x, dtype=torch.float64)
+    b = torch.as_tensor(y, dtype=torch.float64)
+    if a.shape != b.shape or a.dim() != 1:
+        raise ValueError(f"kendall_tau needs two 1-D sequences of the same length, got {tuple(a.shape)} and {tuple(b.shape)}")
+    da = torch.sign(a[:, None] - a[None, :])
+    db = torch.sign(b[:, None] - b[None, :])
+    upper = torch.triu(torch.ones_like(da, dtype=torch.bool), diagonal=1)
+    s = (da * db)[upper].sum()
+    na, nb = (da[upper] != 0).sum(), (db[upper] != 0).sum()
+    denom = float((na * nb).double().sqrt())
+    return float(s / denom) if denom > 0 else float("nan")

@@ -78,6 +78,8 @@ class FineTuneResult:
             out[f"{s}_em_after"] = self.mean(s, "em_after")
         if self.objective == "edit":
             out["target_em_new_after"] = self.mean("target", "em_new_after")
+            df = self.to_dataframe()
+            out["target_edit_success"] = float((df[df["set"] == "target"]["em_new_after"] >= 40).mean())
         return out
 
     def plot(self) -> "go.Figure":

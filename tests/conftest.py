@@ -50,3 +50,13 @@ def shared_data():
     if not (path / "stoehr2024_gpt-neo-125M_memorized.csv").exists():
         pytest.skip(f"reference data not found at {path} (it lives in the team's shared/ folder)")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(organism, organism_cache, tmp_path_factory):
+    """A complete ``memlens run`` on the tiny organism (every stage and the report), done once."""
+    from memlens.pipeline import run_pipeline
+
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    run_pipeline("organism-tiny", out, cache_dir=organism_cache, progress=False)
+    return out

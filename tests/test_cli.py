@@ -45,24 +45,35 @@ def test_unknown_model_name(tmp_path, capsys, monkeypatch):
     assert "not in the local HuggingFace cache" in capsys.readouterr().err
 
 
-def test_run_and_organism_info(organism, organism_cache, tmp_path, capsys):
+def test_organism_info(organism, organism_cache, capsys):
     assert main(["organism", "info", "--size", "tiny", "--cache-dir", organism_cache]) == 0
     assert json.loads(capsys.readouterr().out)["size"] == "tiny"
-    out = tmp_path / "run"
-    assert main(["run", "--model", "organism-tiny", "--cache-dir", organism_cache, "--out", str(out)]) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    gt = summary["ground_truth"]
-    assert set(gt) >= {"planted_by_copies", "spearman_em_vs_copies", "background", "held_out"}
-    assert (out / "scan.jsonl").exists()
-    g = summary["gradients"]["memorized_vs_non_memorized"]
-    assert g["total_a"] < g["total_b"]  # memorized paragraphs: smaller gradients
-    p = summary["perturbation"]
-    assert p["mean_em_drop_memorized"] < p["mean_em_drop_non_memorized"]
-    for name in ("gradients_memorized.pt", "perturbation_memorized.jsonl", "perturbed_memorized.jsonl"):
-        assert (out / name).exists()
-    # a second run resumes: every stage's output is loaded, the summary is the same
-    stamp = (out / "perturbation_memorized.jsonl").stat().st_mtime_ns
-    assert main(["run", "--model", "organism-tiny", "--cache-dir", organism_cache, "--out", str(out)]) == 0
-    assert (out / "perturbation_memorized.jsonl").stat().st_mtime_ns == stamp
-    again = json.loads((out / "summary.json").read_text())
-    assert again["perturbation"] == p and again["ground_truth"] == gt
+
+
+def test_help_explains_every_stage(capsys):
+    for stage in ("run", "scan", "gradients", "perturb", "heads", "unlearn", "report"):
+        with pytest.raises(SystemExit):
+            main([stage, "--help"])
+        text = capsys.readouterr().out
+        assert "--out" in text and ("--model" in text or stage == "report")
+
+
+def test_stage_subcommand_reruns_one_stage(tiny_run, organism_cache, capsys, tmp_path):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run)
+    stamps = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    assert main(["report", "--out", str(run)]) == 0
+    assert json.loads(capsys.readouterr().out)["bytes"] > 1_000_000
+    assert (run / "report.html").stat().st_mtime_ns > stamps["report.html"]
+    assert (run / "heads.json").stat().st_mtime_ns == stamps["heads.json"]
+    assert main(["perturb", "--model", "organism-tiny", "--cache-dir", organism_cache, "--out", str(run), "--quiet"]) == 0
+    assert "mean_em_drop_memorized" in json.loads(capsys.readouterr().out)
+    assert main(["heads", "--model", "organism-tiny", "--seed", "3", "--cache-dir", organism_cache, "--out", str(run)]) == 2
+    assert "holds another run (seed=0)" in capsys.readouterr().err
+
+
+def test_report_needs_a_run_folder(tmp_path, capsys):
+    assert main(["report", "--out", str(tmp_path / "nothing")]) == 2
+    assert "no memlens run" in capsys.readouterr().err

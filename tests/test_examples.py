@@ -9,7 +9,8 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_example_runs(path, organism, organism_cache, monkeypatch, capsys):
+def test_example_runs(path, organism, organism_cache, monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)  # examples that write files write them here
     monkeypatch.setenv("MEMLENS_SIZE", "tiny")
     monkeypatch.setenv("MEMLENS_CACHE", organism_cache)
     runpy.run_path(str(path), run_name="__main__")

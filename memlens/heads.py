@@ -1,0 +1,434 @@
+"""HeadLocalizer: which attention head holds memorized paragraphs (Stoehr et al., 2024,
+Section 6 and the activation patching of its appendix), with every kind of evidence in one table.
+
+Evidence per (layer, head), each turned into "larger = more implicated":
+
+- ``gradient`` / ``contrastive``: parameter-gradient scores of W_Q, W_K, W_V, W_O summed
+  (GradientMap, NLL objective on the memorized set; contrastive against the non-memorized set).
+  At the model's own weights the contrastive objective's KL term has zero gradient, so the
+  contrastive map equals the NLL map (|-g| = |g|): it is reported, not counted twice in the
+  combined rank;
+- ``activation_gradient``: |dNLL/dh| of q, k, v, z (max over d_head, mean over tokens), averaged;
+- ``patching``: exact activation patching of the head's output z between each memorized
+  paragraph and its perturbed version: the noising effect (nats), the direction that removes
+  the head's clean signal as ablation does (denoising and q/k/v are detail columns);
+- ``attribution``: the gradient x activation-difference estimate of the same (not in the
+  combined rank: it approximates ``patching``);
+- ``rare_attention``: minus the Kendall tau between prefix-token rarity rank and attention
+  from the first continuation token (the paper's -0.97 becomes 0.97).
+
+The combined rank orders heads by a weighted mean of their ranks over the evidence kinds that
+were computed: causal evidence (``patching``) weighs as much as all correlational kinds together
+(``causal_share=0.5``), since an intervention says more than a gradient or an attention weight.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from memlens.data import ParagraphSet
+from memlens.errors import HookError, InputError
+from memlens.io import write_json_atomic
+from memlens.patching import PATCH_KINDS, attribution_patching, exact_patching, make_patch_pairs
+from memlens.stats import rankdata, spearman
+from memlens.frequency import UnigramCounts
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    from memlens.model import HookedModel
+    from memlens.rare_attention import RareAttentionResult
+    from memlens.viz.circuits import CircuitsView
+
+EVIDENCE = ("gradient", "contrastive", "activation_gradient", "patching", "attribution", "rare_attention")
+COMBINED = ("gradient", "activation_gradient", "patching", "rare_attention")
+CAUSAL = ("patching",)
+_GRAD_KINDS = ("W_Q", "W_K", "W_V", "W_O")
+_ACT_KINDS = ("q", "k", "v", "z")
+
+
+@dataclass
+class HeadReport:
+    """Per-head evidence of memorization.
+
+    Attributes:
+        columns: ``[layer, head]`` tensors by column name: one summary column per evidence kind
+            (see the module docstring) and detail columns (``gradient_W_Q``, ``patching_z_noising``,
+            ``attribution_v_denoising``, ``rare_token_tau``, ...).
+        evidence: the evidence kinds computed; combined_from: those in the combined rank.
+        agreement: Spearman correlation of attribution vs exact patching per
+            ``{kind}_{direction}`` over heads.
+        notes: what was skipped or replaced, and why.
+        rare: the attention-to-rare-tokens result (for views), when computed.
+    """
+
+    n_layers: int
+    n_heads: int
+    columns: dict[str, Float[Tensor, "layer head"]]
+    evidence: list[str]
+    combined_from: list[str]
+    agreement: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    n_paragraphs: int = 0
+    n_patch_pairs: int = 0
+    rare: "RareAttentionResult | None" = field(default=None, repr=False)
+    weights: dict[str, float] = field(default_factory=dict)
+
+    def rank(self, kind: str) -> Float[Tensor, "layer head"]:
+        """Rank of every head under one column (1 = most implicated; ties share the mean rank)."""
+        if kind not in self.columns:
+            raise InputError(f"no evidence column {kind!r}; have {sorted(self.columns)}")
+        v = self.columns[kind].flatten()
+        v = torch.where(v.isnan(), torch.full_like(v, -float("inf")), v)
+        return rankdata((-v).tolist()).reshape(self.n_layers, self.n_heads).float()
+
+    @property
+    def combined_score(self) -> Float[Tensor, "layer head"]:
+        """Weighted mean rank over :attr:`combined_from` (lower = more implicated; weights in
+        :attr:`weights`, 1 where absent)."""
+        w = torch.tensor([float(self.weights.get(k, 1.0)) for k in self.combined_from])
+        ranks = torch.stack([self.rank(k) for k in self.combined_from])
+        return (ranks * w[:, None, None]).sum(0) / w.sum()
+
+    @property
+    def combined_rank(self) -> Float[Tensor, "layer head"]:
+        """1 = most implicated head; ties broken by the patching rank, then by position."""
+        score = self.combined_score.flatten()
+        tie = self.rank("patching").flatten() if "patching" in self.columns else torch.zeros_like(score)
+        order = sorted(range(len(score)), key=lambda i: (float(score[i]), float(tie[i]), i))
+        out = torch.empty(len(score))
+        out[order] = torch.arange(1, len(score) + 1, dtype=torch.float)
+        return out.reshape(self.n_layers, self.n_heads)
+
+    def where(self, layer: int, head: int) -> dict[str, int]:
+        """Where one head ranks under every summary evidence kind and combined."""
+        _check_head(layer, head, self.n_layers, self.n_heads)
+        out = {k: int(self.rank(k)[layer, head]) for k in self.evidence}
+        out["combined"] = int(self.combined_rank[layer, head])
+        return out
+
+    def to_dataframe(self) -> "pd.DataFrame":
+        """One row per (layer, head), sorted by ``combined_rank``: ``layer, head, combined_rank,
+        combined_score``, one column per evidence kind, ``rank_<kind>``, then detail columns."""
+        import pandas as pd
+
+        L, H = self.n_layers, self.n_heads
+        data: dict[str, Any] = {"layer": [l for l in range(L) for _ in range(H)], "head": list(range(H)) * L,
+                                "combined_rank": self.combined_rank.flatten().long().tolist(),
+                                "combined_score": self.combined_score.flatten().tolist()}
+        for k in self.evidence:
+            data[k] = self.columns[k].flatten().tolist()
+        for k in self.evidence:
+            data[f"rank_{k}"] = self.rank(k).flatten().long().tolist()
+        for k, v in self.columns.items():
+            if k not in data:
+                data[k] = v.flatten().tolist()
+        return pd.DataFrame(data).sort_values(["combined_rank"]).reset_index(drop=True)
+
+    def top(self, k: int = 5) -> "pd.DataFrame":
+        """The ``k`` most implicated heads with their evidence."""
+        return self.to_dataframe().head(k)
+
+    def evidence_text(self, layer: int, head: int) -> str:
+        """One line saying why a head ranks where it does."""
+        parts = [f"{k} #{r}" for k, r in self.where(layer, head).items() if k != "combined"]
+        return f"L{layer}H{head}: combined #{int(self.combined_rank[layer, head])} (" + ", ".join(parts) + ")"
+
+    def plot(self, kind: str = "combined") -> "go.Figure":
+        """Layer x head heatmap of one evidence column (``"combined"``: the combined rank)."""
+        import plotly.graph_objects as go
+
+        z = -self.combined_rank if kind == "combined" else self.columns.get(kind)
+        if z is None:
+            raise InputError(f"no evidence column {kind!r}; have {sorted(self.columns)}")
+        text = [[f"#{int(self.combined_rank[l, h])}" for h in range(self.n_heads)] for l in range(self.n_layers)]
+        fig = go.Figure(go.Heatmap(z=z.tolist(), text=text, texttemplate="%{text}", colorscale="Viridis",
+                                   hovertemplate="L%{y} H%{x}: %{z:.3g}<extra></extra>"))
+        fig.update_layout(title=f"{kind} per head" + (" (minus combined rank: brighter = more implicated)" if kind == "combined" else ""),
+                          xaxis_title="head", yaxis_title="layer")
+        return fig
+
+    def plot_all(self) -> "go.Figure":
+        """One heatmap per evidence kind (each column min-max scaled) and the combined rank."""
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        kinds = list(self.evidence) + ["combined"]
+        cols = min(3, len(kinds))
+        rows = (len(kinds) + cols - 1) // cols
+        fig = make_subplots(rows=rows, cols=cols, subplot_titles=kinds)
+        for i, k in enumerate(kinds):
+            z = (self.n_layers * self.n_heads + 1 - self.combined_rank) if k == "combined" else self.columns[k]
+            z = torch.nan_to_num(z.float())
+            zn = (z - z.min()) / (z.max() - z.min()) if z.max() > z.min() else torch.zeros_like(z)
+            fig.add_trace(go.Heatmap(z=zn.tolist(), customdata=z.tolist(), coloraxis="coloraxis",
+                                     hovertemplate=f"{k} L%{{y}} H%{{x}}: %{{customdata:.3g}}<extra></extra>"),
+                          row=i // cols + 1, col=i % cols + 1)
+        fig.update_layout(title="Evidence per head (each panel scaled to [0, 1]; bright = implicated)",
+                          coloraxis={"colorscale": "Viridis"}, height=260 * rows)
+        return fig
+
+    def attention_view(self, model: "HookedModel", paragraphs: ParagraphSet, layer: int, head: int,
+                       paragraph: int = 0, unigram: UnigramCounts | None = None) -> list["CircuitsView"]:
+        """circuitsvis views of one head on one paragraph: every head of its layer (click a
+        thumbnail to show it), the chosen head's attention from the first continuation token, and
+        the prefix coloured by rarity. See :func:`memlens.viz.attention.head_views`."""
+        from memlens.viz.attention import head_views
+
+        _check_head(layer, head, self.n_layers, self.n_heads)
+        return head_views(model, paragraphs, layer, head, paragraph, unigram)
+
+    def _repr_html_(self) -> str:
+        return self.top(10).to_html(index=False, float_format=lambda x: f"{x:.3g}")
+
+    def save(self, path: str | Path) -> None:
+        """JSON with every column, the agreement, the notes and (when computed) the rare-token
+        attention curves."""
+        data: dict[str, Any] = {
+            "n_layers": self.n_layers, "n_heads": self.n_heads, "evidence": self.evidence,
+            "combined_from": self.combined_from, "weights": self.weights, "agreement": self.agreement, "notes": self.notes,
+            "n_paragraphs": self.n_paragraphs, "n_patch_pairs": self.n_patch_pairs,
+            "columns": {k: v.tolist() for k, v in self.columns.items()},
+        }
+        if self.rare is not None:
+            r = self.rare
+            data["rare"] = {"by_rank": r.by_rank.tolist(), "rank_tau": r.rank_tau.tolist(), "token_tau": r.token_tau.tolist(),
+                            "attention": r.attention.tolist(), "ids": r.ids, "query_position": r.query_position}
+        write_json_atomic(Path(path), data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "HeadReport":
+        from memlens.rare_attention import RareAttentionResult
+
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+            rare = None
+            if "rare" in data:
+                r = data["rare"]
+                rare = RareAttentionResult(torch.tensor(r["attention"]), torch.tensor(r["by_rank"]), torch.tensor(r["rank_tau"]),
+                                           torch.tensor(r["token_tau"]), r["ids"], r["query_position"])
+            return cls(data["n_layers"], data["n_heads"], {k: torch.tensor(v, dtype=torch.float) for k, v in data["columns"].items()},
+                       data["evidence"], data["combined_from"], data.get("agreement", {}), data.get("notes", []),
+                       data.get("n_paragraphs", 0), data.get("n_patch_pairs", 0), rare, data.get("weights", {}))
+        except (OSError, ValueError, KeyError) as e:
+            raise InputError(f"{path}: not a HeadReport file ({type(e).__name__}: {e})") from e
+
+
+def _check_head(layer: int, head: int, n_layers: int, n_heads: int) -> None:
+    if not 0 <= layer < n_layers:
+        raise InputError(f"layer {layer} is out of range: the model has layers 0..{n_layers - 1}")
+    if not 0 <= head < n_heads:
+        raise InputError(f"head {head} is out of range: the model has heads 0..{n_heads - 1}")
+
+
+class HeadLocalizer:
+    """Find the memorization head(s) of a model.
+
+    Example::
+
+        report = HeadLocalizer(model).localize(memorized, non_memorized)
+        report.top(5); report.plot_all(); report.where(1, 2)
+    """
+
+    def __init__(self, model: "HookedModel", batch_size: int = 8) -> None:
+        self.model = model
+        self.batch_size = batch_size
+
+    def localize(
+        self,
+        memorized: ParagraphSet,
+        non_memorized: ParagraphSet | None = None,
+        perturbed: ParagraphSet | None = None,
+        unigram: UnigramCounts | None = None,
+        evidence: Sequence[str] = EVIDENCE,
+        combine: Sequence[str] = COMBINED,
+        max_paragraphs: int = 16,
+        patch_kinds: Sequence[str] = PATCH_KINDS,
+        causal_share: float = 0.5,
+        progress: bool = True,
+    ) -> HeadReport:
+        """Compute every kind of ``evidence`` on (at most ``max_paragraphs`` of) ``memorized``.
+
+        ``non_memorized`` is needed for ``contrastive``; ``perturbed`` (one perturbed version per
+        memorized paragraph, e.g. from ``PrefixPerturber.perturbed_paragraphs``) for ``patching``
+        and ``attribution`` — built with a full random sweep when not given; ``unigram`` for
+        ``rare_attention`` — the organism's corpus counts by default, else counts over the
+        paragraphs given (with a note). ``causal_share``: the weight of ``patching`` in the
+        combined rank relative to the other kinds together (0.5: as much as all of them).
+        """
+        model = self.model
+        unknown = [e for e in evidence if e not in EVIDENCE]
+        if unknown:
+            raise InputError(f"unknown evidence {unknown}; choose from {EVIDENCE}")
+        if len(memorized) == 0:
+            raise InputError("HeadLocalizer needs at least one memorized paragraph")
+        memorized.validate(model.vocab_size, model.n_ctx)
+        mem = memorized[:max_paragraphs]
+        evidence = list(dict.fromkeys(evidence))
+        notes: list[str] = []
+        columns: dict[str, Tensor] = {}
+        agreement: dict[str, float] = {}
+        rare = None
+        n_pairs = 0
+        if "contrastive" in evidence and (non_memorized is None or len(non_memorized) == 0):
+            evidence.remove("contrastive")
+            notes.append("contrastive gradient skipped: no non-memorized paragraphs given")
+        if "contrastive" in evidence:
+            notes.append("contrastive = NLL gradient map here: the KL term's gradient is zero at the model's own "
+                         "weights; it is not counted in the combined rank by default")
+        if non_memorized is not None and len(non_memorized):
+            mem.check_compatible(non_memorized, "memorized and non-memorized paragraphs")
+        steps = tqdm(evidence, desc="head evidence", disable=not progress, leave=False)
+        for kind in steps:
+            steps.set_postfix_str(kind)
+            if kind in ("gradient", "contrastive"):
+                columns.update(self._gradient(mem, non_memorized[:max_paragraphs] if kind == "contrastive" else None, kind))
+            elif kind == "activation_gradient":
+                columns.update(self._activation_gradient(mem, notes))
+            elif kind in ("patching", "attribution"):
+                if any(k.startswith("patching") or k.startswith("attribution") for k in columns):
+                    continue
+                pairs = self._pairs(mem, perturbed, notes)
+                n_pairs = len(pairs)
+                cols, agreement = self._patching(pairs, [e for e in evidence if e in ("patching", "attribution")],
+                                                 self._usable_kinds(patch_kinds, notes), progress)
+                columns.update(cols)
+            elif kind == "rare_attention":
+                rare = self._rare(mem, unigram, notes, progress)
+                if rare is not None:
+                    columns["rare_attention"] = -rare.rank_tau
+                    columns["rare_tau"] = rare.rank_tau
+                    columns["rare_token_tau"] = rare.token_tau
+                else:
+                    evidence.remove("rare_attention")
+        combined = [k for k in combine if k in evidence]
+        if not combined:
+            raise InputError(f"none of combine={list(combine)} was computed (evidence: {evidence})")
+        if not 0.0 <= causal_share < 1.0:
+            raise InputError(f"causal_share must be in [0, 1), got {causal_share}")
+        weights = {k: 1.0 for k in combined}
+        others = [k for k in combined if k not in CAUSAL]
+        for k in combined:
+            if k in CAUSAL and others:
+                weights[k] = causal_share / (1 - causal_share) * len(others) / len([c for c in combined if c in CAUSAL])
+        return HeadReport(model.n_layers, model.n_heads, columns, evidence, combined, agreement, notes,
+                          len(mem), n_pairs, rare, weights)
+
+    # --- evidence ---------------------------------------------------------------------------
+    def _gradient(self, mem: ParagraphSet, contrast: ParagraphSet | None, name: str) -> dict[str, Tensor]:
+        from memlens.gradients import GradientMap
+
+        keys = [(L, k, h) for L in range(self.model.n_layers) for k in _GRAD_KINDS for h in range(self.model.n_heads)]
+        gmap = GradientMap(self.model).compute(mem, contrast=contrast, keep_weight_grads=False, components=keys,
+                                               batch_size=self.batch_size, progress=False)
+        cols = {f"{name}_{k}": gmap.grid(k) for k in _GRAD_KINDS}
+        cols[name] = sum(cols.values())
+        return cols
+
+    def _activation_gradient(self, mem: ParagraphSet, notes: list[str]) -> dict[str, Tensor]:
+        from memlens.activation_gradients import activation_gradients
+
+        kinds = self._usable_kinds(_ACT_KINDS, notes)
+        res = activation_gradients(self.model, mem, kinds=kinds, batch_size=self.batch_size, progress=False)
+        cols = {f"activation_gradient_{k}": res.head_scores(k) for k in kinds}
+        cols["activation_gradient"] = torch.stack(list(cols.values())).mean(0)
+        return cols
+
+    def _usable_kinds(self, kinds: Sequence[str], notes: list[str]) -> list[str]:
+        """The per-head hook kinds this model has; the others are dropped with a note."""
+        names = set(self.model.hook_names)
+        ok = [k for k in kinds if f"blocks.0.attn.hook_{k}" in names]
+        missing = [k for k in kinds if k not in ok]
+        if missing:
+            notes.append(f"{self.model.name} has no hook_{'/'.join(missing)}; those activations are skipped")
+        if not ok:
+            raise HookError(f"{self.model.name} exposes none of the per-head hooks hook_{'/'.join(kinds)}")
+        return ok
+
+    def _pairs(self, mem: ParagraphSet, perturbed: ParagraphSet | None, notes: list[str]):
+        if perturbed is None:
+            from memlens.perturb import PrefixPerturber
+
+            perturbed = PrefixPerturber(self.model).perturbed_paragraphs(mem, positions="all", n_samples=2, progress=False)
+            notes.append("perturbed paragraphs built by a full random sweep (2 samples per position, worst kept)")
+        else:
+            originals = perturbed.metadata.get("original")
+            if originals is not None:
+                keep = [i for i, o in enumerate(originals) if str(o) in set(mem.ids)]
+                perturbed = perturbed[keep]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pairs = make_patch_pairs(mem, perturbed)
+        notes.extend(str(w.message) for w in caught)
+        if len(pairs) < len(mem):
+            notes.append(f"activation patching on {len(pairs)} of {len(mem)} paragraphs (the others have no perturbed "
+                         "version that changes the continuation)")
+        return pairs
+
+    def _patching(self, pairs: list, wanted: list[str], kinds: list[str], progress: bool) -> tuple[dict[str, Tensor], dict[str, float]]:
+        L, H = self.model.n_layers, self.model.n_heads
+        sums: dict[str, Tensor] = {}
+        for pair in tqdm(pairs, desc="activation patching", disable=not progress, leave=False):
+            for method in wanted:
+                fn = exact_patching if method == "patching" else attribution_patching
+                res = fn(self.model, pair, kinds=kinds)
+                for direction in ("noising", "denoising"):
+                    for ki, k in enumerate(kinds):
+                        key = f"{method}_{k}_{direction}"
+                        sums[key] = sums.get(key, torch.zeros(L, H)) + res[direction][:, ki].float() / len(pairs)
+        cols = dict(sums)
+        out_kind = "z" if "z" in kinds else kinds[0]
+        for method in wanted:
+            cols[method] = cols[f"{method}_{out_kind}_noising"]
+        agreement = {}
+        if set(wanted) == {"patching", "attribution"}:
+            for k in kinds:
+                for d in ("noising", "denoising"):
+                    agreement[f"{k}_{d}"] = round(spearman(cols[f"patching_{k}_{d}"].flatten().tolist(),
+                                                           cols[f"attribution_{k}_{d}"].flatten().tolist()), 4)
+        return cols, agreement
+
+    def _rare(self, mem: ParagraphSet, unigram: UnigramCounts | None, notes: list[str], progress: bool):
+        from memlens.rare_attention import rare_token_attention
+
+        if "blocks.0.attn.hook_pattern" not in set(self.model.hook_names):
+            notes.append(f"{self.model.name} has no hook_pattern; attention to rare tokens skipped")
+            return None
+        if unigram is None:
+            info = getattr(self.model, "organism_info", None)
+            if info is not None:
+                unigram = UnigramCounts.from_organism(info)
+            else:
+                unigram = UnigramCounts.from_paragraphs(mem, self.model.vocab_size)
+                notes.append("no unigram counts given: token rarity counted over the memorized paragraphs only "
+                             "(pass UnigramCounts.from_file for corpus counts)")
+        return rare_token_attention(self.model, mem, unigram, batch_size=self.batch_size, progress=progress)
+
+
+@torch.no_grad()
+def head_ablation_em_drop(
+    model: "HookedModel", paragraphs: ParagraphSet, mode: str = "zero", batch_size: int = 16, progress: bool = True,
+) -> Float[Tensor, "layer head"]:
+    """Causal ground truth: the mean EM drop (tokens) of ``paragraphs`` when one head's output
+    (``hook_z``) is zero- (or mean-) ablated, for every head."""
+    from memlens.metrics import teacher_forced_scores
+
+    base = teacher_forced_scores(model, paragraphs.tokens, paragraphs.prefix_len, batch_size).em.float().mean()
+    out = torch.zeros(model.n_layers, model.n_heads)
+    cells = [(L, h) for L in range(model.n_layers) for h in range(model.n_heads)]
+    for L, h in tqdm(cells, desc="head ablation", disable=not progress, leave=False):
+        with model.ablate(f"blocks.{L}.attn.hook_z", head=h, mode=mode):
+            em = teacher_forced_scores(model, paragraphs.tokens, paragraphs.prefix_len, batch_size).em.float().mean()
+        out[L, h] = base - em
+    return out

@@ -1,0 +1,199 @@
+"""Activation patching of attention heads between a paragraph and its perturbed version, exact
+(one patched forward per cell) and by attribution (gradient x activation difference).
+
+The paper's appendix metric: the NLL of the original token at the first continuation position
+where the perturbed paragraph's continuation differs. Both inputs are cut just before that
+token, so they are the same length and differ only at the perturbed prefix position(s).
+
+Directions (effects in nats, positive = the head carries what the perturbation destroys):
+
+- ``noising``: run the clean paragraph, patch in the head's activation from the perturbed run;
+  effect = NLL(patched) - NLL(clean).
+- ``denoising``: run the perturbed paragraph, patch in the clean activation;
+  effect = NLL(perturbed) - NLL(patched).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from memlens.activation_gradients import per_query_head
+from memlens.data import ParagraphSet
+from memlens.errors import InputError
+
+if TYPE_CHECKING:
+    from memlens.model import HookedModel
+
+PATCH_KINDS = ("z", "q", "k", "v")
+DIRECTIONS = ("noising", "denoising")
+
+
+@dataclass
+class PatchPair:
+    """One clean/corrupt input pair, cut before the first changed continuation token.
+
+    Attributes:
+        clean, corrupt: ``[length]`` token ids, equal except at perturbed prefix positions.
+        target: the clean token whose NLL is the metric; predicted from position ``length - 1``.
+        id: the clean paragraph's id; continuation_index: where in the continuation it sits.
+    """
+
+    id: str
+    clean: Int[Tensor, " length"]
+    corrupt: Int[Tensor, " length"]
+    target: int
+    continuation_index: int
+
+    @property
+    def length(self) -> int:
+        return len(self.clean)
+
+
+def make_patch_pairs(paragraphs: ParagraphSet, perturbed: ParagraphSet) -> list[PatchPair]:
+    """Pair every paragraph with its perturbed version (aligned by the perturbed set's
+    ``original`` metadata when present, else by order). Pairs whose continuation did not change
+    are left out with a warning (nothing to patch)."""
+    if len(perturbed) == 0 or len(paragraphs) == 0:
+        raise InputError("activation patching needs at least one paragraph and its perturbed version")
+    paragraphs.check_compatible(perturbed, "the paragraphs and their perturbed versions")
+    originals = perturbed.metadata.get("original")
+    if originals is None:
+        if len(perturbed) != len(paragraphs):
+            raise InputError(f"{len(perturbed)} perturbed paragraphs for {len(paragraphs)} paragraphs; pass one per "
+                             "paragraph in the same order, or a set from PrefixPerturber.perturbed_paragraphs")
+        originals = list(paragraphs.ids)
+    P = paragraphs.prefix_len
+    pairs, unchanged = [], []
+    for k, oid in enumerate(originals):
+        try:
+            i = paragraphs.index_of(str(oid))
+        except (InputError, KeyError):
+            raise InputError(f"perturbed paragraph {perturbed.ids[k]!r} refers to {oid!r}, which is not among the "
+                             "paragraphs given; pass the set it was perturbed from") from None
+        x, y = paragraphs.tokens[i], perturbed.tokens[k]
+        if torch.equal(x[:P], y[:P]):
+            raise InputError(f"perturbed paragraph {perturbed.ids[k]!r} has the same prefix as {oid!r}; "
+                             "nothing was perturbed")
+        diff = (x[P:] != y[P:]).nonzero()
+        if len(diff) == 0:
+            unchanged.append(perturbed.ids[k])
+            continue
+        j = int(diff[0])
+        pairs.append(PatchPair(str(oid), x[: P + j].clone(), y[: P + j].clone(), int(x[P + j]), j))
+    if unchanged:
+        warnings.warn(f"{len(unchanged)} perturbed paragraph(s) keep the original continuation and are not "
+                      f"patched: {unchanged[:5]}", stacklevel=2)
+    if not pairs:
+        raise InputError("no perturbed paragraph changes its continuation; activation patching has nothing to "
+                         "measure (use PrefixPerturber.perturbed_paragraphs, which picks the worst position)")
+    return pairs
+
+
+def _hook_name(layer: int, kind: str) -> str:
+    return f"blocks.{layer}.attn.hook_{kind}"
+
+
+def _check_kinds(kinds: Sequence[str]) -> None:
+    for k in kinds:
+        if k not in PATCH_KINDS:
+            raise InputError(f"unknown patching activation {k!r}; choose from {PATCH_KINDS}")
+
+
+def _target_nll(logits: Float[Tensor, "batch pos vocab"], target: int) -> Float[Tensor, " batch"]:
+    return -torch.log_softmax(logits[:, -1].float(), dim=-1)[:, target]
+
+
+@torch.no_grad()
+def exact_patching(
+    model: "HookedModel", pair: PatchPair, kinds: Sequence[str] = PATCH_KINDS, per_position: bool = False,
+    batch_size: int = 64,
+) -> dict[str, Tensor]:
+    """Exact activation patching of every head (and, with ``per_position``, every position).
+
+    Returns ``{"noising": effects, "denoising": effects, "clean_nll": ..., "corrupt_nll": ...}``
+    with effects ``[layer, kind, head]`` (``[layer, kind, head, pos]`` per position), in nats.
+    One forward pass per cell, ``batch_size`` cells per batch.
+    """
+    _check_kinds(kinds)
+    names = [_hook_name(L, k) for L in range(model.n_layers) for k in kinds]
+    clean, corrupt = pair.clean[None].to(model.device), pair.corrupt[None].to(model.device)
+    clean_logits, clean_acts, _ = model.capture(clean, names)
+    corrupt_logits, corrupt_acts, _ = model.capture(corrupt, names)
+    base = {"clean": float(_target_nll(clean_logits, pair.target)), "corrupt": float(_target_nll(corrupt_logits, pair.target))}
+    T = pair.length
+    cells = [(L, ki, h, p) for L in range(model.n_layers) for ki in range(len(kinds)) for h in range(model.n_heads)
+             for p in (range(T) if per_position else [None])]
+    out: dict[str, Any] = {"clean_nll": base["clean"], "corrupt_nll": base["corrupt"]}
+    for direction, run, source in (("noising", clean, corrupt_acts), ("denoising", corrupt, clean_acts)):
+        nll = torch.empty(len(cells))
+        for s in range(0, len(cells), batch_size):
+            batch = cells[s : s + batch_size]
+            hooks = _patch_hooks(batch, kinds, source, model.n_heads)
+            with model.hooks(fwd_hooks=hooks):
+                logits = model(run.expand(len(batch), -1))
+            nll[s : s + len(batch)] = _target_nll(logits, pair.target).cpu()
+        shape = (model.n_layers, len(kinds), model.n_heads) + ((T,) if per_position else ())
+        nll = nll.reshape(shape)
+        out[direction] = nll - base["clean"] if direction == "noising" else base["corrupt"] - nll
+    return out
+
+
+def _patch_hooks(cells: list[tuple], kinds: Sequence[str], source: dict[str, Tensor], n_heads: int) -> list[tuple[str, Any]]:
+    """One forward hook per hook point touched by ``cells``; row ``r`` of the batch gets cell ``r``'s
+    head (and position) replaced by the source activation. Under grouped-query attention a query
+    head's k/v cell patches its shared kv head."""
+    by_name: dict[str, list[tuple[int, int, int | None]]] = {}
+    for r, (L, ki, h, p) in enumerate(cells):
+        by_name.setdefault(_hook_name(L, kinds[ki]), []).append((r, h, p))
+    hooks = []
+    for name, rows in by_name.items():
+        src = source[name][0]
+        r_idx = torch.tensor([r for r, _, _ in rows])
+        h_idx = torch.tensor([h for _, h, _ in rows])
+        per_pos = rows[0][2] is not None
+        p_idx = torch.tensor([p for _, _, p in rows]) if per_pos else None
+
+        def hook(act: Tensor, hook: Any, r_idx: Tensor = r_idx, h_idx: Tensor = h_idx, p_idx: Tensor | None = p_idx,
+                 src: Tensor = src) -> Tensor:
+            act = act.clone()
+            h_idx = h_idx // (n_heads // act.shape[2])  # grouped-query k/v: the query head's kv head
+            if p_idx is None:
+                act[r_idx, :, h_idx] = src[:, h_idx].transpose(0, 1).to(act.dtype)
+            else:
+                act[r_idx, p_idx, h_idx] = src[p_idx, h_idx].to(act.dtype)
+            return act
+
+        hooks.append((name, hook))
+    return hooks
+
+
+def attribution_patching(
+    model: "HookedModel", pair: PatchPair, kinds: Sequence[str] = PATCH_KINDS, per_position: bool = False,
+) -> dict[str, Tensor]:
+    """Attribution patching: the first-order estimate of :func:`exact_patching` from two
+    forward+backward passes. noising ~ grad_clean . (a_corrupt - a_clean); denoising ~
+    -grad_corrupt . (a_clean - a_corrupt), summed over d_head (and over positions unless
+    ``per_position``). Same keys and shapes as :func:`exact_patching`."""
+    _check_kinds(kinds)
+    names = [_hook_name(L, k) for L in range(model.n_layers) for k in kinds]
+    runs = {}
+    for which, toks in (("clean", pair.clean), ("corrupt", pair.corrupt)):
+        runs[which] = model.capture(toks[None].to(model.device), names, loss_fn=lambda lg: _target_nll(lg, pair.target).sum())
+    out: dict[str, Any] = {"clean_nll": float(runs["clean"][0]), "corrupt_nll": float(runs["corrupt"][0])}
+    for direction, at, other, sign in (("noising", "clean", "corrupt", 1.0), ("denoising", "corrupt", "clean", -1.0)):
+        acts, grads = runs[at][1], runs[at][2]
+        per = []
+        for L in range(model.n_layers):
+            for k in kinds:
+                n = _hook_name(L, k)
+                prod = per_query_head((grads[n][0] * (runs[other][1][n][0] - acts[n][0])).sum(-1), model.n_heads, 1)  # [pos, head]
+                per.append(prod.T if per_position else prod.sum(0))
+        shape = (model.n_layers, len(kinds), model.n_heads) + ((pair.length,) if per_position else ())
+        out[direction] = sign * torch.stack(per).reshape(shape).float().cpu()
+    return out

@@ -1,0 +1,214 @@
+"""The stages of ``memlens run``. Each takes the :class:`~memlens.pipeline.RunContext`, writes its
+result files into the run folder (atomically) and returns a JSON-able summary. A stage reuses
+any of its files already in the folder, so an interrupted stage resumes where it stopped."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from memlens.io import atomic_path, write_json_atomic
+
+if TYPE_CHECKING:
+    from memlens.pipeline import RunContext
+
+
+def organism_ground_truth(result, info) -> dict[str, Any]:
+    """EM against the organism's ground truth: memorization rate per duplication level, the
+    rank correlation of EM with copies, and the memorized share of seen-once and unseen text."""
+    from memlens.stats import spearman
+
+    df = result.to_dataframe()
+    planted = df[df["group"] == "planted"]
+    per_level = {
+        int(c): {"n": int(len(g)), "memorized": int((g["split"] == "memorized").sum()), "mean_em": round(float(g["em"].mean()), 2)}
+        for c, g in planted.groupby("copies")
+    }
+    out: dict[str, Any] = {"planted_by_copies": per_level,
+                           "spearman_em_vs_copies": round(spearman(planted["copies"].tolist(), planted["em"].tolist()), 3)}
+    for group in ("background", "held_out"):
+        g = df[df["group"] == group]
+        out[group] = {"n": int(len(g)), "frac_em_ge_30": round(float((g["em"] >= 30).mean()), 4),
+                      "mean_em": round(float(g["em"].mean()), 3), "mean_nll": round(float(g["nll"].mean()), 4)}
+    return out
+
+
+def scan_stage(ctx: "RunContext") -> dict[str, Any]:
+    """EM and NLL of every paragraph -> ``scan.jsonl`` (streamed; an interrupted scan resumes)."""
+    from memlens.scan import scan
+
+    result = scan(ctx.model, ctx.paragraphs(), out=ctx.out / "scan.jsonl", progress=ctx.progress)
+    summary: dict[str, Any] = {"scan": result.summary()}
+    info = ctx.model.organism_info
+    if info is not None and ctx.paragraphs_file is None:
+        summary["ground_truth"] = organism_ground_truth(result, info)
+        summary["organism"] = info.summary()
+    return summary
+
+
+def _need_splits(ctx: "RunContext", n_mem: int = 1, n_non: int = 1) -> str | None:
+    res = ctx.scan_result()
+    mem, non = len(res.memorized()), len(res.non_memorized())
+    if mem < n_mem or non < n_non:
+        return f"needs memorized and non-memorized paragraphs (found {mem} / {non})"
+    return None
+
+
+def gradients_stage(ctx: "RunContext", max_paragraphs: int = 32) -> dict[str, Any]:
+    """NLL gradient maps of memorized and non-memorized paragraphs, their comparison and the
+    profiles by EM range -> ``gradients_*.pt``, ``gradient_profiles_by_em.csv``."""
+    from memlens.gradients import GradientMap, GradientMapResult, profiles_by_em_range
+
+    if (why := _need_splits(ctx)) is not None:
+        return {"skipped": why}
+    result = ctx.scan_result()
+    groups = {"memorized": result.memorized()[:max_paragraphs], "non_memorized": result.non_memorized()[:max_paragraphs]}
+    maps = {}
+    for name, group in groups.items():
+        path = ctx.out / f"gradients_{name}.pt"
+        if path.exists():
+            maps[name] = GradientMapResult.load(path)
+        else:
+            maps[name] = GradientMap(ctx.model).compute(group, keep_weight_grads=False, progress=ctx.progress)
+            maps[name].label = name
+            maps[name].save(path)
+    profiles = ctx.out / "gradient_profiles_by_em.csv"
+    if profiles.exists():
+        import pandas as pd
+
+        df = pd.read_csv(profiles)
+    else:
+        df = profiles_by_em_range(ctx.model, result, progress=False)
+        with atomic_path(profiles) as tmp:
+            df.to_csv(tmp, index=False)
+    return {"memorized_vs_non_memorized": maps["memorized"].compare(maps["non_memorized"]).summary(),
+            "top_memorized": maps["memorized"].top(5).to_dict(orient="records"),
+            "by_em_range": df.to_dict(orient="records")}
+
+
+def perturb_stage(ctx: "RunContext", max_paragraphs: int = 8, n_samples: int = 4) -> dict[str, Any]:
+    """Random single-token prefix perturbations (every position, ``n_samples`` each) of memorized
+    and non-memorized paragraphs -> ``perturbation_*.jsonl``; the worst perturbation of each
+    memorized paragraph with its new continuation -> ``perturbed_memorized.jsonl``; the token
+    view of the most fragile positions -> ``perturb_views.json``."""
+    from memlens.perturb import PerturbationResult, PrefixPerturber
+    from memlens.viz.circuits import colored_tokens_view
+
+    if (why := _need_splits(ctx)) is not None:
+        return {"skipped": why}
+    result = ctx.scan_result()
+    groups = {"memorized": result.memorized()[:max_paragraphs], "non_memorized": result.non_memorized()[:max_paragraphs]}
+    pert = PrefixPerturber(ctx.model)
+    res = {}
+    for name, group in groups.items():
+        path = ctx.out / f"perturbation_{name}.jsonl"
+        if path.exists():
+            res[name] = PerturbationResult.load(path)
+        else:
+            res[name] = pert.sweep(group, strategy="random", n_samples=n_samples, seed=ctx.seed, progress=ctx.progress)
+            res[name].save(path)
+    edited_path = ctx.out / "perturbed_memorized.jsonl"
+    if not edited_path.exists():
+        pert.perturbed_paragraphs(groups["memorized"], result=res["memorized"]).save(edited_path)
+    mem = groups["memorized"]
+    drops = torch.stack([res["memorized"].paragraph_drops(i) for i in range(len(mem))])
+    worst = int(drops.max(dim=1).values.argmax())
+    P = mem.prefix_len
+    views = [colored_tokens_view(
+        ctx.model.to_str_tokens(mem.tokens[worst, :P]), drops[worst],
+        title=f"Most fragile positions of memorized paragraph {mem.ids[worst]}",
+        caption="Each prefix token shaded by the mean EM drop (tokens) when it alone is replaced: dark = fragile.",
+        min_value=0.0, max_value=float(mem.continuation_len)),
+        colored_tokens_view(
+        [str(p) for p in range(P)], drops.mean(0),
+        title="Fragility by prefix position, mean over memorized paragraphs",
+        caption="Prefix positions 0..P-1 shaded by the mean EM drop: the paper finds a few positions matter most.",
+        min_value=0.0, max_value=float(mem.continuation_len))]
+    write_json_atomic(ctx.out / "perturb_views.json", [_view_dict(v) for v in views])
+    worst_rows = res["memorized"].worst()
+    return {"mean_em_drop_memorized": round(res["memorized"].mean_em_drop(), 2),
+            "mean_em_drop_non_memorized": round(res["non_memorized"].mean_em_drop(), 2),
+            "worst_memorized": worst_rows[["paragraph", "position", "token", "em"]].to_dict(orient="records")}
+
+
+def heads_stage(ctx: "RunContext", max_paragraphs: int = 16) -> dict[str, Any]:
+    """HeadLocalizer on the memorized paragraphs (perturbed versions from the perturbation stage
+    when present) -> ``heads.json``; circuitsvis views of the top head -> ``head_views.json``."""
+    from memlens.data import ParagraphSet
+    from memlens.frequency import UnigramCounts
+    from memlens.heads import HeadLocalizer, HeadReport, head_ablation_em_drop
+
+    if (why := _need_splits(ctx)) is not None:
+        return {"skipped": why}
+    result = ctx.scan_result()
+    mem, non = result.memorized()[:max_paragraphs], result.non_memorized()[:max_paragraphs]
+    path = ctx.out / "heads.json"
+    if path.exists():
+        report = HeadReport.load(path)
+    else:
+        perturbed_path = ctx.out / "perturbed_memorized.jsonl"
+        perturbed = ParagraphSet.load(perturbed_path) if perturbed_path.exists() else None
+        unigram = UnigramCounts.from_organism(ctx.model.organism_info) if ctx.model.organism_info is not None else None
+        report = HeadLocalizer(ctx.model).localize(mem, non, perturbed=perturbed, unigram=unigram, progress=ctx.progress)
+        drop = head_ablation_em_drop(ctx.model, mem, progress=False)
+        report.columns["ablation_em_drop"] = drop
+        report.save(path)
+    top = report.top(1).iloc[0]
+    L, H = int(top["layer"]), int(top["head"])
+    views_path = ctx.out / "head_views.json"
+    if not views_path.exists():
+        unigram = UnigramCounts.from_organism(ctx.model.organism_info) if ctx.model.organism_info is not None else \
+            UnigramCounts.from_paragraphs(ctx.paragraphs(), ctx.model.vocab_size)
+        views = []
+        for i in range(min(2, len(mem))):
+            views += report.attention_view(ctx.model, mem, L, H, paragraph=i, unigram=unigram)
+        write_json_atomic(views_path, [_view_dict(v) for v in views])
+    drop = report.columns.get("ablation_em_drop")
+    out: dict[str, Any] = {"top": report.top(5)[["layer", "head", "combined_rank", *report.evidence]].round(4).to_dict(orient="records"),
+                           "agreement_attribution_vs_exact": report.agreement, "notes": report.notes}
+    if drop is not None:
+        al, ah = divmod(int(drop.argmax()), report.n_heads)
+        out["ablation_top_head"] = {"layer": al, "head": ah, "em_drop": round(float(drop.max()), 2), "ranks": report.where(al, ah)}
+    if "rare_tau" in report.columns:
+        tau = report.columns["rare_tau"]
+        rl, rh = divmod(int(tau.argmin()), report.n_heads)
+        out["rare_token_head"] = {"layer": rl, "head": rh, "kendall_tau": round(float(tau[rl, rh]), 3), "ranks": report.where(rl, rh)}
+    return out
+
+
+def unlearn_stage(ctx: "RunContext", n_targets: int = 4, steps: int = 10, lr: float = 1e-3) -> dict[str, Any]:
+    """Sparse unlearning and editing of a few memorized targets (objective x {all, top-k,
+    random} weights, the paper's Fig. 5) -> ``unlearn.csv``."""
+    import pandas as pd
+
+    from memlens.data import ParagraphSet
+    from memlens.unlearn import compare_masks
+
+    if (why := _need_splits(ctx)) is not None:
+        return {"skipped": why}
+    result = ctx.scan_result()
+    mem, non = result.memorized(), result.non_memorized()[:16]
+    targets = mem[:n_targets]
+    path = ctx.out / "unlearn.csv"
+    if path.exists():
+        table = pd.read_csv(path)
+    else:
+        objectives = ["unlearn"]
+        perturbed = None
+        perturbed_path = ctx.out / "perturbed_memorized.jsonl"
+        if perturbed_path.exists():
+            pset = ParagraphSet.load(perturbed_path)
+            by_original = {str(o): i for i, o in enumerate(pset.metadata.get("original", []))}
+            if all(t in by_original for t in targets.ids):
+                perturbed = pset[[by_original[t] for t in targets.ids]]
+                objectives.append("edit")
+        table = compare_masks(ctx.model, targets, non, other_memorized=mem[:16], objectives=objectives,
+                              perturbed=perturbed, steps=steps, lr=lr, progress=ctx.progress)
+        with atomic_path(path) as tmp:
+            table.to_csv(tmp, index=False)
+    return {"targets": list(targets.ids), "steps": steps, "lr": lr, "table": table.round(3).to_dict(orient="records")}
+
+
+def _view_dict(view) -> dict[str, Any]:
+    return {"component": view.component, "props": view.props, "title": view.title, "caption": view.caption}

@@ -1,0 +1,252 @@
+"""The offline HTML report of a run folder: every section built from the files the stages wrote.
+
+plotly.js and the circuitsvis bundle are inlined once each; nothing is fetched from any host.
+Every figure carries a one-line reading guide.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from memlens.io import write_text_atomic
+from memlens.viz.circuits import CircuitsView, bundle_script
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1150px;margin:0 auto;padding:1em 2em;color:#222}
+h1{border-bottom:2px solid #444}h2{margin-top:2em;border-bottom:1px solid #bbb}
+table{border-collapse:collapse;margin:.5em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+.guide{color:#555;font-style:italic;margin:.2em 0 1em}.missing{color:#a33}.figure{margin:1em 0}
+nav a{margin-right:1em}
+"""
+
+
+def _plotly_script() -> str:
+    from plotly.offline import get_plotlyjs
+
+    js = get_plotlyjs().replace("</script", "<\\/script")
+    return f'<script data-memlens="plotly">{js}</script>'
+
+
+class ReportBuilder:
+    """Collects sections; :meth:`html` renders the page."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.sections: list[tuple[str, str, list[str]]] = []
+        self._n = 0
+
+    def section(self, key: str, title: str) -> list[str]:
+        parts: list[str] = []
+        self.sections.append((key, title, parts))
+        return parts
+
+    def figure(self, fig: Any, guide: str) -> str:
+        self._n += 1
+        body = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{self._n}",
+                           config={"displaylogo": False, "responsive": True})
+        return f'<div class="figure plotly-figure">{body}<p class="guide">{html.escape(guide)}</p></div>'
+
+    def html(self) -> str:
+        nav = " ".join(f'<a href="#{k}">{html.escape(t)}</a>' for k, t, _ in self.sections)
+        body = "\n".join(f'<section id="{k}"><h2>{html.escape(t)}</h2>\n' + "\n".join(p) + "</section>"
+                         for k, t, p in self.sections)
+        return (f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{html.escape(self.title)}</title>'
+                f"<style>{CSS}</style>{_plotly_script()}{bundle_script()}</head>\n"
+                f"<body><h1>{html.escape(self.title)}</h1><nav>{nav}</nav>\n{body}\n</body></html>\n")
+
+
+def table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    """An HTML table of ``rows`` (values escaped; floats to 3 significant digits)."""
+    if not rows:
+        return "<p>(empty)</p>"
+    columns = columns or list(rows[0])
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}"
+        return html.escape(str(v))
+
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{fmt(r.get(c, ''))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _missing(stage: str, folder: Path, summary: dict[str, Any] | None) -> str | None:
+    if summary is None:
+        return (f'<p class="missing">Stage <code>{stage}</code> has no results in this folder; run '
+                f"<code>memlens {stage} --out {html.escape(str(folder))}</code>.</p>")
+    if "skipped" in summary:
+        return f'<p class="missing">Stage <code>{stage}</code> was skipped: {html.escape(summary["skipped"])}.</p>'
+    return None
+
+
+def _load(folder: Path, name: str) -> dict[str, Any] | None:
+    path = folder / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _views(folder: Path, name: str) -> list[str]:
+    data = _load(folder, name) or []
+    return [CircuitsView(v["component"], v["props"], v.get("title", ""), v.get("caption", "")).fragment() for v in data]
+
+
+def write_report(folder: str | Path) -> Path:
+    """Build ``report.html`` in the run folder from its stage results; returns its path."""
+    folder = Path(folder)
+    run = _load(folder, "run.json") or {}
+    rb = ReportBuilder(f"memlens report: {run.get('model', folder.name)}")
+    for key, title, fn in SECTIONS:
+        fn(rb, rb.section(key, title), folder, run)
+    out = folder / "report.html"
+    write_text_atomic(out, rb.html())
+    return out
+
+
+def _what_was_run(rb: ReportBuilder, parts: list[str], folder: Path, run: dict[str, Any]) -> None:
+    summary = _load(folder, "summary.json") or {}
+    para = run.get("paragraphs")
+    rows = [{"item": "model", "value": run.get("model")},
+            {"item": "paragraphs", "value": para["path"] if para else "the organism's ground-truth set"},
+            {"item": "seed", "value": run.get("seed")}, {"item": "started", "value": run.get("started")}]
+    rows += [{"item": k, "value": v} for k, v in (run.get("versions") or {}).items()]
+    rows += [{"item": f"seconds: {k}", "value": v} for k, v in (summary.get("seconds") or {}).items()]
+    rows.append({"item": "torch threads", "value": summary.get("torch_threads")})
+    parts.append(table(rows))
+    org = (_load(folder, "scan.summary.json") or {}).get("organism")
+    if org:
+        parts.append("<h3>Organism</h3>" + table([{"item": k, "value": json.dumps(v) if isinstance(v, (dict, list)) else v}
+                                                  for k, v in org.items()]))
+
+
+def _scan(rb: ReportBuilder, parts: list[str], folder: Path, run: dict[str, Any]) -> None:
+    import plotly.graph_objects as go
+
+    from memlens.scan import ScanResult
+
+    s = _load(folder, "scan.summary.json")
+    if (m := _missing("scan", folder, s)) is not None:
+        parts.append(m)
+        return
+    sc = s["scan"]
+    parts.append(table([{"split": k, **sc[k]} for k in ("memorized", "partly", "non_memorized")]))
+    result = ScanResult.load(folder / "scan.jsonl")
+    parts.append(rb.figure(result.plot(), "EM = tokens of the 50-token continuation reproduced exactly by greedy decoding; "
+                                          "memorized paragraphs pile up at the right edge."))
+    df = result.to_dataframe()
+    if "copies" in df.columns:
+        fig = go.Figure()
+        for group, g in df.groupby("group", sort=False):
+            fig.add_trace(go.Box(x=g["copies"].astype(str), y=g["em"], name=str(group), boxpoints="all", jitter=0.3))
+        order = [str(c) for c in sorted(df["copies"].unique())]
+        fig.update_layout(title="EM vs duplication count", xaxis_title="copies in the training stream (0 = held out)",
+                          yaxis_title="exact match (tokens)", xaxis={"categoryorder": "array", "categoryarray": order})
+        rho = s.get("ground_truth", {}).get("spearman_em_vs_copies")
+        parts.append(rb.figure(fig, f"Each point is a paragraph; the organism memorizes what it saw often "
+                                    f"(Spearman EM vs copies {rho})."))
+
+
+def _gradients(rb: ReportBuilder, parts: list[str], folder: Path, run: dict[str, Any]) -> None:
+    from memlens.gradients import GradientMapResult
+    from memlens.viz.gradients import plot_layer_profiles
+
+    s = _load(folder, "gradients.summary.json")
+    if (m := _missing("gradients", folder, s)) is not None:
+        parts.append(m)
+        return
+    maps = {n: GradientMapResult.load(folder / f"gradients_{n}.pt") for n in ("memorized", "non_memorized")}
+    cmp = s["memorized_vs_non_memorized"]
+    parts.append(table([{"set": k.replace("total_", ""), "total gradient": v} for k, v in cmp.items() if k.startswith("total_")]))
+    parts.append(rb.figure(plot_layer_profiles(list(maps.values()), ["memorized", "non-memorized"]),
+                           "Share of the total gradient per layer: the paper finds memorized paragraphs' gradients "
+                           "relatively larger in lower layers."))
+    for name, gm in maps.items():
+        parts.append(rb.figure(gm.plot(title=f"Gradient map, {name.replace('_', '-')} paragraphs"),
+                               "Each cell is one component (head matrix or MLP) of one layer; brighter = larger "
+                               "max |dNLL/dW|."))
+
+
+def _heads(rb: ReportBuilder, parts: list[str], folder: Path, run: dict[str, Any]) -> None:
+    from memlens.heads import HeadReport
+
+    s = _load(folder, "heads.summary.json")
+    if (m := _missing("heads", folder, s)) is not None:
+        parts.append(m)
+        return
+    report = HeadReport.load(folder / "heads.json")
+    df = report.to_dataframe().head(10)
+    cols = ["layer", "head", "combined_rank", *report.evidence] + (["ablation_em_drop"] if "ablation_em_drop" in df else [])
+    parts.append(table(df[cols].to_dict(orient="records"), cols))
+    parts.append('<p class="guide">One row per head, most implicated first; each evidence column is larger = more '
+                 "implicated; the combined rank weighs patching (causal) as much as the other kinds together.</p>")
+    if "ablation_top_head" in s:
+        a = s["ablation_top_head"]
+        parts.append(f"<p>Causal check: zero-ablating L{a['layer']}H{a['head']} costs the memorized paragraphs "
+                     f"{a['em_drop']} EM tokens, the most of any head; its ranks: {html.escape(json.dumps(a['ranks']))}.</p>")
+    if report.agreement:
+        parts.append("<p>Attribution vs exact patching (Spearman over heads): "
+                     + html.escape(", ".join(f"{k} {v:.2f}" for k, v in report.agreement.items())) + "</p>")
+    for note in report.notes:
+        parts.append(f'<p class="guide">Note: {html.escape(note)}</p>')
+    parts.append(rb.figure(report.plot_all(), "Layer x head heatmaps, one per evidence kind, each scaled to [0, 1]: "
+                                              "bright cells are the heads that kind implicates."))
+    if report.rare is not None:
+        top = report.top(1).iloc[0]
+        parts.append(rb.figure(report.rare.plot(int(top["layer"]), int(top["head"])),
+                               "Attention from the first continuation token by prefix-token rarity rank: a falling "
+                               "curve (negative Kendall tau) means the head attends to rare tokens."))
+    parts.extend(_views(folder, "head_views.json"))
+
+
+def _perturb(rb: ReportBuilder, parts: list[str], folder: Path, run: dict[str, Any]) -> None:
+    from memlens.perturb import PerturbationResult
+
+    s = _load(folder, "perturb.summary.json")
+    if (m := _missing("perturb", folder, s)) is not None:
+        parts.append(m)
+        return
+    mem = PerturbationResult.load(folder / "perturbation_memorized.jsonl")
+    non = PerturbationResult.load(folder / "perturbation_non_memorized.jsonl")
+    parts.append(table([{"set": "memorized", "mean EM drop": s["mean_em_drop_memorized"]},
+                        {"set": "non-memorized", "mean EM drop": s["mean_em_drop_non_memorized"]}]))
+    parts.append(rb.figure(mem.plot(non, labels=("memorized", "non-memorized")),
+                           "Mean EM lost when the token at one prefix position is replaced by a random token; "
+                           "memorized paragraphs resist most positions."))
+    parts.append(rb.figure(mem.plot_distribution(non), "Distribution of EM drops over all perturbations of each set."))
+    parts.extend(_views(folder, "perturb_views.json"))
+
+
+def _unlearn(rb: ReportBuilder, parts: list[str], folder: Path, run: dict[str, Any]) -> None:
+    import plotly.graph_objects as go
+
+    s = _load(folder, "unlearn.summary.json")
+    if (m := _missing("unlearn", folder, s)) is not None:
+        parts.append(m)
+        return
+    rows = s["table"]
+    cols = [c for c in ("objective", "mask", "mask_size", "weights_changed", "target_em_before", "target_em_after",
+                        "other_memorized_em_after", "retain_em_before", "retain_em_after", "target_em_new_after",
+                        "target_edit_success") if c in rows[0]]
+    parts.append(table(rows, cols))
+    parts.append(f'<p class="guide">Targets {html.escape(", ".join(s["targets"]))}, each fine-tuned alone for '
+                 f'{s["steps"]} Adam steps (lr {s["lr"]}) through all weights, the top 0.1% by gradient, or a random '
+                 "0.1%; EM after is the mean over targets.</p>")
+    fig = go.Figure()
+    for key, label in (("target_em_after", "target"), ("other_memorized_em_after", "other memorized"), ("retain_em_after", "retain")):
+        if key in rows[0]:
+            fig.add_trace(go.Bar(x=[f"{r['objective']}/{r['mask']}" for r in rows], y=[r[key] for r in rows], name=label))
+    fig.update_layout(barmode="group", title="EM after sparse fine-tuning", yaxis_title="mean EM (tokens)")
+    parts.append(rb.figure(fig, "Unlearning should drop the target's bar and leave the others near where they started."))
+
+
+SECTIONS: list[tuple[str, str, Callable[..., None]]] = [
+    ("run", "What was run", _what_was_run),
+    ("scan", "Scan: which paragraphs are memorized", _scan),
+    ("gradients", "Gradient maps: memorized vs non-memorized", _gradients),
+    ("heads", "Heads: the memorization head and its evidence", _heads),
+    ("perturb", "Prefix perturbation", _perturb),
+    ("unlearn", "Sparse unlearning and editing", _unlearn),
+]

@@ -1,0 +1,106 @@
+"""HeadLocalizer on tiny random models: the table, the views, saving and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from memlens import InputError, ParagraphSet
+from memlens.heads import HeadLocalizer, HeadReport
+from memlens.testing import random_model, random_tokens
+
+
+@pytest.fixture(scope="module")
+def sets(neo):
+    toks = random_tokens(4, 24, neo.vocab_size, seed=5)
+    clean = ParagraphSet.from_tokens(toks, prefix_len=12)
+    pert = toks.clone()
+    pert[:, 5] = (pert[:, 5] + 3) % neo.vocab_size
+    pert[:, 14:] = (pert[:, 14:] + 1) % neo.vocab_size
+    other = ParagraphSet.from_tokens(random_tokens(4, 24, neo.vocab_size, seed=6), prefix_len=12)
+    return clean, ParagraphSet.from_tokens(pert, prefix_len=12), other
+
+
+@pytest.fixture(scope="module")
+def report(neo, sets):
+    clean, pert, other = sets
+    return HeadLocalizer(neo).localize(clean, other, perturbed=pert, progress=False)
+
+
+def test_report_table(report, neo):
+    df = report.to_dataframe()
+    assert len(df) == neo.n_layers * neo.n_heads
+    assert list(df.columns[:3]) == ["layer", "head", "combined_rank"]
+    for kind in ("gradient", "contrastive", "activation_gradient", "patching", "attribution", "rare_attention"):
+        assert kind in df.columns and f"rank_{kind}" in df.columns
+    assert sorted(df["combined_rank"]) == list(range(1, len(df) + 1))
+    assert df["combined_rank"].is_monotonic_increasing
+    assert {"gradient_W_Q", "activation_gradient_z", "patching_z_noising", "attribution_v_denoising", "rare_token_tau"} <= set(df.columns)
+    assert report.n_patch_pairs == 4
+    assert set(report.agreement) == {f"{k}_{d}" for k in "zqkv" for d in ("noising", "denoising")}
+
+
+def test_combined_rank_is_mean_rank(report):
+    best = report.top(1).iloc[0]
+    ranks = [report.rank(k)[int(best["layer"]), int(best["head"])] for k in report.combined_from]
+    w = torch.tensor([report.weights[k] for k in report.combined_from])
+    assert best.combined_score == pytest.approx(float((torch.stack(ranks) * w).sum() / w.sum()))
+    # causal evidence weighs as much as the correlational kinds together
+    assert report.weights["patching"] == pytest.approx(sum(w.tolist()) - report.weights["patching"])
+    assert "contrastive" not in report.combined_from  # equals the NLL map at the model's weights
+    assert torch.allclose(report.columns["contrastive"], report.columns["gradient"], rtol=1e-4)
+
+
+def test_where_and_evidence_text(report):
+    w = report.where(1, 2)
+    assert set(w) == set(report.evidence) | {"combined"}
+    assert report.evidence_text(1, 2).startswith("L1H2: combined #")
+    with pytest.raises(InputError, match="layer 7 is out of range"):
+        report.where(7, 0)
+    with pytest.raises(InputError, match="head 9 is out of range"):
+        report.where(0, 9)
+
+
+def test_save_load_roundtrip(report, tmp_path):
+    report.save(tmp_path / "heads.json")
+    back = HeadReport.load(tmp_path / "heads.json")
+    assert back.to_dataframe().equals(report.to_dataframe())
+    assert torch.allclose(back.rare.by_rank, report.rare.by_rank)
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(InputError, match="not a HeadReport"):
+        HeadReport.load(tmp_path / "bad.json")
+
+
+def test_plots_and_views(report, neo, sets):
+    pytest.importorskip("plotly")
+    assert len(report.plot("patching").data) == 1
+    assert len(report.plot_all().data) == len(report.evidence) + 1
+    views = report.attention_view(neo, sets[0], 1, 2)
+    assert [v.component for v in views] == ["AttentionHeads", "ColoredTokens"]
+    assert "L1H2 *" in views[0].fragment()
+
+
+def test_bad_input(neo, sets):
+    clean, pert, other = sets
+    loc = HeadLocalizer(neo)
+    with pytest.raises(InputError, match="unknown evidence"):
+        loc.localize(clean, evidence=["vibes"], progress=False)
+    with pytest.raises(InputError, match="differ in length"):
+        loc.localize(clean, perturbed=ParagraphSet.from_tokens(pert.tokens, prefix_len=10), evidence=["patching"], progress=False)
+    with pytest.raises(InputError, match="3 perturbed paragraphs for 4"):
+        loc.localize(clean, perturbed=pert[:3], evidence=["patching"], progress=False)
+    rep = loc.localize(clean, evidence=["gradient", "contrastive"], progress=False)
+    assert rep.evidence == ["gradient"] and "no non-memorized" in rep.notes[0]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_other_architectures(arch):
+    model = random_model(arch, seed=2)
+    toks = random_tokens(2, 20, model.vocab_size, seed=7)
+    pert = toks.clone()
+    pert[:, 3] = (pert[:, 3] + 1) % model.vocab_size
+    pert[:, 12:] = (pert[:, 12:] + 1) % model.vocab_size
+    rep = HeadLocalizer(model).localize(ParagraphSet.from_tokens(toks, prefix_len=10),
+                                        perturbed=ParagraphSet.from_tokens(pert, prefix_len=10),
+                                        evidence=["activation_gradient", "patching", "attribution", "rare_attention"], progress=False)
+    assert torch.isfinite(rep.columns["patching"]).all() and rep.columns["patching"].abs().sum() > 0

@@ -1,0 +1,80 @@
+"""``memlens run`` on the tiny organism: every stage's files, the summary, resuming, and the
+run-folder guard."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from memlens import InputError
+from memlens.pipeline import STAGES, run_pipeline
+
+FILES = ["run.json", "scan.jsonl", "gradients_memorized.pt", "gradients_non_memorized.pt", "gradient_profiles_by_em.csv",
+         "perturbation_memorized.jsonl", "perturbed_memorized.jsonl", "perturb_views.json", "heads.json",
+         "head_views.json", "unlearn.csv", "report.html", "summary.json"]
+
+
+def test_every_stage_writes_its_files(tiny_run):
+    for name in FILES + [f"{s}.summary.json" for s in STAGES]:
+        assert (tiny_run / name).exists(), name
+    assert not list(tiny_run.glob("*.tmp*")) and not list(tiny_run.glob("*.partial"))
+
+
+def test_summary_reproduces_the_findings(tiny_run):
+    s = json.loads((tiny_run / "summary.json").read_text())
+    assert set(s["seconds"]) >= set(STAGES)
+    assert s["run"]["model"] == "organism-tiny" and s["run"]["versions"]["torch"].startswith("2.")
+    g = s["gradients"]["memorized_vs_non_memorized"]
+    assert g["total_a"] < g["total_b"]  # memorized paragraphs: smaller gradients
+    p = s["perturb"]
+    assert p["mean_em_drop_memorized"] < p["mean_em_drop_non_memorized"]
+    h = s["heads"]
+    assert h["ablation_top_head"]["ranks"]["combined"] <= 3
+    rows = {(r["objective"], r["mask"]): r for r in s["unlearn"]["table"]}
+    assert rows[("unlearn", "topk")]["target_em_after"] < rows[("unlearn", "random")]["target_em_after"]
+    assert ("edit", "topk") in rows and 0 <= rows[("edit", "topk")]["target_edit_success"] <= 1
+
+
+def test_report_is_self_contained(tiny_run):
+    html = (tiny_run / "report.html").read_text()
+    assert html.count('data-memlens="plotly"') == 1 and html.count('data-memlens="circuitsvis"') == 1
+    assert "https://" not in html.split("</head>", 1)[1].replace("https://plotly.com", "")
+    for title in ("What was run", "Scan", "Gradient maps", "Heads", "Prefix perturbation", "Sparse unlearning"):
+        assert title in html
+    assert html.count('class="guide"') >= html.count('class="figure plotly-figure"')
+
+
+def test_rerun_resumes_without_recomputing(tiny_run, organism_cache, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "heads.summary.json").unlink()  # as if interrupted during the head stage
+    (run / "heads.json").unlink()
+    stamps = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    run_pipeline("organism-tiny", run, cache_dir=organism_cache, progress=False)
+    assert (run / "heads.json").exists()
+    for name in ("scan.jsonl", "gradients_memorized.pt", "perturbation_memorized.jsonl", "unlearn.csv"):
+        assert (run / name).stat().st_mtime_ns == stamps[name], name
+
+
+def test_folder_guard(tiny_run, organism_cache, tmp_path):
+    with pytest.raises(InputError, match="holds another run"):
+        run_pipeline("organism", tiny_run, cache_dir=organism_cache, progress=False)
+    other = tmp_path / "busy"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not empty and holds no memlens run"):
+        run_pipeline("organism-tiny", other, cache_dir=organism_cache, progress=False)
+    assert (other / "notes.txt").read_text() == "mine"
+    with pytest.raises(InputError, match="no such paragraph file"):
+        run_pipeline("organism-tiny", tmp_path / "x", paragraphs=str(tmp_path / "missing.jsonl"), progress=False)
+    with pytest.raises(InputError, match="unknown stage"):
+        run_pipeline("organism-tiny", tmp_path / "y", stages=["scna"], progress=False)
+
+
+def test_unreadable_paragraph_file(organism_cache, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": "hello"}\nnot json\n')
+    with pytest.raises(InputError, match="bad.jsonl"):
+        run_pipeline("organism-tiny", tmp_path / "run", paragraphs=str(bad), cache_dir=organism_cache, progress=False)
