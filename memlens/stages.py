@@ -177,9 +177,12 @@ def heads_stage(ctx: "RunContext", max_paragraphs: int = 16) -> dict[str, Any]:
     return out
 
 
-def unlearn_stage(ctx: "RunContext", n_targets: int = 4, steps: int = 10, lr: float = 1e-3) -> dict[str, Any]:
+def unlearn_stage(ctx: "RunContext", n_targets: int = 4, steps: int = 10, lr: float = 1e-3,
+                  edit_steps: int = 30, edit_lr: float = 1e-2) -> dict[str, Any]:
     """Sparse unlearning and editing of a few memorized targets (objective x {all, top-k,
-    random} weights, the paper's Fig. 5) -> ``unlearn.csv``."""
+    random} weights, the paper's Fig. 5) -> ``unlearn.csv``. Editing (to the continuation that
+    follows the target's worst prefix perturbation) needs more movement than unlearning: it runs
+    ``edit_steps`` at ``edit_lr``."""
     import pandas as pd
 
     from memlens.data import ParagraphSet
@@ -190,24 +193,29 @@ def unlearn_stage(ctx: "RunContext", n_targets: int = 4, steps: int = 10, lr: fl
     result = ctx.scan_result()
     mem, non = result.memorized(), result.non_memorized()[:16]
     targets = mem[:n_targets]
+    settings = {"unlearn": {"steps": steps, "lr": lr}}
     path = ctx.out / "unlearn.csv"
     if path.exists():
         table = pd.read_csv(path)
     else:
-        objectives = ["unlearn"]
-        perturbed = None
+        tables = [compare_masks(ctx.model, targets, non, other_memorized=mem[:16], objectives=("unlearn",),
+                                steps=steps, lr=lr, progress=ctx.progress)]
         perturbed_path = ctx.out / "perturbed_memorized.jsonl"
         if perturbed_path.exists():
             pset = ParagraphSet.load(perturbed_path)
             by_original = {str(o): i for i, o in enumerate(pset.metadata.get("original", []))}
             if all(t in by_original for t in targets.ids):
-                perturbed = pset[[by_original[t] for t in targets.ids]]
-                objectives.append("edit")
-        table = compare_masks(ctx.model, targets, non, other_memorized=mem[:16], objectives=objectives,
-                              perturbed=perturbed, steps=steps, lr=lr, progress=ctx.progress)
+                tables.append(compare_masks(
+                    ctx.model, targets, non, other_memorized=mem[:16], objectives=("edit",),
+                    perturbed=pset[[by_original[t] for t in targets.ids]], steps=edit_steps, lr=edit_lr,
+                    progress=ctx.progress))
+        table = pd.concat(tables, ignore_index=True)
         with atomic_path(path) as tmp:
             table.to_csv(tmp, index=False)
-    return {"targets": list(targets.ids), "steps": steps, "lr": lr, "table": table.round(3).to_dict(orient="records")}
+    if (table["objective"] == "edit").any():
+        settings["edit"] = {"steps": edit_steps, "lr": edit_lr}
+    rows = table.round(3).astype(object).where(table.notna(), None).to_dict(orient="records")  # NaN -> null: strict JSON
+    return {"targets": list(targets.ids), "settings": settings, "table": rows}
 
 
 def _view_dict(view) -> dict[str, Any]:

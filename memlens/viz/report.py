@@ -66,6 +66,8 @@ def table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
     columns = columns or list(rows[0])
 
     def fmt(v: Any) -> str:
+        if v is None or (isinstance(v, float) and v != v):
+            return ""
         if isinstance(v, float):
             return f"{v:.3g}"
         return html.escape(str(v))
@@ -231,9 +233,11 @@ def _unlearn(rb: ReportBuilder, parts: list[str], folder: Path, run: dict[str, A
                         "other_memorized_em_after", "retain_em_before", "retain_em_after", "target_em_new_after",
                         "target_edit_success") if c in rows[0]]
     parts.append(table(rows, cols))
-    parts.append(f'<p class="guide">Targets {html.escape(", ".join(s["targets"]))}, each fine-tuned alone for '
-                 f'{s["steps"]} Adam steps (lr {s["lr"]}) through all weights, the top 0.1% by gradient, or a random '
-                 "0.1%; EM after is the mean over targets.</p>")
+    how = "; ".join(f'{k}: {v["steps"]} Adam steps at lr {v["lr"]}' for k, v in s["settings"].items())
+    parts.append(f'<p class="guide">Targets {html.escape(", ".join(s["targets"]))}, each fine-tuned alone ({how}) '
+                 "through all weights, the top 0.1% by gradient, or a random 0.1%; EM after is the mean over targets "
+                 "(retain and other memorized: against the original model's own continuations). Edit success = share "
+                 "of targets with EM >= 40 on their new continuation.</p>")
     fig = go.Figure()
     for key, label in (("target_em_after", "target"), ("other_memorized_em_after", "other memorized"), ("retain_em_after", "retain")):
         if key in rows[0]:

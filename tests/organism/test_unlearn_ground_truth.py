@@ -17,3 +17,4 @@ def test_topk_unlearns_where_random_does_not(organism):
     assert top["other_memorized_em_after"] >= 45, "other memorized paragraphs should survive"
     # restored between runs: the organism still recites its targets
     assert scan(organism, mem[:3], progress=False).em.tolist() == [50, 50, 50]
+
