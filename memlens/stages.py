@@ -87,7 +87,7 @@ def gradients_stage(ctx: "RunContext", max_paragraphs: int = 32) -> dict[str, An
             "by_em_range": df.to_dict(orient="records")}
 
 
-def perturb_stage(ctx: "RunContext", max_paragraphs: int = 8, n_samples: int = 4) -> dict[str, Any]:
+def perturb_stage(ctx: "RunContext", max_paragraphs: int = 16, n_samples: int = 4) -> dict[str, Any]:
     """Random single-token prefix perturbations (every position, ``n_samples`` each) of memorized
     and non-memorized paragraphs -> ``perturbation_*.jsonl``; the worst perturbation of each
     memorized paragraph with its new continuation -> ``perturbed_memorized.jsonl``; the token
