@@ -93,7 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_stage(args: argparse.Namespace) -> int:
     """One stage alone, into a run folder (run again even if done; earlier stages it needs run first)."""
-    from memlens.pipeline import RunContext, claim_folder, run_pipeline, run_stage
+    from memlens.pipeline import RunContext, claim_folder, run_stage, write_summary
 
     out = Path(args.out or "memlens-run")
     if args.command == "report":
@@ -105,7 +105,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     ctx = RunContext(out, args.model, args.paragraphs, args.seed, args.cache_dir, progress=not args.quiet)
     claim_folder(ctx)
     summary = run_stage(ctx, args.command)
-    run_pipeline(args.model, out, args.paragraphs, args.seed, args.cache_dir, stages=(), progress=False)
+    write_summary(ctx)
     print(json.dumps(summary, indent=2))
     return 0
 

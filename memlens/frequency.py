@@ -18,6 +18,7 @@ from memlens.io import atomic_path
 
 if TYPE_CHECKING:
     from memlens.data import ParagraphSet
+    from memlens.model import HookedModel
     from memlens.organism.info import OrganismInfo
 
 
@@ -66,6 +67,13 @@ class UnigramCounts:
     def from_organism(cls, info: "OrganismInfo") -> "UnigramCounts":
         """The counts over the organism's whole training stream."""
         return cls(info.unigram_counts.clone(), source="organism training stream")
+
+    @classmethod
+    def default_for(cls, model: "HookedModel", paragraphs: "ParagraphSet") -> "UnigramCounts":
+        """The organism's training-stream counts when ``model`` is the organism, else counts over
+        ``paragraphs`` (a rough stand-in for corpus counts)."""
+        info = getattr(model, "organism_info", None)
+        return cls.from_organism(info) if info is not None else cls.from_paragraphs(paragraphs, model.vocab_size)
 
     @classmethod
     def from_paragraphs(cls, paragraphs: "ParagraphSet", vocab_size: int) -> "UnigramCounts":

@@ -112,7 +112,7 @@ class HeadReport:
 
     def where(self, layer: int, head: int) -> dict[str, int]:
         """Where one head ranks under every summary evidence kind and combined."""
-        _check_head(layer, head, self.n_layers, self.n_heads)
+        check_head(layer, head, self.n_layers, self.n_heads)
         out = {k: int(self.rank(k)[layer, head]) for k in self.evidence}
         out["combined"] = int(self.combined_rank[layer, head])
         return out
@@ -185,7 +185,6 @@ class HeadReport:
         the prefix coloured by rarity. See :func:`memlens.viz.attention.head_views`."""
         from memlens.viz.attention import head_views
 
-        _check_head(layer, head, self.n_layers, self.n_heads)
         return head_views(model, paragraphs, layer, head, paragraph, unigram)
 
     def _repr_html_(self) -> str:
@@ -225,7 +224,7 @@ class HeadReport:
             raise InputError(f"{path}: not a HeadReport file ({type(e).__name__}: {e})") from e
 
 
-def _check_head(layer: int, head: int, n_layers: int, n_heads: int) -> None:
+def check_head(layer: int, head: int, n_layers: int, n_heads: int) -> None:
     if not 0 <= layer < n_layers:
         raise InputError(f"layer {layer} is out of range: the model has layers 0..{n_layers - 1}")
     if not 0 <= head < n_heads:
@@ -289,39 +288,36 @@ class HeadLocalizer:
                          "weights; it is not counted in the combined rank by default")
         if non_memorized is not None and len(non_memorized):
             mem.check_compatible(non_memorized, "memorized and non-memorized paragraphs")
-        steps = tqdm(evidence, desc="head evidence", disable=not progress, leave=False)
-        for kind in steps:
-            steps.set_postfix_str(kind)
-            if kind in ("gradient", "contrastive"):
+        if not 0.0 <= causal_share < 1.0:
+            raise InputError(f"causal_share must be in [0, 1), got {causal_share}")
+        for kind in ("gradient", "contrastive"):
+            if kind in evidence:
                 columns.update(self._gradient(mem, non_memorized[:max_paragraphs] if kind == "contrastive" else None, kind))
-            elif kind == "activation_gradient":
-                columns.update(self._activation_gradient(mem, notes))
-            elif kind in ("patching", "attribution"):
-                if any(k.startswith("patching") or k.startswith("attribution") for k in columns):
-                    continue
-                pairs = self._pairs(mem, perturbed, notes)
-                n_pairs = len(pairs)
-                cols, agreement = self._patching(pairs, [e for e in evidence if e in ("patching", "attribution")],
-                                                 self._usable_kinds(patch_kinds, notes), progress)
-                columns.update(cols)
-            elif kind == "rare_attention":
-                rare = self._rare(mem, unigram, notes, progress)
-                if rare is not None:
-                    columns["rare_attention"] = -rare.rank_tau
-                    columns["rare_tau"] = rare.rank_tau
-                    columns["rare_token_tau"] = rare.token_tau
-                else:
-                    evidence.remove("rare_attention")
+        if "activation_gradient" in evidence:
+            columns.update(self._activation_gradient(mem, notes))
+        methods = [e for e in evidence if e in ("patching", "attribution")]
+        if methods:
+            pairs = self._pairs(mem, perturbed, notes)
+            n_pairs = len(pairs)
+            cols, agreement = self._patching(pairs, methods, self._usable_kinds(patch_kinds, notes), progress)
+            columns.update(cols)
+        if "rare_attention" in evidence:
+            rare = self._rare(mem, unigram, notes, progress)
+            if rare is not None:
+                columns["rare_attention"] = -rare.rank_tau
+                columns["rare_tau"] = rare.rank_tau
+                columns["rare_token_tau"] = rare.token_tau
+            else:
+                evidence.remove("rare_attention")
         combined = [k for k in combine if k in evidence]
         if not combined:
             raise InputError(f"none of combine={list(combine)} was computed (evidence: {evidence})")
-        if not 0.0 <= causal_share < 1.0:
-            raise InputError(f"causal_share must be in [0, 1), got {causal_share}")
         weights = {k: 1.0 for k in combined}
         others = [k for k in combined if k not in CAUSAL]
-        for k in combined:
-            if k in CAUSAL and others:
-                weights[k] = causal_share / (1 - causal_share) * len(others) / len([c for c in combined if c in CAUSAL])
+        causal = [k for k in combined if k in CAUSAL]
+        for k in causal:
+            if others:
+                weights[k] = causal_share / (1 - causal_share) * len(others) / len(causal)
         return HeadReport(model.n_layers, model.n_heads, columns, evidence, combined, agreement, notes,
                           len(mem), n_pairs, rare, weights)
 
@@ -406,11 +402,8 @@ class HeadLocalizer:
             notes.append(f"{self.model.name} has no hook_pattern; attention to rare tokens skipped")
             return None
         if unigram is None:
-            info = getattr(self.model, "organism_info", None)
-            if info is not None:
-                unigram = UnigramCounts.from_organism(info)
-            else:
-                unigram = UnigramCounts.from_paragraphs(mem, self.model.vocab_size)
+            unigram = UnigramCounts.default_for(self.model, mem)
+            if getattr(self.model, "organism_info", None) is None:
                 notes.append("no unigram counts given: token rarity counted over the memorized paragraphs only "
                              "(pass UnigramCounts.from_file for corpus counts)")
         return rare_token_attention(self.model, mem, unigram, batch_size=self.batch_size, progress=progress)

@@ -73,7 +73,7 @@ def make_patch_pairs(paragraphs: ParagraphSet, perturbed: ParagraphSet) -> list[
     for k, oid in enumerate(originals):
         try:
             i = paragraphs.index_of(str(oid))
-        except (InputError, KeyError):
+        except KeyError:
             raise InputError(f"perturbed paragraph {perturbed.ids[k]!r} refers to {oid!r}, which is not among the "
                              "paragraphs given; pass the set it was perturbed from") from None
         x, y = paragraphs.tokens[i], perturbed.tokens[k]

@@ -91,8 +91,13 @@ def run_stage(ctx: RunContext, stage: str) -> dict[str, Any]:
     fns = _stage_functions()
     if stage not in fns:
         raise InputError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    from memlens.stages import StageSkipped
+
     t0, loading = time.perf_counter(), ctx.load_seconds
-    summary = fns[stage](ctx)
+    try:
+        summary = fns[stage](ctx)
+    except StageSkipped as e:
+        summary = {"skipped": str(e)}
     summary["seconds"] = round(time.perf_counter() - t0 - (ctx.load_seconds - loading), 1)  # model loading apart
     write_json_atomic(ctx.out / f"{stage}.summary.json", summary)
     return summary
@@ -159,13 +164,14 @@ def run_pipeline(model_spec: str, out: Path, paragraphs: str | None = None, seed
     for stage in bar:
         bar.set_postfix_str(stage)
         if stage == "report":
-            _write_summary(ctx)
+            write_summary(ctx)
         if redo or not (ctx.out / f"{stage}.summary.json").exists():
             run_stage(ctx, stage)
-    return _write_summary(ctx)
+    return write_summary(ctx)
 
 
-def _write_summary(ctx: RunContext) -> dict[str, Any]:
+def write_summary(ctx: RunContext) -> dict[str, Any]:
+    """Gather the run manifest and every stage summary into ``summary.json``; return it."""
     summary: dict[str, Any] = {"run": json.loads((ctx.out / "run.json").read_text())}
     seconds: dict[str, float] = {}
     if ctx.load_seconds:

@@ -11,6 +11,7 @@ import torch
 from memlens.io import atomic_path, write_json_atomic
 
 if TYPE_CHECKING:
+    from memlens.data import ParagraphSet
     from memlens.pipeline import RunContext
 
 
@@ -47,12 +48,18 @@ def scan_stage(ctx: "RunContext") -> dict[str, Any]:
     return summary
 
 
-def _need_splits(ctx: "RunContext", n_mem: int = 1, n_non: int = 1) -> str | None:
+class StageSkipped(Exception):
+    """A stage has nothing to work on (e.g. no memorized paragraphs); the message says why."""
+
+
+def _splits(ctx: "RunContext", max_paragraphs: int) -> tuple[ParagraphSet, ParagraphSet]:
+    """The scan's memorized and non-memorized paragraphs, at most ``max_paragraphs`` of each;
+    :class:`StageSkipped` when either is empty."""
     res = ctx.scan_result()
-    mem, non = len(res.memorized()), len(res.non_memorized())
-    if mem < n_mem or non < n_non:
-        return f"needs memorized and non-memorized paragraphs (found {mem} / {non})"
-    return None
+    mem, non = res.memorized(), res.non_memorized()
+    if len(mem) == 0 or len(non) == 0:
+        raise StageSkipped(f"needs memorized and non-memorized paragraphs (found {len(mem)} / {len(non)})")
+    return mem[:max_paragraphs], non[:max_paragraphs]
 
 
 def gradients_stage(ctx: "RunContext", max_paragraphs: int = 32) -> dict[str, Any]:
@@ -60,10 +67,8 @@ def gradients_stage(ctx: "RunContext", max_paragraphs: int = 32) -> dict[str, An
     profiles by EM range -> ``gradients_*.pt``, ``gradient_profiles_by_em.csv``."""
     from memlens.gradients import GradientMap, GradientMapResult, profiles_by_em_range
 
-    if (why := _need_splits(ctx)) is not None:
-        return {"skipped": why}
-    result = ctx.scan_result()
-    groups = {"memorized": result.memorized()[:max_paragraphs], "non_memorized": result.non_memorized()[:max_paragraphs]}
+    mem, non = _splits(ctx, max_paragraphs)
+    groups = {"memorized": mem, "non_memorized": non}
     maps = {}
     for name, group in groups.items():
         path = ctx.out / f"gradients_{name}.pt"
@@ -79,7 +84,7 @@ def gradients_stage(ctx: "RunContext", max_paragraphs: int = 32) -> dict[str, An
 
         df = pd.read_csv(profiles)
     else:
-        df = profiles_by_em_range(ctx.model, result, progress=False)
+        df = profiles_by_em_range(ctx.model, ctx.scan_result(), progress=False)
         with atomic_path(profiles) as tmp:
             df.to_csv(tmp, index=False)
     return {"memorized_vs_non_memorized": maps["memorized"].compare(maps["non_memorized"]).summary(),
@@ -95,10 +100,8 @@ def perturb_stage(ctx: "RunContext", max_paragraphs: int = 16, n_samples: int = 
     from memlens.perturb import PerturbationResult, PrefixPerturber
     from memlens.viz.circuits import colored_tokens_view
 
-    if (why := _need_splits(ctx)) is not None:
-        return {"skipped": why}
-    result = ctx.scan_result()
-    groups = {"memorized": result.memorized()[:max_paragraphs], "non_memorized": result.non_memorized()[:max_paragraphs]}
+    mem, non = _splits(ctx, max_paragraphs)
+    groups = {"memorized": mem, "non_memorized": non}
     pert = PrefixPerturber(ctx.model)
     res = {}
     for name, group in groups.items():
@@ -110,8 +113,7 @@ def perturb_stage(ctx: "RunContext", max_paragraphs: int = 16, n_samples: int = 
             res[name].save(path)
     edited_path = ctx.out / "perturbed_memorized.jsonl"
     if not edited_path.exists():
-        pert.perturbed_paragraphs(groups["memorized"], result=res["memorized"]).save(edited_path)
-    mem = groups["memorized"]
+        pert.perturbed_paragraphs(mem, result=res["memorized"]).save(edited_path)
     drops = torch.stack([res["memorized"].paragraph_drops(i) for i in range(len(mem))])
     worst = int(drops.max(dim=1).values.argmax())
     P = mem.prefix_len
@@ -139,27 +141,22 @@ def heads_stage(ctx: "RunContext", max_paragraphs: int = 16) -> dict[str, Any]:
     from memlens.frequency import UnigramCounts
     from memlens.heads import HeadLocalizer, HeadReport, head_ablation_em_drop
 
-    if (why := _need_splits(ctx)) is not None:
-        return {"skipped": why}
-    result = ctx.scan_result()
-    mem, non = result.memorized()[:max_paragraphs], result.non_memorized()[:max_paragraphs]
+    mem, non = _splits(ctx, max_paragraphs)
     path = ctx.out / "heads.json"
+    views_path = ctx.out / "head_views.json"
+    if not (path.exists() and views_path.exists()):
+        unigram = UnigramCounts.default_for(ctx.model, ctx.paragraphs())
     if path.exists():
         report = HeadReport.load(path)
     else:
         perturbed_path = ctx.out / "perturbed_memorized.jsonl"
         perturbed = ParagraphSet.load(perturbed_path) if perturbed_path.exists() else None
-        unigram = UnigramCounts.from_organism(ctx.model.organism_info) if ctx.model.organism_info is not None else None
         report = HeadLocalizer(ctx.model).localize(mem, non, perturbed=perturbed, unigram=unigram, progress=ctx.progress)
-        drop = head_ablation_em_drop(ctx.model, mem, progress=False)
-        report.columns["ablation_em_drop"] = drop
+        report.columns["ablation_em_drop"] = head_ablation_em_drop(ctx.model, mem, progress=False)
         report.save(path)
     top = report.top(1).iloc[0]
     L, H = int(top["layer"]), int(top["head"])
-    views_path = ctx.out / "head_views.json"
     if not views_path.exists():
-        unigram = UnigramCounts.from_organism(ctx.model.organism_info) if ctx.model.organism_info is not None else \
-            UnigramCounts.from_paragraphs(ctx.paragraphs(), ctx.model.vocab_size)
         views = []
         for i in range(min(2, len(mem))):
             views += report.attention_view(ctx.model, mem, L, H, paragraph=i, unigram=unigram)
@@ -188,17 +185,14 @@ def unlearn_stage(ctx: "RunContext", n_targets: int = 4, steps: int = 10, lr: fl
     from memlens.data import ParagraphSet
     from memlens.unlearn import compare_masks
 
-    if (why := _need_splits(ctx)) is not None:
-        return {"skipped": why}
-    result = ctx.scan_result()
-    mem, non = result.memorized(), result.non_memorized()[:16]
+    mem, non = _splits(ctx, 16)
     targets = mem[:n_targets]
     settings = {"unlearn": {"steps": steps, "lr": lr}}
     path = ctx.out / "unlearn.csv"
     if path.exists():
         table = pd.read_csv(path)
     else:
-        tables = [compare_masks(ctx.model, targets, non, other_memorized=mem[:16], objectives=("unlearn",),
+        tables = [compare_masks(ctx.model, targets, non, other_memorized=mem, objectives=("unlearn",),
                                 steps=steps, lr=lr, progress=ctx.progress)]
         perturbed_path = ctx.out / "perturbed_memorized.jsonl"
         if perturbed_path.exists():
@@ -206,7 +200,7 @@ def unlearn_stage(ctx: "RunContext", n_targets: int = 4, steps: int = 10, lr: fl
             by_original = {str(o): i for i, o in enumerate(pset.metadata.get("original", []))}
             if all(t in by_original for t in targets.ids):
                 tables.append(compare_masks(
-                    ctx.model, targets, non, other_memorized=mem[:16], objectives=("edit",),
+                    ctx.model, targets, non, other_memorized=mem, objectives=("edit",),
                     perturbed=pset[[by_original[t] for t in targets.ids]], steps=edit_steps, lr=edit_lr,
                     progress=ctx.progress))
         table = pd.concat(tables, ignore_index=True)

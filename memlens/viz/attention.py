@@ -29,8 +29,9 @@ def head_views(
     """
     if not 0 <= paragraph < len(paragraphs):
         raise InputError(f"paragraph index {paragraph} is out of range (0..{len(paragraphs) - 1})")
-    if not (0 <= layer < model.n_layers and 0 <= head < model.n_heads):
-        raise InputError(f"head L{layer}H{head} is out of range: the model has {model.n_layers} layers x {model.n_heads} heads")
+    from memlens.heads import check_head
+
+    check_head(layer, head, model.n_layers, model.n_heads)
     P = paragraphs.prefix_len
     toks = paragraphs.tokens[paragraph, : P + 1]
     name = f"blocks.{layer}.attn.hook_pattern"

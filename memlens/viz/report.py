@@ -102,7 +102,15 @@ def write_report(folder: str | Path) -> Path:
     run = _load(folder, "run.json") or {}
     rb = ReportBuilder(f"memlens report: {run.get('model', folder.name)}")
     for key, title, fn in SECTIONS:
-        fn(rb, rb.section(key, title), folder, run)
+        parts = rb.section(key, title)
+        if key == "run":
+            fn(rb, parts, folder, run)
+            continue
+        summary = _load(folder, f"{key}.summary.json")
+        if (missing := _missing(key, folder, summary)) is not None:
+            parts.append(missing)
+        else:
+            fn(rb, parts, folder, summary)
     out = folder / "report.html"
     write_text_atomic(out, rb.html())
     return out
@@ -124,15 +132,11 @@ def _what_was_run(rb: ReportBuilder, parts: list[str], folder: Path, run: dict[s
                                                   for k, v in org.items()]))
 
 
-def _scan(rb: ReportBuilder, parts: list[str], folder: Path, run: dict[str, Any]) -> None:
+def _scan(rb: ReportBuilder, parts: list[str], folder: Path, s: dict[str, Any]) -> None:
     import plotly.graph_objects as go
 
     from memlens.scan import ScanResult
 
-    s = _load(folder, "scan.summary.json")
-    if (m := _missing("scan", folder, s)) is not None:
-        parts.append(m)
-        return
     sc = s["scan"]
     parts.append(table([{"split": k, **sc[k]} for k in ("memorized", "partly", "non_memorized")]))
     result = ScanResult.load(folder / "scan.jsonl")
@@ -151,14 +155,10 @@ def _scan(rb: ReportBuilder, parts: list[str], folder: Path, run: dict[str, Any]
                                     f"(Spearman EM vs copies {rho})."))
 
 
-def _gradients(rb: ReportBuilder, parts: list[str], folder: Path, run: dict[str, Any]) -> None:
+def _gradients(rb: ReportBuilder, parts: list[str], folder: Path, s: dict[str, Any]) -> None:
     from memlens.gradients import GradientMapResult
     from memlens.viz.gradients import plot_layer_profiles
 
-    s = _load(folder, "gradients.summary.json")
-    if (m := _missing("gradients", folder, s)) is not None:
-        parts.append(m)
-        return
     maps = {n: GradientMapResult.load(folder / f"gradients_{n}.pt") for n in ("memorized", "non_memorized")}
     cmp = s["memorized_vs_non_memorized"]
     parts.append(table([{"set": k.replace("total_", ""), "total gradient": v} for k, v in cmp.items() if k.startswith("total_")]))
@@ -171,13 +171,9 @@ def _gradients(rb: ReportBuilder, parts: list[str], folder: Path, run: dict[str,
                                "max |dNLL/dW|."))
 
 
-def _heads(rb: ReportBuilder, parts: list[str], folder: Path, run: dict[str, Any]) -> None:
+def _heads(rb: ReportBuilder, parts: list[str], folder: Path, s: dict[str, Any]) -> None:
     from memlens.heads import HeadReport
 
-    s = _load(folder, "heads.summary.json")
-    if (m := _missing("heads", folder, s)) is not None:
-        parts.append(m)
-        return
     report = HeadReport.load(folder / "heads.json")
     df = report.to_dataframe().head(10)
     cols = ["layer", "head", "combined_rank", *report.evidence] + (["ablation_em_drop"] if "ablation_em_drop" in df else [])
@@ -203,13 +199,9 @@ def _heads(rb: ReportBuilder, parts: list[str], folder: Path, run: dict[str, Any
     parts.extend(_views(folder, "head_views.json"))
 
 
-def _perturb(rb: ReportBuilder, parts: list[str], folder: Path, run: dict[str, Any]) -> None:
+def _perturb(rb: ReportBuilder, parts: list[str], folder: Path, s: dict[str, Any]) -> None:
     from memlens.perturb import PerturbationResult
 
-    s = _load(folder, "perturb.summary.json")
-    if (m := _missing("perturb", folder, s)) is not None:
-        parts.append(m)
-        return
     mem = PerturbationResult.load(folder / "perturbation_memorized.jsonl")
     non = PerturbationResult.load(folder / "perturbation_non_memorized.jsonl")
     parts.append(table([{"set": "memorized", "mean EM drop": s["mean_em_drop_memorized"]},
@@ -221,13 +213,9 @@ def _perturb(rb: ReportBuilder, parts: list[str], folder: Path, run: dict[str, A
     parts.extend(_views(folder, "perturb_views.json"))
 
 
-def _unlearn(rb: ReportBuilder, parts: list[str], folder: Path, run: dict[str, Any]) -> None:
+def _unlearn(rb: ReportBuilder, parts: list[str], folder: Path, s: dict[str, Any]) -> None:
     import plotly.graph_objects as go
 
-    s = _load(folder, "unlearn.summary.json")
-    if (m := _missing("unlearn", folder, s)) is not None:
-        parts.append(m)
-        return
     rows = s["table"]
     cols = [c for c in ("objective", "mask", "mask_size", "weights_changed", "target_em_before", "target_em_after",
                         "other_memorized_em_after", "retain_em_before", "retain_em_after", "target_em_new_after",
