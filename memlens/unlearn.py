@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from memlens.data import Paragraph, ParagraphSet
@@ -46,7 +47,11 @@ class FineTuneResult:
     Attributes:
         objective: ``unlearn`` or ``edit``; mask_kind: ``topk``, ``random``, ``all`` or ``user``.
         rows: one dict per (set, paragraph): set (``target``, ``other_memorized``, ``retain``),
-            paragraph, em_before, em_after, nll_before, nll_after.
+            paragraph, em_before, em_after, nll_before, nll_after; also ``top1_changed`` (continuation
+            positions whose teacher-forced top-1 token differs from the original model's) and
+            ``min_margin`` (the original model's smallest log-probability lead of the reference
+            token over the best other token, in nats; near 0 = a near-tie that any weight change
+            can flip, and with it every later token of EM).
         weights_changed: scalar weights that differ from the tuner's original weights after the run
             (cumulative over runs not separated by ``restore()``).
         mask_size: weights the mask allowed to change.
@@ -76,6 +81,7 @@ class FineTuneResult:
         for s in ("target", "other_memorized", "retain"):
             out[f"{s}_em_before"] = self.mean(s, "em_before")
             out[f"{s}_em_after"] = self.mean(s, "em_after")
+            out[f"{s}_top1_changed"] = self.mean(s, "top1_changed")
         if self.objective == "edit":
             out["target_em_new_after"] = self.mean("target", "em_new_after")
             df = self.to_dataframe()
@@ -254,6 +260,9 @@ class SparseFineTuner:
         sets = {"target": target, "retain": retain} | ({"other_memorized": other} if other is not None else {})
         refs = {k: self._reference(v) for k, v in sets.items()}
         before = {k: teacher_forced_scores(model, refs[k].tokens, refs[k].prefix_len) for k in sets}
+        top1_before, margins = {}, {}
+        for k in sets:
+            top1_before[k], margins[k] = reference_predictions(model, refs[k].tokens, refs[k].prefix_len)
         true_em = teacher_forced_scores(model, target.tokens, target.prefix_len).em
         if true_em.lt(target.continuation_len).any():
             missing = [i for i, e in zip(target.ids, true_em.tolist()) if e < target.continuation_len]
@@ -277,11 +286,14 @@ class SparseFineTuner:
         losses = self._optimize(loss_fn, masks, steps, lr)
         rows = []
         after = {k: teacher_forced_scores(model, refs[k].tokens, refs[k].prefix_len) for k in sets}
+        changed = {k: (reference_predictions(model, refs[k].tokens, refs[k].prefix_len)[0] != top1_before[k]).sum(-1)
+                   for k in sets}
         new_after = teacher_forced_scores(model, train_on.tokens, train_on.prefix_len) if objective == "edit" else None
         for k, s in sets.items():
             for i, pid in enumerate(s.ids):
                 row = {"set": k, "paragraph": pid, "em_before": int(before[k].em[i]), "em_after": int(after[k].em[i]),
-                       "nll_before": float(before[k].nll[i]), "nll_after": float(after[k].nll[i])}
+                       "nll_before": float(before[k].nll[i]), "nll_after": float(after[k].nll[i]),
+                       "top1_changed": int(changed[k][i]), "min_margin": float(margins[k][i].min())}
                 if objective == "edit" and k == "target":
                     row |= {"em_new_before": int(new_before.em[i]), "em_new_after": int(new_after.em[i])}
                 rows.append(row)
@@ -322,6 +334,25 @@ class SparseFineTuner:
                                      "weights were restored; lower the learning rate")
                 losses.append(loss.item())
         return losses
+
+@torch.no_grad()
+def reference_predictions(
+    model: "HookedModel", tokens: Int[Tensor, "n length"], prefix_len: int, batch_size: int = 16
+) -> tuple[Int[Tensor, "n continuation"], Float[Tensor, "n continuation"]]:
+    """Teacher-forced top-1 token at each continuation position, and the margin of the reference
+    token: its log-probability minus the best other token's, in nats (negative where it is not
+    top-1)."""
+    top1, margin = [], []
+    for s in range(0, tokens.shape[0], batch_size):
+        batch = tokens[s : s + batch_size]
+        logp = continuation_logits(model, batch, prefix_len).float().log_softmax(-1).cpu()
+        ref = batch[:, prefix_len:, None]
+        own = logp.gather(-1, ref).squeeze(-1)
+        best_other = logp.scatter(-1, ref, float("-inf")).max(-1).values
+        top1.append(logp.argmax(-1))
+        margin.append(own - best_other)
+    return torch.cat(top1), torch.cat(margin)
+
 
 def _as_set(x: Paragraph | ParagraphSet) -> ParagraphSet:
     if isinstance(x, ParagraphSet):

@@ -99,3 +99,25 @@ def test_bad_input(neo, sets):
     nonmem = ParagraphSet.from_tokens(random_tokens(1, 40, neo.vocab_size, seed=5), prefix_len=20)
     with pytest.warns(UserWarning, match="not memorized"), ft.restored():
         ft.unlearn(nonmem[0], retain, mask="topk", fraction=0.01, steps=1, lr=1e-3)
+
+
+def test_top1_changes_and_margins(neo, sets):
+    """``top1_changed`` counts positions whose top-1 token moved (none for an untouched set, some
+    for a target whose EM fell); ``min_margin`` is >= 0 on greedy references and matches a direct
+    computation."""
+    from memlens.unlearn import reference_predictions
+
+    target, retain = sets
+    ft = SparseFineTuner(neo)
+    top1, margin = reference_predictions(neo, retain.tokens, retain.prefix_len)
+    assert torch.equal(top1, retain.continuations) and (margin >= 0).all()
+    with ft.restored():
+        res = ft.unlearn(target[0], retain, mask="all", steps=5, lr=0.05)
+        df = res.to_dataframe()
+        tgt = df[df["set"] == "target"].iloc[0]
+        assert tgt.em_after < tgt.em_before and tgt.top1_changed >= 1
+        top1_after, _ = reference_predictions(neo, retain.tokens, retain.prefix_len)
+    expected = (top1_after != top1).sum(-1).tolist()
+    assert df[df["set"] == "retain"]["top1_changed"].tolist() == expected
+    assert df[df["set"] == "retain"]["min_margin"].tolist() == pytest.approx(margin.min(-1).values.tolist())
+    assert res.summary()["retain_top1_changed"] == pytest.approx(sum(expected) / len(expected))

@@ -218,14 +218,17 @@ def _unlearn(rb: ReportBuilder, parts: list[str], folder: Path, s: dict[str, Any
 
     rows = s["table"]
     cols = [c for c in ("objective", "mask", "mask_size", "weights_changed", "target_em_before", "target_em_after",
-                        "other_memorized_em_after", "retain_em_before", "retain_em_after", "target_em_new_after",
+                        "other_memorized_em_after", "retain_em_before", "retain_em_after", "retain_top1_changed",
+                        "target_em_new_after",
                         "target_edit_success") if c in rows[0]]
     parts.append(table(rows, cols))
     how = "; ".join(f'{k}: {v["steps"]} Adam steps at lr {v["lr"]}' for k, v in s["settings"].items())
     parts.append(f'<p class="guide">Targets {html.escape(", ".join(s["targets"]))}, each fine-tuned alone ({how}) '
                  "through all weights, the top 0.1% by gradient, or a random 0.1%; EM after is the mean over targets "
                  "(retain and other memorized: against the original model's own continuations). Edit success = share "
-                 "of targets with EM >= 40 on their new continuation.</p>")
+                 "of targets with EM >= 40 on their new continuation. Top-1 changed = continuation positions (of each "
+                 "paragraph's 50) whose teacher-forced top-1 token moved: unlike EM, one flip at a near-tie does not "
+                 "count every later token.</p>")
     fig = go.Figure()
     for key, label in (("target_em_after", "target"), ("other_memorized_em_after", "other memorized"), ("retain_em_after", "retain")):
         if key in rows[0]:
