@@ -177,7 +177,8 @@ def heads_stage(ctx: "RunContext", max_paragraphs: int = 16) -> dict[str, Any]:
 def unlearn_stage(ctx: "RunContext", n_targets: int = 4, steps: int = 10, lr: float = 1e-3,
                   edit_steps: int = 30, edit_lr: float = 1e-2) -> dict[str, Any]:
     """Sparse unlearning and editing of a few memorized targets (objective x {all, top-k,
-    random} weights, the paper's Fig. 5) -> ``unlearn.csv``. Editing (to the continuation that
+    random} weights, the paper's Fig. 5; unlearning also through the retain-aware ``selective``
+    mask) -> ``unlearn.csv``. Editing (to the continuation that
     follows the target's worst prefix perturbation) needs more movement than unlearning: it runs
     ``edit_steps`` at ``edit_lr``."""
     import pandas as pd
@@ -193,7 +194,8 @@ def unlearn_stage(ctx: "RunContext", n_targets: int = 4, steps: int = 10, lr: fl
         table = pd.read_csv(path)
     else:
         tables = [compare_masks(ctx.model, targets, non, other_memorized=mem, objectives=("unlearn",),
-                                steps=steps, lr=lr, progress=ctx.progress)]
+                                masks=("all", "topk", "selective", "random"), steps=steps, lr=lr,
+                                progress=ctx.progress)]
         perturbed_path = ctx.out / "perturbed_memorized.jsonl"
         if perturbed_path.exists():
             pset = ParagraphSet.load(perturbed_path)

@@ -3,18 +3,19 @@
 Objectives (the paper's): *unlearn* minimises -NLL(target continuation) + kl_weight *
 KL(retain paragraphs under the model || the original model); *edit* minimises NLL(new
 continuation after the target's prefix) + the same KL. Only weights inside a mask move: the top
-fraction by |gradient| of the objective (fixed at the first step), a random mask of the same size,
-all weights of the trainable set, or any user mask. Unlike the original code (whose Adam weight
-decay moved "frozen" weights), updates are strictly sparse: gradients are masked, Adam has no
-weight decay, and weights outside the mask are copied back after every step. ``restore()``
-brings back the exact original weights.
+fraction by |gradient| of the objective (fixed at the first step), the same fraction by that
+gradient relative to the weights' sensitivity on the retain set (``selective``), a random mask of
+the same size, all weights of the trainable set, or any user mask. Unlike the original code (whose
+Adam weight decay moved "frozen" weights), updates are strictly sparse: gradients are masked, Adam
+has no weight decay, and weights outside the mask are copied back after every step.
+``restore()`` brings back the exact original weights.
 """
 
 from __future__ import annotations
 
 import contextlib
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from memlens.model import HookedModel
 
 Mask = dict[str, Tensor]
-MASK_KINDS = ("topk", "random", "all")
+MASK_KINDS = ("topk", "selective", "random", "all")
 
 
 @dataclass
@@ -45,7 +46,8 @@ class FineTuneResult:
     new continuation (``em_new_*``).
 
     Attributes:
-        objective: ``unlearn`` or ``edit``; mask_kind: ``topk``, ``random``, ``all`` or ``user``.
+        objective: ``unlearn`` or ``edit``; mask_kind: ``topk``, ``selective``, ``random``, ``all`` or
+            ``user``.
         rows: one dict per (set, paragraph): set (``target``, ``other_memorized``, ``retain``),
             paragraph, em_before, em_after, nll_before, nll_after; also ``top1_changed`` (continuation
             positions whose teacher-forced top-1 token differs from the original model's) and
@@ -156,11 +158,12 @@ class SparseFineTuner:
     # --- masks -------------------------------------------------------------------------------
     def make_mask(
         self, kind: str | Mask | GradientMapResult, fraction: float, objective_map: GradientMapResult | None,
-        seed: int = 0,
+        seed: int = 0, sensitivity: dict[str, Tensor] | None = None, selectivity_floor: float = 0.1,
     ) -> tuple[Mask, str]:
         """A boolean mask per trainable parameter: ``topk`` (largest |gradient| of the objective),
-        ``random`` (uniform, same size as top-k), ``all``, a GradientMapResult's top fraction, or
-        a user mask (validated)."""
+        ``selective`` (largest |gradient| / sqrt(retain sensitivity + lambda), see
+        :func:`selective_mask`), ``random`` (uniform, same size as top-k), ``all``, a
+        GradientMapResult's top fraction, or a user mask (validated)."""
         params = self.params
         if isinstance(kind, GradientMapResult):
             return kind.mask(fraction=fraction), "topk"
@@ -170,10 +173,14 @@ class SparseFineTuner:
             raise InputError(f"unknown mask {kind!r}; use one of {MASK_KINDS}, a GradientMapResult or a dict of boolean tensors")
         if kind == "all":
             return {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}, "all"
+        if kind in ("topk", "selective") and objective_map is None:
+            raise InputError(f"a {kind} mask needs the objective's GradientMapResult")
         if kind == "topk":
-            if objective_map is None:
-                raise InputError("a top-k mask needs the objective's GradientMapResult")
             return objective_map.mask(fraction=fraction), "topk"
+        if kind == "selective":
+            if sensitivity is None:
+                raise InputError("a selective mask needs the retain set's sensitivity (SparseFineTuner.retain_sensitivity)")
+            return selective_mask(objective_map, sensitivity, fraction, selectivity_floor), "selective"
         total = sum(p.numel() for p in params.values())
         count = max(1, int(round(fraction * total)))
         g = torch.Generator().manual_seed(seed)
@@ -205,23 +212,42 @@ class SparseFineTuner:
             raise InputError("the mask selects no weight; nothing could change")
         return out
 
+    def retain_sensitivity(self, retain: ParagraphSet) -> dict[str, Tensor]:
+        """Per weight of the trainable set: the sum over retain paragraphs of the squared gradient of
+        each paragraph's NLL of the original model's greedy continuation (a diagonal empirical
+        Fisher of the retain set, nats^2 per unit weight^2). Computed once per retain set, at the
+        weights of the first call."""
+        cache = self.__dict__.setdefault("_sensitivity", {})
+        ref = self._reference(retain)
+        key = tuple(ref.ids), ref.tokens.numpy().tobytes()
+        if key not in cache:
+            total: dict[str, Tensor] = {}
+            gmap = GradientMap(self.model)
+            for i in range(len(ref)):
+                grads = gmap.compute(ref[[i]], progress=False).weight_grads
+                for n, g in grads.items():
+                    total[n] = total[n] + g.square() if n in total else g.square()
+            cache[key] = total
+        return cache[key]
+
     # --- objectives --------------------------------------------------------------------------
     def unlearn(
         self, target: Paragraph | ParagraphSet, retain: ParagraphSet, mask: str | Mask | GradientMapResult = "topk",
         fraction: float = 0.001, steps: int = 10, lr: float = 1e-3, kl_weight: float = 1.0,
-        other_memorized: ParagraphSet | None = None, seed: int = 0,
+        other_memorized: ParagraphSet | None = None, seed: int = 0, selectivity_floor: float = 0.1,
     ) -> FineTuneResult:
         """Raise the NLL of the target's continuation, keeping the retain set close to the
-        original model (KL), through the weights of ``mask``."""
+        original model (KL), through the weights of ``mask`` (``selectivity_floor``: see
+        :func:`selective_mask`)."""
         target_set = _as_set(target)
         return self._run("unlearn", target_set, target_set, retain, mask, fraction, steps, lr, kl_weight,
-                         other_memorized, seed)
+                         other_memorized, seed, selectivity_floor)
 
     def edit(
         self, target: Paragraph | ParagraphSet, retain: ParagraphSet, new_continuation: Tensor | None = None,
         perturbed_paragraph: Paragraph | ParagraphSet | None = None, mask: str | Mask | GradientMapResult = "topk",
         fraction: float = 0.001, steps: int = 10, lr: float = 1e-3, kl_weight: float = 1.0,
-        other_memorized: ParagraphSet | None = None, seed: int = 0,
+        other_memorized: ParagraphSet | None = None, seed: int = 0, selectivity_floor: float = 0.1,
     ) -> FineTuneResult:
         """Teach the model to follow the target's prefix with a new continuation (given directly,
         or the continuation of its perturbed paragraph from PrefixPerturber), keeping the retain
@@ -239,11 +265,11 @@ class SparseFineTuner:
         edited = ParagraphSet(torch.cat([target_set.prefixes, new.long()], 1), target_set.prefix_len,
                               target_set.continuation_len, [f"{i}~edit" for i in target_set.ids])
         return self._run("edit", target_set, edited, retain, mask, fraction, steps, lr, kl_weight,
-                         other_memorized, seed)
+                         other_memorized, seed, selectivity_floor)
 
     def _run(self, objective: str, target: ParagraphSet, train_on: ParagraphSet, retain: ParagraphSet,
              mask_kind: Any, fraction: float, steps: int, lr: float, kl_weight: float,
-             other: ParagraphSet | None, seed: int) -> FineTuneResult:
+             other: ParagraphSet | None, seed: int, selectivity_floor: float = 0.1) -> FineTuneResult:
         model = self.model
         if len(retain) == 0:
             raise InputError("the retain set is empty")
@@ -277,11 +303,13 @@ class SparseFineTuner:
             kl = kl_to_reference(continuation_logits(model, retain.tokens, retain.prefix_len), ref_logits)
             return (-nll if objective == "unlearn" else nll) + kl_weight * kl
 
-        objective_map = None
-        if isinstance(mask_kind, str) and mask_kind == "topk":
+        objective_map, sensitivity = None, None
+        if isinstance(mask_kind, str) and mask_kind in ("topk", "selective"):
             objective_map = GradientMap(model).compute(
                 train_on, contrast=retain, objective="contrastive" if objective == "unlearn" else "nll", progress=False)
-        masks, kind = self.make_mask(mask_kind, fraction, objective_map, seed)
+            if mask_kind == "selective":
+                sensitivity = self.retain_sensitivity(retain)
+        masks, kind = self.make_mask(mask_kind, fraction, objective_map, seed, sensitivity, selectivity_floor)
         mask_size = sum(int(m.sum()) for m in masks.values())
         losses = self._optimize(loss_fn, masks, steps, lr)
         rows = []
@@ -298,7 +326,8 @@ class SparseFineTuner:
                     row |= {"em_new_before": int(new_before.em[i]), "em_new_after": int(new_after.em[i])}
                 rows.append(row)
         return FineTuneResult(objective, kind, rows, self.weights_changed(), mask_size, losses,
-                              {"lr": lr, "steps": steps, "fraction": fraction, "kl_weight": kl_weight, "seed": seed})
+                              {"lr": lr, "steps": steps, "fraction": fraction, "kl_weight": kl_weight, "seed": seed}
+                              | ({"selectivity_floor": selectivity_floor} if kind == "selective" else {}))
 
     def _reference(self, paragraphs: ParagraphSet) -> ParagraphSet:
         """The paragraphs with the original model's greedy continuation (cached per tuner)."""
@@ -335,6 +364,32 @@ class SparseFineTuner:
                 losses.append(loss.item())
         return losses
 
+def selective_mask(
+    objective_map: GradientMapResult, sensitivity: dict[str, Tensor], fraction: float, floor: float = 0.1
+) -> Mask:
+    """The top ``fraction`` of weights by |gradient of the objective| / sqrt(sensitivity + lambda):
+    weights that move the target much and the retain set little (the ratio of forget to retain
+    importance of Selective Synaptic Dampening, Foster et al. 2023). ``sensitivity`` comes from
+    :meth:`SparseFineTuner.retain_sensitivity`; lambda is its ``floor`` quantile (at least its
+    smallest positive value), so that weights the retain set never uses do not win by division
+    by zero. A large floor tends to the plain top-k mask."""
+    if objective_map.weight_grads is None:
+        raise InputError("a selective mask needs per-weight gradients; compute the map with keep_weight_grads=True")
+    if not 0 < floor <= 1:
+        raise InputError(f"selectivity_floor is a quantile in (0, 1], got {floor}")
+    if set(sensitivity) != set(objective_map.weight_grads):
+        raise InputError("the retain sensitivity and the gradient map cover different parameters")
+    flat = torch.cat([v.flatten() for v in sensitivity.values()])
+    lam = flat.kthvalue(max(1, int(round(floor * flat.numel())))).values
+    positive = flat[flat > 0]
+    if positive.numel():
+        lam = torch.maximum(lam, positive.min())
+    else:
+        lam = torch.ones(())
+    scores = {n: g / (sensitivity[n] + lam).sqrt() for n, g in objective_map.weight_grads.items()}
+    return replace(objective_map, weight_grads=scores).mask(fraction=fraction)
+
+
 @torch.no_grad()
 def reference_predictions(
     model: "HookedModel", tokens: Int[Tensor, "n length"], prefix_len: int, batch_size: int = 16
@@ -365,10 +420,12 @@ def compare_masks(
     objectives: Sequence[str] = ("unlearn",), masks: Sequence[str] = ("all", "topk", "random"),
     perturbed: ParagraphSet | None = None, fraction: float = 0.001, steps: int = 10,
     lr: dict[str, float] | float = 1e-3, kl_weight: float = 1.0, progress: bool = True,
+    selectivity_floor: float = 0.1,
 ) -> "pd.DataFrame":
     """The paper's Fig. 5 table: for each objective x mask, the mean EM after fine-tuning each
     target alone (restored in between) on the target, the other memorized paragraphs and the
-    retain set, and the weights changed. ``edit`` needs ``perturbed`` (aligned with targets)."""
+    retain set, and the weights changed. ``edit`` needs ``perturbed`` (aligned with targets).
+    ``masks`` may also hold ``selective`` (see :func:`selective_mask`)."""
     import pandas as pd
     from tqdm.auto import tqdm
 
@@ -383,12 +440,14 @@ def compare_masks(
         with ft.restored(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if objective == "unlearn":
-                r = ft.unlearn(targets[[i]], retain, mask, fraction, steps, rate, kl_weight, other_memorized=others)
+                r = ft.unlearn(targets[[i]], retain, mask, fraction, steps, rate, kl_weight, other_memorized=others,
+                               selectivity_floor=selectivity_floor)
             elif objective == "edit":
                 if perturbed is None:
                     raise InputError("the edit objective needs perturbed= (e.g. PrefixPerturber.perturbed_paragraphs)")
                 r = ft.edit(targets[[i]], retain, perturbed_paragraph=perturbed[[i]], mask=mask, fraction=fraction,
-                            steps=steps, lr=rate, kl_weight=kl_weight, other_memorized=others)
+                            steps=steps, lr=rate, kl_weight=kl_weight, other_memorized=others,
+                            selectivity_floor=selectivity_floor)
             else:
                 raise InputError(f"unknown objective {objective!r}; use 'unlearn' or 'edit'")
         rows.append(r.summary() | {"target": targets.ids[i]})

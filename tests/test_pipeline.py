@@ -35,6 +35,9 @@ def test_summary_reproduces_the_findings(tiny_run):
     rows = {(r["objective"], r["mask"]): r for r in s["unlearn"]["table"]}
     assert rows[("unlearn", "topk")]["target_em_after"] < rows[("unlearn", "random")]["target_em_after"]
     assert ("edit", "topk") in rows and 0 <= rows[("edit", "topk")]["target_edit_success"] <= 1
+    sel = rows[("unlearn", "selective")]
+    assert sel["mask_size"] == rows[("unlearn", "topk")]["mask_size"]
+    assert sel["retain_top1_changed"] <= rows[("unlearn", "topk")]["retain_top1_changed"]
 
 
 def test_report_is_self_contained(tiny_run):

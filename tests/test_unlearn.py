@@ -121,3 +121,35 @@ def test_top1_changes_and_margins(neo, sets):
     assert df[df["set"] == "retain"]["top1_changed"].tolist() == expected
     assert df[df["set"] == "retain"]["min_margin"].tolist() == pytest.approx(margin.min(-1).values.tolist())
     assert res.summary()["retain_top1_changed"] == pytest.approx(sum(expected) / len(expected))
+
+
+def test_selective_mask(neo, sets):
+    """Same size as top-k; prefers weights the retain set is less sensitive to; a floor of 1 keeps
+    mostly top-k's choice; bad floors are refused."""
+    from memlens.unlearn import selective_mask
+
+    target, retain = sets
+    ft = SparseFineTuner(neo)
+    gmap = GradientMap(neo).compute(target[[0]], contrast=retain, progress=False)
+    sens = ft.retain_sensitivity(retain)
+    assert ft.retain_sensitivity(retain) is sens and set(sens) == set(ft.params)
+    top, _ = ft.make_mask("topk", 0.01, gmap)
+    sel, kind = ft.make_mask("selective", 0.01, gmap, sensitivity=sens)
+    assert kind == "selective"
+    size = sum(int(m.sum()) for m in top.values())
+    assert sum(int(m.sum()) for m in sel.values()) == size
+
+    def mean_sensitivity(mask):
+        return float(sum(sens[n][m].sum() for n, m in mask.items()) / size)
+
+    assert mean_sensitivity(sel) < mean_sensitivity(top)
+    near_top = selective_mask(gmap, sens, 0.01, floor=1.0)
+    overlap = sum(int((near_top[n] & top[n]).sum()) for n in top)
+    assert overlap > sum(int((sel[n] & top[n]).sum()) for n in top)
+    with pytest.raises(InputError, match="quantile"):
+        selective_mask(gmap, sens, 0.01, floor=0.0)
+    with pytest.raises(InputError, match="sensitivity"):
+        ft.make_mask("selective", 0.01, gmap)
+    with ft.restored():
+        res = ft.unlearn(target[0], retain, mask="selective", fraction=0.01, steps=3, lr=0.01)
+    assert res.mask_kind == "selective" and res.weights_changed <= res.mask_size == size

@@ -224,7 +224,8 @@ def _unlearn(rb: ReportBuilder, parts: list[str], folder: Path, s: dict[str, Any
     parts.append(table(rows, cols))
     how = "; ".join(f'{k}: {v["steps"]} Adam steps at lr {v["lr"]}' for k, v in s["settings"].items())
     parts.append(f'<p class="guide">Targets {html.escape(", ".join(s["targets"]))}, each fine-tuned alone ({how}) '
-                 "through all weights, the top 0.1% by gradient, or a random 0.1%; EM after is the mean over targets "
+                 "through all weights, the top 0.1% by gradient, the top 0.1% by gradient relative to the retain "
+                 "set's sensitivity (selective), or a random 0.1%; EM after is the mean over targets "
                  "(retain and other memorized: against the original model's own continuations). Edit success = share "
                  "of targets with EM >= 40 on their new continuation. Top-1 changed = continuation positions (of each "
                  "paragraph's 50) whose teacher-forced top-1 token moved: unlike EM, one flip at a near-tie does not "

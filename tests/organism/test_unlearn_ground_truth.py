@@ -18,3 +18,19 @@ def test_topk_unlearns_where_random_does_not(organism):
     # restored between runs: the organism still recites its targets
     assert scan(organism, mem[:3], progress=False).em.tolist() == [50, 50, 50]
 
+
+
+def test_selective_mask_spares_the_retain_set(organism):
+    """The retain-aware mask (same size) unlearns far more than random while moving the retain
+    set's top-1 tokens about as little as random does, where plain top-k moves many."""
+    info = organism.organism_info
+    res = scan(organism, info.paragraph_set(n_background=32, n_held_out=0), progress=False)
+    mem, non = res.memorized(), res.non_memorized()[:16]
+    df = compare_masks(organism, mem[:3], non, other_memorized=mem, masks=("topk", "selective", "random"),
+                       lr=3e-3, progress=False).set_index("mask")
+    top, sel, rnd = df.loc["topk"], df.loc["selective"], df.loc["random"]
+    assert sel["mask_size"] == rnd["mask_size"] == top["mask_size"]
+    assert sel["target_em_after"] <= rnd["target_em_after"] - 20
+    assert sel["retain_top1_changed"] <= top["retain_top1_changed"] / 3
+    assert sel["retain_em_after"] >= top["retain_em_after"] + 10
+    assert sel["other_memorized_em_after"] >= 45
