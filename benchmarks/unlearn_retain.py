@@ -26,7 +26,7 @@ MASKS = ("topk", "selective", "random")
 def main() -> None:
     from memlens import HookedModel, ParagraphSet, greedy_decode, scan
     from memlens.metrics import teacher_forced_scores
-    from memlens.unlearn import SparseFineTuner, reference_predictions
+    from memlens.unlearn import SparseFineTuner
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="default")
@@ -43,7 +43,8 @@ def main() -> None:
     retain = non[: args.retain]
     pool = ParagraphSet.from_tokens(torch.cat([non.prefixes, greedy_decode(model, non.prefixes, non.continuation_len)], 1),
                                     prefix_len=non.prefix_len)
-    top1_0, margin = reference_predictions(model, pool.tokens, pool.prefix_len)
+    original = teacher_forced_scores(model, pool.tokens, pool.prefix_len, predictions=True)
+    top1_0, margin = original.top1, original.margin
     min_margin = margin.min(-1).values
     bins = [(lo, hi) for lo, hi in zip(BINS[:-1], BINS[1:])]
     in_bin = [(min_margin >= lo) & (min_margin < hi) for lo, hi in bins]
@@ -59,12 +60,11 @@ def main() -> None:
             with ft.restored(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 r = ft.unlearn(mem[[i]], retain, mask=mask, steps=args.steps, lr=args.lr)
-                em = teacher_forced_scores(model, pool.tokens, pool.prefix_len).em.float()
-                top1, _ = reference_predictions(model, pool.tokens, pool.prefix_len)
+                after = teacher_forced_scores(model, pool.tokens, pool.prefix_len, predictions=True)
             target.append(r.mean("target"))
             kept.append(r.mean("retain"))
-            drops.append(pool.continuation_len - em)
-            flips.append((top1 != top1_0).sum(-1).float())
+            drops.append(pool.continuation_len - after.em.float())
+            flips.append((after.top1 != top1_0).sum(-1).float())
         drop, flip = torch.stack(drops).mean(0), torch.stack(flips).mean(0)
         out[mask] = {
             "target_em_after": round(sum(target) / len(target), 1),

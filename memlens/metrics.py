@@ -34,12 +34,17 @@ class ContinuationScores:
         token_nll: NLL of each continuation token, in nats.
         min_k_nll: mean NLL of the ``min_k`` fraction of tokens with the highest NLL (the
             min-K% score of Shi et al., as NLL), or None when not asked for.
+        top1: the top-1 token at each continuation position, or None when not asked for.
+        margin: log-probability of each continuation token minus the best other token's, in nats
+            (negative where it is not top-1; near 0 = a near-tie), or None when not asked for.
     """
 
     em: Int[Tensor, " n"]
     nll: Float[Tensor, " n"]
     token_nll: Float[Tensor, "n continuation"]
     min_k_nll: Float[Tensor, " n"] | None = None
+    top1: Int[Tensor, "n continuation"] | None = None
+    margin: Float[Tensor, "n continuation"] | None = None
 
 
 def exact_match_from_logits(
@@ -59,8 +64,10 @@ def score_logits(
     logits: Float[Tensor, "batch continuation vocab"],
     targets: Int[Tensor, "batch continuation"],
     min_k: float | None = None,
+    predictions: bool = False,
 ) -> ContinuationScores:
-    """EM, mean NLL and per-token NLL from the logits that predict each continuation token."""
+    """EM, mean NLL and per-token NLL from the logits that predict each continuation token
+    (``predictions``: also the top-1 tokens and the margins of the continuation tokens)."""
     logp = F.log_softmax(logits.float(), dim=-1)
     token_nll = -logp.gather(-1, targets[..., None]).squeeze(-1)
     em = exact_match_from_logits(logits, targets)
@@ -70,7 +77,12 @@ def score_logits(
             raise InputError(f"min_k must be a fraction in (0, 1], got {min_k}")
         k = max(1, int(round(min_k * targets.shape[1])))
         mk = token_nll.topk(k, dim=-1).values.mean(dim=-1)
-    return ContinuationScores(em, token_nll.mean(dim=-1), token_nll, mk)
+    top1 = margin = None
+    if predictions:
+        top1 = logits.argmax(dim=-1)
+        best_other = logp.scatter(-1, targets[..., None], float("-inf")).max(dim=-1).values
+        margin = -token_nll - best_other
+    return ContinuationScores(em, token_nll.mean(dim=-1), token_nll, mk, top1, margin)
 
 
 @torch.no_grad()
@@ -81,9 +93,11 @@ def teacher_forced_scores(
     batch_size: int = 16,
     min_k: float | None = None,
     progress: bool = False,
+    predictions: bool = False,
 ) -> ContinuationScores:
     """EM and NLL of ``tokens[:, prefix_len:]`` given ``tokens[:, :prefix_len]``, in batched
-    forward passes (the last token is never fed: nothing predicts past it)."""
+    forward passes (the last token is never fed: nothing predicts past it); ``predictions``: also
+    the top-1 token and the margin of each continuation token (see :class:`ContinuationScores`)."""
     if tokens.ndim != 2 or tokens.shape[1] <= prefix_len:
         raise InputError(f"need tokens [n, length] with length > prefix_len={prefix_len}, got {tuple(tokens.shape)}")
     parts: list[ContinuationScores] = []
@@ -91,12 +105,14 @@ def teacher_forced_scores(
     for s in tqdm(starts, desc="teacher forcing", disable=not progress, leave=False):
         batch = tokens[s : s + batch_size].to(model.device)
         logits = model(batch[:, :-1])[:, prefix_len - 1 :]
-        parts.append(score_logits(logits, batch[:, prefix_len:], min_k))
+        parts.append(score_logits(logits, batch[:, prefix_len:], min_k, predictions))
     return ContinuationScores(
         torch.cat([p.em for p in parts]).cpu(),
         torch.cat([p.nll for p in parts]).cpu(),
         torch.cat([p.token_nll for p in parts]).cpu(),
         torch.cat([p.min_k_nll for p in parts]).cpu() if min_k is not None else None,
+        torch.cat([p.top1 for p in parts]).cpu() if predictions else None,
+        torch.cat([p.margin for p in parts]).cpu() if predictions else None,
     )
 
 

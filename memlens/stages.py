@@ -178,9 +178,8 @@ def unlearn_stage(ctx: "RunContext", n_targets: int = 4, steps: int = 10, lr: fl
                   edit_steps: int = 30, edit_lr: float = 1e-2) -> dict[str, Any]:
     """Sparse unlearning and editing of a few memorized targets (objective x {all, top-k,
     random} weights, the paper's Fig. 5; unlearning also through the retain-aware ``selective``
-    mask) -> ``unlearn.csv``. Editing (to the continuation that
-    follows the target's worst prefix perturbation) needs more movement than unlearning: it runs
-    ``edit_steps`` at ``edit_lr``."""
+    mask) -> ``unlearn.csv``. Editing (to the continuation that follows the target's worst prefix
+    perturbation) needs more movement than unlearning: it runs ``edit_steps`` at ``edit_lr``."""
     import pandas as pd
 
     from memlens.data import ParagraphSet

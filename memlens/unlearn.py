@@ -19,7 +19,6 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
-from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from memlens.data import Paragraph, ParagraphSet
@@ -37,6 +36,7 @@ if TYPE_CHECKING:
 
 Mask = dict[str, Tensor]
 MASK_KINDS = ("topk", "selective", "random", "all")
+SELECTIVITY_FLOOR = 0.1
 
 
 @dataclass
@@ -122,6 +122,8 @@ class SparseFineTuner:
     def __init__(self, model: "HookedModel") -> None:
         self.model = model
         self._original: dict[str, Tensor] | None = None
+        self._references: dict[tuple, ParagraphSet] = {}
+        self._sensitivities: dict[tuple, dict[str, Tensor]] = {}
 
     @property
     def params(self) -> dict[str, nn.Parameter]:
@@ -158,7 +160,7 @@ class SparseFineTuner:
     # --- masks -------------------------------------------------------------------------------
     def make_mask(
         self, kind: str | Mask | GradientMapResult, fraction: float, objective_map: GradientMapResult | None,
-        seed: int = 0, sensitivity: dict[str, Tensor] | None = None, selectivity_floor: float = 0.1,
+        seed: int = 0, sensitivity: dict[str, Tensor] | None = None, selectivity_floor: float = SELECTIVITY_FLOOR,
     ) -> tuple[Mask, str]:
         """A boolean mask per trainable parameter: ``topk`` (largest |gradient| of the objective),
         ``selective`` (largest |gradient| / sqrt(retain sensitivity + lambda), see
@@ -217,24 +219,23 @@ class SparseFineTuner:
         each paragraph's NLL of the original model's greedy continuation (a diagonal empirical
         Fisher of the retain set, nats^2 per unit weight^2). Computed once per retain set, at the
         weights of the first call."""
-        cache = self.__dict__.setdefault("_sensitivity", {})
-        ref = self._reference(retain)
-        key = tuple(ref.ids), ref.tokens.numpy().tobytes()
-        if key not in cache:
+        key = _cache_key(retain)
+        if key not in self._sensitivities:
+            ref = self._reference(retain)
             total: dict[str, Tensor] = {}
             gmap = GradientMap(self.model)
             for i in range(len(ref)):
                 grads = gmap.compute(ref[[i]], progress=False).weight_grads
                 for n, g in grads.items():
                     total[n] = total[n] + g.square() if n in total else g.square()
-            cache[key] = total
-        return cache[key]
+            self._sensitivities[key] = total
+        return self._sensitivities[key]
 
     # --- objectives --------------------------------------------------------------------------
     def unlearn(
         self, target: Paragraph | ParagraphSet, retain: ParagraphSet, mask: str | Mask | GradientMapResult = "topk",
         fraction: float = 0.001, steps: int = 10, lr: float = 1e-3, kl_weight: float = 1.0,
-        other_memorized: ParagraphSet | None = None, seed: int = 0, selectivity_floor: float = 0.1,
+        other_memorized: ParagraphSet | None = None, seed: int = 0, selectivity_floor: float = SELECTIVITY_FLOOR,
     ) -> FineTuneResult:
         """Raise the NLL of the target's continuation, keeping the retain set close to the
         original model (KL), through the weights of ``mask`` (``selectivity_floor``: see
@@ -247,7 +248,7 @@ class SparseFineTuner:
         self, target: Paragraph | ParagraphSet, retain: ParagraphSet, new_continuation: Tensor | None = None,
         perturbed_paragraph: Paragraph | ParagraphSet | None = None, mask: str | Mask | GradientMapResult = "topk",
         fraction: float = 0.001, steps: int = 10, lr: float = 1e-3, kl_weight: float = 1.0,
-        other_memorized: ParagraphSet | None = None, seed: int = 0, selectivity_floor: float = 0.1,
+        other_memorized: ParagraphSet | None = None, seed: int = 0, selectivity_floor: float = SELECTIVITY_FLOOR,
     ) -> FineTuneResult:
         """Teach the model to follow the target's prefix with a new continuation (given directly,
         or the continuation of its perturbed paragraph from PrefixPerturber), keeping the retain
@@ -269,7 +270,7 @@ class SparseFineTuner:
 
     def _run(self, objective: str, target: ParagraphSet, train_on: ParagraphSet, retain: ParagraphSet,
              mask_kind: Any, fraction: float, steps: int, lr: float, kl_weight: float,
-             other: ParagraphSet | None, seed: int, selectivity_floor: float = 0.1) -> FineTuneResult:
+             other: ParagraphSet | None, seed: int, selectivity_floor: float) -> FineTuneResult:
         model = self.model
         if len(retain) == 0:
             raise InputError("the retain set is empty")
@@ -285,10 +286,7 @@ class SparseFineTuner:
         self._snapshot()
         sets = {"target": target, "retain": retain} | ({"other_memorized": other} if other is not None else {})
         refs = {k: self._reference(v) for k, v in sets.items()}
-        before = {k: teacher_forced_scores(model, refs[k].tokens, refs[k].prefix_len) for k in sets}
-        top1_before, margins = {}, {}
-        for k in sets:
-            top1_before[k], margins[k] = reference_predictions(model, refs[k].tokens, refs[k].prefix_len)
+        before = {k: teacher_forced_scores(model, refs[k].tokens, refs[k].prefix_len, predictions=True) for k in sets}
         true_em = teacher_forced_scores(model, target.tokens, target.prefix_len).em
         if true_em.lt(target.continuation_len).any():
             missing = [i for i, e in zip(target.ids, true_em.tolist()) if e < target.continuation_len]
@@ -313,15 +311,14 @@ class SparseFineTuner:
         mask_size = sum(int(m.sum()) for m in masks.values())
         losses = self._optimize(loss_fn, masks, steps, lr)
         rows = []
-        after = {k: teacher_forced_scores(model, refs[k].tokens, refs[k].prefix_len) for k in sets}
-        changed = {k: (reference_predictions(model, refs[k].tokens, refs[k].prefix_len)[0] != top1_before[k]).sum(-1)
-                   for k in sets}
+        after = {k: teacher_forced_scores(model, refs[k].tokens, refs[k].prefix_len, predictions=True) for k in sets}
+        changed = {k: (after[k].top1 != before[k].top1).sum(-1) for k in sets}
         new_after = teacher_forced_scores(model, train_on.tokens, train_on.prefix_len) if objective == "edit" else None
         for k, s in sets.items():
             for i, pid in enumerate(s.ids):
                 row = {"set": k, "paragraph": pid, "em_before": int(before[k].em[i]), "em_after": int(after[k].em[i]),
                        "nll_before": float(before[k].nll[i]), "nll_after": float(after[k].nll[i]),
-                       "top1_changed": int(changed[k][i]), "min_margin": float(margins[k][i].min())}
+                       "top1_changed": int(changed[k][i]), "min_margin": float(before[k].margin[i].min())}
                 if objective == "edit" and k == "target":
                     row |= {"em_new_before": int(new_before.em[i]), "em_new_after": int(new_after.em[i])}
                 rows.append(row)
@@ -331,13 +328,12 @@ class SparseFineTuner:
 
     def _reference(self, paragraphs: ParagraphSet) -> ParagraphSet:
         """The paragraphs with the original model's greedy continuation (cached per tuner)."""
-        cache = self.__dict__.setdefault("_refs", {})
-        key = tuple(paragraphs.ids), paragraphs.tokens.numpy().tobytes()
-        if key not in cache:
+        key = _cache_key(paragraphs)
+        if key not in self._references:
             cont = greedy_decode(self.model, paragraphs.prefixes, paragraphs.continuation_len)
-            cache[key] = ParagraphSet(torch.cat([paragraphs.prefixes, cont], 1), paragraphs.prefix_len,
-                                      paragraphs.continuation_len, paragraphs.ids)
-        return cache[key]
+            self._references[key] = ParagraphSet(torch.cat([paragraphs.prefixes, cont], 1), paragraphs.prefix_len,
+                                                 paragraphs.continuation_len, paragraphs.ids)
+        return self._references[key]
 
     def _optimize(self, loss_fn: Any, masks: Mask, steps: int, lr: float) -> list[float]:
         opt = MaskedAdam(self.params, masks, lr)
@@ -365,7 +361,7 @@ class SparseFineTuner:
         return losses
 
 def selective_mask(
-    objective_map: GradientMapResult, sensitivity: dict[str, Tensor], fraction: float, floor: float = 0.1
+    objective_map: GradientMapResult, sensitivity: dict[str, Tensor], fraction: float, floor: float = SELECTIVITY_FLOOR
 ) -> Mask:
     """The top ``fraction`` of weights by |gradient of the objective| / sqrt(sensitivity + lambda):
     weights that move the target much and the retain set little (the ratio of forget to retain
@@ -390,23 +386,8 @@ def selective_mask(
     return replace(objective_map, weight_grads=scores).mask(fraction=fraction)
 
 
-@torch.no_grad()
-def reference_predictions(
-    model: "HookedModel", tokens: Int[Tensor, "n length"], prefix_len: int, batch_size: int = 16
-) -> tuple[Int[Tensor, "n continuation"], Float[Tensor, "n continuation"]]:
-    """Teacher-forced top-1 token at each continuation position, and the margin of the reference
-    token: its log-probability minus the best other token's, in nats (negative where it is not
-    top-1)."""
-    top1, margin = [], []
-    for s in range(0, tokens.shape[0], batch_size):
-        batch = tokens[s : s + batch_size]
-        logp = continuation_logits(model, batch, prefix_len).float().log_softmax(-1).cpu()
-        ref = batch[:, prefix_len:, None]
-        own = logp.gather(-1, ref).squeeze(-1)
-        best_other = logp.scatter(-1, ref, float("-inf")).max(-1).values
-        top1.append(logp.argmax(-1))
-        margin.append(own - best_other)
-    return torch.cat(top1), torch.cat(margin)
+def _cache_key(paragraphs: ParagraphSet) -> tuple:
+    return tuple(paragraphs.ids), paragraphs.tokens.numpy().tobytes()
 
 
 def _as_set(x: Paragraph | ParagraphSet) -> ParagraphSet:
@@ -420,7 +401,7 @@ def compare_masks(
     objectives: Sequence[str] = ("unlearn",), masks: Sequence[str] = ("all", "topk", "random"),
     perturbed: ParagraphSet | None = None, fraction: float = 0.001, steps: int = 10,
     lr: dict[str, float] | float = 1e-3, kl_weight: float = 1.0, progress: bool = True,
-    selectivity_floor: float = 0.1,
+    selectivity_floor: float = SELECTIVITY_FLOOR,
 ) -> "pd.DataFrame":
     """The paper's Fig. 5 table: for each objective x mask, the mean EM after fine-tuning each
     target alone (restored in between) on the target, the other memorized paragraphs and the

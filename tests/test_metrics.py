@@ -76,3 +76,12 @@ def test_min_k_and_token_nll():
 def test_ties_resolve_to_lowest_token_id():
     logits = torch.zeros(1, 2, 5)  # all tied: argmax is token 0
     assert score_logits(logits, torch.tensor([[0, 1]])).em.tolist() == [1]
+
+
+def test_top1_and_margins():
+    """Margin = log p(target) - max log p(other): +1 nat where the target leads, -3 where it trails."""
+    logits = torch.tensor([[[2.0, 1.0, 0.0], [0.0, 0.0, 3.0]]])
+    s = score_logits(logits, torch.tensor([[0, 1]]), predictions=True)
+    assert s.top1.tolist() == [[0, 2]]
+    assert s.margin.tolist()[0] == pytest.approx([1.0, -3.0], abs=1e-6)
+    assert score_logits(logits, torch.tensor([[0, 1]])).margin is None

@@ -3,6 +3,7 @@ import torch
 
 from memlens import InputError, ParagraphSet, greedy_decode
 from memlens.gradients import GradientMap
+from memlens.metrics import teacher_forced_scores
 from memlens.testing import random_tokens
 from memlens.unlearn import SparseFineTuner
 
@@ -105,18 +106,17 @@ def test_top1_changes_and_margins(neo, sets):
     """``top1_changed`` counts positions whose top-1 token moved (none for an untouched set, some
     for a target whose EM fell); ``min_margin`` is >= 0 on greedy references and matches a direct
     computation."""
-    from memlens.unlearn import reference_predictions
-
     target, retain = sets
     ft = SparseFineTuner(neo)
-    top1, margin = reference_predictions(neo, retain.tokens, retain.prefix_len)
+    orig = teacher_forced_scores(neo, retain.tokens, retain.prefix_len, predictions=True)
+    top1, margin = orig.top1, orig.margin
     assert torch.equal(top1, retain.continuations) and (margin >= 0).all()
     with ft.restored():
         res = ft.unlearn(target[0], retain, mask="all", steps=5, lr=0.05)
         df = res.to_dataframe()
         tgt = df[df["set"] == "target"].iloc[0]
         assert tgt.em_after < tgt.em_before and tgt.top1_changed >= 1
-        top1_after, _ = reference_predictions(neo, retain.tokens, retain.prefix_len)
+        top1_after = teacher_forced_scores(neo, retain.tokens, retain.prefix_len, predictions=True).top1
     expected = (top1_after != top1).sum(-1).tolist()
     assert df[df["set"] == "retain"]["top1_changed"].tolist() == expected
     assert df[df["set"] == "retain"]["min_margin"].tolist() == pytest.approx(margin.min(-1).values.tolist())

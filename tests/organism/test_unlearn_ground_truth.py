@@ -19,7 +19,6 @@ def test_topk_unlearns_where_random_does_not(organism):
     assert scan(organism, mem[:3], progress=False).em.tolist() == [50, 50, 50]
 
 
-
 def test_selective_mask_spares_the_retain_set(organism):
     """The retain-aware mask (same size) unlearns far more than random while moving the retain
     set's top-1 tokens about as little as random does, where plain top-k moves many."""
