@@ -50,7 +50,7 @@ def main() -> None:
     t0 = time.perf_counter()
     exact = [exact_patching(model, p, kinds=("z",), per_position=True, batch_size=args.batch_size) for p in pairs]
     t_exact = time.perf_counter() - t0
-    n_cells = sum(e["noising"].numel() for e in exact)
+    n_cells = sum(e.noising.numel() for e in exact)
     out = {"model": "GPT-Neo-125M-sized, random", "pairs": args.pairs, "length": P, "cells": n_cells,
            "exact_s": round(t_exact, 2), "attribution_s": round(t_attr, 3), "speedup": round(t_exact / t_attr, 1),
            "threads": torch.get_num_threads()}

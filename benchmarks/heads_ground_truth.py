@@ -23,7 +23,7 @@ def ablation_study(size: str) -> dict:
     from memlens.heads import HeadLocalizer, head_ablation_em_drop
 
     model = HookedModel.organism(size=size, progress=False)
-    res = scan(model, model.organism_info.paragraph_set(n_background=64, n_held_out=0), progress=False)
+    res = scan(model, model.ground_truth.paragraph_set(n_background=64, n_held_out=0), progress=False)
     mem, non = res.memorized(), res.non_memorized()[:16]
     t0 = time.perf_counter()
     drop = head_ablation_em_drop(model, mem, progress=False)
@@ -55,7 +55,7 @@ def injection_study(size: str, heads: list[tuple[int, int]]) -> dict:
     from memlens.organism import inject
 
     model = HookedModel.organism(size=size, progress=False)
-    targets = model.organism_info.held_out[:4]
+    targets = model.ground_truth.held_out[:4]
     rows = []
     for L, H in heads:
         with preserved_weights(model.tl_model):

@@ -15,7 +15,6 @@ import time
 import memlens as ml
 from memlens.model import preserved_weights
 from memlens.organism import build, inject, organism_path
-from memlens.pipeline import organism_ground_truth
 
 
 def main() -> None:
@@ -38,13 +37,13 @@ def main() -> None:
     t0 = time.perf_counter()
     model = ml.HookedModel.organism(size=args.size, seed=args.seed, cache_dir=args.cache_dir)
     out["cache_load_seconds"] = round(time.perf_counter() - t0, 2)
-    info = model.organism_info
+    info = model.ground_truth
     out["organism"] = info.summary()
     out["path"] = str(organism_path(args.size, args.seed, args.cache_dir))
 
     paras = ml.ParagraphSet.concat([info.planted, info.background[:512], info.held_out])
     res = ml.scan(model, paras, progress=False)
-    gt = organism_ground_truth(res, info)
+    gt = info.evaluate(res)
     out["ground_truth"] = gt
     planted = res.to_dataframe().query("group == 'planted'")
     hi = planted[planted["copies"] >= 64]

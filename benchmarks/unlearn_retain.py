@@ -38,7 +38,7 @@ def main() -> None:
     args = ap.parse_args()
 
     model = HookedModel.organism(size=args.size, progress=False)
-    res = scan(model, model.organism_info.paragraph_set(n_background=args.pool, n_held_out=0), progress=False)
+    res = scan(model, model.ground_truth.paragraph_set(n_background=args.pool, n_held_out=0), progress=False)
     mem, non = res.memorized(), res.non_memorized()
     retain = non[: args.retain]
     pool = ParagraphSet.from_tokens(torch.cat([non.prefixes, greedy_decode(model, non.prefixes, non.continuation_len)], 1),

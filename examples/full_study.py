@@ -7,12 +7,12 @@ offline HTML report. Re-running resumes; a folder holding another run is refused
 import json
 import os
 
-from memlens.pipeline import run_pipeline
+import memlens as ml
 
 size = os.environ.get("MEMLENS_SIZE", "default")
 out = os.environ.get("MEMLENS_OUT", f"memlens-run-{size}")
-summary = run_pipeline("organism" if size == "default" else f"organism-{size}", out,
-                       cache_dir=os.environ.get("MEMLENS_CACHE"), progress=False)
+config = ml.RunConfig(model="organism" if size == "default" else f"organism-{size}")  # or RunConfig.from_toml(...)
+summary = ml.run_pipeline(config, out, cache_dir=os.environ.get("MEMLENS_CACHE"), progress=False)
 print("memorized / partly / non-memorized:", [summary["scan"][k]["count"] for k in ("memorized", "partly", "non_memorized")])
 print("most implicated head:", json.dumps(summary["heads"]["top"][0]))
 print("seconds per stage:", summary["seconds"])

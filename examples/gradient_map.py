@@ -6,17 +6,16 @@
 import os
 
 import memlens as ml
-from memlens.gradients import GradientMap, profiles_by_em_range
 
 model = ml.HookedModel.organism(size=os.environ.get("MEMLENS_SIZE", "default"))
-info = model.organism_info
+info = model.ground_truth
 result = ml.scan(model, info.paragraph_set(n_background=64, n_held_out=32), progress=False)
 mem, non = result.memorized(), result.non_memorized()
 print(f"{len(mem)} memorized, {len(non)} non-memorized paragraphs")
 
-gm = GradientMap(model)
-mem_map = gm.compute(mem, progress=False)
-non_map = gm.compute(non[: max(len(mem), 8)], progress=False)
+gm = ml.GradientMap(model)
+mem_map = gm.compute(mem, progress=False, label="memorized")
+non_map = gm.compute(non[: max(len(mem), 8)], progress=False, label="non_memorized")
 print("top components (memorized):\n", mem_map.top(5))
 print("memorized vs non-memorized:", mem_map.compare(non_map).summary())
 
@@ -24,4 +23,4 @@ contrastive = gm.compute(mem, contrast=non, progress=False)
 mask = contrastive.mask(fraction=0.001)
 print("top-0.1% mask:", sum(int(m.sum()) for m in mask.values()), "weights")
 
-print(profiles_by_em_range(model, result, progress=False).to_string(index=False))
+print(ml.profiles_by_em_range(model, result, progress=False).to_dataframe().to_string(index=False))

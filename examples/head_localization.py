@@ -7,25 +7,23 @@ zero-ablation, with circuitsvis views of the top head saved as an offline HTML p
 import os
 
 import memlens as ml
-from memlens.frequency import UnigramCounts
-from memlens.heads import HeadLocalizer, head_ablation_em_drop
-from memlens.viz.circuits import standalone_page
+from memlens.viz import standalone_page
 
 model = ml.HookedModel.organism(size=os.environ.get("MEMLENS_SIZE", "default"))
-info = model.organism_info
+info = model.ground_truth
 scan = ml.scan(model, info.paragraph_set(n_background=64, n_held_out=0), progress=False)
 mem, non = scan.memorized(), scan.non_memorized()[:16]
 
-report = HeadLocalizer(model).localize(mem, non, progress=False)
+report = ml.HeadLocalizer(model).localize(mem, non, progress=False)
 print(report.top(5)[["layer", "head", "combined_rank", *report.evidence]].round(3))
 print("attribution vs exact patching (Spearman over heads):", report.agreement)
 
-drop = head_ablation_em_drop(model, mem, progress=False)
+drop = ml.head_ablation_em_drop(model, mem, progress=False)
 layer, head = divmod(int(drop.argmax()), model.n_heads)
 print(f"zero-ablating L{layer}H{head} costs {float(drop.max()):.1f} EM tokens;", report.evidence_text(layer, head))
 
 best = report.top(1).iloc[0]
-views = report.attention_view(model, mem, int(best["layer"]), int(best["head"]), unigram=UnigramCounts.from_organism(info))
+views = report.attention_view(model, mem, int(best["layer"]), int(best["head"]), unigram=ml.UnigramCounts.from_organism(info))
 out = os.environ.get("MEMLENS_OUT", "top_head.html")
 with open(out, "w") as f:
     f.write(standalone_page("memlens: top head", views))

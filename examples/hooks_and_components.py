@@ -11,7 +11,7 @@ import torch
 import memlens as ml
 
 model = ml.HookedModel.organism(size=os.environ.get("MEMLENS_SIZE", "default"))
-mem = ml.scan(model, model.organism_info.planted, progress=False).memorized()
+mem = ml.scan(model, model.ground_truth.planted, progress=False).memorized()
 print(f"{len(mem)} memorized planted paragraphs")
 
 w_v = model.components[(1, "W_V", 0)]

@@ -8,14 +8,13 @@ perturbed paragraphs used by the editing objective.
 import os
 
 import memlens as ml
-from memlens.perturb import PrefixPerturber
 
 model = ml.HookedModel.organism(size=os.environ.get("MEMLENS_SIZE", "default"))
-info = model.organism_info
+info = model.ground_truth
 scan = ml.scan(model, info.paragraph_set(n_background=64, n_held_out=0), progress=False)
 mem, non = scan.memorized()[:8], scan.non_memorized()[:8]
 
-pert = PrefixPerturber(model)
+pert = ml.PrefixPerturber(model)
 a = pert.sweep(mem, strategy="random", n_samples=4, seed=0, progress=False)
 b = pert.sweep(non, strategy="random", n_samples=4, seed=0, progress=False)
 print(f"mean EM drop per perturbed position: memorized {a.mean_em_drop():.2f} vs non-memorized {b.mean_em_drop():.2f}")

@@ -9,7 +9,7 @@ import os
 import memlens as ml
 
 model = ml.HookedModel.organism(size=os.environ.get("MEMLENS_SIZE", "default"))
-info = model.organism_info
+info = model.ground_truth
 result = ml.scan(model, info.paragraph_set())
 df = result.to_dataframe()
 

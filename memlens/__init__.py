@@ -1,33 +1,91 @@
 """memlens: where does a language model keep the paragraphs it recites?
 
 A library reproduction of Stoehr et al., "Localizing Paragraph Memorization in Language Models"
-(2024), on TransformerLens.
+(2024), on TransformerLens. Everything a script needs is importable from here::
+
+    import memlens as ml
+    model = ml.HookedModel.organism()
+    scan = ml.scan(model, model.ground_truth.paragraph_set())
+    gmap = ml.GradientMap(model).compute(scan.memorized(), label="memorized")
 """
 
+from memlens import organism as _organism  # noqa: F401  (registers the embedded models with load_model)
+from memlens.activation_gradients import ActivationGradientResult, activation_gradients
 from memlens.components import ComponentKey, ComponentRegistry
+from memlens.config import GradientsConfig, HeadsConfig, PerturbConfig, RunConfig, ScanConfig, UnlearnConfig
 from memlens.data import Paragraph, ParagraphSet
 from memlens.errors import CacheError, HookError, InputError, MemlensError, ModelLoadError
+from memlens.frequency import UnigramCounts
+from memlens.gradients import EMRangeProfiles, GradientMap, GradientMapComparison, GradientMapResult, profiles_by_em_range
+from memlens.heads import HeadLocalizer, HeadReport, head_ablation_em_drop
+from memlens.loading import load_model, register_model_source
 from memlens.metrics import ContinuationScores, greedy_decode, teacher_forced_scores
 from memlens.model import HookedModel
+from memlens.organism import InjectionResult, OrganismInfo, inject
+from memlens.patching import PatchingResult, PatchPair, attribution_patching, exact_patching, make_patch_pairs
+from memlens.perturb import PerturbationResult, PrefixPerturber
+from memlens.pipeline import run_pipeline
+from memlens.rare_attention import RareAttentionResult, rare_token_attention
+from memlens.results import Provenance, Result, load_result
 from memlens.scan import ScanResult, scan
-
+from memlens.unlearn import FineTuneResult, MaskComparison, SparseFineTuner, compare_masks, selective_mask
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActivationGradientResult",
     "CacheError",
     "ComponentKey",
     "ComponentRegistry",
     "ContinuationScores",
+    "EMRangeProfiles",
+    "FineTuneResult",
+    "GradientMap",
+    "GradientMapComparison",
+    "GradientMapResult",
+    "GradientsConfig",
+    "HeadLocalizer",
+    "HeadReport",
+    "HeadsConfig",
     "HookError",
     "HookedModel",
+    "InjectionResult",
     "InputError",
+    "MaskComparison",
     "MemlensError",
     "ModelLoadError",
+    "OrganismInfo",
     "Paragraph",
     "ParagraphSet",
+    "PatchPair",
+    "PatchingResult",
+    "PerturbConfig",
+    "PerturbationResult",
+    "PrefixPerturber",
+    "Provenance",
+    "RareAttentionResult",
+    "Result",
+    "RunConfig",
+    "ScanConfig",
     "ScanResult",
+    "SparseFineTuner",
+    "UnigramCounts",
+    "UnlearnConfig",
+    "activation_gradients",
+    "attribution_patching",
+    "compare_masks",
+    "exact_patching",
     "greedy_decode",
+    "head_ablation_em_drop",
+    "inject",
+    "load_model",
+    "load_result",
+    "make_patch_pairs",
+    "profiles_by_em_range",
+    "rare_token_attention",
+    "register_model_source",
+    "run_pipeline",
     "scan",
+    "selective_mask",
     "teacher_forced_scores",
 ]

@@ -3,17 +3,18 @@ per token (Stoehr et al., 2024, Section 6.1)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from memlens.data import ParagraphSet
 from memlens.errors import InputError
+from memlens.results import Provenance, Result
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -24,8 +25,8 @@ if TYPE_CHECKING:
 ACTIVATION_KINDS = ("q", "k", "v", "z")
 
 
-@dataclass
-class ActivationGradientResult:
+@dataclass(frozen=True, kw_only=True)
+class ActivationGradientResult(Result):
     """|dL/dh| max-pooled over the hidden (d_head) dimension, per token (paper, Section 6.1).
 
     Attributes:
@@ -34,11 +35,21 @@ class ActivationGradientResult:
         tokens: the paragraphs' tokens ``[paragraph, length]``; ids: their ids.
     """
 
-    values: Float[Tensor, "paragraph layer kind head pos"]
+    values: Float[Tensor, "paragraph layer kind head pos"] = field(repr=False)
     kinds: tuple[str, ...]
-    tokens: Tensor
+    tokens: Int[Tensor, "paragraph length"] = field(repr=False)
     ids: list[str]
     prefix_len: int
+    provenance: Provenance = field(default_factory=Provenance)
+
+    def summary(self) -> dict[str, Any]:
+        """Per kind, the head with the largest mean activation gradient."""
+        out: dict[str, Any] = {}
+        for kind in self.kinds:
+            s = self.head_scores(kind)
+            layer, head = divmod(int(s.argmax()), s.shape[1])
+            out[kind] = {"layer": layer, "head": head, "score": float(s.max())}
+        return out
 
     def head_scores(self, kind: str = "v", reduce: str = "mean") -> Float[Tensor, "layer head"]:
         """One score per head: the per-token values averaged (or maxed) over paragraphs and positions."""
@@ -62,13 +73,14 @@ class ActivationGradientResult:
         return pd.DataFrame(rows)
 
     def plot(self, kind: str = "v") -> "go.Figure":
+        """Layer x head heatmap of :meth:`head_scores` of one kind."""
         import plotly.graph_objects as go
 
         z = self.head_scores(kind)
         fig = go.Figure(go.Heatmap(z=z.tolist(), colorscale="Viridis",
                                    hovertemplate="L%{y} H%{x}: %{z:.3g}<extra></extra>"))
         fig.update_layout(title=f"Activation gradient |dL/d{kind}| (max over d_head, mean over tokens)",
-                          xaxis_title="head", yaxis_title="layer")
+                          xaxis_title="head", yaxis_title="layer", xaxis={"dtick": 1}, yaxis={"dtick": 1})
         return fig
 
     def plot_tokens(self, model: "HookedModel", paragraph: int, layer: int, head: int, kind: str = "v") -> "go.Figure":
@@ -90,7 +102,18 @@ def activation_gradients(
 ) -> ActivationGradientResult:
     """Gradients of each paragraph's continuation NLL w.r.t. per-head activations (q, k, v, z),
     max-pooled over d_head. One backward pass per batch: the loss is the sum of per-paragraph
-    NLLs, and a paragraph's activations affect only its own term."""
+    NLLs, and a paragraph's activations affect only its own term.
+
+    Args:
+        model: the model.
+        paragraphs: the paragraphs.
+        kinds: per-head activations (``q``, ``k``, ``v``, ``z``).
+        batch_size: paragraphs per backward pass.
+        progress: show a progress bar.
+
+    Returns:
+        An :class:`ActivationGradientResult` (nats per unit activation, per token).
+    """
     for k in kinds:
         if k not in ACTIVATION_KINDS:
             raise InputError(f"unknown activation kind {k!r}; choose from {ACTIVATION_KINDS}")
@@ -114,7 +137,9 @@ def activation_gradients(
             for L in range(model.n_layers)
         ], dim=1)  # [batch, layer, kind, head, pos]
         out.append(per.cpu())
-    return ActivationGradientResult(torch.cat(out), tuple(kinds), paragraphs.tokens, list(paragraphs.ids), P)
+    return ActivationGradientResult(values=torch.cat(out), kinds=tuple(kinds), tokens=paragraphs.tokens,
+                                    ids=list(paragraphs.ids), prefix_len=P,
+                                    provenance=Provenance.capture(model, kinds=list(kinds)))
 
 
 def per_query_head(x: Tensor, n_heads: int, dim: int) -> Tensor:

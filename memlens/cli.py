@@ -7,58 +7,83 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from memlens.errors import MemlensError
 
-
-def load_model(spec: str, seed: int = 0, cache_dir: str | None = None):
-    """The model a ``--model`` value names: the organism, a hub name, a local folder or a .gguf file."""
-    from memlens.model import HookedModel
-
-    if spec in ("organism", "organism-default", "organism-tiny"):
-        size = "tiny" if spec.endswith("tiny") else "default"
-        return HookedModel.organism(size=size, seed=seed, cache_dir=cache_dir)
-    if spec.endswith(".gguf"):
-        return HookedModel.from_gguf(spec)
-    return HookedModel.from_pretrained(spec)
+# Flags for the most used settings: flag -> (dotted RunConfig key, type, help).
+SETTING_FLAGS: dict[str, tuple[str, type, str]] = {
+    "--batch-size": ("scan.batch_size", int, "paragraphs per forward pass of the scan"),
+    "--non-memorized-max-em": ("scan.non_memorized_max_em", int, "EM at or below which a paragraph is non-memorized (10)"),
+    "--max-paragraphs": ("", int, "memorized / non-memorized paragraphs each analysis stage uses (at most)"),
+    "--n-samples": ("perturb.n_samples", int, "replacements per prefix position (4)"),
+    "--strategy": ("perturb.strategy", str, "replacement strategy: random | second_best | similar"),
+    "--n-targets": ("unlearn.n_targets", int, "memorized paragraphs unlearned (4)"),
+    "--fraction": ("unlearn.fraction", float, "share of weights in a sparse mask (0.001)"),
+    "--steps": ("unlearn.steps", int, "Adam steps of unlearning (10)"),
+    "--lr": ("unlearn.lr", float, "learning rate of unlearning (1e-3)"),
+}
+_MAX_PARAGRAPHS_KEYS = ("gradients.max_paragraphs", "perturb.max_paragraphs", "heads.max_paragraphs")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="organism",
+    p.add_argument("--model", default=None,
                    help="organism | organism-tiny | hub name (e.g. EleutherAI/gpt-neo-125M) | local folder | file.gguf "
                         "(default: organism)")
-    p.add_argument("--seed", type=int, default=0, help="organism seed (default 0)")
+    p.add_argument("--seed", type=int, default=None, help="organism seed and seed of random choices (default 0)")
     p.add_argument("--cache-dir", default=None, help="organism cache folder (default $MEMLENS_CACHE or ~/.cache/memlens)")
 
 
 def _add_run_args(p: argparse.ArgumentParser, out_default: str | None = "memlens-run") -> None:
     _add_model_args(p)
-    p.add_argument("--paragraphs", default=None, help="JSONL/CSV paragraph file (default: the organism's ground-truth set)")
+    p.add_argument("--paragraphs", default=None, help="JSONL/CSV paragraph file (default: the model's ground-truth set)")
+    p.add_argument("--config", default=None, metavar="FILE.toml",
+                   help="settings file (see `memlens config`); flags override it")
+    group = p.add_argument_group("settings (override --config)")
+    for flag, (_, typ, text) in SETTING_FLAGS.items():
+        group.add_argument(flag, type=typ, default=None, help=text)
     if out_default is None:
-        p.add_argument("--out", default=None, help="with FILE: results JSONL (default <FILE>.scan.jsonl); "
+        p.add_argument("--out", default=None, help="with FILE: results file (default <FILE>.scan.safetensors); "
                                                    "without: run folder (default memlens-run)")
     else:
         p.add_argument("--out", default=out_default, help=f"run folder (default: {out_default})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def run_config(args: argparse.Namespace, base: Any = None) -> Any:
+    """The RunConfig of a command: ``base`` (or ``--config FILE``, or defaults), then the flags
+    that were given."""
+    from memlens.config import RunConfig
+
+    if getattr(args, "config", None):
+        base = RunConfig.from_toml(args.config)
+    base = base or RunConfig()
+    values: dict[str, Any] = {"model": getattr(args, "model", None), "seed": getattr(args, "seed", None),
+                              "paragraphs": getattr(args, "paragraphs", None)}
+    for flag, (key, _, _) in SETTING_FLAGS.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+        for k in (_MAX_PARAGRAPHS_KEYS if flag == "--max-paragraphs" else (key,)):
+            values[k] = value
+    return base.override(values)
+
+
 def cmd_scan(args: argparse.Namespace) -> int:
     from memlens.data import ParagraphSet
+    from memlens.io import write_json_atomic
+    from memlens.loading import load_model
     from memlens.scan import scan
 
     if args.file is None:
         return cmd_stage(args)
-
-    model = load_model(args.model, args.seed, args.cache_dir)
+    cfg = run_config(args)
+    model = load_model(cfg.model, seed=cfg.seed, cache_dir=args.cache_dir, progress=not args.quiet)
     path = Path(args.file)
     paras = ParagraphSet.from_file(path, model, args.prefix_len, args.continuation_len)
-    out = Path(args.out) if args.out else path.with_name(path.stem + ".scan.jsonl")
-    result = scan(model, paras, batch_size=args.batch_size, non_memorized_max_em=args.non_memorized_max_em, out=out)
+    out = Path(args.out) if args.out else path.with_name(path.stem + ".scan.safetensors")
+    result = scan(model, paras, batch_size=cfg.scan.batch_size, non_memorized_max_em=cfg.scan.non_memorized_max_em,
+                  memorized_min_em=cfg.scan.memorized_min_em, out=out, progress=not args.quiet)
     summary = result.summary()
-    from memlens.io import write_json_atomic
-
-    write_json_atomic(out.with_suffix(".summary.json"), summary)
+    write_json_atomic(out.with_name(out.name.removesuffix(".safetensors") + ".summary.json"), summary)
     print(json.dumps(summary, indent=2))
     print(f"results: {out}", file=sys.stderr)
     return 0
@@ -84,25 +109,23 @@ def cmd_organism(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from memlens.pipeline import run_pipeline
 
-    summary = run_pipeline(args.model, Path(args.out), paragraphs=args.paragraphs, seed=args.seed,
-                           cache_dir=args.cache_dir, progress=not args.quiet)
+    summary = run_pipeline(run_config(args), Path(args.out), cache_dir=args.cache_dir, progress=not args.quiet)
     print(json.dumps(summary, indent=2))
     print(f"report: {Path(args.out) / 'report.html'}", file=sys.stderr)
     return 0
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    """One stage alone, into a run folder (run again even if done; earlier stages it needs run first)."""
-    from memlens.pipeline import RunContext, claim_folder, run_stage, write_summary
+    """One stage alone, into a run folder (run again even if done; earlier stages it needs run
+    first). A folder made by ``memlens run`` keeps its settings unless flags change them."""
+    from memlens.pipeline import RunContext, claim_folder, read_run_config, run_stage, write_summary
 
     out = Path(args.out or "memlens-run")
-    if args.command == "report":
-        if not (out / "run.json").exists():
-            raise MemlensError(f"{out} holds no memlens run (no run.json); run `memlens run --out {out}` first")
-        run = json.loads((out / "run.json").read_text())
-        args.model, args.seed = run["model"], run["seed"]
-        args.paragraphs = (run.get("paragraphs") or {}).get("path")
-    ctx = RunContext(out, args.model, args.paragraphs, args.seed, args.cache_dir, progress=not args.quiet)
+    existing = read_run_config(out)
+    if args.command == "report" and existing is None:
+        raise MemlensError(f"{out} holds no memlens run (no run.json); run `memlens run --out {out}` first")
+    cfg = existing if args.command == "report" else run_config(args, existing)
+    ctx = RunContext(out, cfg, args.cache_dir, progress=not args.quiet)
     claim_folder(ctx)
     summary = run_stage(ctx, args.command)
     write_summary(ctx)
@@ -110,11 +133,34 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the settings as TOML: the defaults, a --config file with flags applied, or a run
+    folder's."""
+    from memlens.pipeline import read_run_config
+
+    cfg = read_run_config(Path(args.out)) if args.out else None
+    if args.out and cfg is None:
+        raise MemlensError(f"{args.out} holds no memlens run (no run.json)")
+    print(run_config(args, cfg).to_toml(), end="")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Print a result file's envelope: kind, provenance and summary."""
+    from memlens.results import load_result, read_envelope
+
+    doc = read_envelope(args.path)
+    out = {"kind": doc["kind"], "version": doc["version"], "provenance": doc["provenance"]}
+    out["summary"] = load_result(args.path).summary()
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
 STAGE_HELP = {
-    "gradients": "gradient maps of memorized vs non-memorized paragraphs -> gradients_*.pt, gradient_profiles_by_em.csv",
-    "perturb": "single-token prefix perturbations -> perturbation_*.jsonl, perturbed_memorized.jsonl",
-    "heads": "HeadLocalizer: per-head evidence and combined rank -> heads.json, head_views.json",
-    "unlearn": "sparse unlearning/editing, all vs top-k vs random weights -> unlearn.csv",
+    "gradients": "gradient maps of memorized vs non-memorized paragraphs -> gradients_*.safetensors",
+    "perturb": "single-token prefix perturbations -> perturbation_*.safetensors, perturbed_memorized.jsonl",
+    "heads": "HeadLocalizer: per-head evidence and combined rank -> heads.safetensors, head_views.json",
+    "unlearn": "sparse unlearning/editing, all vs top-k vs random weights -> unlearn.safetensors",
     "report": "the offline HTML report of a run folder -> report.html",
 }
 
@@ -128,20 +174,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the whole study: scan, gradients, perturb, heads, unlearn, report.html",
                        description="Run every stage into --out; stages already done there are skipped, so an "
-                                   "interrupted run resumes. Writes report.html last. With no arguments: the organism.")
+                                   "interrupted run resumes (with the same settings). Writes report.html last. "
+                                   "With no arguments: the organism.")
     _add_run_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("scan", help="EM and NLL of every paragraph (of FILE, or the run's paragraphs into --out)",
-                       description="With FILE: scan a JSONL/CSV paragraph file into a results JSONL. Without FILE: "
+                       description="With FILE: scan a JSONL/CSV paragraph file into a result file. Without FILE: "
                                    "the scan stage of a run folder (--out).")
     p.add_argument("file", nargs="?", default=None,
                    help="JSONL (one {'id','text'|'tokens'} per line) or CSV (text/paragraph column)")
     _add_run_args(p, out_default=None)
     p.add_argument("--prefix-len", type=int, default=50)
     p.add_argument("--continuation-len", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--non-memorized-max-em", type=int, default=10)
     p.set_defaults(func=cmd_scan)
 
     for stage, text in STAGE_HELP.items():
@@ -154,6 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             _add_run_args(p)
         p.set_defaults(func=cmd_stage)
+
+    p = sub.add_parser("config", help="print the settings as TOML (defaults, --config with flags, or a run's)",
+                       description="Print a settings file to start from: `memlens config > study.toml`, edit it, "
+                                   "then `memlens run --config study.toml`. With --out, the settings of that run.")
+    _add_run_args(p, out_default=None)
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("show", help="print a result file's kind, provenance and summary")
+    p.add_argument("path", help="a .safetensors result file written by memlens")
+    p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("organism", help="build or describe the embedded organism model")
     p.add_argument("action", choices=["build", "info"])

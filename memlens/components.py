@@ -157,61 +157,31 @@ def _layer_components(layer: int, per_kind: dict[str, list[list[WeightSlice]]]) 
 def build_hf_registry(
     model_type: str, get: ParamLookup, n_layers: int, n_heads: int, d_head: int, n_kv_heads: int | None = None
 ) -> ComponentRegistry:
-    """The registry of a booted HuggingFace causal LM, from its parameter names (bridge prefixes removed).
+    """The registry of a booted HuggingFace causal LM, from its parameter names (bridge prefixes
+    removed) as :data:`memlens.architectures.ARCHITECTURES` lists them.
 
-    Weights are ``nn.Linear`` ``[out, in]`` except GPT-2's ``Conv1D`` ``[in, out]``. Grouped-query
-    models (Llama with fewer key/value heads) give each query head the slice of its key/value
-    group, so heads of one group share their W_K and W_V slices.
+    Grouped-query models (fewer key/value heads) give each query head the slice of its key/value
+    group, so heads of one group share their W_K and W_V slices. A gated MLP's W_in owns both its
+    gate and its up projection.
     """
+    from memlens.architectures import architecture
+
+    arch = architecture(model_type)
+    kv = (n_kv_heads or n_heads) if arch.grouped_query else n_heads
+    group = n_heads // kv
     comps: list[Component] = []
     for L in range(n_layers):
-        if model_type == "gpt_neo":
-            a, m = f"transformer.h.{L}.attn.attention", f"transformer.h.{L}.mlp"
-            per = {
-                "W_Q": _heads(get, f"{a}.q_proj.weight", 0, n_heads, d_head),
-                "W_K": _heads(get, f"{a}.k_proj.weight", 0, n_heads, d_head),
-                "W_V": _heads(get, f"{a}.v_proj.weight", 0, n_heads, d_head),
-                "W_O": _heads(get, f"{a}.out_proj.weight", 1, n_heads, d_head),
-                "W_in": [_whole(get, f"{m}.c_fc.weight")],
-                "W_out": [_whole(get, f"{m}.c_proj.weight")],
-            }
-        elif model_type in ("gpt2", "gpt_neox"):
-            # The bridge splits the fused QKV weight into q/k/v Linear weights [out, in] and runs
-            # its forward through them; the fused weight is kept only for the plain twin.
-            if model_type == "gpt2":
-                a, m, w_in, w_out = f"transformer.h.{L}.attn", f"transformer.h.{L}.mlp", "c_fc", "c_proj"
-                o_dim = 0  # Conv1D [in, out]
-            else:
-                a, m, w_in, w_out = f"gpt_neox.layers.{L}.attention", f"gpt_neox.layers.{L}.mlp", "dense_h_to_4h", "dense_4h_to_h"
-                o_dim = 1  # Linear [out, in]
-            per = {
-                "W_Q": _heads(get, f"{a}.q.weight", 0, n_heads, d_head),
-                "W_K": _heads(get, f"{a}.k.weight", 0, n_heads, d_head),
-                "W_V": _heads(get, f"{a}.v.weight", 0, n_heads, d_head),
-                "W_O": _heads(get, f"{a}.o.weight", o_dim, n_heads, d_head),
-                "W_in": [_whole(get, f"{m}.{w_in}.weight")],
-                "W_out": [_whole(get, f"{m}.{w_out}.weight")],
-            }
-        elif model_type in ("llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2"):
-            a, m = f"model.layers.{L}.self_attn", f"model.layers.{L}.mlp"
-            kv = n_kv_heads or n_heads
-            group = n_heads // kv
-            k = _heads(get, f"{a}.k_proj.weight", 0, kv, d_head)
-            v = _heads(get, f"{a}.v_proj.weight", 0, kv, d_head)
-            per = {
-                "W_Q": _heads(get, f"{a}.q_proj.weight", 0, n_heads, d_head),
-                "W_K": [k[h // group] for h in range(n_heads)],
-                "W_V": [v[h // group] for h in range(n_heads)],
-                "W_O": _heads(get, f"{a}.o_proj.weight", 1, n_heads, d_head),
-                "W_in": [_whole(get, f"{m}.gate_proj.weight"), _whole(get, f"{m}.up_proj.weight")],
-                "W_out": [_whole(get, f"{m}.down_proj.weight")],
-            }
-        else:
-            raise InputError(
-                f"no component registry for HuggingFace model type {model_type!r}; supported: "
-                "gpt_neo, gpt2, gpt_neox, llama-family (llama, mistral, qwen2, qwen3, olmo)"
-            )
-        per = {k: [v if isinstance(v, list) else [v] for v in vals] for k, vals in per.items()}
+        name = {k: getattr(arch, k).format(layer=L) for k in ("q", "k", "v", "o", "mlp_out")}
+        k_heads = _heads(get, name["k"], 0, kv, d_head)
+        v_heads = _heads(get, name["v"], 0, kv, d_head)
+        per = {
+            "W_Q": [[s] for s in _heads(get, name["q"], 0, n_heads, d_head)],
+            "W_K": [[k_heads[h // group]] for h in range(n_heads)],
+            "W_V": [[v_heads[h // group]] for h in range(n_heads)],
+            "W_O": [[s] for s in _heads(get, name["o"], arch.o_head_dim, n_heads, d_head)],
+            "W_in": [[_whole(get, n.format(layer=L)) for n in arch.mlp_in]],
+            "W_out": [[_whole(get, name["mlp_out"])]],
+        }
         comps.extend(_layer_components(L, per))
     return ComponentRegistry(comps, n_layers, n_heads)
 
@@ -238,11 +208,6 @@ def build_tl3_registry(tl_model: nn.Module) -> ComponentRegistry:
         per["W_out"] = [[_whole(get, f"blocks.{L}.mlp.W_out")]]
         comps.extend(_layer_components(L, per))
     return ComponentRegistry(comps, cfg.n_layers, cfg.n_heads)
-
-
-def strip_bridge_name(name: str) -> str:
-    """The HuggingFace parameter name of a parameter after TransformerBridge boot renamed it."""
-    return name.replace("._original_component", "")
 
 
 def empty_mask_like(registry: ComponentRegistry) -> dict[str, Tensor]:

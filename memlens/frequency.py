@@ -70,10 +70,12 @@ class UnigramCounts:
 
     @classmethod
     def default_for(cls, model: "HookedModel", paragraphs: "ParagraphSet") -> "UnigramCounts":
-        """The organism's training-stream counts when ``model`` is the organism, else counts over
-        ``paragraphs`` (a rough stand-in for corpus counts)."""
-        info = getattr(model, "organism_info", None)
-        return cls.from_organism(info) if info is not None else cls.from_paragraphs(paragraphs, model.vocab_size)
+        """The training-stream counts of a model that carries them in its ground truth (the
+        organism), else counts over ``paragraphs`` (a rough stand-in for corpus counts)."""
+        counts = getattr(model.ground_truth, "unigram_counts", None)
+        if counts is not None:
+            return cls(counts.clone(), source=f"{model.name} training stream")
+        return cls.from_paragraphs(paragraphs, model.vocab_size)
 
     @classmethod
     def from_paragraphs(cls, paragraphs: "ParagraphSet", vocab_size: int) -> "UnigramCounts":

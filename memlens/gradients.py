@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
@@ -22,6 +21,7 @@ from tqdm.auto import tqdm
 from memlens.components import ComponentKey, ComponentRegistry
 from memlens.data import ParagraphSet
 from memlens.errors import InputError
+from memlens.results import Provenance, Result
 from memlens.objectives import continuation_logits, continuation_nll, kl_to_reference
 from memlens.sparse import only_trainable
 
@@ -64,8 +64,8 @@ def aggregate(grads: Sequence[Tensor], how: str) -> tuple[float, float]:
     return total, signed
 
 
-@dataclass
-class GradientMapResult:
+@dataclass(frozen=True, kw_only=True)
+class GradientMapResult(Result):
     """Per-component gradient scores.
 
     Attributes:
@@ -76,11 +76,12 @@ class GradientMapResult:
             masks); None when not kept.
         objective, aggregation, n_paragraphs, paragraph_ids: how it was computed.
         loss: the objective's value at the model's weights.
+        label: a name for the paragraph set (``memorized``), used in tables and legends.
     """
 
     keys: list[ComponentKey]
-    scores: Float[Tensor, " n_components"]
-    signed: Float[Tensor, " n_components"]
+    scores: Float[Tensor, " n_components"] = field(repr=False)
+    signed: Float[Tensor, " n_components"] = field(repr=False)
     n_layers: int
     n_heads: int
     objective: str
@@ -89,8 +90,16 @@ class GradientMapResult:
     loss: float
     weight_grads: dict[str, Tensor] | None = field(default=None, repr=False)
     label: str = ""
+    provenance: Provenance = field(default_factory=Provenance)
+
+    def summary(self) -> dict[str, Any]:
+        """Objective, loss, total score and the share of it per layer."""
+        return {"label": self.label, "objective": self.objective, "aggregation": self.aggregation,
+                "n_paragraphs": len(self.paragraph_ids), "loss": self.loss, "total": self.total,
+                "layer_profile": [round(x, 4) for x in self.layer_profile().tolist()]}
 
     def to_dataframe(self) -> "pd.DataFrame":
+        """One row per component: ``layer, component, head, score, signed``."""
         import pandas as pd
 
         return pd.DataFrame({
@@ -167,7 +176,7 @@ class GradientMapResult:
         """This map (e.g. memorized) against another (e.g. non-memorized): the paper's Fig. 4 / 9."""
         if self.keys != other.keys:
             raise InputError("the two maps cover different components")
-        return GradientMapComparison(self, other)
+        return GradientMapComparison(a=self, b=other, provenance=self.provenance)
 
     def plot(self, title: str | None = None) -> "go.Figure":
         """Heatmaps of scores, one panel per kind (layers x heads), with W_in/W_out as columns."""
@@ -183,51 +192,51 @@ class GradientMapResult:
     def _repr_html_(self) -> str:
         return self.top(10).to_html()
 
-    def save(self, path: str | Path) -> None:
-        """Save scores (and per-weight gradients, if kept) with ``torch.save``, atomically."""
-        from memlens.io import atomic_path
 
-        with atomic_path(path) as tmp:
-            torch.save({"format": "memlens.GradientMapResult/1", **self.__dict__,
-                        "keys": [tuple(k) for k in self.keys]}, tmp)
+@dataclass(frozen=True, kw_only=True)
+class GradientMapComparison(Result):
+    """Two maps side by side (e.g. memorized vs non-memorized paragraphs, the paper's Fig. 4).
 
-    @classmethod
-    def load(cls, path: str | Path) -> "GradientMapResult":
-        d = torch.load(path, weights_only=False)
-        if d.pop("format", None) != "memlens.GradientMapResult/1":
-            raise InputError(f"{path}: not a saved GradientMapResult")
-        d["keys"] = [ComponentKey(*k) for k in d["keys"]]
-        return cls(**d)
-
-
-@dataclass
-class GradientMapComparison:
-    """Two maps side by side (e.g. memorized vs non-memorized paragraphs)."""
+    Attributes:
+        a, b: the maps; their labels (``a.label``, ``b.label``) name the two sets.
+    """
 
     a: GradientMapResult
     b: GradientMapResult
+    provenance: Provenance = field(default_factory=Provenance)
+
+    @property
+    def labels(self) -> tuple[str, str]:
+        la, lb = self.a.label or "a", self.b.label or "b"
+        return (la, lb) if la != lb else (f"{la} (1)", f"{lb} (2)")
 
     def to_dataframe(self) -> "pd.DataFrame":
-        df = self.a.to_dataframe()[["layer", "component", "head", "score"]].rename(columns={"score": "score_a"})
-        df["score_b"] = self.b.scores.tolist()
-        df["ratio"] = df["score_a"] / df["score_b"].where(df["score_b"] > 0)
+        """One row per component: ``layer, component, head``, each map's score
+        (``score_<label>``) and their ratio."""
+        la, lb = self.labels
+        df = self.a.to_dataframe()[["layer", "component", "head", "score"]].rename(columns={"score": f"score_{la}"})
+        df[f"score_{lb}"] = self.b.scores.tolist()
+        df["ratio"] = df[f"score_{la}"] / df[f"score_{lb}"].where(df[f"score_{lb}"] > 0)
         return df
 
     def summary(self) -> dict[str, Any]:
-        """Total gradient of each map, their ratio, and each map's layer profile."""
+        """Per set (by label): total gradient, layer profile and lower-half share; and the ratio
+        of the totals (first / second)."""
+        la, lb = self.labels
         return {
-            "total_a": self.a.total, "total_b": self.b.total,
+            "labels": [la, lb],
+            "total": {la: self.a.total, lb: self.b.total},
             "ratio_total": self.a.total / self.b.total if self.b.total else float("nan"),
-            "profile_a": [round(x, 4) for x in self.a.layer_profile().tolist()],
-            "profile_b": [round(x, 4) for x in self.b.layer_profile().tolist()],
-            "lower_half_share_a": _lower_half(self.a.layer_profile()),
-            "lower_half_share_b": _lower_half(self.b.layer_profile()),
+            "profile": {la: [round(x, 4) for x in self.a.layer_profile().tolist()],
+                        lb: [round(x, 4) for x in self.b.layer_profile().tolist()]},
+            "lower_half_share": {la: _lower_half(self.a.layer_profile()), lb: _lower_half(self.b.layer_profile())},
         }
 
     def plot(self) -> "go.Figure":
+        """Share of the total gradient per layer, one line per map."""
         from memlens.viz.gradients import plot_layer_profiles
 
-        return plot_layer_profiles([self.a, self.b])
+        return plot_layer_profiles([self.a, self.b], list(self.labels))
 
 
 def _is_oom(error: BaseException) -> bool:
@@ -278,13 +287,26 @@ class GradientMap:
         keep_weight_grads: bool = True,
         components: Sequence[ComponentKey | tuple] | None = None,
         progress: bool = True,
+        label: str = "",
     ) -> GradientMapResult:
         """The gradient map of ``objective`` over ``paragraphs``.
 
-        ``objective``: ``"nll"`` (mean continuation NLL over the batch) or ``"contrastive"``
-        (-NLL(paragraphs) + kl_weight * KL(contrast under the model || the model's current
-        weights, frozen)); default ``"contrastive"`` when ``contrast`` is given, else ``"nll"``.
-        ``components`` restricts the map to some components (all by default).
+        Args:
+            paragraphs: the paragraphs whose continuation NLL is differentiated.
+            contrast: non-memorized paragraphs for the contrastive objective's KL term.
+            objective: ``"nll"`` (mean continuation NLL over the set) or ``"contrastive"``
+                (-NLL(paragraphs) + kl_weight * KL(contrast under the model || the model's
+                current weights, frozen)); default ``"contrastive"`` when ``contrast`` is given.
+            aggregation: component score: ``max`` |gradient| (the paper's), ``l1``, ``l2``, ``mean``.
+            kl_weight: weight of the KL term.
+            batch_size: paragraphs per backward pass (halved automatically when out of memory).
+            keep_weight_grads: keep |gradient| of every weight (needed for :meth:`GradientMapResult.mask`).
+            components: restrict the map to these components (all by default).
+            progress: show a progress bar.
+            label: a name for the set (``"memorized"``), shown in tables and legends.
+
+        Returns:
+            A :class:`GradientMapResult` (scores in units of the objective per unit weight).
         """
         objective = objective or ("contrastive" if contrast is not None else "nll")
         self._check(paragraphs, contrast, objective, aggregation)
@@ -311,8 +333,11 @@ class GradientMap:
                         ref_logits = [t for r in ref_logits for t in r.split(batch_size)]
             result = self._reduce(keys, params, aggregation, keep_weight_grads)
         return GradientMapResult(
-            keys, result[0], result[1], self.model.n_layers, self.model.n_heads, objective, aggregation,
-            list(paragraphs.ids), loss_total, result[2],
+            keys=keys, scores=result[0], signed=result[1], n_layers=self.model.n_layers, n_heads=self.model.n_heads,
+            objective=objective, aggregation=aggregation, paragraph_ids=list(paragraphs.ids), loss=loss_total,
+            weight_grads=result[2], label=label,
+            provenance=Provenance.capture(self.model, objective=objective, aggregation=aggregation, kl_weight=kl_weight,
+                                          trainable=self.trainable, n_paragraphs=len(paragraphs)),
         )
 
     def _accumulate(self, paragraphs: ParagraphSet, contrast: ParagraphSet | None, objective: str,
@@ -440,6 +465,7 @@ class GradientMap:
             handles.append(mod.register_forward_hook(keep(pid)))
         comps = [self.registry[k] for k in keys]
         results = []
+        prov = Provenance.capture(self.model, objective="nll", aggregation=aggregation, per_paragraph=True)
         try:
             with self._trainable_params():
                 for s in tqdm(range(0, len(paragraphs), batch_size), desc="per-paragraph gradient maps",
@@ -465,8 +491,10 @@ class GradientMap:
                             sc.append(a)
                             sg.append(b)
                         results.append(GradientMapResult(
-                            keys, torch.tensor(sc), torch.tensor(sg), self.model.n_layers, self.model.n_heads,
-                            "nll", aggregation, [paragraphs.ids[s + i]], nll[i].item(), None))
+                            keys=keys, scores=torch.tensor(sc), signed=torch.tensor(sg), n_layers=self.model.n_layers,
+                            n_heads=self.model.n_heads, objective="nll", aggregation=aggregation,
+                            paragraph_ids=[paragraphs.ids[s + i]], loss=nll[i].item(), label=paragraphs.ids[s + i],
+                            provenance=prov))
                     for p in self.model.tl_model.parameters():
                         p.grad = None
         finally:
@@ -479,14 +507,57 @@ class GradientMap:
 DEFAULT_EM_BINS = ((0, 10), (11, 29), (30, 49), (50, 50))
 
 
+@dataclass(frozen=True, kw_only=True)
+class EMRangeProfiles(Result):
+    """The paper's Fig. 9: one NLL gradient map per EM range, reduced to its total and layer profile.
+
+    Attributes:
+        rows: one dict per EM range with paragraphs: ``em_range, n, mean_nll, total`` and
+            ``layer_<i>`` (share of the total in layer i).
+    """
+
+    rows: list[dict[str, Any]]
+    provenance: Provenance = field(default_factory=Provenance)
+
+    def to_dataframe(self) -> "pd.DataFrame":
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    def summary(self) -> dict[str, Any]:
+        return {"by_em_range": self.rows}
+
+    def plot(self) -> "go.Figure":
+        """Layer share of the gradient, one line per EM range."""
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        for r in self.rows:
+            layers = sorted(int(k.split("_")[1]) for k in r if k.startswith("layer_"))
+            fig.add_trace(go.Scatter(x=layers, y=[r[f"layer_{i}"] for i in layers], mode="lines+markers",
+                                     name=f"EM {r['em_range']} (n={r['n']})"))
+        fig.update_layout(title="Share of the gradient per layer, by EM range", xaxis_title="layer",
+                          yaxis_title="share of total |gradient|", xaxis={"dtick": 1})
+        return fig
+
+
 def profiles_by_em_range(
     model: "HookedModel", scan_result: Any, bins: Sequence[tuple[int, int]] = DEFAULT_EM_BINS,
     max_per_bin: int = 32, progress: bool = True,
-) -> "pd.DataFrame":
+) -> EMRangeProfiles:
     """The paper's Fig. 9: for paragraphs grouped by EM range, the total gradient (sum of
-    component scores of one NLL map per group) and the share of it in each layer."""
-    import pandas as pd
+    component scores of one NLL map per group) and the share of it in each layer.
 
+    Args:
+        model: the model.
+        scan_result: a :class:`~memlens.ScanResult` giving each paragraph's EM.
+        bins: inclusive EM ranges.
+        max_per_bin: at most this many paragraphs per range (the first ones).
+        progress: show progress bars.
+
+    Returns:
+        :class:`EMRangeProfiles`, one row per range that has paragraphs.
+    """
     rows = []
     for lo, hi in bins:
         sel = (scan_result.em >= lo) & (scan_result.em <= hi)
@@ -497,4 +568,5 @@ def profiles_by_em_range(
         prof = r.layer_profile().tolist()
         rows.append({"em_range": f"{lo}-{hi}", "n": len(group), "mean_nll": r.loss, "total": r.total,
                      **{f"layer_{i}": round(p, 4) for i, p in enumerate(prof)}})
-    return pd.DataFrame(rows)
+    return EMRangeProfiles(rows=rows, provenance=Provenance.capture(model, bins=[list(b) for b in bins],
+                                                                    max_per_bin=max_per_bin))

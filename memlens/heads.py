@@ -24,10 +24,8 @@ were computed: causal evidence (``patching``) weighs as much as all correlationa
 
 from __future__ import annotations
 
-import json
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
@@ -37,7 +35,7 @@ from tqdm.auto import tqdm
 
 from memlens.data import ParagraphSet
 from memlens.errors import HookError, InputError
-from memlens.io import write_json_atomic
+from memlens.results import Provenance, Result
 from memlens.patching import PATCH_KINDS, attribution_patching, exact_patching, make_patch_pairs
 from memlens.stats import rankdata, spearman
 from memlens.frequency import UnigramCounts
@@ -57,8 +55,8 @@ _GRAD_KINDS = ("W_Q", "W_K", "W_V", "W_O")
 _ACT_KINDS = ("q", "k", "v", "z")
 
 
-@dataclass
-class HeadReport:
+@dataclass(frozen=True, kw_only=True)
+class HeadReport(Result):
     """Per-head evidence of memorization.
 
     Attributes:
@@ -70,6 +68,8 @@ class HeadReport:
             ``{kind}_{direction}`` over heads.
         notes: what was skipped or replaced, and why.
         rare: the attention-to-rare-tokens result (for views), when computed.
+        weights: weight of each combined kind in the combined rank (1 where absent).
+        provenance: model, versions and the localizer's settings.
     """
 
     n_layers: int
@@ -83,6 +83,21 @@ class HeadReport:
     n_patch_pairs: int = 0
     rare: "RareAttentionResult | None" = field(default=None, repr=False)
     weights: dict[str, float] = field(default_factory=dict)
+    provenance: Provenance = field(default_factory=Provenance)
+
+    def with_columns(self, **columns: Float[Tensor, "layer head"]) -> "HeadReport":
+        """A copy with more detail columns (e.g. ``ablation_em_drop``); this report is unchanged."""
+        for name, col in columns.items():
+            if tuple(col.shape) != (self.n_layers, self.n_heads):
+                raise InputError(f"column {name!r} has shape {tuple(col.shape)}, expected ({self.n_layers}, {self.n_heads})")
+        return replace(self, columns={**self.columns, **{k: v.float() for k, v in columns.items()}})
+
+    def summary(self) -> dict[str, Any]:
+        """The five most implicated heads with their evidence, the attribution/exact agreement
+        and the notes."""
+        top = self.top(5)[["layer", "head", "combined_rank", *self.evidence]].round(4)
+        return {"top": top.to_dict(orient="records"), "agreement_attribution_vs_exact": self.agreement,
+                "notes": list(self.notes), "n_paragraphs": self.n_paragraphs, "n_patch_pairs": self.n_patch_pairs}
 
     def rank(self, kind: str) -> Float[Tensor, "layer head"]:
         """Rank of every head under one column (1 = most implicated; ties share the mean rank)."""
@@ -155,7 +170,7 @@ class HeadReport:
         fig = go.Figure(go.Heatmap(z=z.tolist(), text=text, texttemplate="%{text}", colorscale="Viridis",
                                    hovertemplate="L%{y} H%{x}: %{z:.3g}<extra></extra>"))
         fig.update_layout(title=f"{kind} per head" + (" (minus combined rank: brighter = more implicated)" if kind == "combined" else ""),
-                          xaxis_title="head", yaxis_title="layer")
+                          xaxis_title="head", yaxis_title="layer", xaxis={"dtick": 1}, yaxis={"dtick": 1})
         return fig
 
     def plot_all(self) -> "go.Figure":
@@ -176,6 +191,8 @@ class HeadReport:
                           row=i // cols + 1, col=i % cols + 1)
         fig.update_layout(title="Evidence per head (each panel scaled to [0, 1]; bright = implicated)",
                           coloraxis={"colorscale": "Viridis"}, height=260 * rows)
+        fig.update_xaxes(dtick=1)
+        fig.update_yaxes(dtick=1)
         return fig
 
     def attention_view(self, model: "HookedModel", paragraphs: ParagraphSet, layer: int, head: int,
@@ -190,38 +207,17 @@ class HeadReport:
     def _repr_html_(self) -> str:
         return self.top(10).to_html(index=False, float_format=lambda x: f"{x:.3g}")
 
-    def save(self, path: str | Path) -> None:
-        """JSON with every column, the agreement, the notes and (when computed) the rare-token
-        attention curves."""
-        data: dict[str, Any] = {
-            "n_layers": self.n_layers, "n_heads": self.n_heads, "evidence": self.evidence,
-            "combined_from": self.combined_from, "weights": self.weights, "agreement": self.agreement, "notes": self.notes,
-            "n_paragraphs": self.n_paragraphs, "n_patch_pairs": self.n_patch_pairs,
-            "columns": {k: v.tolist() for k, v in self.columns.items()},
-        }
-        if self.rare is not None:
-            r = self.rare
-            data["rare"] = {"by_rank": r.by_rank.tolist(), "rank_tau": r.rank_tau.tolist(), "token_tau": r.token_tau.tolist(),
-                            "attention": r.attention.tolist(), "ids": r.ids, "query_position": r.query_position}
-        write_json_atomic(Path(path), data)
 
-    @classmethod
-    def load(cls, path: str | Path) -> "HeadReport":
-        from memlens.rare_attention import RareAttentionResult
-
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-            rare = None
-            if "rare" in data:
-                r = data["rare"]
-                rare = RareAttentionResult(torch.tensor(r["attention"]), torch.tensor(r["by_rank"]), torch.tensor(r["rank_tau"]),
-                                           torch.tensor(r["token_tau"]), r["ids"], r["query_position"])
-            return cls(data["n_layers"], data["n_heads"], {k: torch.tensor(v, dtype=torch.float) for k, v in data["columns"].items()},
-                       data["evidence"], data["combined_from"], data.get("agreement", {}), data.get("notes", []),
-                       data.get("n_paragraphs", 0), data.get("n_patch_pairs", 0), rare, data.get("weights", {}))
-        except (OSError, ValueError, KeyError) as e:
-            raise InputError(f"{path}: not a HeadReport file ({type(e).__name__}: {e})") from e
+def combined_weights(combined: Sequence[str], causal_share: float) -> dict[str, float]:
+    """Weights of the evidence kinds in the combined rank: 1 for each correlational kind; the
+    causal kinds together weigh ``causal_share`` of the total."""
+    others = [k for k in combined if k not in CAUSAL]
+    causal = [k for k in combined if k in CAUSAL]
+    weights = {k: 1.0 for k in combined}
+    if others:
+        for k in causal:
+            weights[k] = causal_share / (1 - causal_share) * len(others) / len(causal)
+    return weights
 
 
 def check_head(layer: int, head: int, n_layers: int, n_heads: int) -> None:
@@ -259,37 +255,31 @@ class HeadLocalizer:
     ) -> HeadReport:
         """Compute every kind of ``evidence`` on (at most ``max_paragraphs`` of) ``memorized``.
 
-        ``non_memorized`` is needed for ``contrastive``; ``perturbed`` (one perturbed version per
-        memorized paragraph, e.g. from ``PrefixPerturber.perturbed_paragraphs``) for ``patching``
-        and ``attribution`` — built with a full random sweep when not given; ``unigram`` for
-        ``rare_attention`` — the organism's corpus counts by default, else counts over the
-        paragraphs given (with a note). ``causal_share``: the weight of ``patching`` in the
-        combined rank relative to the other kinds together (0.5: as much as all of them).
+        Args:
+            memorized: memorized paragraphs (the first ``max_paragraphs`` are used).
+            non_memorized: non-memorized paragraphs, needed for ``contrastive``.
+            perturbed: one perturbed version per memorized paragraph (e.g. from
+                ``PrefixPerturber.perturbed_paragraphs``) for ``patching`` and ``attribution``;
+                built with a full random sweep when not given.
+            unigram: corpus token counts for ``rare_attention``; by default the model's
+                ground-truth training counts (the organism), else counts over the paragraphs (noted).
+            evidence: the kinds to compute (see the module docstring).
+            combine: the kinds averaged into the combined rank.
+            max_paragraphs: at most this many memorized paragraphs.
+            patch_kinds: activations patched per head (``z``, ``q``, ``k``, ``v``).
+            causal_share: the weight of ``patching`` in the combined rank relative to the other
+                kinds together (0.5: as much as all of them).
+            progress: show progress bars.
+
+        Returns:
+            A :class:`HeadReport`: one ``[layer, head]`` column per evidence kind and detail, the
+            combined rank, the attribution/exact agreement and notes on what was skipped.
         """
         model = self.model
-        unknown = [e for e in evidence if e not in EVIDENCE]
-        if unknown:
-            raise InputError(f"unknown evidence {unknown}; choose from {EVIDENCE}")
-        if len(memorized) == 0:
-            raise InputError("HeadLocalizer needs at least one memorized paragraph")
-        memorized.validate(model.vocab_size, model.n_ctx)
-        mem = memorized[:max_paragraphs]
-        evidence = list(dict.fromkeys(evidence))
-        notes: list[str] = []
+        mem, evidence, notes = self._check_localize(memorized, non_memorized, evidence, max_paragraphs, causal_share)
         columns: dict[str, Tensor] = {}
         agreement: dict[str, float] = {}
-        rare = None
-        n_pairs = 0
-        if "contrastive" in evidence and (non_memorized is None or len(non_memorized) == 0):
-            evidence.remove("contrastive")
-            notes.append("contrastive gradient skipped: no non-memorized paragraphs given")
-        if "contrastive" in evidence:
-            notes.append("contrastive = NLL gradient map here: the KL term's gradient is zero at the model's own "
-                         "weights; it is not counted in the combined rank by default")
-        if non_memorized is not None and len(non_memorized):
-            mem.check_compatible(non_memorized, "memorized and non-memorized paragraphs")
-        if not 0.0 <= causal_share < 1.0:
-            raise InputError(f"causal_share must be in [0, 1), got {causal_share}")
+        rare, n_pairs = None, 0
         for kind in ("gradient", "contrastive"):
             if kind in evidence:
                 columns.update(self._gradient(mem, non_memorized[:max_paragraphs] if kind == "contrastive" else None, kind))
@@ -304,22 +294,43 @@ class HeadLocalizer:
         if "rare_attention" in evidence:
             rare = self._rare(mem, unigram, notes, progress)
             if rare is not None:
-                columns["rare_attention"] = -rare.rank_tau
-                columns["rare_tau"] = rare.rank_tau
-                columns["rare_token_tau"] = rare.token_tau
+                columns |= {"rare_attention": -rare.rank_tau, "rare_tau": rare.rank_tau, "rare_token_tau": rare.token_tau}
             else:
                 evidence.remove("rare_attention")
         combined = [k for k in combine if k in evidence]
         if not combined:
             raise InputError(f"none of combine={list(combine)} was computed (evidence: {evidence})")
-        weights = {k: 1.0 for k in combined}
-        others = [k for k in combined if k not in CAUSAL]
-        causal = [k for k in combined if k in CAUSAL]
-        for k in causal:
-            if others:
-                weights[k] = causal_share / (1 - causal_share) * len(others) / len(causal)
-        return HeadReport(model.n_layers, model.n_heads, columns, evidence, combined, agreement, notes,
-                          len(mem), n_pairs, rare, weights)
+        return HeadReport(
+            n_layers=model.n_layers, n_heads=model.n_heads, columns=columns, evidence=evidence, combined_from=combined,
+            agreement=agreement, notes=notes, n_paragraphs=len(mem), n_patch_pairs=n_pairs, rare=rare,
+            weights=combined_weights(combined, causal_share),
+            provenance=Provenance.capture(model, evidence=evidence, combine=list(combine), max_paragraphs=max_paragraphs,
+                                          patch_kinds=list(patch_kinds), causal_share=causal_share))
+
+    def _check_localize(self, memorized: ParagraphSet, non_memorized: ParagraphSet | None, evidence: Sequence[str],
+                        max_paragraphs: int, causal_share: float) -> tuple[ParagraphSet, list[str], list[str]]:
+        """Validate the arguments; return the memorized paragraphs used, the evidence kinds that
+        can be computed and the notes on those that cannot."""
+        unknown = [e for e in evidence if e not in EVIDENCE]
+        if unknown:
+            raise InputError(f"unknown evidence {unknown}; choose from {EVIDENCE}")
+        if len(memorized) == 0:
+            raise InputError("HeadLocalizer needs at least one memorized paragraph")
+        if not 0.0 <= causal_share < 1.0:
+            raise InputError(f"causal_share must be in [0, 1), got {causal_share}")
+        memorized.validate(self.model.vocab_size, self.model.n_ctx)
+        mem = memorized[:max_paragraphs]
+        kinds, notes = list(dict.fromkeys(evidence)), []
+        if non_memorized is not None and len(non_memorized):
+            mem.check_compatible(non_memorized, "memorized and non-memorized paragraphs")
+        if "contrastive" in kinds:
+            if non_memorized is None or len(non_memorized) == 0:
+                kinds.remove("contrastive")
+                notes.append("contrastive gradient skipped: no non-memorized paragraphs given")
+            else:
+                notes.append("contrastive = NLL gradient map here: the KL term's gradient is zero at the model's "
+                             "own weights; it is not counted in the combined rank by default")
+        return mem, kinds, notes
 
     # --- evidence ---------------------------------------------------------------------------
     def _gradient(self, mem: ParagraphSet, contrast: ParagraphSet | None, name: str) -> dict[str, Tensor]:
@@ -382,7 +393,7 @@ class HeadLocalizer:
                 for direction in ("noising", "denoising"):
                     for ki, k in enumerate(kinds):
                         key = f"{method}_{k}_{direction}"
-                        sums[key] = sums.get(key, torch.zeros(L, H)) + res[direction][:, ki].float() / len(pairs)
+                        sums[key] = sums.get(key, torch.zeros(L, H)) + getattr(res, direction)[:, ki].float() / len(pairs)
         cols = dict(sums)
         out_kind = "z" if "z" in kinds else kinds[0]
         for method in wanted:
@@ -403,7 +414,7 @@ class HeadLocalizer:
             return None
         if unigram is None:
             unigram = UnigramCounts.default_for(self.model, mem)
-            if getattr(self.model, "organism_info", None) is None:
+            if getattr(self.model.ground_truth, "unigram_counts", None) is None:
                 notes.append("no unigram counts given: token rarity counted over the memorized paragraphs only "
                              "(pass UnigramCounts.from_file for corpus counts)")
         return rare_token_attention(self.model, mem, unigram, batch_size=self.batch_size, progress=progress)

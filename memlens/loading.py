@@ -7,23 +7,58 @@ fails at once, with the ways to load a model locally, when the hub cannot be rea
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import socket
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from memlens.components import strip_bridge_name
+from memlens.architectures import SUPPORTED_MODEL_TYPES, architecture  # noqa: F401 (re-exported)
 from memlens.errors import ModelLoadError
 from memlens.model import HookedModel
 
-SUPPORTED_MODEL_TYPES = ("gpt_neo", "gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2")
+ModelSource = Callable[..., HookedModel]
+_SOURCES: dict[str, tuple[ModelSource, str]] = {}
+
+
+def register_model_source(name: str, factory: ModelSource, description: str = "") -> None:
+    """Make ``load_model(name)`` (and ``--model name``) call ``factory(seed=..., cache_dir=...,
+    progress=...)``. Embedded models register themselves this way."""
+    _SOURCES[name] = (factory, description)
+
+
+def model_sources() -> dict[str, str]:
+    """The registered model names and what each is."""
+    return {name: desc for name, (_, desc) in _SOURCES.items()}
+
+
+def load_model(spec: str, *, seed: int = 0, cache_dir: str | None = None, progress: bool = True) -> HookedModel:
+    """The model a ``--model`` value names: a registered source (``organism``, ``organism-tiny``),
+    a ``.gguf`` file, a local folder or a hub name. The one resolver of the CLI and the pipeline.
+
+    Args:
+        spec: the name, path or hub id.
+        seed: seed of a registered (built) model such as the organism.
+        cache_dir: where a registered model is cached (default ``$MEMLENS_CACHE`` or
+            ``~/.cache/memlens``).
+        progress: show progress bars while a registered model is built.
+
+    Returns:
+        The loaded :class:`~memlens.HookedModel`.
+
+    Raises:
+        ModelLoadError: the model cannot be found or loaded (the message says what to do).
+    """
+    if spec in _SOURCES:
+        return _SOURCES[spec][0](seed=seed, cache_dir=cache_dir, progress=progress)
+    if spec.endswith(".gguf"):
+        return from_gguf(spec)
+    return from_pretrained(spec)
 
 
 def from_hf(
@@ -32,7 +67,7 @@ def from_hf(
     *,
     name: str | None = None,
     prepend_bos: bool = False,
-    organism_info: Any = None,
+    ground_truth: Any = None,
 ) -> HookedModel:
     """Boot a TransformerLens 4 ``TransformerBridge`` around an in-memory HuggingFace causal LM.
 
@@ -42,15 +77,12 @@ def from_hf(
     from transformer_lens.model_bridge import TransformerBridge
 
     model_type = getattr(getattr(hf_model, "config", None), "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ModelLoadError(
-            f"model type {model_type!r} is not supported; memlens supports {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
+    architecture(str(model_type))
     tokenizer = _with_name_or_path(tokenizer)
     name = name or getattr(hf_model.config, "_name_or_path", None) or f"memlens/{model_type}"
-    with _quiet_transformers():
+    with quiet_transformers():
         bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer)
-    return HookedModel(bridge, tokenizer, name=name, prepend_bos=prepend_bos, organism_info=organism_info)
+    return HookedModel(bridge, tokenizer, name=name, prepend_bos=prepend_bos, ground_truth=ground_truth)
 
 
 def wrap(tl_model: nn.Module, tokenizer: Any = None, *, name: str | None = None, prepend_bos: bool = False) -> HookedModel:
@@ -76,16 +108,14 @@ def from_pretrained(name: str, *, prepend_bos: bool = False, dtype: torch.dtype 
         return from_gguf(name, prepend_bos=prepend_bos, dtype=dtype)
     if path.is_dir():
         try:
-            with _quiet_transformers():
+            with quiet_transformers():
                 tok = AutoTokenizer.from_pretrained(str(path))
                 hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs)
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"{path}: not a loadable HuggingFace model folder ({e})") from None
         return from_hf(hf.eval(), tok, name=str(path), prepend_bos=prepend_bos)
-    if name in ("organism", "organism-tiny"):
-        return HookedModel.organism(size="tiny" if name.endswith("tiny") else "default")
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             tok = AutoTokenizer.from_pretrained(name, local_files_only=True)
             hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=True, **kwargs)
     except (OSError, ValueError):
@@ -98,7 +128,7 @@ def from_pretrained(name: str, *, prepend_bos: bool = False, dtype: torch.dtype 
                 "or use the embedded model: HookedModel.organism()"
             ) from None
         try:
-            with _quiet_transformers():
+            with quiet_transformers():
                 tok = AutoTokenizer.from_pretrained(name)
                 hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs)
         except (OSError, ValueError) as e:
@@ -118,7 +148,7 @@ def from_gguf(path: str | os.PathLike[str], *, prepend_bos: bool = False, dtype:
     except ImportError:
         raise ModelLoadError("loading GGUF files needs the 'gguf' package: pip install gguf") from None
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
             hf = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=dtype)
     except Exception as e:  # transformers raises many kinds for a bad file
@@ -149,79 +179,6 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
-# Modules the bridge renames when it boots, mapped back to their HuggingFace names.
-_BRIDGE_RENAMES = (
-    (".attn.qkv.", ".attn.c_attn."),
-    (".attn.o.", ".attn.c_proj."),
-    (".attention.qkv.", ".attention.query_key_value."),
-    (".attention.o.", ".attention.dense."),
-)
-
-
-def hf_parameter_name(booted_name: str) -> str:
-    """The HuggingFace name of a parameter of a booted model."""
-    name = strip_bridge_name(booted_name)
-    for new, old in _BRIDGE_RENAMES:
-        name = name.replace(new, old)
-    return name
-
-
-def plain_twin(hf_model: nn.Module) -> nn.Module:
-    """A never-booted copy of a (booted) HuggingFace model that shares its parameters and buffers.
-
-    Built on the meta device, so it costs no weight memory; KV-cached ``generate``-style decoding
-    runs correctly in it. For GPT-2 and NeoX, call :func:`sync_fused_qkv` before using it.
-    """
-    cfg = copy.deepcopy(hf_model.config)
-    params = {hf_parameter_name(n): p for n, p in hf_model.named_parameters(remove_duplicate=False)}
-    buffers = {hf_parameter_name(n): b for n, b in hf_model.named_buffers(remove_duplicate=False)}
-    with _quiet_transformers(), torch.device("meta"):
-        twin = type(hf_model)(cfg)
-    for name, _ in list(twin.named_parameters(remove_duplicate=False)):
-        if name not in params:
-            raise ModelLoadError(f"cannot build a plain twin: parameter {name!r} not found in the booted model")
-        _set(twin, name, params[name], is_param=True)
-    for name, buf in list(twin.named_buffers(remove_duplicate=False)):
-        if name in buffers:
-            _set(twin, name, buffers[name], is_param=False)
-        elif buf.is_meta:
-            raise ModelLoadError(f"cannot build a plain twin: buffer {name!r} not found in the booted model")
-    return twin.eval()
-
-
-@torch.no_grad()
-def sync_fused_qkv(hf_model: nn.Module, n_heads: int) -> None:
-    """Copy the bridge's split q/k/v weights (what its forward uses and what training changes)
-    into the fused QKV weight of GPT-2 (``c_attn``, Conv1D) and NeoX (``query_key_value``,
-    interleaved per head) that the plain twin uses."""
-    params = {strip_bridge_name(n): p for n, p in hf_model.named_parameters()}
-    for name, fused in params.items():
-        for kind in ("weight", "bias"):
-            if not name.endswith(f".qkv.{kind}"):
-                continue
-            base = name[: -len(f"qkv.{kind}")]
-            split = [params[f"{base}{x}.{kind}"] for x in "qkv"]
-            d = split[0].shape[0]
-            if hf_model.config.model_type == "gpt2":
-                for i, s in enumerate(split):
-                    fused.narrow(-1, i * d, d).copy_(s.T if kind == "weight" else s)
-            else:
-                view = fused.view(n_heads, 3, d // n_heads, *fused.shape[1:])
-                for i, s in enumerate(split):
-                    view[:, i].copy_(s.view(n_heads, d // n_heads, *s.shape[1:]))
-
-
-def _set(root: nn.Module, dotted: str, value: torch.Tensor, is_param: bool) -> None:
-    *path, leaf = dotted.split(".")
-    mod = root
-    for part in path:
-        mod = getattr(mod, part)
-    if is_param:
-        mod._parameters[leaf] = value  # type: ignore[assignment]
-    else:
-        mod._buffers[leaf] = value
-
-
 def _with_name_or_path(tokenizer: Any) -> Any:
     """TransformerLens needs a tokenizer with a ``name_or_path``: give an in-memory one a folder."""
     if getattr(tokenizer, "name_or_path", None):
@@ -233,7 +190,7 @@ def _with_name_or_path(tokenizer: Any) -> Any:
     return AutoTokenizer.from_pretrained(folder)
 
 
-class _quiet_transformers:
+class quiet_transformers:
     """Silence transformers' and TransformerLens' chatter while loading (warnings still in logs)."""
 
     def __enter__(self) -> None:

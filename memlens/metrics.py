@@ -8,7 +8,6 @@ cache (:func:`greedy_decode`) is the reference and shows the text a model recite
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
@@ -18,6 +17,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from memlens.compat import cache_keyword, returned_cache
 from memlens.errors import InputError
 
 if TYPE_CHECKING:
@@ -145,17 +145,6 @@ def greedy_decode(
         else:
             out.append(_decode_hf(model, chunk, max_new_tokens, use_cache))
     return torch.cat(out).cpu()
-
-
-def cache_keyword(hf_model: torch.nn.Module) -> str:
-    """The forward argument that takes a KV cache: ``cache`` (transformers >= 5.24 for GPT-2,
-    NeoX, Llama) or ``past_key_values``."""
-    return "cache" if "cache" in inspect.signature(hf_model.forward).parameters else "past_key_values"
-
-
-def returned_cache(output: object) -> object:
-    """The KV cache a HuggingFace forward returned, under either name."""
-    return getattr(output, "past_key_values", None) or getattr(output, "cache", None)
 
 
 def _left_pad(rows: Sequence[Tensor], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:

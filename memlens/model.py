@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import os
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from memlens.components import ComponentRegistry, build_hf_registry, build_tl3_registry, strip_bridge_name
+from memlens.compat import hook_aliases, plain_twin, strip_bridge_name, sync_fused_qkv
+from memlens.components import ComponentRegistry, build_hf_registry, build_tl3_registry
 from memlens.errors import HookError, InputError
 
 HookFn = Callable[[Tensor, Any], Tensor | None]
@@ -38,13 +40,13 @@ class HookedModel:
         *,
         name: str | None = None,
         prepend_bos: bool = False,
-        organism_info: Any = None,
+        ground_truth: Any = None,
     ) -> None:
         self.tl_model = tl_model
         self.tokenizer = tokenizer if tokenizer is not None else getattr(tl_model, "tokenizer", None)
         self.name = name or getattr(getattr(tl_model, "cfg", None), "model_name", None) or type(tl_model).__name__
         self.prepend_bos = prepend_bos
-        self.organism_info = organism_info
+        self.ground_truth = ground_truth
         self.hf_model: nn.Module | None = getattr(tl_model, "original_model", None) if _is_bridge(tl_model) else None
         self._registry: ComponentRegistry | None = None
         self._plain: nn.Module | None = None
@@ -62,6 +64,11 @@ class HookedModel:
         self.tl_model.eval()
 
     # --- basic properties --------------------------------------------------------------------
+    @property
+    def organism_info(self) -> Any:
+        """The ground truth of an embedded organism (alias of :attr:`ground_truth`)."""
+        return self.ground_truth
+
     @property
     def is_bridge(self) -> bool:
         return _is_bridge(self.tl_model)
@@ -124,13 +131,20 @@ class HookedModel:
         return [self.tokenizer.decode([int(t)]) for t in torch.as_tensor(tokens).flatten()]
 
     # --- forward -----------------------------------------------------------------------------
-    def __call__(self, tokens: Int[Tensor, "batch pos"], **kwargs: Any) -> Float[Tensor, "batch pos vocab"]:
+    def __call__(self, tokens: Tensor, **kwargs: Any) -> Float[Tensor, "batch pos vocab"]:
         return self.forward(tokens, **kwargs)
 
-    def forward(
-        self, tokens: Int[Tensor, "batch pos"], attention_mask: Tensor | None = None
-    ) -> Float[Tensor, "batch pos vocab"]:
-        """Logits through the TransformerLens model, so that active hooks apply."""
+    def forward(self, tokens: Tensor, attention_mask: Tensor | None = None) -> Float[Tensor, "batch pos vocab"]:
+        """Logits through the TransformerLens model, so that active hooks apply.
+
+        Args:
+            tokens: token ids ``[batch, pos]`` (or ``[pos]``); anything else is refused with an
+                :class:`~memlens.errors.InputError` (so it is not typed ``Int[...]`` here).
+            attention_mask: optional ``[batch, pos]`` mask (1 = attend).
+
+        Returns:
+            Logits ``[batch, pos, vocab]``.
+        """
         tokens = self._check_tokens(tokens)
         if attention_mask is not None:
             return self.tl_model(tokens, attention_mask=attention_mask.to(self.device))
@@ -159,12 +173,9 @@ class HookedModel:
         """
         if self.hf_model is None:
             raise InputError("a TransformerLens 3 model has no HuggingFace twin")
-        from memlens.loading import plain_twin, sync_fused_qkv
-
         if self._plain is None:
             self._plain = plain_twin(self.hf_model)
-        if self.model_type in ("gpt2", "gpt_neox"):
-            sync_fused_qkv(self.hf_model, self.n_heads)
+        sync_fused_qkv(self.hf_model, self.n_heads)
         return self._plain
 
     # --- hooks -------------------------------------------------------------------------------
@@ -173,9 +184,7 @@ class HookedModel:
         """Every hook name the model accepts (TransformerLens aliases such as ``hook_z`` included)."""
         names = set(self.tl_model.hook_dict)
         if self.is_bridge:
-            from transformer_lens.model_bridge.bridge_core import build_alias_to_canonical_map
-
-            names |= set(build_alias_to_canonical_map(self.tl_model.hook_dict))
+            names |= hook_aliases(self.tl_model)
         return sorted(names)
 
     def check_hook_name(self, name: str) -> str:
@@ -325,7 +334,7 @@ class HookedModel:
         return from_hf(hf_model, tokenizer, **kwargs)
 
     @classmethod
-    def from_gguf(cls, path: str, **kwargs: Any) -> "HookedModel":
+    def from_gguf(cls, path: "str | os.PathLike[str]", **kwargs: Any) -> "HookedModel":
         from memlens.loading import from_gguf
 
         return from_gguf(path, **kwargs)
@@ -337,10 +346,24 @@ class HookedModel:
         return wrap(tl_model, **kwargs)
 
     @classmethod
-    def organism(cls, size: str = "default", seed: int = 0, cache_dir: str | None = None, **kwargs: Any) -> "HookedModel":
-        from memlens.organism import load_organism
+    def organism(cls, size: str = "default", seed: int = 0, cache_dir: str | None = None,
+                 progress: bool = True) -> "HookedModel":
+        """The embedded organism of ``size`` (``default`` or ``tiny``), built on first use and
+        cached; the same as ``load_model("organism")`` / ``load_model("organism-tiny")``.
 
-        return load_organism(size=size, seed=seed, cache_dir=cache_dir, **kwargs)
+        Args:
+            size: ``default`` (4 layers, the study's model) or ``tiny`` (for tests).
+            seed: the build's seed (one cached model per seed).
+            cache_dir: cache folder (default ``$MEMLENS_CACHE`` or ``~/.cache/memlens``).
+            progress: show the build's progress bar.
+
+        Returns:
+            The organism, with its ground truth as :attr:`ground_truth`.
+        """
+        from memlens.loading import load_model
+
+        return load_model("organism" if size == "default" else f"organism-{size}", seed=seed, cache_dir=cache_dir,
+                          progress=progress)
 
 
 def _is_bridge(tl_model: nn.Module) -> bool:

@@ -16,7 +16,7 @@ Directions (effects in nats, positive = the head carries what the perturbation d
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
@@ -26,8 +26,12 @@ from torch import Tensor
 from memlens.activation_gradients import per_query_head
 from memlens.data import ParagraphSet
 from memlens.errors import InputError
+from memlens.results import Provenance, Result
 
 if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
+
     from memlens.model import HookedModel
 
 PATCH_KINDS = ("z", "q", "k", "v")
@@ -53,6 +57,77 @@ class PatchPair:
     @property
     def length(self) -> int:
         return len(self.clean)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatchingResult(Result):
+    """Effects of patching every head (and position) of one clean/corrupt pair.
+
+    Attributes:
+        method: ``exact`` (one patched forward per cell) or ``attribution`` (first-order estimate).
+        pair_id: the clean paragraph's id; target: the token whose NLL is the metric.
+        kinds: the activations patched (``z``, ``q``, ``k``, ``v``), the second axis of the effects.
+        noising, denoising: effects ``[layer, kind, head]`` (``[layer, kind, head, pos]`` when
+            ``per_position``), nats; positive = the head carries what the perturbation destroys.
+        clean_nll, corrupt_nll: the metric on the unpatched runs (nats).
+    """
+
+    method: str
+    pair_id: str
+    target: int
+    kinds: tuple[str, ...]
+    noising: Float[Tensor, "layer kind head *pos"] = field(repr=False)
+    denoising: Float[Tensor, "layer kind head *pos"] = field(repr=False)
+    clean_nll: float
+    corrupt_nll: float
+    per_position: bool = False
+    provenance: Provenance = field(default_factory=Provenance)
+
+    def effect(self, direction: str = "noising", kind: str = "z") -> Float[Tensor, "layer head *pos"]:
+        """The effects of one direction and activation kind."""
+        if direction not in DIRECTIONS:
+            raise InputError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        if kind not in self.kinds:
+            raise InputError(f"activation {kind!r} was not patched; have {self.kinds}")
+        return getattr(self, direction)[:, self.kinds.index(kind)]
+
+    def to_dataframe(self) -> "pd.DataFrame":
+        """One row per (layer, kind, head[, position]): ``noising`` and ``denoising`` effects."""
+        import pandas as pd
+
+        L, K, H = self.noising.shape[:3]
+        idx = torch.cartesian_prod(*[torch.arange(n) for n in self.noising.shape]).reshape(-1, self.noising.ndim)
+        data = {"layer": idx[:, 0].tolist(), "kind": [self.kinds[k] for k in idx[:, 1].tolist()],
+                "head": idx[:, 2].tolist()}
+        if self.per_position:
+            data["position"] = idx[:, 3].tolist()
+        data["noising"] = self.noising.flatten().tolist()
+        data["denoising"] = self.denoising.flatten().tolist()
+        return pd.DataFrame(data)
+
+    def summary(self) -> dict[str, Any]:
+        """The metric on both runs and the cell with the largest noising effect."""
+        flat = self.noising.flatten()
+        best = torch.unravel_index(flat.argmax(), self.noising.shape)
+        cell = {"layer": int(best[0]), "kind": self.kinds[int(best[1])], "head": int(best[2]),
+                "effect": round(float(flat.max()), 4)}
+        return {"method": self.method, "pair": self.pair_id, "clean_nll": self.clean_nll,
+                "corrupt_nll": self.corrupt_nll, "top_noising": cell}
+
+    def plot(self, direction: str = "noising", kind: str | None = None) -> "go.Figure":
+        """Layer x head heatmap of one direction's effect (``kind`` default: ``z`` if patched),
+        summed over positions."""
+        import plotly.graph_objects as go
+
+        kind = kind or ("z" if "z" in self.kinds else self.kinds[0])
+        z = self.effect(direction, kind)
+        if self.per_position:
+            z = z.sum(-1)
+        fig = go.Figure(go.Heatmap(z=z.tolist(), colorscale="RdBu", zmid=0,
+                                   hovertemplate="L%{y} H%{x}: %{z:.3g} nats<extra></extra>"))
+        fig.update_layout(title=f"{self.method} patching of hook_{kind}, {direction} (pair {self.pair_id})",
+                          xaxis_title="head", yaxis_title="layer", yaxis={"dtick": 1}, xaxis={"dtick": 1})
+        return fig
 
 
 def make_patch_pairs(paragraphs: ParagraphSet, perturbed: ParagraphSet) -> list[PatchPair]:
@@ -113,12 +188,19 @@ def _target_nll(logits: Float[Tensor, "batch pos vocab"], target: int) -> Float[
 def exact_patching(
     model: "HookedModel", pair: PatchPair, kinds: Sequence[str] = PATCH_KINDS, per_position: bool = False,
     batch_size: int = 64,
-) -> dict[str, Tensor]:
+) -> PatchingResult:
     """Exact activation patching of every head (and, with ``per_position``, every position).
 
-    Returns ``{"noising": effects, "denoising": effects, "clean_nll": ..., "corrupt_nll": ...}``
-    with effects ``[layer, kind, head]`` (``[layer, kind, head, pos]`` per position), in nats.
-    One forward pass per cell, ``batch_size`` cells per batch.
+    Args:
+        model: the model.
+        pair: a clean/corrupt pair from :func:`make_patch_pairs`.
+        kinds: activations to patch, per head.
+        per_position: patch every (head, position) cell instead of whole heads.
+        batch_size: patched forward passes per batch.
+
+    Returns:
+        A :class:`PatchingResult` (``method="exact"``); effects in nats. One forward pass per
+        cell.
     """
     _check_kinds(kinds)
     names = [_hook_name(L, k) for L in range(model.n_layers) for k in kinds]
@@ -129,7 +211,7 @@ def exact_patching(
     T = pair.length
     cells = [(L, ki, h, p) for L in range(model.n_layers) for ki in range(len(kinds)) for h in range(model.n_heads)
              for p in (range(T) if per_position else [None])]
-    out: dict[str, Any] = {"clean_nll": base["clean"], "corrupt_nll": base["corrupt"]}
+    out: dict[str, Any] = {}
     for direction, run, source in (("noising", clean, corrupt_acts), ("denoising", corrupt, clean_acts)):
         nll = torch.empty(len(cells))
         for s in range(0, len(cells), batch_size):
@@ -141,7 +223,10 @@ def exact_patching(
         shape = (model.n_layers, len(kinds), model.n_heads) + ((T,) if per_position else ())
         nll = nll.reshape(shape)
         out[direction] = nll - base["clean"] if direction == "noising" else base["corrupt"] - nll
-    return out
+    return PatchingResult(method="exact", pair_id=pair.id, target=pair.target, kinds=tuple(kinds),
+                          clean_nll=base["clean"], corrupt_nll=base["corrupt"], per_position=per_position,
+                          provenance=Provenance.capture(model, method="exact", kinds=list(kinds),
+                                                        per_position=per_position), **out)
 
 
 def _patch_hooks(cells: list[tuple], kinds: Sequence[str], source: dict[str, Tensor], n_heads: int) -> list[tuple[str, Any]]:
@@ -175,17 +260,27 @@ def _patch_hooks(cells: list[tuple], kinds: Sequence[str], source: dict[str, Ten
 
 def attribution_patching(
     model: "HookedModel", pair: PatchPair, kinds: Sequence[str] = PATCH_KINDS, per_position: bool = False,
-) -> dict[str, Tensor]:
+) -> PatchingResult:
     """Attribution patching: the first-order estimate of :func:`exact_patching` from two
     forward+backward passes. noising ~ grad_clean . (a_corrupt - a_clean); denoising ~
     -grad_corrupt . (a_clean - a_corrupt), summed over d_head (and over positions unless
-    ``per_position``). Same keys and shapes as :func:`exact_patching`."""
+    ``per_position``).
+
+    Args:
+        model: the model.
+        pair: a clean/corrupt pair from :func:`make_patch_pairs`.
+        kinds: activations to estimate, per head.
+        per_position: one estimate per (head, position).
+
+    Returns:
+        A :class:`PatchingResult` (``method="attribution"``), shaped as :func:`exact_patching`'s.
+    """
     _check_kinds(kinds)
     names = [_hook_name(L, k) for L in range(model.n_layers) for k in kinds]
     runs = {}
     for which, toks in (("clean", pair.clean), ("corrupt", pair.corrupt)):
         runs[which] = model.capture(toks[None].to(model.device), names, loss_fn=lambda lg: _target_nll(lg, pair.target).sum())
-    out: dict[str, Any] = {"clean_nll": float(runs["clean"][0]), "corrupt_nll": float(runs["corrupt"][0])}
+    out: dict[str, Any] = {}
     for direction, at, other, sign in (("noising", "clean", "corrupt", 1.0), ("denoising", "corrupt", "clean", -1.0)):
         acts, grads = runs[at][1], runs[at][2]
         per = []
@@ -196,4 +291,8 @@ def attribution_patching(
                 per.append(prod.T if per_position else prod.sum(0))
         shape = (model.n_layers, len(kinds), model.n_heads) + ((pair.length,) if per_position else ())
         out[direction] = sign * torch.stack(per).reshape(shape).float().cpu()
-    return out
+    return PatchingResult(method="attribution", pair_id=pair.id, target=pair.target, kinds=tuple(kinds),
+                          clean_nll=float(runs["clean"][0]), corrupt_nll=float(runs["corrupt"][0]),
+                          per_position=per_position,
+                          provenance=Provenance.capture(model, method="attribution", kinds=list(kinds),
+                                                        per_position=per_position), **out)

@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import html
 import inspect
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from memlens.data import ParagraphSet
 from memlens.errors import InputError
-from memlens.io import write_text_atomic
-from memlens.metrics import cache_keyword, greedy_decode, returned_cache, score_logits
+from memlens.compat import cache_keyword, returned_cache
+from memlens.metrics import greedy_decode, score_logits
+from memlens.results import Provenance, Result
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,8 +35,8 @@ STRATEGIES = ("random", "second_best", "similar")
 COLUMNS = ["paragraph", "position", "sample", "token", "em", "nll", "em_drop"]
 
 
-@dataclass
-class PerturbationResult:
+@dataclass(frozen=True, kw_only=True)
+class PerturbationResult(Result):
     """One row per (paragraph, position, sample).
 
     Attributes:
@@ -47,19 +46,38 @@ class PerturbationResult:
             in ``paragraphs``); EM is of the greedy continuation of the perturbed prefix against
             the reference continuation; NLL (nats/token) of the reference continuation.
         strategy: how replacements were chosen.
+        provenance: model, versions and the sweep's settings (seed, n_samples, reference).
     """
 
     paragraphs: ParagraphSet
-    base_em: Tensor
-    base_nll: Tensor
-    index: Tensor
-    position: Tensor
-    sample: Tensor
-    token: Tensor
-    em: Tensor
-    nll: Tensor
+    base_em: Int[Tensor, " n"] = field(repr=False)
+    base_nll: Float[Tensor, " n"] = field(repr=False)
+    index: Int[Tensor, " rows"] = field(repr=False)
+    position: Int[Tensor, " rows"] = field(repr=False)
+    sample: Int[Tensor, " rows"] = field(repr=False)
+    token: Int[Tensor, " rows"] = field(repr=False)
+    em: Int[Tensor, " rows"] = field(repr=False)
+    nll: Float[Tensor, " rows"] = field(repr=False)
     strategy: str
-    meta: dict[str, Any] = field(default_factory=dict)
+    provenance: Provenance = field(default_factory=Provenance)
+
+    def summary(self) -> dict[str, Any]:
+        """Paragraphs, perturbations and the mean EM drop per perturbed position."""
+        return {"strategy": self.strategy, "n_paragraphs": len(self.paragraphs), "n_perturbations": len(self.em),
+                "mean_em_drop": round(self.mean_em_drop(), 3), "mean_base_em": round(float(self.base_em.float().mean()), 3)}
+
+    def plot(self, other: "PerturbationResult | None" = None, labels: Sequence[str] = ("this set", "other")) -> "go.Figure":
+        """Mean EM drop per prefix position (and for ``other``, e.g. non-memorized)."""
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        for res, label in ((self, labels[0]), (other, labels[1])):
+            if res is not None:
+                pp = res.per_position()
+                fig.add_trace(go.Scatter(x=pp["position"], y=pp["em_drop"], mode="lines+markers", name=label))
+        fig.update_layout(title="EM drop when one prefix token is replaced", xaxis_title="prefix position",
+                          yaxis_title="mean EM drop (tokens)")
+        return fig
 
     @property
     def em_drop(self) -> Tensor:
@@ -100,18 +118,6 @@ class PerturbationResult:
         return {"mean_em_drop": self.mean_em_drop(), "mean_em_drop_other": other.mean_em_drop(),
                 "n_paragraphs": len(self.paragraphs), "n_paragraphs_other": len(other.paragraphs)}
 
-    def plot(self, other: "PerturbationResult | None" = None, labels: Sequence[str] = ("this set", "other")) -> "go.Figure":
-        """Mean EM drop per prefix position (and for ``other``, e.g. non-memorized)."""
-        import plotly.graph_objects as go
-
-        fig = go.Figure()
-        for res, label in ((self, labels[0]), (other, labels[1])):
-            if res is not None:
-                pp = res.per_position()
-                fig.add_trace(go.Scatter(x=pp["position"], y=pp["em_drop"], mode="lines+markers", name=label))
-        fig.update_layout(title="EM drop when one prefix token is replaced", xaxis_title="prefix position",
-                          yaxis_title="mean EM drop (tokens)")
-        return fig
 
     def plot_distribution(self, other: "PerturbationResult", labels: Sequence[str] = ("memorized", "non-memorized")) -> "go.Figure":
         import plotly.graph_objects as go
@@ -160,28 +166,6 @@ class PerturbationResult:
     def _repr_html_(self) -> str:
         return self.per_position().to_html(index=False)
 
-    def save(self, path: str | Path) -> None:
-        """JSONL: a header (strategy, base EM/NLL, the paragraphs), then one line per row."""
-        header = {"memlens": "PerturbationResult", "strategy": self.strategy, "meta": self.meta,
-                  "prefix_len": self.paragraphs.prefix_len, "continuation_len": self.paragraphs.continuation_len,
-                  "paragraphs": self.paragraphs.to_records(), "base_em": self.base_em.tolist(),
-                  "base_nll": self.base_nll.tolist()}
-        rows = zip(self.index.tolist(), self.position.tolist(), self.sample.tolist(), self.token.tolist(),
-                   self.em.tolist(), self.nll.tolist())
-        lines = [json.dumps(header)] + [json.dumps(r) for r in rows]
-        write_text_atomic(path, "\n".join(lines) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "PerturbationResult":
-        lines = Path(path).read_text(encoding="utf-8").strip().split("\n")
-        h = json.loads(lines[0])
-        if h.get("memlens") != "PerturbationResult":
-            raise InputError(f"{path}:1: not a saved PerturbationResult")
-        paras = ParagraphSet.from_records(h["paragraphs"], h["prefix_len"], h["continuation_len"])
-        cols = list(zip(*[json.loads(l) for l in lines[1:]])) if len(lines) > 1 else [[]] * 6
-        t = [torch.tensor(c, dtype=torch.float if i == 5 else torch.long) for i, c in enumerate(cols)]
-        return cls(paras, torch.tensor(h["base_em"]), torch.tensor(h["base_nll"]), *t, h["strategy"], h["meta"])
-
 
 class PrefixPerturber:
     """Replace one prefix token at a time and measure how much of the continuation survives.
@@ -211,42 +195,36 @@ class PrefixPerturber:
     ) -> PerturbationResult:
         """Every (paragraph, position, sample) perturbation and its EM / NLL.
 
-        ``strategy``: ``random`` (a uniform token other than the original), ``second_best``
-        (the model's most likely tokens at that position other than the original, in order:
-        sample 0 is the second choice where the original is the first; position 0 has no
-        prediction and is skipped), ``similar`` (the token whose input embedding is
-        closest in cosine to the original's, s-th closest), or a callable
-        ``(paragraph_tokens, position, sample, generator) -> token id``.
+        Args:
+            paragraphs: the paragraphs whose prefixes are perturbed.
+            positions: ``"all"`` or a list of prefix positions to perturb.
+            strategy: ``random`` (a uniform token other than the original), ``second_best`` (the
+                model's most likely tokens at that position other than the original, in order:
+                sample 0 is the second choice where the original is the first; position 0 has no
+                prediction and is skipped), ``similar`` (the token whose input embedding is closest
+                in cosine to the original's, s-th closest), or a callable ``(paragraph_tokens,
+                position, sample, generator) -> token id``.
+            n_samples: replacements per position.
+            seed: seed of the random replacements.
+            reference: ``"greedy"`` (default, the paper's) scores against the model's own greedy
+                continuation of the unperturbed prefix, which for a memorized paragraph is its true
+                continuation, so non-memorized paragraphs get a meaningful EM drop too; ``"true"``
+                scores against the paragraph's true continuation.
+            reuse_cache: compute the keys/values of the positions before the perturbed one once
+                per paragraph (``False`` recomputes everything, for checking).
+            progress: show a progress bar.
 
-        ``reference``: ``"greedy"`` (default, the paper's) scores against the model's own greedy
-        continuation of the unperturbed prefix, which for a memorized paragraph is its true
-        continuation, so non-memorized paragraphs get a meaningful EM drop too; ``"true"`` scores
-        against the paragraph's true continuation.
+        Returns:
+            A :class:`PerturbationResult`, one row per perturbation; EM in tokens, NLL in nats/token.
         """
         model = self.model
-        if len(paragraphs) == 0:
-            raise InputError("PrefixPerturber.sweep got an empty ParagraphSet")
-        if n_samples < 1:
-            raise InputError(f"n_samples must be >= 1, got {n_samples}")
-        paragraphs.validate(model.vocab_size, model.n_ctx)
+        pos_list = self._check_sweep(paragraphs, positions, strategy, n_samples, reference)
         P = paragraphs.prefix_len
-        pos_list = list(range(P)) if positions == "all" else [int(p) for p in positions]
-        bad = [p for p in pos_list if not 0 <= p < P]
-        if bad:
-            raise InputError(f"positions {bad} out of range: the prefix has positions 0..{P - 1}")
-        if reference not in ("greedy", "true"):
-            raise InputError(f"reference must be 'greedy' or 'true', got {reference!r}")
         if reference == "greedy":
             cont = greedy_decode(model, paragraphs.prefixes, paragraphs.continuation_len)
             paragraphs = ParagraphSet(torch.cat([paragraphs.prefixes, cont], 1), P, paragraphs.continuation_len,
                                       paragraphs.ids, paragraphs.texts, paragraphs.metadata)
         name = strategy if isinstance(strategy, str) else getattr(strategy, "__name__", "callable")
-        if isinstance(strategy, str) and strategy not in STRATEGIES:
-            raise InputError(f"unknown strategy {strategy!r}; use one of {STRATEGIES} or a callable")
-        if strategy == "second_best":
-            pos_list = [p for p in pos_list if p > 0]
-        if not pos_list:
-            raise InputError("no prefix position to perturb")
         gen = torch.Generator().manual_seed(seed)
         use_cache = reuse_cache and model.hf_model is not None
         self._plain = model.plain_model() if use_cache else None
@@ -256,30 +234,64 @@ class PrefixPerturber:
         bar = tqdm(total=len(paragraphs) * len(pos_list), desc=f"prefix perturbation ({name})", disable=not progress)
         for start in range(0, len(paragraphs), n_par):
             idx = list(range(start, min(start + n_par, len(paragraphs))))
-            tokens = paragraphs.tokens[idx].to(model.device)
-            clean_logits, past = self._clean_pass(tokens, use_cache)
-            scores = score_logits(clean_logits[:, P - 1 :], tokens[:, P:])
-            base_em.append(scores.em.cpu())
-            base_nll.append(scores.nll.cpu())
-            for p in pos_list:
-                new = torch.stack([self._replacements(strategy, tokens[j], p, n_samples, clean_logits[j], gen)
-                                   for j in range(len(idx))])  # [paragraphs, samples]
-                variants = tokens.repeat_interleave(n_samples, 0)
-                variants[:, p] = new.flatten()
-                em, nll = self._score_variants(variants, p, P, past, n_samples)
-                for key, value in (("index", torch.tensor(idx).repeat_interleave(n_samples)),
-                                   ("position", torch.full((len(variants),), p)),
-                                   ("sample", torch.arange(n_samples).repeat(len(idx))), ("token", new.flatten().cpu()),
-                                   ("em", em.cpu()), ("nll", nll.cpu())):
-                    cols[key].append(value)
-                bar.update(len(idx))
+            em, nll = self._sweep_batch(paragraphs, idx, pos_list, strategy, n_samples, gen, use_cache, cols, bar)
+            base_em.append(em)
+            base_nll.append(nll)
         bar.close()
         c = {k: torch.cat(v) for k, v in cols.items()}
         order = torch.argsort(c["index"] * (P + 1) * n_samples + c["position"] * n_samples + c["sample"])
         c = {k: v[order] for k, v in c.items()}
-        return PerturbationResult(paragraphs, torch.cat(base_em), torch.cat(base_nll), c["index"], c["position"],
-                                  c["sample"], c["token"], c["em"], c["nll"], name,
-                                  {"seed": seed, "n_samples": n_samples, "model": model.name, "reference": reference})
+        return PerturbationResult(
+            paragraphs=paragraphs, base_em=torch.cat(base_em), base_nll=torch.cat(base_nll), strategy=name,
+            **{k: c[k] for k in ("index", "position", "sample", "token", "em", "nll")},
+            provenance=Provenance.capture(model, strategy=name, n_samples=n_samples, seed=seed, reference=reference,
+                                          positions=positions if positions == "all" else list(pos_list)))
+
+    def _check_sweep(self, paragraphs: ParagraphSet, positions: str | Sequence[int], strategy: Strategy,
+                     n_samples: int, reference: str) -> list[int]:
+        """Validate a sweep's arguments; return the prefix positions to perturb."""
+        if len(paragraphs) == 0:
+            raise InputError("PrefixPerturber.sweep got an empty ParagraphSet")
+        if n_samples < 1:
+            raise InputError(f"n_samples must be >= 1, got {n_samples}")
+        paragraphs.validate(self.model.vocab_size, self.model.n_ctx)
+        P = paragraphs.prefix_len
+        pos_list = list(range(P)) if positions == "all" else [int(p) for p in positions]
+        bad = [p for p in pos_list if not 0 <= p < P]
+        if bad:
+            raise InputError(f"positions {bad} out of range: the prefix has positions 0..{P - 1}")
+        if reference not in ("greedy", "true"):
+            raise InputError(f"reference must be 'greedy' or 'true', got {reference!r}")
+        if isinstance(strategy, str) and strategy not in STRATEGIES:
+            raise InputError(f"unknown strategy {strategy!r}; use one of {STRATEGIES} or a callable")
+        if strategy == "second_best":
+            pos_list = [p for p in pos_list if p > 0]
+        if not pos_list:
+            raise InputError("no prefix position to perturb")
+        return pos_list
+
+    def _sweep_batch(self, paragraphs: ParagraphSet, idx: list[int], pos_list: list[int], strategy: Strategy,
+                     n_samples: int, gen: torch.Generator, use_cache: bool, cols: dict[str, list[Tensor]],
+                     bar: Any) -> tuple[Tensor, Tensor]:
+        """Perturb every position of the paragraphs ``idx``; append the rows to ``cols`` and return
+        the unperturbed paragraphs' EM and NLL."""
+        P = paragraphs.prefix_len
+        tokens = paragraphs.tokens[idx].to(self.model.device)
+        clean_logits, past = self._clean_pass(tokens, use_cache)
+        scores = score_logits(clean_logits[:, P - 1 :], tokens[:, P:])
+        for p in pos_list:
+            new = torch.stack([self._replacements(strategy, tokens[j], p, n_samples, clean_logits[j], gen)
+                               for j in range(len(idx))])  # [paragraphs, samples]
+            variants = tokens.repeat_interleave(n_samples, 0)
+            variants[:, p] = new.flatten()
+            em, nll = self._score_variants(variants, p, P, past, n_samples)
+            for key, value in (("index", torch.tensor(idx).repeat_interleave(n_samples)),
+                               ("position", torch.full((len(variants),), p)),
+                               ("sample", torch.arange(n_samples).repeat(len(idx))), ("token", new.flatten().cpu()),
+                               ("em", em.cpu()), ("nll", nll.cpu())):
+                cols[key].append(value)
+            bar.update(len(idx))
+        return scores.em.cpu(), scores.nll.cpu()
 
     def worst_position(self, paragraphs: ParagraphSet, **sweep_kwargs: Any) -> "pd.DataFrame":
         """For each paragraph, the single replacement that lowers EM most (see ``sweep``)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,8 @@ from tqdm.auto import tqdm
 from memlens.data import ParagraphSet
 from memlens.errors import InputError
 from memlens.io import write_json_atomic
+from memlens.config import RunConfig
+from memlens.results import versions
 from memlens.scan import ScanResult
 
 STAGES = ("scan", "gradients", "perturb", "heads", "unlearn", "report")
@@ -31,12 +32,11 @@ STAGES = ("scan", "gradients", "perturb", "heads", "unlearn", "report")
 
 @dataclass
 class RunContext:
-    """What the stages share: the run folder, the model (loaded on first use) and the scan."""
+    """What the stages share: the run folder, the settings, the model (loaded on first use) and
+    the scan."""
 
     out: Path
-    model_spec: str
-    paragraphs_file: str | None = None
-    seed: int = 0
+    config: RunConfig = field(default_factory=RunConfig)
     cache_dir: str | None = None
     progress: bool = True
     _model: Any = field(default=None, repr=False)
@@ -45,23 +45,24 @@ class RunContext:
     load_seconds: float = 0.0
 
     @property
-    def model(self):
+    def model(self) -> Any:
         if self._model is None:
-            from memlens.cli import load_model
+            from memlens.loading import load_model
 
             t0 = time.perf_counter()
-            self._model = load_model(self.model_spec, self.seed, self.cache_dir)
+            self._model = load_model(self.config.model, seed=self.config.seed, cache_dir=self.cache_dir,
+                                     progress=self.progress)
             self.load_seconds = round(time.perf_counter() - t0, 1)
         return self._model
 
     def paragraphs(self) -> ParagraphSet:
         if self._paragraphs is None:
-            if self.paragraphs_file is not None:
-                self._paragraphs = ParagraphSet.from_file(self.paragraphs_file, self.model)
-            elif self.model.organism_info is not None:
-                self._paragraphs = self.model.organism_info.paragraph_set()
+            if self.config.paragraphs is not None:
+                self._paragraphs = ParagraphSet.from_file(self.config.paragraphs, self.model)
+            elif self.model.ground_truth is not None:
+                self._paragraphs = self.model.ground_truth.paragraph_set()
             else:
-                raise InputError(f"{self.model_spec} has no built-in paragraphs; pass --paragraphs FILE")
+                raise InputError(f"{self.config.model} has no built-in paragraphs; pass --paragraphs FILE")
         return self._paragraphs
 
     def scan_result(self) -> ScanResult:
@@ -69,7 +70,7 @@ class RunContext:
         if self._scan is None:
             if not (self.out / "scan.summary.json").exists():
                 run_stage(self, "scan")
-            self._scan = ScanResult.load(self.out / "scan.jsonl")
+            self._scan = ScanResult.load(self.out / "scan.safetensors")
         return self._scan
 
 
@@ -104,32 +105,50 @@ def run_stage(ctx: RunContext, stage: str) -> dict[str, Any]:
 
 
 def manifest(ctx: RunContext) -> dict[str, Any]:
-    """What identifies a run: model, paragraphs (path and content hash), seed."""
+    """What identifies a run: model, paragraphs (path and content hash), seed and settings."""
     para = None
-    if ctx.paragraphs_file is not None:
-        path = Path(ctx.paragraphs_file)
+    if ctx.config.paragraphs is not None:
+        path = Path(ctx.config.paragraphs)
         if not path.is_file():
             raise InputError(f"{path}: no such paragraph file")
         para = {"path": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-    return {"model": ctx.model_spec, "paragraphs": para, "seed": ctx.seed}
+    return {"model": ctx.config.model, "paragraphs": para, "seed": ctx.config.seed, "config": ctx.config.to_dict()}
+
+
+def read_run_config(folder: Path) -> RunConfig | None:
+    """The settings a run folder was made with (from its ``run.json``), or None if it holds no run."""
+    path = folder / "run.json"
+    if not path.exists():
+        return None
+    try:
+        have = json.loads(path.read_text())
+    except ValueError as e:
+        raise InputError(f"{path} is not readable JSON ({e}); delete the folder or choose another --out") from e
+    if "config" in have:
+        return RunConfig.from_dict(have["config"], source=str(path))
+    para = (have.get("paragraphs") or {}).get("path")
+    return RunConfig(model=have.get("model", "organism"), paragraphs=para, seed=have.get("seed", 0))
 
 
 def claim_folder(ctx: RunContext) -> dict[str, Any]:
-    """Create the run folder or check that it holds this run; raise rather than mix two runs."""
-    want = manifest(ctx)
+    """Create the run folder or check that it holds this run; raise rather than mix two runs
+    (another model, paragraph file, seed, or any result-affecting setting)."""
     path = ctx.out / "run.json"
     if ctx.out.exists() and not ctx.out.is_dir():
         raise InputError(f"--out {ctx.out} is a file, not a folder")
-    if path.exists():
-        try:
-            have = json.loads(path.read_text())
-        except ValueError as e:
-            raise InputError(f"{path} is not readable JSON ({e}); delete the folder or choose another --out") from e
+    want = manifest(ctx)
+    before = read_run_config(ctx.out)
+    if before is not None:
+        have = json.loads(path.read_text())
         diff = [k for k in ("model", "paragraphs", "seed") if have.get(k) != want[k]]
         if diff:
             theirs = ", ".join(f"{k}={have.get(k)!r}" for k in diff)
             raise InputError(f"{ctx.out} holds another run ({theirs}); choose another --out, or delete that folder "
                              "to start over")
+        changed = before.differences(ctx.config)
+        if changed:
+            raise InputError(f"{ctx.out} was run with other settings ({'; '.join(changed)}); resume it with the "
+                             "same settings (drop those flags or that --config), or choose another --out")
         return have
     if ctx.out.exists() and any(ctx.out.iterdir()):
         raise InputError(f"{ctx.out} is not empty and holds no memlens run (no run.json); choose another --out")
@@ -138,27 +157,29 @@ def claim_folder(ctx: RunContext) -> dict[str, Any]:
     return want
 
 
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("memlens", "torch", "transformer-lens", "transformers", "plotly", "circuitsvis"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
-def run_pipeline(model_spec: str, out: Path, paragraphs: str | None = None, seed: int = 0,
+def run_pipeline(config: RunConfig | str = "organism", out: str | Path = "memlens-run", *,
                  cache_dir: str | None = None, stages: Sequence[str] = STAGES, redo: bool = False,
                  progress: bool = True) -> dict[str, Any]:
     """Run ``stages`` into ``out`` (skipping those already done unless ``redo``) and return the
-    combined summary, also written to ``summary.json``."""
+    combined summary, also written to ``summary.json``.
+
+    Args:
+        config: the run's settings, or just a model name (all other settings default).
+        out: the run folder.
+        cache_dir: where embedded models are cached.
+        stages: the stages to run, in order.
+        redo: run stages again even when their summary exists.
+        progress: show progress bars.
+
+    Returns:
+        The run's summary (also in ``<out>/summary.json``).
+    """
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise InputError(f"unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
-    ctx = RunContext(Path(out), model_spec, paragraphs, seed, cache_dir, progress)
+    if isinstance(config, str):
+        config = RunConfig(model=config)
+    ctx = RunContext(Path(out), config, cache_dir, progress)
     claim_folder(ctx)
     bar = tqdm(list(stages), desc="memlens run", disable=not progress, unit="stage")
     for stage in bar:

@@ -1,8 +1,8 @@
 """scan(): exact match and NLL of every paragraph, and the memorized / partly / non-memorized split.
 
-Results stream to ``<out>.partial`` batch by batch; an interrupted scan resumes from it without
-recomputing finished paragraphs, and the results file itself appears only when the scan is
-complete (written to a temporary file, then renamed).
+Results stream to ``<out>.partial`` (JSON lines) batch by batch; an interrupted scan resumes
+from it without recomputing finished paragraphs, and the result file itself (a
+:class:`~memlens.results.Result` envelope) appears only when the scan is complete.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -21,6 +21,7 @@ from memlens.data import ParagraphSet
 from memlens.errors import InputError
 from memlens.io import write_text_atomic
 from memlens.metrics import teacher_forced_scores
+from memlens.results import Provenance, Result
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,8 +32,8 @@ if TYPE_CHECKING:
 DEFAULT_NON_MEMORIZED_MAX_EM = 10
 
 
-@dataclass
-class ScanResult:
+@dataclass(frozen=True, kw_only=True)
+class ScanResult(Result):
     """EM and NLL per paragraph, in the order of :attr:`paragraphs`.
 
     Attributes:
@@ -41,35 +42,40 @@ class ScanResult:
         nll: mean NLL of each true continuation, nats per token.
         memorized_min_em: EM at or above which a paragraph counts as memorized (default: all).
         non_memorized_max_em: EM at or below which a paragraph counts as non-memorized (paper: 10).
-        model_name: the model scanned.
+        provenance: model, versions and settings.
     """
 
     paragraphs: ParagraphSet
-    em: Int[Tensor, " n"]
-    nll: Float[Tensor, " n"]
+    em: Int[Tensor, " n"] = field(repr=False)
+    nll: Float[Tensor, " n"] = field(repr=False)
     memorized_min_em: int | None = None
     non_memorized_max_em: int = DEFAULT_NON_MEMORIZED_MAX_EM
-    model_name: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)
+    provenance: Provenance = field(default_factory=Provenance)
 
     def __post_init__(self) -> None:
         if self.memorized_min_em is None:
-            self.memorized_min_em = self.paragraphs.continuation_len
+            object.__setattr__(self, "memorized_min_em", self.paragraphs.continuation_len)
         if not 0 <= self.non_memorized_max_em < self.memorized_min_em <= self.paragraphs.continuation_len:
             raise InputError(
                 f"thresholds must satisfy 0 <= non_memorized_max_em ({self.non_memorized_max_em}) < "
                 f"memorized_min_em ({self.memorized_min_em}) <= continuation_len ({self.paragraphs.continuation_len})"
             )
+        if len(self.em) != len(self.paragraphs) or len(self.nll) != len(self.paragraphs):
+            raise InputError(f"{len(self.em)} EM and {len(self.nll)} NLL values for {len(self.paragraphs)} paragraphs")
+
+    @property
+    def model_name(self) -> str:
+        return self.provenance.model
 
     def __len__(self) -> int:
         return len(self.paragraphs)
 
     @property
-    def memorized_mask(self) -> torch.Tensor:
+    def memorized_mask(self) -> Bool[Tensor, " n"]:
         return self.em >= self.memorized_min_em
 
     @property
-    def non_memorized_mask(self) -> torch.Tensor:
+    def non_memorized_mask(self) -> Bool[Tensor, " n"]:
         return self.em <= self.non_memorized_max_em
 
     def memorized(self) -> ParagraphSet:
@@ -92,6 +98,8 @@ class ScanResult:
         ]
 
     def to_dataframe(self) -> "pd.DataFrame":
+        """One row per paragraph: ``paragraph, em, nll, split`` and the paragraphs' metadata
+        columns."""
         import pandas as pd
 
         df = pd.DataFrame({"paragraph": self.paragraphs.ids, "em": self.em.tolist(),
@@ -127,32 +135,6 @@ class ScanResult:
     def _repr_html_(self) -> str:
         return self.to_dataframe().groupby("split")[["em", "nll"]].describe().to_html()
 
-    def save(self, path: str | Path) -> None:
-        """Write a JSONL file: a header line, then one row per paragraph with its tokens."""
-        header = {"memlens": "ScanResult", "model": self.model_name, "prefix_len": self.paragraphs.prefix_len,
-                  "continuation_len": self.paragraphs.continuation_len,
-                  "memorized_min_em": self.memorized_min_em, "non_memorized_max_em": self.non_memorized_max_em,
-                  "meta": self.meta}
-        rows = [
-            json.dumps(rec | {"em": int(e), "nll": float(n)})
-            for rec, e, n in zip(self.paragraphs.to_records(), self.em.tolist(), self.nll.tolist())
-        ]
-        write_text_atomic(path, "\n".join([json.dumps(header)] + rows) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "ScanResult":
-        path = Path(path)
-        if not path.exists():
-            raise InputError(f"{path}: no such scan results file")
-        lines = [l for l in path.read_text(encoding="utf-8").split("\n") if l.strip()]
-        header = json.loads(lines[0])
-        if header.get("memlens") != "ScanResult":
-            raise InputError(f"{path}:1: not a memlens scan results file")
-        rows = [json.loads(l) for l in lines[1:]]
-        paragraphs = ParagraphSet.from_records(rows, header["prefix_len"], header["continuation_len"], ("em", "nll"))
-        return cls(paragraphs, torch.tensor([r["em"] for r in rows]), torch.tensor([r["nll"] for r in rows]),
-                   header["memorized_min_em"], header["non_memorized_max_em"], header["model"], header.get("meta", {}))
-
 
 def scan(
     model: "HookedModel",
@@ -164,11 +146,22 @@ def scan(
     out: str | Path | None = None,
     progress: bool = True,
 ) -> ScanResult:
-    """EM and NLL of every paragraph's continuation from teacher forcing (exact for greedy decoding).
+    """EM and NLL of every paragraph's continuation from one teacher-forced pass (exact for
+    greedy decoding: EM is the first position where the argmax differs from the true token).
 
-    With ``out``, finished batches are appended to ``<out>.partial`` and a later call with the
-    same ``out`` skips the paragraphs already there; ``out`` itself is written, atomically, only
-    when every paragraph is done.
+    Args:
+        model: the model.
+        paragraphs: the paragraphs (prefix + continuation).
+        batch_size: paragraphs per forward pass.
+        non_memorized_max_em: EM at or below which a paragraph counts as non-memorized (paper: 10).
+        memorized_min_em: EM at or above which it counts as memorized (default: the whole continuation).
+        out: with a path, finished batches are appended to ``<out>.partial`` and a later call with
+            the same ``out`` skips the paragraphs already there; ``out`` itself (a result envelope)
+            is written, atomically, only when every paragraph is done.
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`ScanResult`: EM in tokens (0..continuation_len), NLL in nats per token.
     """
     if len(paragraphs) == 0:
         raise InputError("scan got an empty ParagraphSet")
@@ -199,7 +192,10 @@ def scan(
     bar.close()
     em = torch.tensor([done[pid][0] for pid in paragraphs.ids], dtype=torch.long)
     nll = torch.tensor([done[pid][1] for pid in paragraphs.ids], dtype=torch.float)
-    result = ScanResult(paragraphs, em, nll, memorized_min_em, non_memorized_max_em, model.name)
+    result = ScanResult(paragraphs=paragraphs, em=em, nll=nll, memorized_min_em=memorized_min_em,
+                        non_memorized_max_em=non_memorized_max_em,
+                        provenance=Provenance.capture(model, non_memorized_max_em=non_memorized_max_em,
+                                                      memorized_min_em=memorized_min_em))
     if out is not None:
         result.save(out)
         partial.unlink()

@@ -4,47 +4,35 @@ any of its files already in the folder, so an interrupted stage resumes where it
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import torch
 
-from memlens.io import atomic_path, write_json_atomic
+from memlens.io import write_json_atomic
+from memlens.results import Result
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from memlens.data import ParagraphSet
     from memlens.pipeline import RunContext
 
-
-def organism_ground_truth(result, info) -> dict[str, Any]:
-    """EM against the organism's ground truth: memorization rate per duplication level, the
-    rank correlation of EM with copies, and the memorized share of seen-once and unseen text."""
-    from memlens.stats import spearman
-
-    df = result.to_dataframe()
-    planted = df[df["group"] == "planted"]
-    per_level = {
-        int(c): {"n": int(len(g)), "memorized": int((g["split"] == "memorized").sum()), "mean_em": round(float(g["em"].mean()), 2)}
-        for c, g in planted.groupby("copies")
-    }
-    out: dict[str, Any] = {"planted_by_copies": per_level,
-                           "spearman_em_vs_copies": round(spearman(planted["copies"].tolist(), planted["em"].tolist()), 3)}
-    for group in ("background", "held_out"):
-        g = df[df["group"] == group]
-        out[group] = {"n": int(len(g)), "frac_em_ge_30": round(float((g["em"] >= 30).mean()), 4),
-                      "mean_em": round(float(g["em"].mean()), 3), "mean_nll": round(float(g["nll"].mean()), 4)}
-    return out
+R = TypeVar("R", bound=Result)
 
 
 def scan_stage(ctx: "RunContext") -> dict[str, Any]:
-    """EM and NLL of every paragraph -> ``scan.jsonl`` (streamed; an interrupted scan resumes)."""
+    """EM and NLL of every paragraph -> ``scan.safetensors`` (streamed; an interrupted scan
+    resumes). With the model's own paragraphs, also the scan against its ground truth."""
     from memlens.scan import scan
 
-    result = scan(ctx.model, ctx.paragraphs(), out=ctx.out / "scan.jsonl", progress=ctx.progress)
+    cfg = ctx.config.scan
+    result = scan(ctx.model, ctx.paragraphs(), batch_size=cfg.batch_size, non_memorized_max_em=cfg.non_memorized_max_em,
+                  memorized_min_em=cfg.memorized_min_em, out=ctx.out / "scan.safetensors", progress=ctx.progress)
     summary: dict[str, Any] = {"scan": result.summary()}
-    info = ctx.model.organism_info
-    if info is not None and ctx.paragraphs_file is None:
-        summary["ground_truth"] = organism_ground_truth(result, info)
-        summary["organism"] = info.summary()
+    truth = ctx.model.ground_truth
+    if truth is not None and ctx.config.paragraphs is None:
+        summary["ground_truth"] = truth.evaluate(result)
+        summary["organism"] = truth.summary()
     return summary
 
 
@@ -62,55 +50,51 @@ def _splits(ctx: "RunContext", max_paragraphs: int) -> tuple[ParagraphSet, Parag
     return mem[:max_paragraphs], non[:max_paragraphs]
 
 
-def gradients_stage(ctx: "RunContext", max_paragraphs: int = 32) -> dict[str, Any]:
+def _saved(path: "Path", result_type: type[R], compute: Callable[[], R]) -> R:
+    """The result saved at ``path`` by an interrupted earlier attempt, else ``compute()`` saved there."""
+    if path.exists():
+        return result_type.load(path)
+    result = compute()
+    result.save(path)
+    return result
+
+
+def gradients_stage(ctx: "RunContext") -> dict[str, Any]:
     """NLL gradient maps of memorized and non-memorized paragraphs, their comparison and the
-    profiles by EM range -> ``gradients_*.pt``, ``gradient_profiles_by_em.csv``."""
-    from memlens.gradients import GradientMap, GradientMapResult, profiles_by_em_range
+    profiles by EM range -> ``gradients_{memorized,non_memorized}.safetensors``,
+    ``gradient_profiles_by_em.safetensors``."""
+    from memlens.gradients import EMRangeProfiles, GradientMap, GradientMapResult, profiles_by_em_range
 
-    mem, non = _splits(ctx, max_paragraphs)
-    groups = {"memorized": mem, "non_memorized": non}
-    maps = {}
-    for name, group in groups.items():
-        path = ctx.out / f"gradients_{name}.pt"
-        if path.exists():
-            maps[name] = GradientMapResult.load(path)
-        else:
-            maps[name] = GradientMap(ctx.model).compute(group, keep_weight_grads=False, progress=ctx.progress)
-            maps[name].label = name
-            maps[name].save(path)
-    profiles = ctx.out / "gradient_profiles_by_em.csv"
-    if profiles.exists():
-        import pandas as pd
-
-        df = pd.read_csv(profiles)
-    else:
-        df = profiles_by_em_range(ctx.model, ctx.scan_result(), progress=False)
-        with atomic_path(profiles) as tmp:
-            df.to_csv(tmp, index=False)
+    cfg = ctx.config.gradients
+    mem, non = _splits(ctx, cfg.max_paragraphs)
+    maps = {name: _saved(ctx.out / f"gradients_{name}.safetensors", GradientMapResult,
+                         lambda group=group, name=name: GradientMap(ctx.model).compute(
+                             group, aggregation=cfg.aggregation, batch_size=cfg.batch_size, keep_weight_grads=False,
+                             progress=ctx.progress, label=name))
+            for name, group in (("memorized", mem), ("non_memorized", non))}
+    profiles = _saved(ctx.out / "gradient_profiles_by_em.safetensors", EMRangeProfiles,
+                      lambda: profiles_by_em_range(ctx.model, ctx.scan_result(), max_per_bin=cfg.max_per_em_bin,
+                                                   progress=False))
     return {"memorized_vs_non_memorized": maps["memorized"].compare(maps["non_memorized"]).summary(),
             "top_memorized": maps["memorized"].top(5).to_dict(orient="records"),
-            "by_em_range": df.to_dict(orient="records")}
+            "by_em_range": profiles.rows}
 
 
-def perturb_stage(ctx: "RunContext", max_paragraphs: int = 16, n_samples: int = 4) -> dict[str, Any]:
-    """Random single-token prefix perturbations (every position, ``n_samples`` each) of memorized
-    and non-memorized paragraphs -> ``perturbation_*.jsonl``; the worst perturbation of each
+def perturb_stage(ctx: "RunContext") -> dict[str, Any]:
+    """Single-token prefix perturbations (every position, ``n_samples`` each) of memorized
+    and non-memorized paragraphs -> ``perturbation_*.safetensors``; the worst perturbation of each
     memorized paragraph with its new continuation -> ``perturbed_memorized.jsonl``; the token
     view of the most fragile positions -> ``perturb_views.json``."""
     from memlens.perturb import PerturbationResult, PrefixPerturber
     from memlens.viz.circuits import colored_tokens_view
 
-    mem, non = _splits(ctx, max_paragraphs)
-    groups = {"memorized": mem, "non_memorized": non}
-    pert = PrefixPerturber(ctx.model)
-    res = {}
-    for name, group in groups.items():
-        path = ctx.out / f"perturbation_{name}.jsonl"
-        if path.exists():
-            res[name] = PerturbationResult.load(path)
-        else:
-            res[name] = pert.sweep(group, strategy="random", n_samples=n_samples, seed=ctx.seed, progress=ctx.progress)
-            res[name].save(path)
+    cfg = ctx.config.perturb
+    mem, non = _splits(ctx, cfg.max_paragraphs)
+    pert = PrefixPerturber(ctx.model, batch_size=cfg.batch_size)
+    res = {name: _saved(ctx.out / f"perturbation_{name}.safetensors", PerturbationResult,
+                        lambda group=group: pert.sweep(group, strategy=cfg.strategy, n_samples=cfg.n_samples,
+                                                       seed=ctx.config.seed, progress=ctx.progress))
+           for name, group in (("memorized", mem), ("non_memorized", non))}
     edited_path = ctx.out / "perturbed_memorized.jsonl"
     if not edited_path.exists():
         pert.perturbed_paragraphs(mem, result=res["memorized"]).save(edited_path)
@@ -134,26 +118,29 @@ def perturb_stage(ctx: "RunContext", max_paragraphs: int = 16, n_samples: int = 
             "worst_memorized": worst_rows[["paragraph", "position", "token", "em"]].to_dict(orient="records")}
 
 
-def heads_stage(ctx: "RunContext", max_paragraphs: int = 16) -> dict[str, Any]:
+def heads_stage(ctx: "RunContext") -> dict[str, Any]:
     """HeadLocalizer on the memorized paragraphs (perturbed versions from the perturbation stage
-    when present) -> ``heads.json``; circuitsvis views of the top head -> ``head_views.json``."""
+    when present) -> ``heads.safetensors``; circuitsvis views of the top head -> ``head_views.json``."""
     from memlens.data import ParagraphSet
     from memlens.frequency import UnigramCounts
     from memlens.heads import HeadLocalizer, HeadReport, head_ablation_em_drop
 
-    mem, non = _splits(ctx, max_paragraphs)
-    path = ctx.out / "heads.json"
+    cfg = ctx.config.heads
+    mem, non = _splits(ctx, cfg.max_paragraphs)
     views_path = ctx.out / "head_views.json"
-    if not (path.exists() and views_path.exists()):
-        unigram = UnigramCounts.default_for(ctx.model, ctx.paragraphs())
-    if path.exists():
-        report = HeadReport.load(path)
-    else:
+    unigram = UnigramCounts.default_for(ctx.model, ctx.paragraphs())
+
+    def localize() -> HeadReport:
         perturbed_path = ctx.out / "perturbed_memorized.jsonl"
         perturbed = ParagraphSet.load(perturbed_path) if perturbed_path.exists() else None
-        report = HeadLocalizer(ctx.model).localize(mem, non, perturbed=perturbed, unigram=unigram, progress=ctx.progress)
-        report.columns["ablation_em_drop"] = head_ablation_em_drop(ctx.model, mem, progress=False)
-        report.save(path)
+        report = HeadLocalizer(ctx.model, batch_size=cfg.batch_size).localize(
+            mem, non, perturbed=perturbed, unigram=unigram, max_paragraphs=cfg.max_paragraphs,
+            patch_kinds=cfg.patch_kinds, causal_share=cfg.causal_share, progress=ctx.progress)
+        if cfg.ablation:
+            report = report.with_columns(ablation_em_drop=head_ablation_em_drop(ctx.model, mem, progress=False))
+        return report
+
+    report = _saved(ctx.out / "heads.safetensors", HeadReport, localize)
     top = report.top(1).iloc[0]
     L, H = int(top["layer"]), int(top["head"])
     if not views_path.exists():
@@ -162,8 +149,7 @@ def heads_stage(ctx: "RunContext", max_paragraphs: int = 16) -> dict[str, Any]:
             views += report.attention_view(ctx.model, mem, L, H, paragraph=i, unigram=unigram)
         write_json_atomic(views_path, [_view_dict(v) for v in views])
     drop = report.columns.get("ablation_em_drop")
-    out: dict[str, Any] = {"top": report.top(5)[["layer", "head", "combined_rank", *report.evidence]].round(4).to_dict(orient="records"),
-                           "agreement_attribution_vs_exact": report.agreement, "notes": report.notes}
+    out = report.summary()
     if drop is not None:
         al, ah = divmod(int(drop.argmax()), report.n_heads)
         out["ablation_top_head"] = {"layer": al, "head": ah, "em_drop": round(float(drop.max()), 2), "ranks": report.where(al, ah)}
@@ -174,43 +160,41 @@ def heads_stage(ctx: "RunContext", max_paragraphs: int = 16) -> dict[str, Any]:
     return out
 
 
-def unlearn_stage(ctx: "RunContext", n_targets: int = 4, steps: int = 10, lr: float = 1e-3,
-                  edit_steps: int = 30, edit_lr: float = 1e-2) -> dict[str, Any]:
-    """Sparse unlearning and editing of a few memorized targets (objective x {all, top-k,
-    random} weights, the paper's Fig. 5; unlearning also through the retain-aware ``selective``
-    mask) -> ``unlearn.csv``. Editing (to the continuation that follows the target's worst prefix
-    perturbation) needs more movement than unlearning: it runs ``edit_steps`` at ``edit_lr``."""
-    import pandas as pd
-
+def unlearn_stage(ctx: "RunContext") -> dict[str, Any]:
+    """Sparse unlearning and editing of a few memorized targets (objective x masks, the paper's
+    Fig. 5) -> ``unlearn.safetensors``. Editing (to the continuation that follows the target's worst
+    prefix perturbation) needs more movement than unlearning: it runs ``edit_steps`` at ``edit_lr``."""
     from memlens.data import ParagraphSet
-    from memlens.unlearn import compare_masks
+    from memlens.unlearn import MaskComparison, compare_masks
 
-    mem, non = _splits(ctx, 16)
-    targets = mem[:n_targets]
-    settings = {"unlearn": {"steps": steps, "lr": lr}}
-    path = ctx.out / "unlearn.csv"
-    if path.exists():
-        table = pd.read_csv(path)
-    else:
-        tables = [compare_masks(ctx.model, targets, non, other_memorized=mem, objectives=("unlearn",),
-                                masks=("all", "topk", "selective", "random"), steps=steps, lr=lr,
-                                progress=ctx.progress)]
+    cfg = ctx.config.unlearn
+    mem, non = _splits(ctx, max(cfg.retain_paragraphs, cfg.n_targets))
+    non = non[: cfg.retain_paragraphs]
+    targets = mem[: cfg.n_targets]
+    common = dict(other_memorized=mem, fraction=cfg.fraction, kl_weight=cfg.kl_weight,
+                  selectivity_floor=cfg.selectivity_floor, progress=ctx.progress)
+
+    def compare() -> MaskComparison:
+        tables = [compare_masks(ctx.model, targets, non, objectives=("unlearn",), masks=cfg.masks, steps=cfg.steps,
+                                lr=cfg.lr, **common)]
         perturbed_path = ctx.out / "perturbed_memorized.jsonl"
-        if perturbed_path.exists():
+        if cfg.edit and perturbed_path.exists():
             pset = ParagraphSet.load(perturbed_path)
             by_original = {str(o): i for i, o in enumerate(pset.metadata.get("original", []))}
             if all(t in by_original for t in targets.ids):
+                edit_masks = tuple(m for m in cfg.masks if m != "selective")
                 tables.append(compare_masks(
-                    ctx.model, targets, non, other_memorized=mem, objectives=("edit",),
-                    perturbed=pset[[by_original[t] for t in targets.ids]], steps=edit_steps, lr=edit_lr,
-                    progress=ctx.progress))
-        table = pd.concat(tables, ignore_index=True)
-        with atomic_path(path) as tmp:
-            table.to_csv(tmp, index=False)
-    if (table["objective"] == "edit").any():
-        settings["edit"] = {"steps": edit_steps, "lr": edit_lr}
-    rows = table.round(3).astype(object).where(table.notna(), None).to_dict(orient="records")  # NaN -> null: strict JSON
-    return {"targets": list(targets.ids), "settings": settings, "table": rows}
+                    ctx.model, targets, non, objectives=("edit",), masks=edit_masks,
+                    perturbed=pset[[by_original[t] for t in targets.ids]], steps=cfg.edit_steps, lr=cfg.edit_lr,
+                    **common))
+        return MaskComparison(rows=[r for t in tables for r in t.rows], targets=list(targets.ids),
+                              provenance=tables[0].provenance)
+
+    table = _saved(ctx.out / "unlearn.safetensors", MaskComparison, compare)
+    settings = {"unlearn": {"steps": cfg.steps, "lr": cfg.lr}}
+    if any(r["objective"] == "edit" for r in table.rows):
+        settings["edit"] = {"steps": cfg.edit_steps, "lr": cfg.edit_lr}
+    return table.summary() | {"settings": settings}
 
 
 def _view_dict(view) -> dict[str, Any]:

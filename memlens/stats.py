@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Union
 
 import torch
 
 
-def rankdata(x: Sequence[float]) -> torch.Tensor:
+Numbers = Union[Sequence[float], Sequence[int], torch.Tensor]
+"""Numbers given as a list, a range or a 1-D tensor."""
+
+
+def rankdata(x: Numbers) -> torch.Tensor:
     """Ranks 1..n with ties given their average rank."""
     t = torch.as_tensor(x, dtype=torch.float64)
     order = torch.argsort(t, stable=True)
@@ -20,7 +24,7 @@ def rankdata(x: Sequence[float]) -> torch.Tensor:
     return ranks
 
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+def spearman(x: Numbers, y: Numbers) -> float:
     """Spearman rank correlation (Pearson correlation of average ranks); nan if a side is constant."""
     rx, ry = rankdata(x), rankdata(y)
     rx, ry = rx - rx.mean(), ry - ry.mean()
@@ -28,7 +32,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
 
 
-def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+def kendall_tau(x: Numbers, y: Numbers) -> float:
     """Kendall's tau-b (ties counted on both sides); nan if a side is constant. O(n^2), meant for
     the short sequences of this package (prefix tokens, heads)."""
     a = torch.as_tensor(x, dtype=torch.float64)

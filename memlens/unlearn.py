@@ -26,6 +26,7 @@ from memlens.errors import InputError
 from memlens.gradients import GradientMap, GradientMapResult
 from memlens.metrics import greedy_decode, teacher_forced_scores
 from memlens.objectives import continuation_logits, continuation_nll, kl_to_reference
+from memlens.results import Provenance, Result
 from memlens.sparse import MaskedAdam, only_trainable
 
 if TYPE_CHECKING:
@@ -39,8 +40,8 @@ MASK_KINDS = ("topk", "selective", "random", "all")
 SELECTIVITY_FLOOR = 0.1
 
 
-@dataclass
-class FineTuneResult:
+@dataclass(frozen=True, kw_only=True)
+class FineTuneResult(Result):
     """Before/after EM and NLL per paragraph, against the original model's own greedy continuations
     (for a memorized paragraph, its true continuation); for ``edit`` the target rows also score the
     new continuation (``em_new_*``).
@@ -66,9 +67,10 @@ class FineTuneResult:
     weights_changed: int
     mask_size: int
     losses: list[float] = field(default_factory=list)
-    meta: dict[str, Any] = field(default_factory=dict)
+    provenance: Provenance = field(default_factory=Provenance)
 
     def to_dataframe(self) -> "pd.DataFrame":
+        """One row per (set, paragraph), the columns of :attr:`rows`."""
         import pandas as pd
 
         return pd.DataFrame(self.rows)
@@ -78,6 +80,8 @@ class FineTuneResult:
         return float(sum(vals) / len(vals)) if vals else float("nan")
 
     def summary(self) -> dict[str, Any]:
+        """Mean EM before/after and top-1 moves per set, mask size and weights changed (and for
+        ``edit``, the new continuation's EM and the share of targets that reach EM >= 40)."""
         out: dict[str, Any] = {"objective": self.objective, "mask": self.mask_kind,
                                "mask_size": self.mask_size, "weights_changed": self.weights_changed}
         for s in ("target", "other_memorized", "retain"):
@@ -238,8 +242,27 @@ class SparseFineTuner:
         other_memorized: ParagraphSet | None = None, seed: int = 0, selectivity_floor: float = SELECTIVITY_FLOOR,
     ) -> FineTuneResult:
         """Raise the NLL of the target's continuation, keeping the retain set close to the
-        original model (KL), through the weights of ``mask`` (``selectivity_floor``: see
-        :func:`selective_mask`)."""
+        original model (KL), through the weights of ``mask``.
+
+        Args:
+            target: the memorized paragraph(s) to unlearn.
+            retain: non-memorized paragraphs kept close to the original model (KL term).
+            mask: ``topk`` (largest |gradient| of the objective), ``selective``, ``random`` (same
+                size), ``all``, a :class:`GradientMapResult` (its top ``fraction``) or a dict of
+                boolean tensors by parameter name.
+            fraction: share of the trainable weights a sparse mask selects (paper: 0.001).
+            steps: Adam steps.
+            lr: learning rate.
+            kl_weight: weight of the KL term.
+            other_memorized: memorized paragraphs that should stay recited (scored, not trained).
+            seed: seed of a random mask.
+            selectivity_floor: see :func:`selective_mask`.
+
+        Returns:
+            A :class:`FineTuneResult`: EM/NLL before and after per set and paragraph, against
+            the original model's own greedy continuations. The model keeps the new weights
+            until :meth:`restore`.
+        """
         target_set = _as_set(target)
         return self._run("unlearn", target_set, target_set, retain, mask, fraction, steps, lr, kl_weight,
                          other_memorized, seed, selectivity_floor)
@@ -250,9 +273,22 @@ class SparseFineTuner:
         fraction: float = 0.001, steps: int = 10, lr: float = 1e-3, kl_weight: float = 1.0,
         other_memorized: ParagraphSet | None = None, seed: int = 0, selectivity_floor: float = SELECTIVITY_FLOOR,
     ) -> FineTuneResult:
-        """Teach the model to follow the target's prefix with a new continuation (given directly,
-        or the continuation of its perturbed paragraph from PrefixPerturber), keeping the retain
-        set close to the original model (KL)."""
+        """Teach the model to follow the target's prefix with a new continuation, keeping the
+        retain set close to the original model (KL).
+
+        Args:
+            target: the memorized paragraph(s) to edit.
+            retain: non-memorized paragraphs kept close to the original model (KL term).
+            new_continuation: the new continuation tokens ``[continuation]`` or ``[n, continuation]``.
+            perturbed_paragraph: or: a perturbed paragraph (``PrefixPerturber.perturbed_paragraphs``)
+                whose continuation becomes the new one.
+            mask, fraction, steps, lr, kl_weight, other_memorized, seed, selectivity_floor: as
+                for :meth:`unlearn`.
+
+        Returns:
+            A :class:`FineTuneResult` whose target rows also score the new continuation
+            (``em_new_before``, ``em_new_after``).
+        """
         target_set = _as_set(target)
         if (new_continuation is None) == (perturbed_paragraph is None):
             raise InputError("edit needs exactly one of new_continuation= or perturbed_paragraph=")
@@ -272,26 +308,11 @@ class SparseFineTuner:
              mask_kind: Any, fraction: float, steps: int, lr: float, kl_weight: float,
              other: ParagraphSet | None, seed: int, selectivity_floor: float) -> FineTuneResult:
         model = self.model
-        if len(retain) == 0:
-            raise InputError("the retain set is empty")
-        target.check_compatible(retain, "the target and the retain set")
-        if other is not None:
-            target.check_compatible(other, "the target and the other memorized set")
-        if steps < 1:
-            raise InputError(f"steps must be >= 1, got {steps}")
-        if not 0 < lr < float("inf"):
-            raise InputError(f"lr must be a positive finite number, got {lr}")
-        for s in (target, retain) + ((other,) if other is not None else ()):
-            s.validate(model.vocab_size, model.n_ctx)
+        sets = self._check_run(target, retain, other, steps, lr)
         self._snapshot()
-        sets = {"target": target, "retain": retain} | ({"other_memorized": other} if other is not None else {})
         refs = {k: self._reference(v) for k, v in sets.items()}
-        before = {k: teacher_forced_scores(model, refs[k].tokens, refs[k].prefix_len, predictions=True) for k in sets}
-        true_em = teacher_forced_scores(model, target.tokens, target.prefix_len).em
-        if true_em.lt(target.continuation_len).any():
-            missing = [i for i, e in zip(target.ids, true_em.tolist()) if e < target.continuation_len]
-            warnings.warn(f"target paragraph(s) {missing} are not memorized (EM of the true continuation < "
-                          f"{target.continuation_len}); running anyway", stacklevel=3)
+        before = self._scores(refs)
+        self._warn_if_not_memorized(target)
         new_before = teacher_forced_scores(model, train_on.tokens, train_on.prefix_len) if objective == "edit" else None
         with torch.no_grad():
             ref_logits = continuation_logits(model, retain.tokens, retain.prefix_len).detach()
@@ -301,30 +322,66 @@ class SparseFineTuner:
             kl = kl_to_reference(continuation_logits(model, retain.tokens, retain.prefix_len), ref_logits)
             return (-nll if objective == "unlearn" else nll) + kl_weight * kl
 
-        objective_map, sensitivity = None, None
-        if isinstance(mask_kind, str) and mask_kind in ("topk", "selective"):
-            objective_map = GradientMap(model).compute(
-                train_on, contrast=retain, objective="contrastive" if objective == "unlearn" else "nll", progress=False)
-            if mask_kind == "selective":
-                sensitivity = self.retain_sensitivity(retain)
-        masks, kind = self.make_mask(mask_kind, fraction, objective_map, seed, sensitivity, selectivity_floor)
-        mask_size = sum(int(m.sum()) for m in masks.values())
+        masks, kind = self._objective_mask(objective, train_on, retain, mask_kind, fraction, seed, selectivity_floor)
         losses = self._optimize(loss_fn, masks, steps, lr)
-        rows = []
-        after = {k: teacher_forced_scores(model, refs[k].tokens, refs[k].prefix_len, predictions=True) for k in sets}
-        changed = {k: (after[k].top1 != before[k].top1).sum(-1) for k in sets}
+        after = self._scores(refs)
         new_after = teacher_forced_scores(model, train_on.tokens, train_on.prefix_len) if objective == "edit" else None
+        rows = []
         for k, s in sets.items():
+            changed = (after[k].top1 != before[k].top1).sum(-1)
             for i, pid in enumerate(s.ids):
                 row = {"set": k, "paragraph": pid, "em_before": int(before[k].em[i]), "em_after": int(after[k].em[i]),
                        "nll_before": float(before[k].nll[i]), "nll_after": float(after[k].nll[i]),
-                       "top1_changed": int(changed[k][i]), "min_margin": float(before[k].margin[i].min())}
-                if objective == "edit" and k == "target":
+                       "top1_changed": int(changed[i]), "min_margin": float(before[k].margin[i].min())}
+                if new_before is not None and k == "target":
                     row |= {"em_new_before": int(new_before.em[i]), "em_new_after": int(new_after.em[i])}
                 rows.append(row)
-        return FineTuneResult(objective, kind, rows, self.weights_changed(), mask_size, losses,
-                              {"lr": lr, "steps": steps, "fraction": fraction, "kl_weight": kl_weight, "seed": seed}
-                              | ({"selectivity_floor": selectivity_floor} if kind == "selective" else {}))
+        config = {"lr": lr, "steps": steps, "fraction": fraction, "kl_weight": kl_weight, "seed": seed}
+        if kind == "selective":
+            config["selectivity_floor"] = selectivity_floor
+        return FineTuneResult(objective=objective, mask_kind=kind, rows=rows, weights_changed=self.weights_changed(),
+                              mask_size=sum(int(m.sum()) for m in masks.values()), losses=losses,
+                              provenance=Provenance.capture(model, objective=objective, mask=kind, **config))
+
+    def _check_run(self, target: ParagraphSet, retain: ParagraphSet, other: ParagraphSet | None, steps: int,
+                   lr: float) -> dict[str, ParagraphSet]:
+        """Validate a run's arguments; return the sets it scores by name."""
+        if len(retain) == 0:
+            raise InputError("the retain set is empty")
+        target.check_compatible(retain, "the target and the retain set")
+        if other is not None:
+            target.check_compatible(other, "the target and the other memorized set")
+        if steps < 1:
+            raise InputError(f"steps must be >= 1, got {steps}")
+        if not 0 < lr < float("inf"):
+            raise InputError(f"lr must be a positive finite number, got {lr}")
+        sets = {"target": target, "retain": retain} | ({"other_memorized": other} if other is not None else {})
+        for s in sets.values():
+            s.validate(self.model.vocab_size, self.model.n_ctx)
+        return sets
+
+    def _scores(self, refs: dict[str, ParagraphSet]) -> dict[str, Any]:
+        """EM, NLL, top-1 tokens and margins of every set against its reference continuation."""
+        return {k: teacher_forced_scores(self.model, r.tokens, r.prefix_len, predictions=True) for k, r in refs.items()}
+
+    def _warn_if_not_memorized(self, target: ParagraphSet) -> None:
+        true_em = teacher_forced_scores(self.model, target.tokens, target.prefix_len).em
+        if true_em.lt(target.continuation_len).any():
+            missing = [i for i, e in zip(target.ids, true_em.tolist()) if e < target.continuation_len]
+            warnings.warn(f"target paragraph(s) {missing} are not memorized (EM of the true continuation < "
+                          f"{target.continuation_len}); running anyway", stacklevel=4)
+
+    def _objective_mask(self, objective: str, train_on: ParagraphSet, retain: ParagraphSet, mask_kind: Any,
+                        fraction: float, seed: int, selectivity_floor: float) -> tuple[Mask, str]:
+        """The run's mask; top-k and selective masks rank weights by the objective's gradient at
+        the original weights."""
+        objective_map, sensitivity = None, None
+        if isinstance(mask_kind, str) and mask_kind in ("topk", "selective"):
+            objective_map = GradientMap(self.model).compute(
+                train_on, contrast=retain, objective="contrastive" if objective == "unlearn" else "nll", progress=False)
+            if mask_kind == "selective":
+                sensitivity = self.retain_sensitivity(retain)
+        return self.make_mask(mask_kind, fraction, objective_map, seed, sensitivity, selectivity_floor)
 
     def _reference(self, paragraphs: ParagraphSet) -> ParagraphSet:
         """The paragraphs with the original model's greedy continuation (cached per tuner)."""
@@ -396,17 +453,81 @@ def _as_set(x: Paragraph | ParagraphSet) -> ParagraphSet:
     return ParagraphSet(x.tokens[None], x.prefix_len, len(x.tokens) - x.prefix_len, [x.id])
 
 
+@dataclass(frozen=True, kw_only=True)
+class MaskComparison(Result):
+    """The paper's Fig. 5 table: per objective x mask, the mean over targets of each
+    :meth:`FineTuneResult.summary` (each target fine-tuned alone, weights restored in between).
+
+    Attributes:
+        rows: one dict per (objective, mask): ``objective, mask, mask_size, weights_changed,
+            <set>_em_before, <set>_em_after, <set>_top1_changed`` and, for ``edit``,
+            ``target_em_new_after, target_edit_success``.
+        targets: the target paragraph ids.
+    """
+
+    rows: list[dict[str, Any]]
+    targets: list[str]
+    provenance: Provenance = field(default_factory=Provenance)
+
+    def to_dataframe(self) -> "pd.DataFrame":
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    def summary(self) -> dict[str, Any]:
+        rows = [{k: (None if isinstance(v, float) and v != v else round(v, 3) if isinstance(v, float) else v)
+                 for k, v in r.items()} for r in self.rows]
+        return {"targets": list(self.targets), "table": rows}
+
+    def row(self, objective: str, mask: str) -> dict[str, Any]:
+        """The row of one objective and mask."""
+        for r in self.rows:
+            if r["objective"] == objective and r["mask"] == mask:
+                return r
+        raise InputError(f"no row for objective {objective!r} and mask {mask!r}")
+
+    def plot(self) -> "go.Figure":
+        """Mean EM after fine-tuning per objective/mask, for targets, other memorized and retain."""
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        for key, label in (("target_em_after", "target"), ("other_memorized_em_after", "other memorized"),
+                           ("retain_em_after", "retain")):
+            if self.rows and key in self.rows[0]:
+                fig.add_trace(go.Bar(x=[f"{r['objective']}/{r['mask']}" for r in self.rows],
+                                     y=[r[key] for r in self.rows], name=label))
+        fig.update_layout(barmode="group", title="EM after sparse fine-tuning", yaxis_title="mean EM (tokens)")
+        return fig
+
+
 def compare_masks(
     model: "HookedModel", targets: ParagraphSet, retain: ParagraphSet, other_memorized: ParagraphSet | None = None,
     objectives: Sequence[str] = ("unlearn",), masks: Sequence[str] = ("all", "topk", "random"),
     perturbed: ParagraphSet | None = None, fraction: float = 0.001, steps: int = 10,
     lr: dict[str, float] | float = 1e-3, kl_weight: float = 1.0, progress: bool = True,
     selectivity_floor: float = SELECTIVITY_FLOOR,
-) -> "pd.DataFrame":
+) -> MaskComparison:
     """The paper's Fig. 5 table: for each objective x mask, the mean EM after fine-tuning each
     target alone (restored in between) on the target, the other memorized paragraphs and the
-    retain set, and the weights changed. ``edit`` needs ``perturbed`` (aligned with targets).
-    ``masks`` may also hold ``selective`` (see :func:`selective_mask`)."""
+    retain set, and the weights changed.
+
+    Args:
+        model: the model (its weights are restored after every run).
+        targets: memorized paragraphs to unlearn or edit, one at a time.
+        retain: non-memorized paragraphs kept close to the original model (KL).
+        other_memorized: memorized paragraphs that should stay recited (the target is left out).
+        objectives: ``unlearn`` and/or ``edit``; ``edit`` needs ``perturbed`` (aligned with targets).
+        masks: ``all``, ``topk``, ``selective`` (see :func:`selective_mask`), ``random``.
+        perturbed: each target's perturbed paragraph (``PrefixPerturber.perturbed_paragraphs``).
+        fraction: share of the trainable weights a sparse mask selects.
+        steps, lr: Adam steps and learning rate (``lr`` may map mask -> rate).
+        kl_weight: weight of the retain KL term.
+        progress: show a progress bar.
+        selectivity_floor: see :func:`selective_mask`.
+
+    Returns:
+        A :class:`MaskComparison`.
+    """
     import pandas as pd
     from tqdm.auto import tqdm
 
@@ -433,4 +554,8 @@ def compare_masks(
                 raise InputError(f"unknown objective {objective!r}; use 'unlearn' or 'edit'")
         rows.append(r.summary() | {"target": targets.ids[i]})
     df = pd.DataFrame(rows)
-    return df.groupby(["objective", "mask"], sort=False).mean(numeric_only=True).reset_index()
+    table = df.groupby(["objective", "mask"], sort=False).mean(numeric_only=True).reset_index()
+    return MaskComparison(rows=table.to_dict(orient="records"), targets=list(targets.ids),
+                          provenance=Provenance.capture(model, objectives=list(objectives), masks=list(masks),
+                                                        fraction=fraction, steps=steps, lr=lr, kl_weight=kl_weight,
+                                                        selectivity_floor=selectivity_floor))

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Set up with the dev extras, then run the test suite offline; then the TransformerLens 3
+# Set up with the dev extras, then run the test suite (both tiers) offline; then the TransformerLens 3
 # compatibility tests in a second environment (.venv-tl3) unless MEMLENS_SKIP_TL3=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh dev
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-.venv/bin/python -m pytest "$@"
+# both tiers: the fast one (pytest's default selection) and the slow one (needs the organism)
+.venv/bin/python -m pytest -m "slow or not slow" "$@"
 if [ "${MEMLENS_SKIP_TL3:-0}" != "1" ]; then
   pip_install() {
     local log
@@ -23,5 +24,6 @@ if [ "${MEMLENS_SKIP_TL3:-0}" != "1" ]; then
   .venv-tl3/bin/python -c "import transformer_lens, pytest" 2>/dev/null \
     || pip_install .venv-tl3/bin/python "transformer-lens>=3.9,<4" pytest
   pip_install .venv-tl3/bin/python --no-deps -e .
-  .venv-tl3/bin/python -m pytest -p no:cacheprovider tests/test_tl3.py "$@"
+  # TL3's environment has no beartype: run without the shape-checking import hook
+  .venv-tl3/bin/python -m pytest -p no:cacheprovider -o addopts="-ra --strict-markers" tests/test_tl3.py "$@"
 fi

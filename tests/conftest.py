@@ -1,9 +1,16 @@
 """Shared fixtures: the tiny organism (built once, cached across runs in .pytest_cache) and
-tiny random models of every supported architecture."""
+tiny random models of every supported architecture.
+
+Tiers: tests that need the organism (or a run of it) or that train or build a model are marked
+``slow`` automatically; ``pytest`` runs the fast tier, ``pytest -m "slow or not slow"`` (what
+``scripts/test.sh`` runs) runs both. After every test, every model a test could reach must be as
+it was: no hook left registered, no ``requires_grad`` flag changed, no ``.grad`` left behind.
+"""
 
 from __future__ import annotations
 
 import os
+import weakref
 
 import pytest
 import torch
@@ -14,6 +21,47 @@ from memlens.testing import random_model
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 ARCHS = ["gpt_neo", "gpt2", "gpt_neox", "llama"]
+SLOW_FIXTURES = {"organism", "restored", "tiny_run", "organism_cache"}
+
+_LIVE_MODELS: "weakref.WeakSet[HookedModel]" = weakref.WeakSet()
+_original_init = HookedModel.__init__
+
+
+def _tracked_init(self, *args, **kwargs):
+    _original_init(self, *args, **kwargs)
+    _LIVE_MODELS.add(self)
+
+
+HookedModel.__init__ = _tracked_init  # every model built during the session is checked for leaks
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or "tests/organism/" in item.nodeid:
+            item.add_marker(pytest.mark.slow)
+
+
+def _state(model: HookedModel) -> tuple[int, frozenset[str], list[str]]:
+    hooks = 0
+    for hp in set(model.tl_model.hook_dict.values()):  # the hook points (the bridge's own module hooks aside)
+        hooks += len(hp._forward_hooks) + len(hp._forward_pre_hooks) + len(hp._backward_hooks)
+        hooks += len(getattr(hp, "_backward_pre_hooks", {}))
+    params = dict(model.tl_model.named_parameters())
+    trainable = frozenset(n for n, p in params.items() if p.requires_grad)
+    grads = [n for n, p in params.items() if p.grad is not None]
+    return hooks, trainable, grads
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks(request):
+    before = {id(m): (m, _state(m)) for m in list(_LIVE_MODELS)}
+    yield
+    for model, (hooks, trainable, _) in before.values():
+        now_hooks, now_trainable, grads = _state(model)
+        assert now_hooks == hooks, f"{request.node.nodeid} left {now_hooks - hooks} hook(s) on {model.name}"
+        assert now_trainable == trainable, (
+            f"{request.node.nodeid} changed requires_grad of {sorted(now_trainable ^ trainable)[:3]} on {model.name}")
+        assert not grads, f"{request.node.nodeid} left .grad on {grads[:3]} of {model.name}"
 
 
 @pytest.fixture(scope="session")

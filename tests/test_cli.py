@@ -19,13 +19,18 @@ def test_scan_command(model_dir, tmp_path, capsys):
     f = tmp_path / "p.jsonl"
     g = torch.Generator().manual_seed(0)
     f.write_text("".join(json.dumps({"id": f"x{i}", "tokens": torch.randint(1, 500, (100,), generator=g).tolist()}) + "\n" for i in range(5)))
-    out = tmp_path / "res.jsonl"
+    out = tmp_path / "res.safetensors"
     assert main(["scan", str(f), "--model", str(model_dir), "--out", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["n"] == 5
-    rows = out.read_text().strip().split("\n")
-    assert len(rows) == 6 and json.loads(rows[1])["id"] == "x0"
-    assert json.loads(out.with_suffix(".summary.json").read_text())["n"] == 5
+    from memlens import ScanResult
+
+    back = ScanResult.load(out)
+    assert back.paragraphs.ids == [f"x{i}" for i in range(5)] and back.provenance.model == str(model_dir)
+    assert json.loads((tmp_path / "res.summary.json").read_text())["n"] == 5
+    assert main(["show", str(out)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["kind"] == "ScanResult" and shown["summary"]["n"] == 5
 
 
 def test_scan_command_bad_input(model_dir, tmp_path, capsys):
@@ -34,7 +39,7 @@ def test_scan_command_bad_input(model_dir, tmp_path, capsys):
     assert main(["scan", str(f), "--model", str(model_dir)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("memlens: error:") and "bad.jsonl:1" in err and "Traceback" not in err
-    assert not (tmp_path / "bad.scan.jsonl").exists()
+    assert not list(tmp_path.glob("bad.scan*"))
 
 
 def test_unknown_model_name(tmp_path, capsys, monkeypatch):
@@ -67,9 +72,12 @@ def test_stage_subcommand_reruns_one_stage(tiny_run, organism_cache, capsys, tmp
     assert main(["report", "--out", str(run)]) == 0
     assert json.loads(capsys.readouterr().out)["bytes"] > 1_000_000
     assert (run / "report.html").stat().st_mtime_ns > stamps["report.html"]
-    assert (run / "heads.json").stat().st_mtime_ns == stamps["heads.json"]
-    assert main(["perturb", "--model", "organism-tiny", "--cache-dir", organism_cache, "--out", str(run), "--quiet"]) == 0
+    assert (run / "heads.safetensors").stat().st_mtime_ns == stamps["heads.safetensors"]
+    # a folder made by `memlens run` keeps its model and settings: no --model needed
+    assert main(["perturb", "--cache-dir", organism_cache, "--out", str(run), "--quiet"]) == 0
     assert "mean_em_drop_memorized" in json.loads(capsys.readouterr().out)
+    assert main(["perturb", "--n-samples", "7", "--cache-dir", organism_cache, "--out", str(run), "--quiet"]) == 2
+    assert "perturb.n_samples: 4 -> 7" in capsys.readouterr().err
     assert main(["heads", "--model", "organism-tiny", "--seed", "3", "--cache-dir", organism_cache, "--out", str(run)]) == 2
     assert "holds another run (seed=0)" in capsys.readouterr().err
 
@@ -77,3 +85,25 @@ def test_stage_subcommand_reruns_one_stage(tiny_run, organism_cache, capsys, tmp
 def test_report_needs_a_run_folder(tmp_path, capsys):
     assert main(["report", "--out", str(tmp_path / "nothing")]) == 2
     assert "no memlens run" in capsys.readouterr().err
+
+
+def test_config_round_trip(tmp_path, capsys):
+    assert main(["config", "--steps", "20", "--max-paragraphs", "8"]) == 0
+    text = capsys.readouterr().out
+    path = tmp_path / "study.toml"
+    path.write_text(text)
+    from memlens import RunConfig
+
+    cfg = RunConfig.from_toml(path)
+    assert cfg.unlearn.steps == 20 and cfg.heads.max_paragraphs == 8 and cfg.perturb.max_paragraphs == 8
+    path.write_text(text.replace("steps = 20", "stpes = 20"))
+    assert main(["run", "--config", str(path), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "study.toml" in err and "stpes" in err and not (tmp_path / "r").exists()
+
+
+def test_bad_setting_flag_is_one_line(tmp_path, capsys):
+    assert main(["run", "--fraction", "0", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("memlens: error: setting unlearn.fraction = 0") and "Traceback" not in err
+    assert not (tmp_path / "r").exists()

@@ -24,7 +24,7 @@ def test_rarity_rank_puts_rarest_first():
 
 
 def test_from_organism(organism):
-    u = UnigramCounts.from_organism(organism.organism_info)
+    u = UnigramCounts.from_organism(organism.ground_truth)
     assert u.vocab_size == organism.vocab_size and u.total > 0
 
 

@@ -113,8 +113,8 @@ def test_masks(nll_map):
 
 
 def test_save_load(nll_map, tmp_path):
-    nll_map.save(tmp_path / "g.pt")
-    back = GradientMapResult.load(tmp_path / "g.pt")
+    nll_map.save(tmp_path / "g.safetensors")
+    back = GradientMapResult.load(tmp_path / "g.safetensors")
     assert back.keys == nll_map.keys and torch.equal(back.scores, nll_map.scores)
     fig = nll_map.plot()
     assert len(fig.data) == 5

@@ -62,13 +62,16 @@ def test_where_and_evidence_text(report):
 
 
 def test_save_load_roundtrip(report, tmp_path):
-    report.save(tmp_path / "heads.json")
-    back = HeadReport.load(tmp_path / "heads.json")
+    report.save(tmp_path / "heads.safetensors")
+    back = HeadReport.load(tmp_path / "heads.safetensors")
     assert back.to_dataframe().equals(report.to_dataframe())
     assert torch.allclose(back.rare.by_rank, report.rare.by_rank)
     (tmp_path / "bad.json").write_text("{}")
-    with pytest.raises(InputError, match="not a HeadReport"):
+    with pytest.raises(InputError, match="bad.json: not a memlens result file"):
         HeadReport.load(tmp_path / "bad.json")
+    report.rare.save(tmp_path / "rare.safetensors")
+    with pytest.raises(InputError, match="holds a RareAttentionResult, not a HeadReport"):
+        HeadReport.load(tmp_path / "rare.safetensors")
 
 
 def test_plots_and_views(report, neo, sets):

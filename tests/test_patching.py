@@ -58,22 +58,22 @@ def test_exact_patching_equals_manual_recomputation(neo):
     per_pos = exact_patching(neo, pair, kinds=("z",), per_position=True, batch_size=7)
     for layer in range(neo.n_layers):
         for head in range(neo.n_heads):
-            assert res["noising"][layer, 0, head] == pytest.approx(_manual_noising(neo, pair, layer, head, None), abs=1e-4)
+            assert res.noising[layer, 0, head] == pytest.approx(_manual_noising(neo, pair, layer, head, None), abs=1e-4)
     for layer, head, pos in [(0, 1, 3), (1, 2, 5), (1, 0, 9)]:
-        assert per_pos["noising"][layer, 0, head, pos] == pytest.approx(_manual_noising(neo, pair, layer, head, pos), abs=1e-4)
+        assert per_pos.noising[layer, 0, head, pos] == pytest.approx(_manual_noising(neo, pair, layer, head, pos), abs=1e-4)
     # patching before the perturbed position changes nothing: activations there are identical
-    assert per_pos["noising"][0, 0, :, :3].abs().max() < 1e-5
-    assert res["noising"].abs().max() > 1e-3
+    assert per_pos.noising[0, 0, :, :3].abs().max() < 1e-5
+    assert res.noising.abs().max() > 1e-3
 
 
 def test_patching_directions_and_shapes(neo):
     pair = _pair(neo, seed=1)
     res = exact_patching(neo, pair)
-    assert res["noising"].shape == (neo.n_layers, 4, neo.n_heads)
+    assert res.noising.shape == (neo.n_layers, 4, neo.n_heads)
     # patching every head's z of the last layer together is the whole attention output, but one
     # head at a time: denoising effects are bounded by the total effect's scale
-    total = res["corrupt_nll"] - res["clean_nll"]
-    assert torch.isfinite(res["denoising"]).all() and abs(total) < 1e3
+    total = res.corrupt_nll - res.clean_nll
+    assert torch.isfinite(res.denoising).all() and abs(total) < 1e3
 
 
 def test_attribution_matches_exact_in_sign_and_rank(neo):
@@ -82,8 +82,8 @@ def test_attribution_matches_exact_in_sign_and_rank(neo):
     exact, attr = [], []
     for s in range(3):
         pair = _pair(neo, seed=s)
-        exact.append(exact_patching(neo, pair, kinds=("z", "v"))["noising"].flatten())
-        attr.append(attribution_patching(neo, pair, kinds=("z", "v"))["noising"].flatten())
+        exact.append(exact_patching(neo, pair, kinds=("z", "v")).noising.flatten())
+        attr.append(attribution_patching(neo, pair, kinds=("z", "v")).noising.flatten())
     rho = spearman(torch.cat(exact).tolist(), torch.cat(attr).tolist())
     assert rho > 0.6
 
@@ -92,8 +92,8 @@ def test_attribution_is_zero_without_a_difference(neo):
     pair = _pair(neo)
     same = PatchPair("p", pair.clean, pair.clean.clone(), pair.target, 0)
     res = attribution_patching(neo, same, per_position=True)
-    assert res["noising"].shape == (neo.n_layers, 4, neo.n_heads, same.length)
-    assert res["noising"].abs().max() == 0 and res["denoising"].abs().max() == 0
+    assert res.noising.shape == (neo.n_layers, 4, neo.n_heads, same.length)
+    assert res.noising.abs().max() == 0 and res.denoising.abs().max() == 0
 
 
 def _sets(model):

@@ -87,8 +87,8 @@ def test_results_roundtrip_and_views(neo, tmp_path):
     df = res.to_dataframe()
     assert list(df.columns[:7]) == ["paragraph", "position", "sample", "token", "em", "nll", "em_drop"]
     assert len(df) == 12 and set(df["position"]) == {0, 4, 9}
-    res.save(tmp_path / "p.jsonl")
-    back = PerturbationResult.load(tmp_path / "p.jsonl")
+    res.save(tmp_path / "p.safetensors")
+    back = PerturbationResult.load(tmp_path / "p.safetensors")
     assert back.em.tolist() == res.em.tolist() and torch.allclose(back.nll, res.nll)
     html = res.token_view(neo, 0)
     assert html.count("<span") == 21 and "</script>" not in html

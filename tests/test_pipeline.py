@@ -8,12 +8,13 @@ import shutil
 
 import pytest
 
-from memlens import InputError
+from memlens import InputError, RunConfig
 from memlens.pipeline import STAGES, run_pipeline
 
-FILES = ["run.json", "scan.jsonl", "gradients_memorized.pt", "gradients_non_memorized.pt", "gradient_profiles_by_em.csv",
-         "perturbation_memorized.jsonl", "perturbed_memorized.jsonl", "perturb_views.json", "heads.json",
-         "head_views.json", "unlearn.csv", "report.html", "summary.json"]
+FILES = ["run.json", "scan.safetensors", "gradients_memorized.safetensors", "gradients_non_memorized.safetensors",
+         "gradient_profiles_by_em.safetensors", "perturbation_memorized.safetensors", "perturbed_memorized.jsonl",
+         "perturb_views.json", "heads.safetensors", "head_views.json", "unlearn.safetensors", "report.html",
+         "summary.json"]
 
 
 def test_every_stage_writes_its_files(tiny_run):
@@ -27,7 +28,8 @@ def test_summary_reproduces_the_findings(tiny_run):
     assert set(s["seconds"]) >= set(STAGES)
     assert s["run"]["model"] == "organism-tiny" and s["run"]["versions"]["torch"].startswith("2.")
     g = s["gradients"]["memorized_vs_non_memorized"]
-    assert g["total_a"] < g["total_b"]  # memorized paragraphs: smaller gradients
+    assert g["labels"] == ["memorized", "non_memorized"]
+    assert g["total"]["memorized"] < g["total"]["non_memorized"]  # memorized paragraphs: smaller gradients
     p = s["perturb"]
     assert p["mean_em_drop_memorized"] < p["mean_em_drop_non_memorized"]
     h = s["heads"]
@@ -53,11 +55,12 @@ def test_rerun_resumes_without_recomputing(tiny_run, organism_cache, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     (run / "heads.summary.json").unlink()  # as if interrupted during the head stage
-    (run / "heads.json").unlink()
+    (run / "heads.safetensors").unlink()
     stamps = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
     run_pipeline("organism-tiny", run, cache_dir=organism_cache, progress=False)
-    assert (run / "heads.json").exists()
-    for name in ("scan.jsonl", "gradients_memorized.pt", "perturbation_memorized.jsonl", "unlearn.csv"):
+    assert (run / "heads.safetensors").exists()
+    for name in ("scan.safetensors", "gradients_memorized.safetensors", "perturbation_memorized.safetensors",
+                 "unlearn.safetensors"):
         assert (run / name).stat().st_mtime_ns == stamps[name], name
 
 
@@ -71,7 +74,8 @@ def test_folder_guard(tiny_run, organism_cache, tmp_path):
         run_pipeline("organism-tiny", other, cache_dir=organism_cache, progress=False)
     assert (other / "notes.txt").read_text() == "mine"
     with pytest.raises(InputError, match="no such paragraph file"):
-        run_pipeline("organism-tiny", tmp_path / "x", paragraphs=str(tmp_path / "missing.jsonl"), progress=False)
+        run_pipeline(RunConfig(model="organism-tiny", paragraphs=str(tmp_path / "missing.jsonl")), tmp_path / "x",
+                     progress=False)
     with pytest.raises(InputError, match="unknown stage"):
         run_pipeline("organism-tiny", tmp_path / "y", stages=["scna"], progress=False)
 
@@ -80,4 +84,20 @@ def test_unreadable_paragraph_file(organism_cache, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "text": "hello"}\nnot json\n')
     with pytest.raises(InputError, match="bad.jsonl"):
-        run_pipeline("organism-tiny", tmp_path / "run", paragraphs=str(bad), cache_dir=organism_cache, progress=False)
+        run_pipeline(RunConfig(model="organism-tiny", paragraphs=str(bad)), tmp_path / "run", cache_dir=organism_cache,
+                     progress=False)
+
+
+def test_resume_with_other_settings_is_refused(tiny_run, organism_cache):
+    before = sorted(p.name for p in tiny_run.iterdir())
+    changed = RunConfig(model="organism-tiny").override({"unlearn.steps": 99})
+    with pytest.raises(InputError, match=r"other settings \(unlearn.steps: 10 -> 99\)"):
+        run_pipeline(changed, tiny_run, cache_dir=organism_cache, progress=False)
+    faster = RunConfig(model="organism-tiny").override({"scan.batch_size": 3})  # runtime only: allowed
+    run_pipeline(faster, tiny_run, cache_dir=organism_cache, progress=False)
+    assert sorted(p.name for p in tiny_run.iterdir()) == before
+
+
+def test_run_json_records_the_settings(tiny_run):
+    run = json.loads((tiny_run / "run.json").read_text())
+    assert RunConfig.from_dict(run["config"]) == RunConfig(model="organism-tiny")

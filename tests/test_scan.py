@@ -41,8 +41,8 @@ def test_scan_em_and_splits(neo, planted_set):
 def test_scan_save_load_and_plot(neo, planted_set, tmp_path):
     ps, _ = planted_set
     res = scan(neo, ps, progress=False)
-    res.save(tmp_path / "r.jsonl")
-    back = ScanResult.load(tmp_path / "r.jsonl")
+    res.save(tmp_path / "r.safetensors")
+    back = ScanResult.load(tmp_path / "r.safetensors")
     assert back.em.tolist() == res.em.tolist() and torch.allclose(back.nll, res.nll)
     assert torch.equal(back.paragraphs.tokens, ps.tokens)
     fig = res.plot()
@@ -51,7 +51,7 @@ def test_scan_save_load_and_plot(neo, planted_set, tmp_path):
 
 def test_scan_resumes_without_recomputing(neo, planted_set, tmp_path, monkeypatch):
     ps, ems = planted_set
-    out = tmp_path / "scan.jsonl"
+    out = tmp_path / "scan.safetensors"
     scan_mod = importlib.import_module("memlens.scan")  # the package's `scan` name is the function
 
     calls = []
@@ -80,7 +80,7 @@ def test_scan_resumes_without_recomputing(neo, planted_set, tmp_path, monkeypatc
 
 def test_scan_refuses_a_partial_of_another_model(neo, planted_set, tmp_path):
     ps, _ = planted_set
-    out = tmp_path / "scan.jsonl"
+    out = tmp_path / "scan.safetensors"
     out.with_name(out.name + ".partial").write_text(json.dumps({"model": "other", "prefix_len": 30, "continuation_len": 30}) + "\n")
     with pytest.raises(InputError, match="another model"):
         scan(neo, ps, out=out, progress=False)
@@ -100,7 +100,7 @@ def test_scan_bad_input(neo):
 
 def test_scan_resume_survives_a_torn_last_line(neo, planted_set, tmp_path):
     ps, ems = planted_set
-    out = tmp_path / "scan.jsonl"
+    out = tmp_path / "scan.safetensors"
     partial = out.with_name(out.name + ".partial")
     header = json.dumps({"model": neo.name, "prefix_len": 30, "continuation_len": 30})
     partial.write_text(header + "\n" + json.dumps({"id": "p0", "em": 30, "nll": 0.1}) + "\n" + '{"id": "p1", "em"')

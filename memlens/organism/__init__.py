@@ -2,7 +2,8 @@
 
 A GPT-Neo-architecture model trained here, in minutes on a CPU, on the Python standard library
 with planted paragraphs repeated a chosen number of times. Its ground truth
-(:class:`OrganismInfo`) travels with it as ``model.organism_info``.
+(:class:`OrganismInfo`) travels with it as ``model.ground_truth``. Importing this package
+registers the model names ``organism`` and ``organism-tiny`` with :func:`memlens.load_model`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from memlens.errors import CacheError
 from memlens.organism.cache import default_cache_root, discard, organism_key, seal, verify
 from memlens.organism.config import PRESETS, OrganismConfig, get_config
 from memlens.organism.info import OrganismInfo
+from memlens.organism.inject import InjectionResult, inject
 
-__all__ = ["OrganismConfig", "OrganismInfo", "PRESETS", "build", "load_organism", "organism_path", "inject"]
+__all__ = ["InjectionResult", "OrganismConfig", "OrganismInfo", "PRESETS", "build", "inject", "load_organism", "organism_path"]
 
 
 def organism_path(size: str = "default", seed: int = 0, cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -59,18 +61,23 @@ def load_organism(
     """The organism as a :class:`~memlens.HookedModel` (built on first use, then loaded in seconds)."""
     from transformers import AutoTokenizer, GPTNeoForCausalLM
 
-    from memlens.loading import _quiet_transformers, from_hf
+    from memlens.loading import quiet_transformers, from_hf
 
     folder = build(size, seed, cache_dir, progress=progress)
     info = OrganismInfo.load(folder / "ground_truth")
-    with _quiet_transformers():
+    with quiet_transformers():
         tok = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
         hf = GPTNeoForCausalLM.from_pretrained(str(folder / "model")).eval()
-    return from_hf(hf, tok, name=f"organism-{size}-seed{seed}", organism_info=info)
+    return from_hf(hf, tok, name=f"organism-{size}-seed{seed}", ground_truth=info)
 
 
-def inject(*args, **kwargs):
-    """Fine-tune paragraphs into chosen components only (see :mod:`memlens.organism.inject`)."""
-    from memlens.organism.inject import inject as _inject
+def _register() -> None:
+    from memlens.loading import register_model_source
 
-    return _inject(*args, **kwargs)
+    for name, size in (("organism", "default"), ("organism-default", "default"), ("organism-tiny", "tiny")):
+        register_model_source(
+            name, lambda size=size, **kw: load_organism(size=size, **kw),
+            f"the embedded organism ({size}): GPT-Neo trained here with planted paragraphs")
+
+
+_register()

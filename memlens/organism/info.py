@@ -71,6 +71,29 @@ class OrganismInfo:
             stats=meta.get("stats", {}),
         )
 
+    def evaluate(self, scan_result: Any) -> dict[str, Any]:
+        """A scan of :meth:`paragraph_set` against this ground truth: memorization rate per
+        duplication level, the rank correlation of EM with copies, and the EM of seen-once and
+        unseen text (share with EM >= 30, mean EM and NLL)."""
+        from memlens.stats import spearman
+
+        df = scan_result.to_dataframe()
+        if "group" not in df or "copies" not in df:
+            return {}
+        planted = df[df["group"] == "planted"]
+        per_level = {
+            int(c): {"n": int(len(g)), "memorized": int((g["split"] == "memorized").sum()),
+                     "mean_em": round(float(g["em"].mean()), 2)}
+            for c, g in planted.groupby("copies")
+        }
+        out: dict[str, Any] = {"planted_by_copies": per_level,
+                               "spearman_em_vs_copies": round(spearman(planted["copies"].tolist(), planted["em"].tolist()), 3)}
+        for group in ("background", "held_out"):
+            g = df[df["group"] == group]
+            out[group] = {"n": int(len(g)), "frac_em_ge_30": round(float((g["em"] >= 30).mean()), 4),
+                          "mean_em": round(float(g["em"].mean()), 3), "mean_nll": round(float(g["nll"].mean()), 4)}
+        return out
+
     def summary(self) -> dict[str, Any]:
         return {
             "size": self.config.get("size"),

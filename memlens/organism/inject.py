@@ -10,7 +10,7 @@ the untouched weights are copied back after each step.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,14 +22,18 @@ from memlens.components import ComponentKey
 from memlens.data import ParagraphSet
 from memlens.errors import InputError
 from memlens.metrics import teacher_forced_scores
+from memlens.results import Provenance, Result
 from memlens.sparse import MaskedAdam, only_trainable
 
 if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
+
     from memlens.model import HookedModel
 
 
-@dataclass
-class InjectionResult:
+@dataclass(frozen=True, kw_only=True)
+class InjectionResult(Result):
     """Outcome of :func:`inject`.
 
     Attributes:
@@ -48,6 +52,26 @@ class InjectionResult:
     steps: int
     weights_changed: int
     losses: list[float] = field(default_factory=list)
+    provenance: Provenance = field(default_factory=Provenance)
+
+    def to_dataframe(self) -> "pd.DataFrame":
+        """One row per paragraph: ``paragraph, em_before, em_after, memorized``."""
+        import pandas as pd
+
+        return pd.DataFrame({"paragraph": self.paragraph_ids, "em_before": self.em_before.tolist(),
+                             "em_after": self.em_after.tolist(), "memorized": self.memorized.tolist()})
+
+    def summary(self) -> dict[str, Any]:
+        return {"components": [list(k) for k in self.components], "steps": self.steps,
+                "weights_changed": self.weights_changed, "success_rate": self.success_rate}
+
+    def plot(self) -> "go.Figure":
+        """Training loss per step."""
+        import plotly.graph_objects as go
+
+        fig = go.Figure(go.Scatter(y=self.losses, mode="lines"))
+        fig.update_layout(title="Injection loss", xaxis_title="step", yaxis_title="continuation NLL (nats/token)")
+        return fig
 
     @property
     def memorized(self) -> Tensor:
@@ -112,5 +136,7 @@ def inject(
                 break
     changed = opt.weights_changed()
     em_after = teacher_forced_scores(model, paragraphs.tokens, P).em
-    return InjectionResult(keys, list(paragraphs.ids), em_before, em_after, paragraphs.continuation_len,
-                           step + 1, changed, losses)
+    return InjectionResult(components=keys, paragraph_ids=list(paragraphs.ids), em_before=em_before,
+                           em_after=em_after, continuation_len=paragraphs.continuation_len, steps=step + 1,
+                           weights_changed=changed, losses=losses,
+                           provenance=Provenance.capture(model, steps=steps, lr=lr, batch_size=batch_size))

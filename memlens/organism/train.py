@@ -5,10 +5,17 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
+from jaxtyping import Int
+from torch import Tensor
 from tqdm.auto import tqdm
+
+from memlens.data import ParagraphSet
 
 from memlens.organism.config import OrganismConfig
 from memlens.organism.corpus import corpus_hash, load_documents
@@ -31,19 +38,24 @@ def gpt_neo_config(cfg: OrganismConfig, eos_id: int):
     )
 
 
-def build_organism(
-    cfg: OrganismConfig, seed: int, out_dir: Path, progress: bool = True, checkpoint_every: int = 100,
-    stop_after: int | None = None,
-) -> OrganismInfo | None:
-    """Build into ``out_dir`` (model/, tokenizer/, ground truth). Resumes from ``checkpoint.pt``
-    if an earlier build of the same folder was interrupted. ``stop_after`` ends training after
-    that many steps with a checkpoint and returns None (to test resuming)."""
-    from transformers import GPTNeoForCausalLM
+@dataclass(frozen=True, kw_only=True)
+class OrganismData:
+    """What a build trains on: the corpus, its tokenizer, the paragraphs and the training stream."""
 
-    t0 = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    n_documents: int
+    corpus_hash: str
+    tokenizer: Any
+    n_windows: int
+    planted: ParagraphSet
+    background: ParagraphSet
+    held_out: ParagraphSet
+    stream: Int[Tensor, "sequences length"]
+
+
+def prepare_data(cfg: OrganismConfig, seed: int, out_dir: Path) -> OrganismData:
+    """Corpus -> tokenizer (saved in ``out_dir/tokenizer``) -> paragraphs -> the shuffled stream
+    of planted copies and background paragraphs."""
     docs = load_documents()
-    c_hash = corpus_hash(docs)
     tok_texts, budget = [], cfg.tokenizer_chars
     for d in docs:
         if budget <= 0:
@@ -54,36 +66,39 @@ def build_organism(
     doc_tokens = tokenizer([d.text for d in docs], add_special_tokens=False)["input_ids"]
     windows = cut_windows(doc_tokens, cfg.paragraph_len, cfg.min_unique_tokens)
     planted, background, held_out = select_paragraphs(windows, cfg, seed)
-    stream = training_order(planted, background, seed)
-    t_data = time.perf_counter() - t0
+    return OrganismData(n_documents=len(docs), corpus_hash=corpus_hash(docs), tokenizer=tokenizer,
+                        n_windows=len(windows), planted=planted, background=background, held_out=held_out,
+                        stream=training_order(planted, background, seed))
 
-    torch.manual_seed(seed)
-    model = GPTNeoForCausalLM(gpt_neo_config(cfg, tokenizer.eos_token_id))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-    warmup = max(1, int(cfg.warmup_frac * cfg.steps))
+
+def warmup_cosine(steps: int, warmup_frac: float) -> Callable[[int], float]:
+    """Learning-rate factor per step: linear warm-up, then cosine decay to 10%."""
+    warmup = max(1, int(warmup_frac * steps))
 
     def lr_at(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        frac = (step - warmup) / max(1, cfg.steps - warmup)
+        frac = (step - warmup) / max(1, steps - warmup)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    ckpt_path = out_dir / "checkpoint.pt"
-    start, losses = 0, []
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start, losses = state["step"], state["losses"]
-        torch.set_rng_state(state["rng"])
+    return lr_at
+
+
+def train(
+    model: torch.nn.Module, stream: Int[Tensor, "sequences length"], *, steps: int, batch_size: int, lr: float,
+    weight_decay: float, warmup_frac: float, checkpoint: Path, desc: str = "training", progress: bool = True,
+    checkpoint_every: int = 100, stop_after: int | None = None,
+) -> list[float] | None:
+    """Causal-LM training on consecutive batches of ``stream`` (AdamW, warm-up + cosine, clipped
+    gradients), resumable from ``checkpoint``. Returns the loss per step (nats/token), or None
+    when stopped after ``stop_after`` steps with a checkpoint written."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, warmup_frac))
+    start, losses = _load_checkpoint(checkpoint, model, opt, sched)
     model.train()
-    bar = tqdm(range(start, cfg.steps), desc=f"training organism ({cfg.size})", disable=not progress,
-               initial=start, total=cfg.steps)
-    t_train = time.perf_counter()
+    bar = tqdm(range(start, steps), desc=desc, disable=not progress, initial=start, total=steps)
     for step in bar:
-        batch = stream[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        batch = stream[step * batch_size : (step + 1) * batch_size]
         loss = model(input_ids=batch, labels=batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -92,33 +107,77 @@ def build_organism(
         sched.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        if (step + 1) % checkpoint_every == 0 and step + 1 < cfg.steps or step + 1 == stop_after:
-            _save_checkpoint(ckpt_path, model, opt, sched, step + 1, losses)
+        if (step + 1) % checkpoint_every == 0 and step + 1 < steps or step + 1 == stop_after:
+            _save_checkpoint(checkpoint, model, opt, sched, step + 1, losses)
         if step + 1 == stop_after:
             return None
     model.eval()
-    from memlens.loading import _quiet_transformers
+    return losses
 
-    with _quiet_transformers():
+
+def build_organism(
+    cfg: OrganismConfig, seed: int, out_dir: Path, progress: bool = True, checkpoint_every: int = 100,
+    stop_after: int | None = None,
+) -> OrganismInfo | None:
+    """Build into ``out_dir`` (model/, tokenizer/, ground truth). Resumes from ``checkpoint.pt``
+    if an earlier build of the same folder was interrupted. ``stop_after`` ends training after
+    that many steps with a checkpoint and returns None (to test resuming)."""
+    from transformers import GPTNeoForCausalLM
+
+    from memlens.loading import quiet_transformers
+
+    t0 = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = prepare_data(cfg, seed, out_dir)
+    t_data = time.perf_counter() - t0
+    torch.manual_seed(seed)
+    model = GPTNeoForCausalLM(gpt_neo_config(cfg, data.tokenizer.eos_token_id))
+    ckpt_path = out_dir / "checkpoint.pt"
+    t_train = time.perf_counter()
+    losses = train(model, data.stream, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                   weight_decay=cfg.weight_decay, warmup_frac=cfg.warmup_frac, checkpoint=ckpt_path,
+                   desc=f"training organism ({cfg.size})", progress=progress, checkpoint_every=checkpoint_every,
+                   stop_after=stop_after)
+    if losses is None:
+        return None
+    with quiet_transformers():
         model.save_pretrained(str(out_dir / "model"))
-    counts = torch.bincount(stream.flatten(), minlength=cfg.vocab_size)
     info = OrganismInfo(
-        planted=planted, background=background, held_out=held_out, unigram_counts=counts,
-        seed=seed, corpus_hash=c_hash, config=cfg.to_dict(),
+        planted=data.planted, background=data.background, held_out=data.held_out,
+        unigram_counts=torch.bincount(data.stream.flatten(), minlength=cfg.vocab_size),
+        seed=seed, corpus_hash=data.corpus_hash, config=cfg.to_dict(),
         stats={
             "data_seconds": round(t_data, 1),
             "train_seconds": round(time.perf_counter() - t_train, 1),
             "build_seconds": round(time.perf_counter() - t0, 1),
             "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4),
             "n_params": sum(p.numel() for p in model.parameters()),
-            "corpus_documents": len(docs),
-            "corpus_paragraphs": len(windows),
+            "corpus_documents": data.n_documents,
+            "corpus_paragraphs": data.n_windows,
         },
     )
     info.save(out_dir / "ground_truth")
     if ckpt_path.exists():
         ckpt_path.unlink()
     return info
+
+
+def _load_checkpoint(path: Path, model: torch.nn.Module, opt: Any, sched: Any) -> tuple[int, list[float]]:
+    """Restore a checkpoint written by :func:`_save_checkpoint`; a damaged one is set aside (the
+    build restarts from step 0) rather than failing every later build."""
+    if not path.exists():
+        return 0, []
+    try:
+        state = torch.load(path, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        return int(state["step"]), list(state["losses"])
+    except Exception as e:  # noqa: BLE001 - any damage means: start over
+        warnings.warn(f"{path} is damaged ({type(e).__name__}: {e}); training restarts from step 0", stacklevel=2)
+        path.unlink()
+        return 0, []
 
 
 def _save_checkpoint(path: Path, model, opt, sched, step: int, losses: list[float]) -> None:

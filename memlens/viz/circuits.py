@@ -17,6 +17,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
+from jaxtyping import Float
+from torch import Tensor
+
 from memlens.errors import InputError
 from memlens.io import write_text_atomic
 
@@ -40,7 +43,8 @@ def bundle_script() -> str:
 
 
 def safe_tokens(tokens: Sequence[str]) -> list[str]:
-    """Tokens as circuitsvis should receive them: HTML-escaped (it inserts them as HTML)."""
+    """Tokens for circuitsvis components that insert them as HTML (``ColoredTokens``):
+    HTML-escaped."""
     return [html.escape(t, quote=True) for t in tokens]
 
 
@@ -86,17 +90,19 @@ def standalone_page(title: str, views: Sequence[CircuitsView]) -> str:
 
 
 def attention_heads_view(
-    tokens: Sequence[str], attention: Sequence, head_names: Sequence[str], title: str = "", caption: str = "",
+    tokens: Sequence[str], attention: Float[Tensor, "head dest src"] | Sequence, head_names: Sequence[str],
+    title: str = "", caption: str = "",
 ) -> CircuitsView:
     """``AttentionHeads``: one thumbnail per head (``attention [head, dest, src]``); clicking a
-    thumbnail shows that head full size."""
-    return CircuitsView("AttentionHeads", {"attention": _as_list(attention), "tokens": safe_tokens(tokens),
+    thumbnail shows that head full size. It draws token labels on a canvas, so they are passed as
+    they are (escaping them would show ``&quot;``); the JSON of the props is script-safe."""
+    return CircuitsView("AttentionHeads", {"attention": _as_list(attention), "tokens": list(tokens),
                                            "attentionHeadNames": list(head_names), "maskUpperTri": True},
                         title, caption)
 
 
 def colored_tokens_view(
-    tokens: Sequence[str], values: Sequence[float], title: str = "", caption: str = "",
+    tokens: Sequence[str], values: Sequence[float] | Sequence[int] | Tensor, title: str = "", caption: str = "",
     min_value: float | None = None, max_value: float | None = None,
 ) -> CircuitsView:
     """``ColoredTokens``: every token shaded by its value."""

@@ -27,6 +27,8 @@ def plot_gradient_map(result: "GradientMapResult", title: str | None = None) -> 
     mlp = torch.cat([result.grid("W_in"), result.grid("W_out")], dim=1)
     fig.add_trace(go.Heatmap(z=mlp.tolist(), x=["W_in", "W_out"], zmin=0, zmax=zmax, coloraxis="coloraxis",
                              hovertemplate="%{x} L%{y}: %{z:.3g}<extra></extra>"), 1, 5)
+    fig.update_yaxes(dtick=1)
+    fig.update_xaxes(dtick=1)
     fig.update_yaxes(title_text="layer", col=1)
     fig.update_xaxes(title_text="head", col=1)
     fig.update_layout(title=title or f"Gradient map ({result.objective}, {result.aggregation}|grad|, "
@@ -43,5 +45,6 @@ def plot_layer_profiles(results: Sequence["GradientMapResult"], labels: Sequence
     for i, r in enumerate(results):
         name = (labels[i] if labels else None) or r.label or f"map {i} ({len(r.paragraph_ids)} paragraphs)"
         fig.add_trace(go.Scatter(x=list(range(r.n_layers)), y=r.layer_totals().tolist(), mode="lines+markers", name=name))
-    fig.update_layout(title="Gradient per layer", xaxis_title="layer", yaxis_title="sum of component scores")
+    fig.update_layout(title="Gradient per layer", xaxis_title="layer", yaxis_title="sum of component scores",
+                      xaxis={"dtick": 1})
     return fig

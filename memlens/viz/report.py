@@ -86,7 +86,7 @@ def _missing(stage: str, folder: Path, summary: dict[str, Any] | None) -> str | 
     return None
 
 
-def _load(folder: Path, name: str) -> dict[str, Any] | None:
+def _load(folder: Path, name: str) -> Any:
     path = folder / name
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -139,7 +139,7 @@ def _scan(rb: ReportBuilder, parts: list[str], folder: Path, s: dict[str, Any]) 
 
     sc = s["scan"]
     parts.append(table([{"split": k, **sc[k]} for k in ("memorized", "partly", "non_memorized")]))
-    result = ScanResult.load(folder / "scan.jsonl")
+    result = ScanResult.load(folder / "scan.safetensors")
     parts.append(rb.figure(result.plot(), "EM = tokens of the 50-token continuation reproduced exactly by greedy decoding; "
                                           "memorized paragraphs pile up at the right edge."))
     df = result.to_dataframe()
@@ -159,9 +159,11 @@ def _gradients(rb: ReportBuilder, parts: list[str], folder: Path, s: dict[str, A
     from memlens.gradients import GradientMapResult
     from memlens.viz.gradients import plot_layer_profiles
 
-    maps = {n: GradientMapResult.load(folder / f"gradients_{n}.pt") for n in ("memorized", "non_memorized")}
+    maps = {n: GradientMapResult.load(folder / f"gradients_{n}.safetensors") for n in ("memorized", "non_memorized")}
     cmp = s["memorized_vs_non_memorized"]
-    parts.append(table([{"set": k.replace("total_", ""), "total gradient": v} for k, v in cmp.items() if k.startswith("total_")]))
+    parts.append(table([{"set": label.replace("_", "-"), "total gradient": cmp["total"][label],
+                         "share in the lower half of the layers": cmp["lower_half_share"][label]}
+                        for label in cmp["labels"]]))
     parts.append(rb.figure(plot_layer_profiles(list(maps.values()), ["memorized", "non-memorized"]),
                            "Share of the total gradient per layer: the paper finds memorized paragraphs' gradients "
                            "relatively larger in lower layers."))
@@ -174,7 +176,7 @@ def _gradients(rb: ReportBuilder, parts: list[str], folder: Path, s: dict[str, A
 def _heads(rb: ReportBuilder, parts: list[str], folder: Path, s: dict[str, Any]) -> None:
     from memlens.heads import HeadReport
 
-    report = HeadReport.load(folder / "heads.json")
+    report = HeadReport.load(folder / "heads.safetensors")
     df = report.to_dataframe().head(10)
     cols = ["layer", "head", "combined_rank", *report.evidence] + (["ablation_em_drop"] if "ablation_em_drop" in df else [])
     parts.append(table(df[cols].to_dict(orient="records"), cols))
@@ -202,8 +204,8 @@ def _heads(rb: ReportBuilder, parts: list[str], folder: Path, s: dict[str, Any])
 def _perturb(rb: ReportBuilder, parts: list[str], folder: Path, s: dict[str, Any]) -> None:
     from memlens.perturb import PerturbationResult
 
-    mem = PerturbationResult.load(folder / "perturbation_memorized.jsonl")
-    non = PerturbationResult.load(folder / "perturbation_non_memorized.jsonl")
+    mem = PerturbationResult.load(folder / "perturbation_memorized.safetensors")
+    non = PerturbationResult.load(folder / "perturbation_non_memorized.safetensors")
     parts.append(table([{"set": "memorized", "mean EM drop": s["mean_em_drop_memorized"]},
                         {"set": "non-memorized", "mean EM drop": s["mean_em_drop_non_memorized"]}]))
     parts.append(rb.figure(mem.plot(non, labels=("memorized", "non-memorized")),
@@ -214,7 +216,7 @@ def _perturb(rb: ReportBuilder, parts: list[str], folder: Path, s: dict[str, Any
 
 
 def _unlearn(rb: ReportBuilder, parts: list[str], folder: Path, s: dict[str, Any]) -> None:
-    import plotly.graph_objects as go
+    from memlens.unlearn import MaskComparison
 
     rows = s["table"]
     cols = [c for c in ("objective", "mask", "mask_size", "weights_changed", "target_em_before", "target_em_after",
@@ -230,11 +232,7 @@ def _unlearn(rb: ReportBuilder, parts: list[str], folder: Path, s: dict[str, Any
                  "of targets with EM >= 40 on their new continuation. Top-1 changed = continuation positions (of each "
                  "paragraph's 50) whose teacher-forced top-1 token moved: unlike EM, one flip at a near-tie does not "
                  "count every later token.</p>")
-    fig = go.Figure()
-    for key, label in (("target_em_after", "target"), ("other_memorized_em_after", "other memorized"), ("retain_em_after", "retain")):
-        if key in rows[0]:
-            fig.add_trace(go.Bar(x=[f"{r['objective']}/{r['mask']}" for r in rows], y=[r[key] for r in rows], name=label))
-    fig.update_layout(barmode="group", title="EM after sparse fine-tuning", yaxis_title="mean EM (tokens)")
+    fig = MaskComparison.load(folder / "unlearn.safetensors").plot()
     parts.append(rb.figure(fig, "Unlearning should drop the target's bar and leave the others near where they started."))
 
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import pytest
 import torch
 
 from memlens.organism.config import PRESETS
@@ -44,3 +45,17 @@ def test_interrupted_build_resumes_to_the_same_model(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def test_a_damaged_checkpoint_is_set_aside(tmp_path):
+    """A checkpoint torn by a kill must not wedge every later build: training restarts."""
+    from memlens.organism.train import _load_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"\x80\x04 torn")
+    with pytest.warns(UserWarning, match="damaged"):
+        assert _load_checkpoint(path, model, opt, sched) == (0, [])
+    assert not path.exists()

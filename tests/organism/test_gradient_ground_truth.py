@@ -16,7 +16,7 @@ def test_map_finds_an_injected_head(restored):
     """Paragraphs injected through one head's W_Q/W_K/W_V/W_O only: the map of those paragraphs
     puts that head's four matrices on top (precision at k=4)."""
     model = restored
-    targets = model.organism_info.held_out[:4]
+    targets = model.ground_truth.held_out[:4]
     sites = [(0, k, 1) for k in ("W_Q", "W_K", "W_V", "W_O")]
     res = inject(model, targets, sites, steps=400, lr=3e-3, progress=False)
     assert res.success_rate == 1.0, res.em_after.tolist()
@@ -26,7 +26,7 @@ def test_map_finds_an_injected_head(restored):
 
 def test_memorized_paragraphs_have_smaller_gradients(organism):
     """The paper's first finding (Fig. 4): memorized paragraphs have smaller gradients."""
-    info = organism.organism_info
+    info = organism.ground_truth
     res = scan(organism, info.paragraph_set(n_background=64, n_held_out=0), progress=False)
     mem, non = res.memorized(), res.non_memorized()
     assert len(mem) >= 4 and len(non) >= 16
@@ -34,5 +34,6 @@ def test_memorized_paragraphs_have_smaller_gradients(organism):
     a = gm.compute(mem, progress=False)
     b = gm.compute(non[: len(mem) * 4], progress=False)
     cmp = a.compare(b).summary()
-    assert cmp["total_a"] < cmp["total_b"]
-    assert len(cmp["profile_a"]) == organism.n_layers and abs(sum(cmp["profile_a"]) - 1) < 1e-3
+    first, second = cmp["labels"]
+    assert cmp["total"][first] < cmp["total"][second]
+    assert len(cmp["profile"][first]) == organism.n_layers and abs(sum(cmp["profile"][first]) - 1) < 1e-3

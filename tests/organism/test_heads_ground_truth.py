@@ -12,7 +12,7 @@ from memlens.organism import inject
 
 @pytest.fixture(scope="module")
 def splits(organism):
-    res = scan(organism, organism.organism_info.paragraph_set(n_background=32, n_held_out=0), progress=False)
+    res = scan(organism, organism.ground_truth.paragraph_set(n_background=32, n_held_out=0), progress=False)
     mem, non = res.memorized(), res.non_memorized()
     assert len(mem) >= 4
     return mem, non[:16]
@@ -30,7 +30,7 @@ def test_the_most_costly_head_to_ablate_ranks_in_the_top_3(organism, splits):
 
 def test_a_head_paragraphs_were_injected_through_ranks_first(restored):
     model = restored
-    targets = model.organism_info.held_out[:4]
+    targets = model.ground_truth.held_out[:4]
     res = inject(model, targets, [(0, k, 1) for k in ("W_Q", "W_K", "W_V", "W_O")], steps=400, lr=3e-3, progress=False)
     assert res.success_rate == 1.0, res.em_after.tolist()
     report = HeadLocalizer(model).localize(targets, evidence=["gradient", "activation_gradient", "patching"], progress=False)

@@ -9,7 +9,7 @@ from memlens.organism import inject
 
 def test_inject_into_an_mlp(restored):
     model = restored
-    targets = model.organism_info.held_out[:2]
+    targets = model.ground_truth.held_out[:2]
     before = {n: p.detach().clone() for n, p in model.tl_model.named_parameters()}
     sites = [(1, "W_in"), (1, "W_out")]
     res = inject(model, targets, sites, steps=300, lr=3e-3, progress=False)
@@ -32,7 +32,7 @@ def test_inject_into_an_mlp(restored):
 
 def test_inject_into_one_head_reports_partial_success(restored):
     model = restored
-    targets = model.organism_info.held_out[2:4]
+    targets = model.ground_truth.held_out[2:4]
     res = inject(model, targets, [(0, "W_V", 1)], steps=30, lr=1e-3, progress=False)
     assert res.steps == 30 and 0.0 <= res.success_rate <= 1.0
     assert res.weights_changed <= model.components[(0, "W_V", 1)].numel
@@ -40,6 +40,6 @@ def test_inject_into_one_head_reports_partial_success(restored):
 
 def test_inject_bad_input(restored):
     with pytest.raises(InputError, match="at least one component"):
-        inject(restored, restored.organism_info.held_out[:1], [])
+        inject(restored, restored.ground_truth.held_out[:1], [])
     with pytest.raises(InputError, match="unknown component kind"):
-        inject(restored, restored.organism_info.held_out[:1], [(0, "W_X", 0)])
+        inject(restored, restored.ground_truth.held_out[:1], [(0, "W_X", 0)])

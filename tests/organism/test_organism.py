@@ -7,7 +7,7 @@ from memlens.stats import spearman
 
 
 def test_ground_truth_is_attached(organism):
-    info = organism.organism_info
+    info = organism.ground_truth
     assert isinstance(info.planted, ParagraphSet) and len(info.planted) == len(info.copies)
     assert info.planted.prefix_len == 50 and info.planted.continuation_len == 50
     assert len(info.held_out) > 0 and len(info.background) > 1000
@@ -22,7 +22,7 @@ def test_ground_truth_is_attached(organism):
 
 
 def test_unigram_counts_count_the_training_stream(organism):
-    info = organism.organism_info
+    info = organism.ground_truth
     expected = torch.bincount(info.background.tokens.flatten(), minlength=organism.vocab_size)
     for row, c in zip(info.planted.tokens, info.copies.tolist()):
         expected += c * torch.bincount(row, minlength=organism.vocab_size)
@@ -30,7 +30,7 @@ def test_unigram_counts_count_the_training_stream(organism):
 
 
 def test_memorization_follows_duplication(organism):
-    info = organism.organism_info
+    info = organism.ground_truth
     res = scan(organism, info.planted, progress=False)
     copies = info.copies
     assert (res.em[copies >= 256] == 50).all(), f"EM of 256-copy paragraphs: {res.em[copies >= 256].tolist()}"
@@ -41,7 +41,7 @@ def test_memorization_follows_duplication(organism):
 
 
 def test_seen_once_and_unseen_are_not_memorized(organism):
-    info = organism.organism_info
+    info = organism.ground_truth
     bg = scan(organism, info.background[:128], progress=False)
     held = scan(organism, info.held_out, progress=False)
     assert (bg.em >= 30).float().mean() <= 0.05
@@ -53,4 +53,4 @@ def test_seen_once_and_unseen_are_not_memorized(organism):
 def test_organism_is_a_gpt_neo_with_local_attention(organism):
     cfg = organism.hf_model.config
     assert cfg.model_type == "gpt_neo" and "local" in cfg.attention_layers
-    assert cfg.window_size < organism.organism_info.planted.length
+    assert cfg.window_size < organism.ground_truth.planted.length

@@ -8,7 +8,7 @@ from memlens.perturb import PrefixPerturber
 
 
 def test_memorized_paragraphs_are_harder_to_derail(organism):
-    info = organism.organism_info
+    info = organism.ground_truth
     res = scan(organism, info.paragraph_set(n_background=16, n_held_out=0), progress=False)
     mem, non = res.memorized()[:4], res.non_memorized()[:4]
     pert = PrefixPerturber(organism)

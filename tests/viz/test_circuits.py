@@ -41,3 +41,12 @@ def test_save_writes_a_page(tmp_path):
     path = tmp_path / "v.html"
     colored_tokens_view(["x"], [1.0], title="one").save(path)
     assert path.read_text().startswith("<!doctype html>")
+
+
+def test_canvas_token_labels_are_not_escaped_twice():
+    """AttentionHeads draws labels on a canvas: escaping them would show &quot; literally."""
+    toks = ['say "hi"', "</script>"]
+    view = attention_heads_view(toks, [[[1, 0], [0.5, 0.5]]], ["L0H0"])
+    props = json.loads(re.search(r"AttentionHeads, (.*)\);</script>", view.fragment()).group(1))
+    assert props["tokens"] == toks
+    assert "</script>" not in view.fragment().split("<script>", 1)[1].rsplit("</script>", 1)[0]
