@@ -18,7 +18,8 @@ from memlens.errors import CacheError, HookError, InputError, MemlensError, Mode
 from memlens.frequency import UnigramCounts
 from memlens.gradients import EMRangeProfiles, GradientMap, GradientMapComparison, GradientMapResult, profiles_by_em_range
 from memlens.heads import HeadLocalizer, HeadReport, head_ablation_em_drop
-from memlens.loading import load_model, register_model_source
+from memlens import stats  # noqa: F401  (rank statistics: spearman, kendall_tau)
+from memlens.loading import load_model, register_model_source, smollm2_gguf_path
 from memlens.metrics import ContinuationScores, greedy_decode, teacher_forced_scores
 from memlens.model import HookedModel
 from memlens.organism import InjectionResult, OrganismInfo, inject
@@ -87,5 +88,6 @@ __all__ = [
     "run_pipeline",
     "scan",
     "selective_mask",
+    "smollm2_gguf_path",
     "teacher_forced_scores",
 ]

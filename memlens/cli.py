@@ -32,11 +32,16 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "(default: organism)")
     p.add_argument("--seed", type=int, default=None, help="organism seed and seed of random choices (default 0)")
     p.add_argument("--cache-dir", default=None, help="organism cache folder (default $MEMLENS_CACHE or ~/.cache/memlens)")
+    p.add_argument("--device", default=None, help="where the model runs: cpu (default), cuda, cuda:1, ...")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="model precision (default float32; bfloat16/float16 on a GPU)")
 
 
 def _add_run_args(p: argparse.ArgumentParser, out_default: str | None = "memlens-run") -> None:
     _add_model_args(p)
     p.add_argument("--paragraphs", default=None, help="JSONL/CSV paragraph file (default: the model's ground-truth set)")
+    p.add_argument("--skip-short", action="store_const", const=True, default=None,
+                   help="leave out paragraphs shorter than prefix + continuation (counted) instead of refusing the file")
     p.add_argument("--config", default=None, metavar="FILE.toml",
                    help="settings file (see `memlens config`); flags override it")
     group = p.add_argument_group("settings (override --config)")
@@ -57,9 +62,11 @@ def run_config(args: argparse.Namespace, base: Any = None) -> Any:
 
     if getattr(args, "config", None):
         base = RunConfig.from_toml(args.config)
-    base = base or RunConfig()
+    base = base or RunConfig.recommended(getattr(args, "model", None) or "organism")
     values: dict[str, Any] = {"model": getattr(args, "model", None), "seed": getattr(args, "seed", None),
-                              "paragraphs": getattr(args, "paragraphs", None)}
+                              "paragraphs": getattr(args, "paragraphs", None),
+                              "skip_short": getattr(args, "skip_short", None),
+                              "device": getattr(args, "device", None), "dtype": getattr(args, "dtype", None)}
     for flag, (key, _, _) in SETTING_FLAGS.items():
         value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
         for k in (_MAX_PARAGRAPHS_KEYS if flag == "--max-paragraphs" else (key,)):
@@ -76,13 +83,21 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if args.file is None:
         return cmd_stage(args)
     cfg = run_config(args)
-    model = load_model(cfg.model, seed=cfg.seed, cache_dir=args.cache_dir, progress=not args.quiet)
+    model = load_model(cfg.model, seed=cfg.seed, cache_dir=args.cache_dir, progress=not args.quiet,
+                       device=cfg.device, dtype=cfg.dtype)
     path = Path(args.file)
-    paras = ParagraphSet.from_file(path, model, args.prefix_len, args.continuation_len)
+    paras = ParagraphSet.from_file(path, model, args.prefix_len, args.continuation_len, skip_short=cfg.skip_short)
+    if paras.skipped:
+        print(f"memlens: skipped {len(paras.skipped)} paragraph(s) shorter than "
+              f"{args.prefix_len + args.continuation_len} tokens", file=sys.stderr)
     out = Path(args.out) if args.out else path.with_name(path.stem + ".scan.safetensors")
+    if out.resolve() == path.resolve():
+        raise MemlensError(f"--out {out} is the paragraph file itself; choose another output file")
+    if out.is_dir():
+        raise MemlensError(f"--out {out} is a folder; give a file path (e.g. {out / 'scan.safetensors'})")
     result = scan(model, paras, batch_size=cfg.scan.batch_size, non_memorized_max_em=cfg.scan.non_memorized_max_em,
                   memorized_min_em=cfg.scan.memorized_min_em, out=out, progress=not args.quiet)
-    summary = result.summary()
+    summary = result.summary() | ({"skipped_short": len(paras.skipped)} if paras.skipped else {})
     write_json_atomic(out.with_name(out.name.removesuffix(".safetensors") + ".summary.json"), summary)
     print(json.dumps(summary, indent=2))
     print(f"results: {out}", file=sys.stderr)
@@ -212,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("organism", help="build or describe the embedded organism model")
     p.add_argument("action", choices=["build", "info"])
-    p.add_argument("--size", default="default", choices=["default", "tiny"])
+    p.add_argument("--size", default="default", choices=["default", "tiny", "smollm2", "smollm2-micro"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--force", action="store_true", help="rebuild even if a verified cache exists")

@@ -123,7 +123,17 @@ class ComponentRegistry:
 
     @property
     def numel(self) -> int:
-        return sum(c.numel for c in self.components)
+        """Distinct scalar weights owned by components: under grouped-query attention the query
+        heads of one group share their W_K / W_V slices, which count once."""
+        seen = {(id(s.param), s.dim, s.start, s.stop): s.numel for c in self.components for s in c.slices}
+        return sum(seen.values())
+
+    def shared_with(self, key: ComponentKey | tuple) -> list[ComponentKey]:
+        """The other components that own exactly the same weights (grouped-query W_K / W_V)."""
+        mine = {(id(s.param), s.dim, s.start, s.stop) for s in self[key].slices}
+        k = self.key(*key)
+        return [c.key for c in self.components
+                if c.key != k and {(id(s.param), s.dim, s.start, s.stop) for s in c.slices} == mine]
 
 
 # --- architecture mappings -----------------------------------------------------------------

@@ -174,6 +174,8 @@ class HeadsConfig(_Config):
             other evidence kinds together (0.5: as much as all of them).
         patch_kinds: activations patched per head (``z``, ``q``, ``k``, ``v``).
         ablation: also measure each head's zero-ablation EM drop (causal ground truth).
+        exact_top: 0: patch every head exactly; n: screen every head with attribution patching
+            and patch exactly (and ablate) only the n it ranks highest (models with many heads).
         batch_size: paragraphs per pass (runtime).
     """
 
@@ -182,10 +184,12 @@ class HeadsConfig(_Config):
     causal_share: float = 0.5
     patch_kinds: tuple[str, ...] = ("z", "q", "k", "v")
     ablation: bool = True
+    exact_top: int = 0
     batch_size: int = _runtime(8)
 
     def validate(self) -> None:
         self._positive_int("max_paragraphs", "batch_size")
+        self._require("exact_top", isinstance(self.exact_top, int) and self.exact_top >= 0, "must be an integer >= 0")
         self._require("causal_share", isinstance(self.causal_share, (int, float)) and 0 <= self.causal_share < 1,
                       "must be in [0, 1)")
         self._require("patch_kinds", bool(self.patch_kinds) and set(self.patch_kinds) <= {"z", "q", "k", "v"},
@@ -205,6 +209,7 @@ class UnlearnConfig(_Config):
         kl_weight: weight of the retain KL term.
         selectivity_floor: quantile of the retain sensitivity added before division (selective).
         edit: also edit each target to its perturbed continuation (needs the perturb stage).
+        edit_masks: masks compared for editing.
         edit_steps, edit_lr: Adam steps and learning rate of editing.
     """
 
@@ -218,6 +223,7 @@ class UnlearnConfig(_Config):
     kl_weight: float = 1.0
     selectivity_floor: float = 0.1
     edit: bool = True
+    edit_masks: tuple[str, ...] = ("all", "topk", "random")
     edit_steps: int = 30
     edit_lr: float = 1e-2
 
@@ -229,8 +235,9 @@ class UnlearnConfig(_Config):
                       and self.kl_weight >= 0, "must be a finite number >= 0")
         self._require("selectivity_floor", isinstance(self.selectivity_floor, (int, float)) and 0 < self.selectivity_floor <= 1,
                       "must be in (0, 1]")
-        self._require("masks", bool(self.masks) and set(self.masks) <= {"all", "topk", "selective", "random"},
-                      "must be a non-empty list of all, topk, selective, random")
+        for name in ("masks", "edit_masks"):
+            self._require(name, bool(getattr(self, name)) and set(getattr(self, name)) <= {"all", "topk", "selective", "random"},
+                          "must be a non-empty list of all, topk, selective, random")
 
 
 _SECTIONS: dict[str, type[_Config]] = {c.section: c for c in (ScanConfig, GradientsConfig, PerturbConfig, HeadsConfig,
@@ -245,13 +252,21 @@ class RunConfig(_Config):
         model: what :func:`memlens.load_model` loads: ``organism``, ``organism-tiny``, a hub name,
             a local folder or a ``.gguf`` file.
         paragraphs: a JSONL/CSV paragraph file (default: the model's ground-truth set).
+        skip_short: leave out paragraphs shorter than prefix + continuation (counted in the
+            scan summary) instead of refusing the file.
         seed: the organism's seed and the seed of every random choice.
+        dtype: ``float32`` (default), ``bfloat16`` or ``float16`` (on a GPU); the scan then checks
+            teacher-forced EM against greedy decoding on a sample (near-ties at low precision).
+        device: where the model runs (``cpu``, ``cuda``; runtime).
         scan, gradients, perturb, heads, unlearn: the stages' settings.
     """
 
     model: str = "organism"
     paragraphs: str | None = None
+    skip_short: bool = False
     seed: int = 0
+    dtype: str = "float32"
+    device: str = _runtime("cpu")
     scan: ScanConfig = field(default_factory=ScanConfig)
     gradients: GradientsConfig = field(default_factory=GradientsConfig)
     perturb: PerturbConfig = field(default_factory=PerturbConfig)
@@ -262,6 +277,17 @@ class RunConfig(_Config):
         self._require("model", isinstance(self.model, str) and bool(self.model), "must be a non-empty string")
         self._require("seed", isinstance(self.seed, int) and not isinstance(self.seed, bool), "must be an integer")
         self._require("paragraphs", self.paragraphs is None or isinstance(self.paragraphs, str), "must be a path")
+        self._require("dtype", self.dtype in ("float32", "bfloat16", "float16"), "must be float32, bfloat16 or float16")
+        self._require("device", isinstance(self.device, str) and bool(self.device), "must be a device name")
+
+    @classmethod
+    def recommended(cls, model: str = "organism") -> "RunConfig":
+        """The defaults, with the settings the model recommends when it is a registered one (the
+        SmolLM2 organism: fewer paragraphs per stage and an attribution screen before exact
+        patching, so that every stage fits in minutes on a CPU)."""
+        from memlens.loading import recommended_settings
+
+        return cls(model=model).override(recommended_settings(model))
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "RunConfig":

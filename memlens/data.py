@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
@@ -110,6 +111,7 @@ class ParagraphSet:
         self.ids = ids
         self.texts = texts
         self.metadata = metadata
+        self.skipped: list[str] = []  # ids a reader left out (skip_short)
 
     # construction -------------------------------------------------------------------------
     @classmethod
@@ -157,18 +159,32 @@ class ParagraphSet:
         texts: list[str | None] | None,
         metadata: dict[str, Sequence[Any]],
         where: list[str],
+        skip_short: bool = False,
     ) -> "ParagraphSet":
         need = prefix_len + continuation_len
         if not token_lists:
             raise InputError(f"no paragraphs given ({where[0] if where else 'empty input'})")
-        for toks, loc in zip(token_lists, where):
-            if len(toks) < need:
-                raise InputError(
-                    f"{loc} has {len(toks)} tokens, fewer than prefix_len + continuation_len = "
-                    f"{prefix_len} + {continuation_len}; drop it or use shorter lengths"
-                )
-        tokens = torch.tensor([t[:need] for t in token_lists], dtype=torch.long)
-        return cls(tokens, prefix_len, continuation_len, ids, texts, metadata)
+        short = [i for i, toks in enumerate(token_lists) if len(toks) < need]
+        if short and not skip_short:
+            i = short[0]
+            more = f" ({len(short) - 1} more)" if len(short) > 1 else ""
+            raise InputError(
+                f"{where[i]} has {len(token_lists[i])} tokens, fewer than prefix_len + continuation_len = "
+                f"{prefix_len} + {continuation_len}{more}; drop it, use shorter lengths, or skip short paragraphs "
+                "(skip_short=True, --skip-short)"
+            )
+        keep = [i for i in range(len(token_lists)) if i not in set(short)]
+        if not keep:
+            raise InputError(f"every paragraph has fewer than {need} tokens ({where[0]}, ...); use shorter lengths")
+        texts = texts if texts is not None else [None] * len(token_lists)
+        out = cls(torch.tensor([token_lists[i][:need] for i in keep], dtype=torch.long), prefix_len, continuation_len,
+                  [ids[i] for i in keep], [texts[i] for i in keep],
+                  {k: [col[i] for i in keep] for k, col in metadata.items()})
+        out.skipped = [ids[i] for i in short]
+        if short:
+            warnings.warn(f"skipped {len(short)} paragraph(s) shorter than {need} tokens: {out.skipped[:5]}",
+                          stacklevel=3)
+        return out
 
     @classmethod
     def from_jsonl(
@@ -177,9 +193,13 @@ class ParagraphSet:
         model: "HookedModel | None" = None,
         prefix_len: int = DEFAULT_PREFIX_LEN,
         continuation_len: int = DEFAULT_CONTINUATION_LEN,
+        skip_short: bool = False,
     ) -> "ParagraphSet":
         """Read one paragraph per line: ``{"id": ..., "tokens": [...]}`` or ``{"id": ..., "text": ...}``
-        (texts need ``model``); every other key becomes a metadata column."""
+        (texts need ``model``); every other key becomes a metadata column. A first line
+        ``{"memlens": "ParagraphSet", ...}`` (what :meth:`save` writes) gives the split when the
+        default lengths are asked for. ``skip_short`` leaves out paragraphs shorter than the split
+        (their ids in :attr:`skipped`, with a warning) instead of refusing the file."""
         path = Path(path)
         rows = []
         for lineno, line in _read_lines(path):
@@ -189,12 +209,16 @@ class ParagraphSet:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove the line") from None
+            if not rows and isinstance(row, dict) and row.get("memlens") == "ParagraphSet":
+                if (prefix_len, continuation_len) == (DEFAULT_PREFIX_LEN, DEFAULT_CONTINUATION_LEN):
+                    prefix_len, continuation_len = int(row["prefix_len"]), int(row["continuation_len"])
+                continue
             if not isinstance(row, dict) or ("tokens" not in row and "text" not in row):
                 raise InputError(
                     f"{path}:{lineno}: each line must be a JSON object with a 'tokens' list or a 'text' string"
                 )
             rows.append((lineno, row))
-        return cls._from_rows(rows, path, model, prefix_len, continuation_len)
+        return cls._from_rows(rows, path, model, prefix_len, continuation_len, skip_short=skip_short)
 
     @classmethod
     def from_csv(
@@ -205,20 +229,30 @@ class ParagraphSet:
         continuation_len: int = DEFAULT_CONTINUATION_LEN,
         text_column: str | None = None,
         id_column: str = "id",
+        skip_short: bool = False,
     ) -> "ParagraphSet":
         """Read a CSV with a text column (``text`` or ``paragraph``, or ``text_column``) or a
         ``tokens`` column (space-separated ids); ``id`` and all other columns are kept."""
         path = Path(path)
         csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-        lines = list(_read_lines(path))
-        reader = csv.DictReader([line + "\n" for _, line in lines])
-        header = reader.fieldnames or []
-        if text_column is None:
-            text_column = next((c for c in ("text", "paragraph", "tokens") if c in header), None)
-        if text_column is None or text_column not in header:
-            raise InputError(
-                f"{path}:1: no text column; the header has {header}; name one with text_column="
-            )
+        _read_lines(path)  # the same missing / empty / not-UTF-8 errors as JSONL files
+        # newline="": line breaks inside quoted fields stay as written (\r\n too); utf-8-sig: a
+        # byte-order mark is not part of the first column's name
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            reader = csv.DictReader(handle)
+            try:
+                header = reader.fieldnames or []
+            except csv.Error as e:
+                raise InputError(f"{path}:1: malformed CSV header ({e})") from None
+            if text_column is None:
+                text_column = next((c for c in ("text", "paragraph", "tokens") if c in header), None)
+            if text_column is None or text_column not in header:
+                raise InputError(f"{path}:1: no text column; the header has {header}; name one with text_column=")
+            rows = cls._csv_rows(reader, path, text_column)
+        return cls._from_rows(rows, path, model, prefix_len, continuation_len, id_column, skip_short)
+
+    @staticmethod
+    def _csv_rows(reader: "csv.DictReader", path: Path, text_column: str) -> list[tuple[int, dict[str, Any]]]:
         rows = []
         while True:
             lineno = reader.line_num + 1
@@ -238,7 +272,7 @@ class ParagraphSet:
             else:
                 row["text"] = row.pop(text_column)
             rows.append((lineno, row))
-        return cls._from_rows(rows, path, model, prefix_len, continuation_len, id_column)
+        return rows
 
     @classmethod
     def from_file(
@@ -247,11 +281,12 @@ class ParagraphSet:
         model: "HookedModel | None" = None,
         prefix_len: int = DEFAULT_PREFIX_LEN,
         continuation_len: int = DEFAULT_CONTINUATION_LEN,
+        skip_short: bool = False,
     ) -> "ParagraphSet":
-        """A CSV (by extension) or JSONL paragraph file."""
+        """A CSV (by extension) or JSONL paragraph file (also one written by :meth:`save`)."""
         path = Path(path)
         reader = cls.from_csv if path.suffix.lower() == ".csv" else cls.from_jsonl
-        return reader(path, model, prefix_len, continuation_len)
+        return reader(path, model, prefix_len, continuation_len, skip_short=skip_short)
 
     @classmethod
     def from_records(
@@ -275,6 +310,7 @@ class ParagraphSet:
         prefix_len: int,
         continuation_len: int,
         id_column: str = "id",
+        skip_short: bool = False,
     ) -> "ParagraphSet":
         if not rows:
             raise InputError(f"{path}: the file holds no paragraphs")
@@ -308,7 +344,7 @@ class ParagraphSet:
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
             raise InputError(f"{path}: paragraph id {dup!r} occurs more than once; ids must be unique")
-        return cls._from_token_lists(token_lists, ids, prefix_len, continuation_len, texts, meta, where)
+        return cls._from_token_lists(token_lists, ids, prefix_len, continuation_len, texts, meta, where, skip_short)
 
     # access -------------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -543,7 +543,7 @@ class EMRangeProfiles(Result):
 
 def profiles_by_em_range(
     model: "HookedModel", scan_result: Any, bins: Sequence[tuple[int, int]] = DEFAULT_EM_BINS,
-    max_per_bin: int = 32, progress: bool = True,
+    max_per_bin: int = 32, progress: bool = True, maps: Sequence[GradientMapResult] = (),
 ) -> EMRangeProfiles:
     """The paper's Fig. 9: for paragraphs grouped by EM range, the total gradient (sum of
     component scores of one NLL map per group) and the share of it in each layer.
@@ -554,6 +554,8 @@ def profiles_by_em_range(
         bins: inclusive EM ranges.
         max_per_bin: at most this many paragraphs per range (the first ones).
         progress: show progress bars.
+        maps: NLL maps already computed (e.g. of the memorized and non-memorized sets); one whose
+            paragraphs are exactly a range's is used instead of computing that range again.
 
     Returns:
         :class:`EMRangeProfiles`, one row per range that has paragraphs.
@@ -564,7 +566,9 @@ def profiles_by_em_range(
         group = scan_result.paragraphs[sel][:max_per_bin]
         if len(group) == 0:
             continue
-        r = GradientMap(model).compute(group, keep_weight_grads=False, progress=progress)
+        known = [m for m in maps if m.paragraph_ids == list(group.ids) and m.objective == "nll"
+                 and m.aggregation == "max"]
+        r = known[0] if known else GradientMap(model).compute(group, keep_weight_grads=False, progress=progress)
         prof = r.layer_profile().tolist()
         rows.append({"em_range": f"{lo}-{hi}", "n": len(group), "mean_nll": r.loss, "total": r.total,
                      **{f"layer_{i}": round(p, 4) for i, p in enumerate(prof)}})

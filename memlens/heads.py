@@ -252,6 +252,7 @@ class HeadLocalizer:
         patch_kinds: Sequence[str] = PATCH_KINDS,
         causal_share: float = 0.5,
         progress: bool = True,
+        exact_top: int | None = None,
     ) -> HeadReport:
         """Compute every kind of ``evidence`` on (at most ``max_paragraphs`` of) ``memorized``.
 
@@ -270,6 +271,8 @@ class HeadLocalizer:
             causal_share: the weight of ``patching`` in the combined rank relative to the other
                 kinds together (0.5: as much as all of them).
             progress: show progress bars.
+            exact_top: screen every head with attribution patching and patch exactly only the
+                ``exact_top`` it ranks highest (for models with hundreds of heads); None: all.
 
         Returns:
             A :class:`HeadReport`: one ``[layer, head]`` column per evidence kind and detail, the
@@ -287,9 +290,10 @@ class HeadLocalizer:
             columns.update(self._activation_gradient(mem, notes))
         methods = [e for e in evidence if e in ("patching", "attribution")]
         if methods:
-            pairs = self._pairs(mem, perturbed, notes)
+            pairs = self._pairs(mem, perturbed, notes, progress)
             n_pairs = len(pairs)
-            cols, agreement = self._patching(pairs, methods, self._usable_kinds(patch_kinds, notes), progress)
+            cols, agreement = self._patching(pairs, methods, self._usable_kinds(patch_kinds, notes), progress,
+                                             exact_top, notes)
             columns.update(cols)
         if "rare_attention" in evidence:
             rare = self._rare(mem, unigram, notes, progress)
@@ -305,7 +309,8 @@ class HeadLocalizer:
             agreement=agreement, notes=notes, n_paragraphs=len(mem), n_patch_pairs=n_pairs, rare=rare,
             weights=combined_weights(combined, causal_share),
             provenance=Provenance.capture(model, evidence=evidence, combine=list(combine), max_paragraphs=max_paragraphs,
-                                          patch_kinds=list(patch_kinds), causal_share=causal_share))
+                                          patch_kinds=list(patch_kinds), causal_share=causal_share,
+                                          exact_top=exact_top))
 
     def _check_localize(self, memorized: ParagraphSet, non_memorized: ParagraphSet | None, evidence: Sequence[str],
                         max_paragraphs: int, causal_share: float) -> tuple[ParagraphSet, list[str], list[str]]:
@@ -363,11 +368,12 @@ class HeadLocalizer:
             raise HookError(f"{self.model.name} exposes none of the per-head hooks hook_{'/'.join(kinds)}")
         return ok
 
-    def _pairs(self, mem: ParagraphSet, perturbed: ParagraphSet | None, notes: list[str]):
+    def _pairs(self, mem: ParagraphSet, perturbed: ParagraphSet | None, notes: list[str], progress: bool = True):
         if perturbed is None:
             from memlens.perturb import PrefixPerturber
 
-            perturbed = PrefixPerturber(self.model).perturbed_paragraphs(mem, positions="all", n_samples=2, progress=False)
+            perturbed = PrefixPerturber(self.model).perturbed_paragraphs(mem, positions="all", n_samples=2,
+                                                                         progress=progress)
             notes.append("perturbed paragraphs built by a full random sweep (2 samples per position, worst kept)")
         else:
             originals = perturbed.metadata.get("original")
@@ -383,28 +389,56 @@ class HeadLocalizer:
                          "version that changes the continuation)")
         return pairs
 
-    def _patching(self, pairs: list, wanted: list[str], kinds: list[str], progress: bool) -> tuple[dict[str, Tensor], dict[str, float]]:
-        L, H = self.model.n_layers, self.model.n_heads
-        sums: dict[str, Tensor] = {}
-        for pair in tqdm(pairs, desc="activation patching", disable=not progress, leave=False):
-            for method in wanted:
-                fn = exact_patching if method == "patching" else attribution_patching
-                res = fn(self.model, pair, kinds=kinds)
-                for direction in ("noising", "denoising"):
-                    for ki, k in enumerate(kinds):
-                        key = f"{method}_{k}_{direction}"
-                        sums[key] = sums.get(key, torch.zeros(L, H)) + getattr(res, direction)[:, ki].float() / len(pairs)
-        cols = dict(sums)
+    def _patching(self, pairs: list, wanted: list[str], kinds: list[str], progress: bool,
+                  exact_top: int | None = None, notes: list[str] | None = None) -> tuple[dict[str, Tensor], dict[str, float]]:
+        """Mean patching effects over pairs, per method, activation and direction. With
+        ``exact_top``, attribution patching (two passes per pair) screens every head first and
+        exact patching runs only on the ``exact_top`` heads it ranks highest (others: NaN)."""
+        methods = list(wanted)
+        screen = exact_top is not None and "patching" in methods and exact_top < self.model.n_layers * self.model.n_heads
+        if screen and "attribution" not in methods:
+            methods.insert(0, "attribution")
+        methods.sort(key=lambda m: m != "attribution")  # the screen first
+        cols: dict[str, Tensor] = {}
+        heads = None
         out_kind = "z" if "z" in kinds else kinds[0]
+        for method in methods:
+            if method == "patching" and screen:
+                screen_col = cols[f"attribution_{out_kind}_noising"].flatten()
+                top = torch.nan_to_num(screen_col, nan=-float("inf")).topk(exact_top).indices.tolist()
+                heads = [divmod(i, self.model.n_heads) for i in top]
+                if notes is not None:
+                    notes.append(f"exact patching on the {exact_top} heads that attribution patching ranks highest "
+                                 f"(of {len(screen_col)}); the others' patching columns are NaN and rank last")
+            cols |= self._mean_effects(pairs, method, kinds, progress, heads)
         for method in wanted:
             cols[method] = cols[f"{method}_{out_kind}_noising"]
+        if "attribution" not in wanted:
+            cols = {k: v for k, v in cols.items() if not k.startswith("attribution")}
         agreement = {}
         if set(wanted) == {"patching", "attribution"}:
             for k in kinds:
                 for d in ("noising", "denoising"):
-                    agreement[f"{k}_{d}"] = round(spearman(cols[f"patching_{k}_{d}"].flatten().tolist(),
-                                                           cols[f"attribution_{k}_{d}"].flatten().tolist()), 4)
+                    a, b = cols[f"patching_{k}_{d}"].flatten(), cols[f"attribution_{k}_{d}"].flatten()
+                    ok = ~a.isnan()
+                    agreement[f"{k}_{d}"] = round(spearman(a[ok].tolist(), b[ok].tolist()), 4)
         return cols, agreement
+
+    def _mean_effects(self, pairs: list, method: str, kinds: list[str], progress: bool,
+                      heads: list[tuple[int, int]] | None) -> dict[str, Tensor]:
+        L, H = self.model.n_layers, self.model.n_heads
+        sums: dict[str, Tensor] = {}
+        for pair in tqdm(pairs, desc=f"{'exact' if method == 'patching' else 'attribution'} patching",
+                         disable=not progress):
+            if method == "patching":
+                res = exact_patching(self.model, pair, kinds=kinds, heads=heads)
+            else:
+                res = attribution_patching(self.model, pair, kinds=kinds)
+            for direction in ("noising", "denoising"):
+                for ki, k in enumerate(kinds):
+                    key = f"{method}_{k}_{direction}"
+                    sums[key] = sums.get(key, torch.zeros(L, H)) + getattr(res, direction)[:, ki].float() / len(pairs)
+        return sums
 
     def _rare(self, mem: ParagraphSet, unigram: UnigramCounts | None, notes: list[str], progress: bool):
         from memlens.rare_attention import rare_token_attention
@@ -423,15 +457,17 @@ class HeadLocalizer:
 @torch.no_grad()
 def head_ablation_em_drop(
     model: "HookedModel", paragraphs: ParagraphSet, mode: str = "zero", batch_size: int = 16, progress: bool = True,
+    heads: Sequence[tuple[int, int]] | None = None,
 ) -> Float[Tensor, "layer head"]:
     """Causal ground truth: the mean EM drop (tokens) of ``paragraphs`` when one head's output
-    (``hook_z``) is zero- (or mean-) ablated, for every head."""
+    (``hook_z``) is zero- (or mean-) ablated, for every head (or only ``heads``; the others NaN)."""
     from memlens.metrics import teacher_forced_scores
 
     base = teacher_forced_scores(model, paragraphs.tokens, paragraphs.prefix_len, batch_size).em.float().mean()
-    out = torch.zeros(model.n_layers, model.n_heads)
-    cells = [(L, h) for L in range(model.n_layers) for h in range(model.n_heads)]
-    for L, h in tqdm(cells, desc="head ablation", disable=not progress, leave=False):
+    out = torch.full((model.n_layers, model.n_heads), float("nan"))
+    cells = [(L, h) for L in range(model.n_layers) for h in range(model.n_heads)] if heads is None else \
+        [(int(L), int(h)) for L, h in heads]
+    for L, h in tqdm(cells, desc="head ablation", disable=not progress):
         with model.ablate(f"blocks.{L}.attn.hook_z", head=h, mode=mode):
             em = teacher_forced_scores(model, paragraphs.tokens, paragraphs.prefix_len, batch_size).em.float().mean()
         out[L, h] = base - em

@@ -31,6 +31,14 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def cache_root() -> Path:
+    """Where memlens caches what it builds or converts: ``$MEMLENS_CACHE``, else
+    ``$XDG_CACHE_HOME/memlens``, else ``~/.cache/memlens``."""
+    if os.environ.get("MEMLENS_CACHE"):
+        return Path(os.environ["MEMLENS_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "memlens"
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
     with atomic_path(path) as tmp:

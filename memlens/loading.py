@@ -7,8 +7,10 @@ fails at once, with the ways to load a model locally, when the hub cannot be rea
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import warnings
@@ -23,21 +25,30 @@ from memlens.errors import ModelLoadError
 from memlens.model import HookedModel
 
 ModelSource = Callable[..., HookedModel]
-_SOURCES: dict[str, tuple[ModelSource, str]] = {}
+_SOURCES: dict[str, tuple[ModelSource, str, dict[str, Any]]] = {}
 
 
-def register_model_source(name: str, factory: ModelSource, description: str = "") -> None:
+def register_model_source(name: str, factory: ModelSource, description: str = "",
+                          settings: dict[str, Any] | None = None) -> None:
     """Make ``load_model(name)`` (and ``--model name``) call ``factory(seed=..., cache_dir=...,
-    progress=...)``. Embedded models register themselves this way."""
-    _SOURCES[name] = (factory, description)
+    progress=...)``. Embedded models register themselves this way. ``settings``: dotted
+    :class:`~memlens.RunConfig` settings recommended for this model (``{"heads.exact_top": 12}``),
+    applied by :meth:`RunConfig.recommended` before a user's own."""
+    _SOURCES[name] = (factory, description, dict(settings or {}))
 
 
 def model_sources() -> dict[str, str]:
     """The registered model names and what each is."""
-    return {name: desc for name, (_, desc) in _SOURCES.items()}
+    return {name: desc for name, (_, desc, _) in _SOURCES.items()}
 
 
-def load_model(spec: str, *, seed: int = 0, cache_dir: str | None = None, progress: bool = True) -> HookedModel:
+def recommended_settings(name: str) -> dict[str, Any]:
+    """The settings a registered model recommends (empty for other models)."""
+    return dict(_SOURCES[name][2]) if name in _SOURCES else {}
+
+
+def load_model(spec: str, *, seed: int = 0, cache_dir: str | None = None, progress: bool = True,
+               device: str | None = None, dtype: str | torch.dtype | None = None) -> HookedModel:
     """The model a ``--model`` value names: a registered source (``organism``, ``organism-tiny``),
     a ``.gguf`` file, a local folder or a hub name. The one resolver of the CLI and the pipeline.
 
@@ -47,6 +58,8 @@ def load_model(spec: str, *, seed: int = 0, cache_dir: str | None = None, progre
         cache_dir: where a registered model is cached (default ``$MEMLENS_CACHE`` or
             ``~/.cache/memlens``).
         progress: show progress bars while a registered model is built.
+        device: move the model there (``cuda``, ``cuda:1``, ``cpu``).
+        dtype: cast it (``bfloat16`` / ``float16`` on a GPU; ``float32`` default).
 
     Returns:
         The loaded :class:`~memlens.HookedModel`.
@@ -55,10 +68,14 @@ def load_model(spec: str, *, seed: int = 0, cache_dir: str | None = None, progre
         ModelLoadError: the model cannot be found or loaded (the message says what to do).
     """
     if spec in _SOURCES:
-        return _SOURCES[spec][0](seed=seed, cache_dir=cache_dir, progress=progress)
-    if spec.endswith(".gguf"):
-        return from_gguf(spec)
-    return from_pretrained(spec)
+        model = _SOURCES[spec][0](seed=seed, cache_dir=cache_dir, progress=progress)
+    elif spec.endswith(".gguf"):
+        model = from_gguf(spec)
+    else:
+        model = from_pretrained(spec)
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
+    return model
 
 
 def from_hf(
@@ -136,13 +153,28 @@ def from_pretrained(name: str, *, prepend_bos: bool = False, dtype: torch.dtype 
     return from_hf(hf.eval(), tok, name=name, prepend_bos=prepend_bos)
 
 
-def from_gguf(path: str | os.PathLike[str], *, prepend_bos: bool = False, dtype: torch.dtype = torch.float32) -> HookedModel:
-    """Load a local GGUF file (dequantized to ``dtype``); needs the ``gguf`` package."""
+def from_gguf(path: str | os.PathLike[str], *, prepend_bos: bool = False, dtype: torch.dtype = torch.float32,
+              cache: bool = True) -> HookedModel:
+    """Load a local GGUF file, dequantized to ``dtype``; needs the ``gguf`` package.
+
+    Dequantizing takes most of the load time, so with ``cache`` the dequantized model is kept as a
+    HuggingFace folder under ``<cache root>/gguf/`` (keyed by the file's name, size and mtime) and
+    later loads read that folder instead.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     p = Path(path).expanduser()
     if not p.is_file():
         raise ModelLoadError(f"{p}: no such GGUF file")
+    folder = _gguf_cache_folder(p, dtype) if cache else None
+    if folder is not None and (folder / "config.json").is_file():
+        try:
+            with quiet_transformers():
+                tok = AutoTokenizer.from_pretrained(str(folder))
+                hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+            return from_hf(hf.eval(), tok, name=p.name, prepend_bos=prepend_bos)
+        except (OSError, ValueError):  # a damaged cache entry: convert again
+            shutil.rmtree(folder, ignore_errors=True)
     try:
         import gguf  # noqa: F401
     except ImportError:
@@ -153,7 +185,38 @@ def from_gguf(path: str | os.PathLike[str], *, prepend_bos: bool = False, dtype:
             hf = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=dtype)
     except Exception as e:  # transformers raises many kinds for a bad file
         raise ModelLoadError(f"{p}: could not read it as a GGUF model ({type(e).__name__}: {e})") from None
+    if folder is not None:
+        save_hf_folder(hf, tok, folder)  # before booting: the bridge changes the model in place
     return from_hf(hf.eval(), tok, name=p.name, prepend_bos=prepend_bos)
+
+
+def _gguf_cache_folder(path: Path, dtype: torch.dtype) -> Path:
+    from memlens.io import cache_root
+
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{dtype}".encode()).hexdigest()[:16]
+    return cache_root() / "gguf" / f"{path.stem}-{key}"
+
+
+def save_hf_folder(hf: nn.Module, tokenizer: Any, folder: Path) -> None:
+    """``save_pretrained`` model and tokenizer into ``folder`` through a temporary folder and a
+    rename, so that a reader never sees half of it."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    # a model loaded from GGUF is already dequantized; transformers still refuses to save it
+    # while it carries its GGUF quantizer
+    hf.hf_quantizer = None
+    if hasattr(hf.config, "quantization_config"):
+        del hf.config.quantization_config
+    try:
+        with quiet_transformers():
+            hf.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def smollm2_gguf_path() -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import io
 import os
 from typing import Any, Callable, Iterator, Sequence
 
@@ -23,6 +24,7 @@ from memlens.components import ComponentRegistry, build_hf_registry, build_tl3_r
 from memlens.errors import HookError, InputError
 
 HookFn = Callable[[Tensor, Any], Tensor | None]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 NamesFilter = str | Sequence[str] | Callable[[str], bool]
 
 
@@ -234,7 +236,7 @@ class HookedModel:
         ``(activation, hook) -> activation``. ``head`` selects dim 2 of per-head activations
         (``hook_q/k/v/z``: ``[batch, pos, head, d_head]``), ``positions`` selects dim 1.
         """
-        index = _activation_index(head, positions)
+        index = _activation_index(self._check_head(name, head), positions)
 
         def hook(act: Tensor, hook: Any) -> Tensor:
             if callable(value):
@@ -257,7 +259,7 @@ class HookedModel:
         """Zero- or mean-ablate (mean over batch and position) an activation or one head of it."""
         if mode not in ("zero", "mean"):
             raise InputError(f"unknown ablation mode {mode!r}; use 'zero' or 'mean'")
-        index = _activation_index(head, positions)
+        index = _activation_index(self._check_head(name, head), positions)
 
         def hook(act: Tensor, hook: Any) -> Tensor:
             act = act.clone()
@@ -269,6 +271,20 @@ class HookedModel:
 
         with self.hooks(fwd_hooks=[(name, hook)]):
             yield self
+
+    def _check_head(self, name: str, head: int | None) -> int | None:
+        """``head`` if hook ``name`` has a head axis (``hook_q/k/v/z/pattern``...) and the head
+        exists; a clear error for a negative head, one out of range or a hook without heads."""
+        self.check_hook_name(name)
+        if head is None:
+            return None
+        per_head = name.rsplit(".", 1)[-1] in ("hook_q", "hook_k", "hook_v", "hook_z", "hook_pattern",
+                                                "hook_attn_scores", "hook_result")
+        if not per_head:
+            raise InputError(f"{name} has no head axis; head={head} would index another dimension (leave head=None)")
+        if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < self.n_heads:
+            raise InputError(f"head {head!r} is out of range for {name}: the model has heads 0..{self.n_heads - 1}")
+        return head
 
     def capture(
         self,
@@ -314,6 +330,54 @@ class HookedModel:
         with torch.no_grad():
             return self.tl_model.run_with_cache(self._check_tokens(tokens), names_filter=names, **kwargs)
 
+    def to(self, device: "str | torch.device | None" = None, dtype: "str | torch.dtype | None" = None) -> "HookedModel":
+        """Move the model to ``device`` and/or cast it to ``dtype`` (``"bfloat16"``, ``"float16"``,
+        ``"float32"`` or a torch dtype), in place; returns the model."""
+        if isinstance(dtype, str):
+            if dtype not in DTYPES:
+                raise InputError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+            dtype = DTYPES[dtype]
+        if device is not None:
+            try:
+                torch.empty(0, device=device)
+            except (RuntimeError, AssertionError) as e:
+                raise InputError(f"device {device!r} is not available here ({e})") from None
+        if (device is None or torch.device(device) == self.device) and (dtype is None or dtype == self.dtype):
+            return self
+        with contextlib.redirect_stdout(io.StringIO()):  # TransformerLens prints "Moving model to device"
+            self.tl_model.to(device=device, dtype=dtype)
+        self._plain = None  # the twin holds the old buffers; rebuilt on next use
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.tl_model.parameters()).dtype
+
+    def save_pretrained(self, folder: "str | os.PathLike[str]") -> "os.PathLike[str]":
+        """Save the model's current weights (e.g. after planting or editing) and its tokenizer as a
+        HuggingFace folder that ``load_model(folder)`` / ``--model folder`` loads back.
+
+        The never-booted twin is what gets saved (booting renames parameters, so the booted model
+        must never be saved itself). The folder is written through a temporary folder and a rename.
+
+        Args:
+            folder: the folder to write (replaced if it exists).
+
+        Returns:
+            The folder.
+        """
+        from pathlib import Path
+
+        from memlens.loading import save_hf_folder
+
+        if self.hf_model is None:
+            raise InputError("save_pretrained needs a HuggingFace-backed model; a TransformerLens 3 model has none")
+        if self.tokenizer is None:
+            raise InputError(f"{self.name} has no tokenizer to save")
+        folder = Path(folder)
+        save_hf_folder(self.plain_model(), self.tokenizer, folder)
+        return folder
+
     def __repr__(self) -> str:
         return (
             f"HookedModel({self.name!r}, type={self.model_type}, layers={self.n_layers}, "
@@ -347,12 +411,14 @@ class HookedModel:
 
     @classmethod
     def organism(cls, size: str = "default", seed: int = 0, cache_dir: str | None = None,
-                 progress: bool = True) -> "HookedModel":
-        """The embedded organism of ``size`` (``default`` or ``tiny``), built on first use and
-        cached; the same as ``load_model("organism")`` / ``load_model("organism-tiny")``.
+                 progress: bool = True, base: str | None = None) -> "HookedModel":
+        """The embedded organism of ``size``, built on first use and cached; the same as
+        ``load_model("organism")``, ``load_model("organism-tiny")``, ``load_model("organism-smollm2")``.
 
         Args:
-            size: ``default`` (4 layers, the study's model) or ``tiny`` (for tests).
+            size: ``default`` (4 layers, the study's model), ``tiny`` (for tests), ``smollm2``
+                (SmolLM2-135M with planted paragraphs) or ``smollm2-micro``.
+            base: ``"smollm2"``: the SmolLM2 organism (same as ``size="smollm2"``).
             seed: the build's seed (one cached model per seed).
             cache_dir: cache folder (default ``$MEMLENS_CACHE`` or ``~/.cache/memlens``).
             progress: show the build's progress bar.
@@ -362,6 +428,10 @@ class HookedModel:
         """
         from memlens.loading import load_model
 
+        if base is not None:
+            if base != "smollm2":
+                raise InputError(f"unknown organism base {base!r}; the embedded bases are: smollm2")
+            size = "smollm2" if size == "default" else size
         return load_model("organism" if size == "default" else f"organism-{size}", seed=seed, cache_dir=cache_dir,
                           progress=progress)
 

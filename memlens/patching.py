@@ -187,7 +187,7 @@ def _target_nll(logits: Float[Tensor, "batch pos vocab"], target: int) -> Float[
 @torch.no_grad()
 def exact_patching(
     model: "HookedModel", pair: PatchPair, kinds: Sequence[str] = PATCH_KINDS, per_position: bool = False,
-    batch_size: int = 64,
+    batch_size: int = 64, heads: Sequence[tuple[int, int]] | None = None,
 ) -> PatchingResult:
     """Exact activation patching of every head (and, with ``per_position``, every position).
 
@@ -197,10 +197,13 @@ def exact_patching(
         kinds: activations to patch, per head.
         per_position: patch every (head, position) cell instead of whole heads.
         batch_size: patched forward passes per batch.
+        heads: only these ``(layer, head)`` query heads (e.g. the top candidates of an
+            attribution screen); the others' effects are NaN.
 
     Returns:
         A :class:`PatchingResult` (``method="exact"``); effects in nats. One forward pass per
-        cell.
+        cell; a grouped-query key/value head is patched once and its effect shown for each query
+        head of its group.
     """
     _check_kinds(kinds)
     names = [_hook_name(L, k) for L in range(model.n_layers) for k in kinds]
@@ -209,30 +212,43 @@ def exact_patching(
     corrupt_logits, corrupt_acts, _ = model.capture(corrupt, names)
     base = {"clean": float(_target_nll(clean_logits, pair.target)), "corrupt": float(_target_nll(corrupt_logits, pair.target))}
     T = pair.length
-    cells = [(L, ki, h, p) for L in range(model.n_layers) for ki in range(len(kinds)) for h in range(model.n_heads)
-             for p in (range(T) if per_position else [None])]
+    # one cell per head of each activation: under grouped-query attention k and v have fewer
+    # (shared) heads, patched once each and then shown for every query head that reads them
+    width = {ki: clean_acts[_hook_name(0, k)].shape[2] for ki, k in enumerate(kinds)}
+    wanted = None if heads is None else {(int(L), int(h)) for L, h in heads}
+    positions = list(range(T)) if per_position else [None]
+
+    def cell(L: int, ki: int, h: int, p: int | None) -> tuple:
+        return (L, ki, h // (model.n_heads // width[ki]), p)
+
+    every = [(L, ki, h, p) for L in range(model.n_layers) for ki in range(len(kinds)) for h in range(model.n_heads)
+             for p in positions]
+    cells = list(dict.fromkeys(cell(*c) for c in every if wanted is None or (c[0], c[2]) in wanted))
+    index = {c: i for i, c in enumerate(cells)}
+    full = [index.get(cell(*c), len(cells)) if wanted is None or (c[0], c[2]) in wanted else len(cells)
+            for c in every]
     out: dict[str, Any] = {}
     for direction, run, source in (("noising", clean, corrupt_acts), ("denoising", corrupt, clean_acts)):
-        nll = torch.empty(len(cells))
+        nll = torch.full((len(cells) + 1,), float("nan"))  # the last entry: heads not patched
         for s in range(0, len(cells), batch_size):
             batch = cells[s : s + batch_size]
-            hooks = _patch_hooks(batch, kinds, source, model.n_heads)
-            with model.hooks(fwd_hooks=hooks):
+            with model.hooks(fwd_hooks=_patch_hooks(batch, kinds, source)):
                 logits = model(run.expand(len(batch), -1))
             nll[s : s + len(batch)] = _target_nll(logits, pair.target).cpu()
         shape = (model.n_layers, len(kinds), model.n_heads) + ((T,) if per_position else ())
-        nll = nll.reshape(shape)
+        nll = nll[torch.tensor(full)].reshape(shape)
         out[direction] = nll - base["clean"] if direction == "noising" else base["corrupt"] - nll
     return PatchingResult(method="exact", pair_id=pair.id, target=pair.target, kinds=tuple(kinds),
                           clean_nll=base["clean"], corrupt_nll=base["corrupt"], per_position=per_position,
                           provenance=Provenance.capture(model, method="exact", kinds=list(kinds),
-                                                        per_position=per_position), **out)
+                                                        per_position=per_position,
+                                                        heads=None if heads is None else sorted(wanted)), **out)
 
 
-def _patch_hooks(cells: list[tuple], kinds: Sequence[str], source: dict[str, Tensor], n_heads: int) -> list[tuple[str, Any]]:
+def _patch_hooks(cells: list[tuple], kinds: Sequence[str], source: dict[str, Tensor]) -> list[tuple[str, Any]]:
     """One forward hook per hook point touched by ``cells``; row ``r`` of the batch gets cell ``r``'s
-    head (and position) replaced by the source activation. Under grouped-query attention a query
-    head's k/v cell patches its shared kv head."""
+    head (and position) replaced by the source activation. A cell's head indexes the activation's
+    own head axis (key/value heads for grouped-query k and v)."""
     by_name: dict[str, list[tuple[int, int, int | None]]] = {}
     for r, (L, ki, h, p) in enumerate(cells):
         by_name.setdefault(_hook_name(L, kinds[ki]), []).append((r, h, p))
@@ -247,7 +263,6 @@ def _patch_hooks(cells: list[tuple], kinds: Sequence[str], source: dict[str, Ten
         def hook(act: Tensor, hook: Any, r_idx: Tensor = r_idx, h_idx: Tensor = h_idx, p_idx: Tensor | None = p_idx,
                  src: Tensor = src) -> Tensor:
             act = act.clone()
-            h_idx = h_idx // (n_heads // act.shape[2])  # grouped-query k/v: the query head's kv head
             if p_idx is None:
                 act[r_idx, :, h_idx] = src[:, h_idx].transpose(0, 1).to(act.dtype)
             else:

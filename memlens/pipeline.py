@@ -51,14 +51,15 @@ class RunContext:
 
             t0 = time.perf_counter()
             self._model = load_model(self.config.model, seed=self.config.seed, cache_dir=self.cache_dir,
-                                     progress=self.progress)
+                                     progress=self.progress, device=self.config.device, dtype=self.config.dtype)
             self.load_seconds = round(time.perf_counter() - t0, 1)
         return self._model
 
     def paragraphs(self) -> ParagraphSet:
         if self._paragraphs is None:
             if self.config.paragraphs is not None:
-                self._paragraphs = ParagraphSet.from_file(self.config.paragraphs, self.model)
+                self._paragraphs = ParagraphSet.from_file(self.config.paragraphs, self.model,
+                                                          skip_short=self.config.skip_short)
             elif self.model.ground_truth is not None:
                 self._paragraphs = self.model.ground_truth.paragraph_set()
             else:
@@ -152,6 +153,7 @@ def claim_folder(ctx: RunContext) -> dict[str, Any]:
         return have
     if ctx.out.exists() and any(ctx.out.iterdir()):
         raise InputError(f"{ctx.out} is not empty and holds no memlens run (no run.json); choose another --out")
+    ctx.paragraphs()  # a model or paragraph file that cannot be read fails here, before the folder is claimed
     ctx.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, want | {"versions": versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return want
@@ -178,7 +180,7 @@ def run_pipeline(config: RunConfig | str = "organism", out: str | Path = "memlen
     if unknown:
         raise InputError(f"unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
     if isinstance(config, str):
-        config = RunConfig(model=config)
+        config = RunConfig.recommended(config)
     ctx = RunContext(Path(out), config, cache_dir, progress)
     claim_folder(ctx)
     bar = tqdm(list(stages), desc="memlens run", disable=not progress, unit="stage")

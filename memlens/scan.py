@@ -99,13 +99,14 @@ class ScanResult(Result):
 
     def to_dataframe(self) -> "pd.DataFrame":
         """One row per paragraph: ``paragraph, em, nll, split`` and the paragraphs' metadata
-        columns."""
+        columns; a metadata column named like a computed one (the released CSV's ``em`` and
+        ``nll``) is kept as ``reference_<name>``."""
         import pandas as pd
 
         df = pd.DataFrame({"paragraph": self.paragraphs.ids, "em": self.em.tolist(),
                            "nll": self.nll.tolist(), "split": self.split_of()})
         for key, col in self.paragraphs.metadata.items():
-            df[key] = col
+            df[f"reference_{key}" if key in df.columns else key] = col
         return df
 
     def summary(self) -> dict[str, Any]:

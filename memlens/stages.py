@@ -29,11 +29,27 @@ def scan_stage(ctx: "RunContext") -> dict[str, Any]:
     result = scan(ctx.model, ctx.paragraphs(), batch_size=cfg.batch_size, non_memorized_max_em=cfg.non_memorized_max_em,
                   memorized_min_em=cfg.memorized_min_em, out=ctx.out / "scan.safetensors", progress=ctx.progress)
     summary: dict[str, Any] = {"scan": result.summary()}
+    if ctx.model.dtype != torch.float32:
+        summary["greedy_check"] = greedy_check(ctx.model, result)
+    if ctx.paragraphs().skipped:
+        summary["skipped_short"] = {"count": len(ctx.paragraphs().skipped), "ids": ctx.paragraphs().skipped[:20]}
     truth = ctx.model.ground_truth
     if truth is not None and ctx.config.paragraphs is None:
         summary["ground_truth"] = truth.evaluate(result)
         summary["organism"] = truth.summary()
     return summary
+
+
+def greedy_check(model: Any, result: Any, n: int = 16) -> dict[str, Any]:
+    """Teacher-forced EM (the scan's) against real greedy decoding on the first ``n`` paragraphs:
+    they agree exactly up to ties, and at low precision near-ties become ties."""
+    from memlens.metrics import exact_match, greedy_decode
+
+    sample = result.paragraphs[:n]
+    decoded = exact_match(greedy_decode(model, sample.prefixes, sample.continuation_len).cpu(), sample.continuations)
+    scanned = result.em[: len(sample)]
+    return {"n": len(sample), "agree": int((decoded == scanned).sum()),
+            "max_abs_diff": int((decoded - scanned).abs().max()), "dtype": str(model.dtype).replace("torch.", "")}
 
 
 class StageSkipped(Exception):
@@ -74,7 +90,7 @@ def gradients_stage(ctx: "RunContext") -> dict[str, Any]:
             for name, group in (("memorized", mem), ("non_memorized", non))}
     profiles = _saved(ctx.out / "gradient_profiles_by_em.safetensors", EMRangeProfiles,
                       lambda: profiles_by_em_range(ctx.model, ctx.scan_result(), max_per_bin=cfg.max_per_em_bin,
-                                                   progress=False))
+                                                   progress=ctx.progress, maps=list(maps.values())))
     return {"memorized_vs_non_memorized": maps["memorized"].compare(maps["non_memorized"]).summary(),
             "top_memorized": maps["memorized"].top(5).to_dict(orient="records"),
             "by_em_range": profiles.rows}
@@ -135,9 +151,13 @@ def heads_stage(ctx: "RunContext") -> dict[str, Any]:
         perturbed = ParagraphSet.load(perturbed_path) if perturbed_path.exists() else None
         report = HeadLocalizer(ctx.model, batch_size=cfg.batch_size).localize(
             mem, non, perturbed=perturbed, unigram=unigram, max_paragraphs=cfg.max_paragraphs,
-            patch_kinds=cfg.patch_kinds, causal_share=cfg.causal_share, progress=ctx.progress)
+            patch_kinds=cfg.patch_kinds, causal_share=cfg.causal_share, progress=ctx.progress,
+            exact_top=cfg.exact_top or None)
         if cfg.ablation:
-            report = report.with_columns(ablation_em_drop=head_ablation_em_drop(ctx.model, mem, progress=False))
+            patched = ~report.columns["patching"].isnan() if "patching" in report.columns else None
+            heads = None if patched is None or bool(patched.all()) else [tuple(x) for x in patched.nonzero().tolist()]
+            report = report.with_columns(ablation_em_drop=head_ablation_em_drop(
+                ctx.model, mem, heads=heads, progress=ctx.progress))
         return report
 
     report = _saved(ctx.out / "heads.safetensors", HeadReport, localize)
@@ -151,11 +171,12 @@ def heads_stage(ctx: "RunContext") -> dict[str, Any]:
     drop = report.columns.get("ablation_em_drop")
     out = report.summary()
     if drop is not None:
-        al, ah = divmod(int(drop.argmax()), report.n_heads)
-        out["ablation_top_head"] = {"layer": al, "head": ah, "em_drop": round(float(drop.max()), 2), "ranks": report.where(al, ah)}
+        al, ah = divmod(int(torch.nan_to_num(drop, nan=-float("inf")).argmax()), report.n_heads)
+        out["ablation_top_head"] = {"layer": al, "head": ah, "em_drop": round(float(drop[al, ah]), 2),
+                                    "ranks": report.where(al, ah), "heads_ablated": int((~drop.isnan()).sum())}
     if "rare_tau" in report.columns:
         tau = report.columns["rare_tau"]
-        rl, rh = divmod(int(tau.argmin()), report.n_heads)
+        rl, rh = divmod(int(torch.nan_to_num(tau, nan=float("inf")).argmin()), report.n_heads)
         out["rare_token_head"] = {"layer": rl, "head": rh, "kendall_tau": round(float(tau[rl, rh]), 3), "ranks": report.where(rl, rh)}
     return out
 
@@ -172,7 +193,8 @@ def unlearn_stage(ctx: "RunContext") -> dict[str, Any]:
     non = non[: cfg.retain_paragraphs]
     targets = mem[: cfg.n_targets]
     common = dict(other_memorized=mem, fraction=cfg.fraction, kl_weight=cfg.kl_weight,
-                  selectivity_floor=cfg.selectivity_floor, progress=ctx.progress)
+                  selectivity_floor=cfg.selectivity_floor, progress=ctx.progress,
+                  checkpoint=ctx.out / "unlearn.runs.partial")  # each finished run: an interrupted stage resumes
 
     def compare() -> MaskComparison:
         tables = [compare_masks(ctx.model, targets, non, objectives=("unlearn",), masks=cfg.masks, steps=cfg.steps,
@@ -182,15 +204,15 @@ def unlearn_stage(ctx: "RunContext") -> dict[str, Any]:
             pset = ParagraphSet.load(perturbed_path)
             by_original = {str(o): i for i, o in enumerate(pset.metadata.get("original", []))}
             if all(t in by_original for t in targets.ids):
-                edit_masks = tuple(m for m in cfg.masks if m != "selective")
                 tables.append(compare_masks(
-                    ctx.model, targets, non, objectives=("edit",), masks=edit_masks,
+                    ctx.model, targets, non, objectives=("edit",), masks=cfg.edit_masks,
                     perturbed=pset[[by_original[t] for t in targets.ids]], steps=cfg.edit_steps, lr=cfg.edit_lr,
                     **common))
         return MaskComparison(rows=[r for t in tables for r in t.rows], targets=list(targets.ids),
                               provenance=tables[0].provenance)
 
     table = _saved(ctx.out / "unlearn.safetensors", MaskComparison, compare)
+    (ctx.out / "unlearn.runs.partial").unlink(missing_ok=True)
     settings = {"unlearn": {"steps": cfg.steps, "lr": cfg.lr}}
     if any(r["objective"] == "edit" for r in table.rows):
         settings["edit"] = {"steps": cfg.edit_steps, "lr": cfg.edit_lr}

@@ -14,8 +14,10 @@ has no weight decay, and weights outside the mask are copied back after every st
 from __future__ import annotations
 
 import contextlib
+import json
 import warnings
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
@@ -177,6 +179,8 @@ class SparseFineTuner:
             return self._validate_mask(kind), "user"
         if kind not in MASK_KINDS:
             raise InputError(f"unknown mask {kind!r}; use one of {MASK_KINDS}, a GradientMapResult or a dict of boolean tensors")
+        if kind != "all" and not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):  # also refuses NaN
+            raise InputError(f"fraction must be in (0, 1], got {fraction!r}")
         if kind == "all":
             return {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}, "all"
         if kind in ("topk", "selective") and objective_map is None:
@@ -355,7 +359,9 @@ class SparseFineTuner:
             raise InputError(f"steps must be >= 1, got {steps}")
         if not 0 < lr < float("inf"):
             raise InputError(f"lr must be a positive finite number, got {lr}")
-        sets = {"target": target, "retain": retain} | ({"other_memorized": other} if other is not None else {})
+        sets = {"target": target, "retain": retain}
+        if other is not None and len(other):  # an empty set (the only memorized paragraph is the target) scores nothing
+            sets["other_memorized"] = other
         for s in sets.values():
             s.validate(self.model.vocab_size, self.model.n_ctx)
         return sets
@@ -443,6 +449,21 @@ def selective_mask(
     return replace(objective_map, weight_grads=scores).mask(fraction=fraction)
 
 
+def _read_runs(path: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Finished runs of an interrupted :func:`compare_masks`, by (objective, mask, target); a torn
+    last line is dropped."""
+    if not path.exists():
+        return {}
+    runs = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        runs[(row["objective"], row["mask"], row["target"])] = row
+    return runs
+
+
 def _cache_key(paragraphs: ParagraphSet) -> tuple:
     return tuple(paragraphs.ids), paragraphs.tokens.numpy().tobytes()
 
@@ -505,7 +526,7 @@ def compare_masks(
     objectives: Sequence[str] = ("unlearn",), masks: Sequence[str] = ("all", "topk", "random"),
     perturbed: ParagraphSet | None = None, fraction: float = 0.001, steps: int = 10,
     lr: dict[str, float] | float = 1e-3, kl_weight: float = 1.0, progress: bool = True,
-    selectivity_floor: float = SELECTIVITY_FLOOR,
+    selectivity_floor: float = SELECTIVITY_FLOOR, checkpoint: str | Path | None = None,
 ) -> MaskComparison:
     """The paper's Fig. 5 table: for each objective x mask, the mean EM after fine-tuning each
     target alone (restored in between) on the target, the other memorized paragraphs and the
@@ -524,6 +545,8 @@ def compare_masks(
         kl_weight: weight of the retain KL term.
         progress: show a progress bar.
         selectivity_floor: see :func:`selective_mask`.
+        checkpoint: a JSON-lines file each finished run is appended to; a later call with the
+            same file skips the runs already there (an interrupted comparison resumes).
 
     Returns:
         A :class:`MaskComparison`.
@@ -532,9 +555,12 @@ def compare_masks(
     from tqdm.auto import tqdm
 
     ft = SparseFineTuner(model)
-    rows = []
     jobs = [(o, m, i) for o in objectives for m in masks for i in range(len(targets))]
-    for objective, mask, i in tqdm(jobs, desc="fine-tuning runs", disable=not progress):
+    done = _read_runs(Path(checkpoint)) if checkpoint is not None else {}
+    rows = [done[(o, m, targets.ids[i])] for o, m, i in jobs if (o, m, targets.ids[i]) in done]
+    todo = [(o, m, i) for o, m, i in jobs if (o, m, targets.ids[i]) not in done]
+    for objective, mask, i in tqdm(todo, desc="fine-tuning runs", disable=not progress, initial=len(rows),
+                                   total=len(jobs)):
         rate = lr[mask] if isinstance(lr, dict) else lr
         others = None
         if other_memorized is not None:
@@ -553,6 +579,11 @@ def compare_masks(
             else:
                 raise InputError(f"unknown objective {objective!r}; use 'unlearn' or 'edit'")
         rows.append(r.summary() | {"target": targets.ids[i]})
+        if checkpoint is not None:
+            with Path(checkpoint).open("a", encoding="utf-8") as f:
+                f.write(json.dumps(rows[-1]) + "\n")
+    order = {(o, m): k for k, (o, m, _) in enumerate(jobs)}
+    rows.sort(key=lambda r: order[(r["objective"], r["mask"])])
     df = pd.DataFrame(rows)
     table = df.groupby(["objective", "mask"], sort=False).mean(numeric_only=True).reset_index()
     return MaskComparison(rows=table.to_dict(orient="records"), targets=list(targets.ids),

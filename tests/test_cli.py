@@ -21,7 +21,7 @@ def test_scan_command(model_dir, tmp_path, capsys):
     f.write_text("".join(json.dumps({"id": f"x{i}", "tokens": torch.randint(1, 500, (100,), generator=g).tolist()}) + "\n" for i in range(5)))
     out = tmp_path / "res.safetensors"
     assert main(["scan", str(f), "--model", str(model_dir), "--out", str(out)]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    summary = json.loads(capsys.readouterr().out)  # stdout holds the summary and nothing else
     assert summary["n"] == 5
     from memlens import ScanResult
 

@@ -67,3 +67,29 @@ def test_bad_keys(neo):
     with pytest.raises(InputError, match="head 9 out of range"):
         neo.components[(0, "W_Q", 9)]
     assert neo.components[(1, "W_in")].key == ComponentKey(1, "W_in", -1)
+
+
+def test_gated_mlp_w_in_owns_gate_and_up_projection(any_model):
+    """Llama-family MLPs have two input matrices (gate, up): W_in owns both, so gradient maps,
+    masks and unlearning reach every MLP weight."""
+    comp = any_model.components[(0, "W_in")]
+    names = [s.param_name for s in comp.slices]
+    if any_model.model_type == "llama":
+        assert len(names) == 2 and names[0].endswith("gate_proj.weight") and names[1].endswith("up_proj.weight")
+        assert comp.numel == 2 * any_model.d_model * any_model.d_mlp
+    else:
+        assert len(names) == 1 and comp.numel == any_model.d_model * any_model.d_mlp
+    owned = {id(p) for p in any_model.components.parameters}
+    mlp_weights = [p for n, p in any_model.named_parameters().items() if ".mlp." in n and n.endswith("weight")]
+    assert mlp_weights and all(id(p) in owned for p in mlp_weights)
+
+
+def test_shared_key_value_weights_count_once(any_model):
+    reg = any_model.components
+    total = sum(p.numel() for p in reg.parameters)
+    assert reg.numel == total  # every owned weight once: no grouped-query slice counted per query head
+    shared = reg.shared_with((0, "W_K", 0))
+    if any_model.model_type == "llama":
+        assert shared == [ComponentKey(0, "W_K", 1)]  # 4 query heads, 2 key/value heads
+    else:
+        assert shared == []

@@ -117,3 +117,30 @@ def test_csv_reference_release(neo, shared_data):
     assert len(ps) == 442
     assert set(ps.metadata) >= {"count", "em", "nll"}
     assert all(t for t in ps.texts) and any("\n" in t for t in ps.texts)
+
+
+def test_csv_keeps_line_breaks_in_quoted_fields_and_ignores_a_bom(tmp_path):
+    f = tmp_path / "p.csv"
+    tokens = " ".join(str(i) for i in range(1, 101))
+    f.write_bytes(("\ufeffid,tokens,note\r\n" f'a,{tokens},"line one\r\nline two"\r\n').encode("utf-8"))
+    ps = ParagraphSet.from_csv(f)
+    assert ps.ids == ["a"] and ps.metadata["note"] == ["line one\r\nline two"]
+
+
+def test_saved_paragraph_set_reads_back_through_from_file(tmp_path):
+    ps = ParagraphSet.from_tokens(torch.arange(1, 61).reshape(2, 30), prefix_len=10, ids=["a", "b"])
+    ps.save(tmp_path / "p.jsonl")
+    back = ParagraphSet.from_file(tmp_path / "p.jsonl")  # what the CLI reads: the header gives the split
+    assert back.ids == ["a", "b"] and (back.prefix_len, back.continuation_len) == (10, 20)
+    assert torch.equal(back.tokens, ps.tokens)
+
+
+def test_skip_short(tmp_path):
+    f = tmp_path / "p.jsonl"
+    rows = [{"id": "long", "tokens": list(range(1, 101))}, {"id": "short", "tokens": [1, 2, 3]}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(InputError, match="skip-short"):
+        ParagraphSet.from_file(f)
+    with pytest.warns(UserWarning, match="skipped 1 paragraph"):
+        ps = ParagraphSet.from_file(f, skip_short=True)
+    assert ps.ids == ["long"] and ps.skipped == ["short"]

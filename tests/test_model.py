@@ -95,3 +95,37 @@ def test_ablate_mean_and_modes(neo):
     with pytest.raises(InputError, match="unknown ablation mode"):
         with neo.ablate("blocks.0.attn.hook_z", mode="resample"):
             pass
+
+
+def test_dtype_and_device(tmp_path):
+    """A model cast to bfloat16 still scans; the stage's greedy check compares teacher-forced EM
+    with real greedy decoding (exact at float32); a device that is not there is a clear error."""
+    from memlens import InputError, ParagraphSet, greedy_decode, scan
+    from memlens.stages import greedy_check
+    from memlens.testing import random_model, random_tokens
+
+    model = random_model("gpt_neo", seed=9)
+    base = random_tokens(6, 16, model.vocab_size, seed=2)
+    paras = ParagraphSet.from_tokens(torch.cat([base, greedy_decode(model, base, 16)], 1), prefix_len=16)
+    full = greedy_check(model, scan(model, paras, progress=False))
+    assert full == {"n": 6, "agree": 6, "max_abs_diff": 0, "dtype": "float32"}
+    model.to(dtype="bfloat16")
+    assert model.dtype == torch.bfloat16
+    low = greedy_check(model, scan(model, paras, progress=False))
+    assert low["dtype"] == "bfloat16" and 0 <= low["agree"] <= 6
+    with pytest.raises(InputError, match="unknown dtype"):
+        model.to(dtype="float8")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="not available"):
+            model.to(device="cuda")
+
+
+def test_patch_and_ablate_check_the_head(neo):
+    toks = torch.randint(1, neo.vocab_size, (1, 8))
+    for bad in (-1, neo.n_heads):
+        with pytest.raises(InputError, match="out of range"):
+            with neo.ablate("blocks.0.attn.hook_z", head=bad):
+                neo(toks)
+    with pytest.raises(InputError, match="no head axis"):
+        with neo.patch("blocks.0.hook_resid_pre", torch.zeros(()), head=0):
+            neo(toks)

@@ -128,3 +128,26 @@ def test_make_patch_pairs_errors(neo):
     unchanged[:, 4] = (unchanged[:, 4] + 1) % neo.vocab_size
     with pytest.raises(InputError, match="changes its continuation"), pytest.warns(UserWarning, match="keep the original"):
         make_patch_pairs(clean, ParagraphSet.from_tokens(unchanged, prefix_len=10))
+
+
+def test_grouped_query_key_value_heads_are_patched_once(monkeypatch):
+    """Llama with 4 query and 2 key/value heads: each kv head is patched once (not once per
+    query head reading it) and its effect is shown for both query heads of its group."""
+    from memlens.testing import random_model
+
+    model = random_model("llama", seed=3)
+    pair = _pair(model)
+    reference = exact_patching(model, pair, kinds=("q", "k", "v"))
+    rows = []
+    forward = type(model).forward
+    monkeypatch.setattr(type(model), "forward", lambda self, tokens, **kw: rows.append(len(tokens)) or forward(self, tokens, **kw))
+    res = exact_patching(model, pair, kinds=("q", "k", "v"), batch_size=4)
+    n_kv = model.hf_model.config.num_key_value_heads
+    assert n_kv == 2 and model.n_heads == 4
+    # the clean and corrupt runs, then per direction one row per q head and per k/v head
+    assert sum(rows) == 2 + 2 * model.n_layers * (model.n_heads + 2 * n_kv)
+    for ki in (1, 2):  # k, v: heads 0/1 share kv head 0, heads 2/3 kv head 1
+        eff = res.noising[:, ki]
+        assert torch.equal(eff[:, 0], eff[:, 1]) and torch.equal(eff[:, 2], eff[:, 3])
+    torch.testing.assert_close(res.noising, reference.noising)
+    assert res.noising[:, 0].abs().max() > 0  # q heads are patched one by one and do differ

@@ -86,6 +86,7 @@ def test_unreadable_paragraph_file(organism_cache, tmp_path):
     with pytest.raises(InputError, match="bad.jsonl"):
         run_pipeline(RunConfig(model="organism-tiny", paragraphs=str(bad)), tmp_path / "run", cache_dir=organism_cache,
                      progress=False)
+    assert not (tmp_path / "run").exists()  # a run that cannot read its paragraphs claims no folder
 
 
 def test_resume_with_other_settings_is_refused(tiny_run, organism_cache):

