@@ -55,11 +55,11 @@ def main() -> None:
            "exact_s": round(t_exact, 2), "attribution_s": round(t_attr, 3), "speedup": round(t_exact / t_attr, 1),
            "threads": torch.get_num_threads()}
     for d in ("noising", "denoising"):
-        e = torch.cat([x[d].flatten() for x in exact]).tolist()
-        a = torch.cat([x[d].flatten() for x in attr]).tolist()
+        e = torch.cat([getattr(x, d).flatten() for x in exact]).tolist()
+        a = torch.cat([getattr(x, d).flatten() for x in attr]).tolist()
         out[f"spearman_cells_{d}"] = round(spearman(e, a), 3)
-        eh = torch.stack([x[d].sum(-1).flatten() for x in exact]).mean(0).tolist()
-        ah = torch.stack([x[d].sum(-1).flatten() for x in attr]).mean(0).tolist()
+        eh = torch.stack([getattr(x, d).sum(-1).flatten() for x in exact]).mean(0).tolist()
+        ah = torch.stack([getattr(x, d).sum(-1).flatten() for x in attr]).mean(0).tolist()
         out[f"spearman_heads_{d}"] = round(spearman(eh, ah), 3)
     print(json.dumps(out, indent=2))
     print(f"attribution patching: {out['speedup']}x faster than exact patching over {n_cells} cells; "
