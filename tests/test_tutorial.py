@@ -3,7 +3,6 @@ circuitsvis views inline."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -24,4 +23,3 @@ def test_tutorial_notebook_runs(organism, organism_cache, tmp_path, monkeypatch)
     views = [h for h in html if 'class="memlens-cv"' in h]
     assert views and all('data-memlens="circuitsvis"' in h for h in views)  # the bundle travels with the view
     assert sum("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs) >= 5
-    assert os.environ["MEMLENS_SIZE"] == "tiny"
