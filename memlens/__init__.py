@@ -16,9 +16,10 @@ from memlens.config import GradientsConfig, HeadsConfig, PerturbConfig, RunConfi
 from memlens.data import Paragraph, ParagraphSet
 from memlens.errors import CacheError, HookError, InputError, MemlensError, ModelLoadError
 from memlens.frequency import UnigramCounts
-from memlens.gradients import EMRangeProfiles, GradientMap, GradientMapComparison, GradientMapResult, profiles_by_em_range
+from memlens.gradients import GradientMap, GradientMapComparison, GradientMapResult
 from memlens.heads import HeadLocalizer, HeadReport, head_ablation_em_drop
 from memlens import stats  # noqa: F401  (rank statistics: spearman, kendall_tau)
+from memlens.mask_comparison import MaskComparison, compare_masks
 from memlens.loading import load_model, register_model_source, smollm2_gguf_path
 from memlens.metrics import ContinuationScores, greedy_decode, teacher_forced_scores
 from memlens.model import HookedModel
@@ -26,10 +27,11 @@ from memlens.organism import InjectionResult, OrganismInfo, inject
 from memlens.patching import PatchingResult, PatchPair, attribution_patching, exact_patching, make_patch_pairs
 from memlens.perturb import PerturbationResult, PrefixPerturber
 from memlens.pipeline import run_pipeline
+from memlens.profiles import EMRangeProfiles, profiles_by_em_range
 from memlens.rare_attention import RareAttentionResult, rare_token_attention
 from memlens.results import Provenance, Result, load_result
 from memlens.scan import ScanResult, scan
-from memlens.unlearn import FineTuneResult, MaskComparison, SparseFineTuner, compare_masks, selective_mask
+from memlens.unlearn import FineTuneResult, SparseFineTuner, selective_mask
 
 __version__ = "0.1.0"
 

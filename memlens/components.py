@@ -47,6 +47,11 @@ class WeightSlice:
     def numel(self) -> int:
         return self.param.numel() // self.param.shape[self.dim] * (self.stop - self.start)
 
+    @property
+    def identity(self) -> tuple[int, int, int, int]:
+        """What makes two slices the same weights (grouped-query heads share their k/v slices)."""
+        return id(self.param), self.dim, self.start, self.stop
+
 
 @dataclass(frozen=True)
 class Component:
@@ -125,15 +130,14 @@ class ComponentRegistry:
     def numel(self) -> int:
         """Distinct scalar weights owned by components: under grouped-query attention the query
         heads of one group share their W_K / W_V slices, which count once."""
-        seen = {(id(s.param), s.dim, s.start, s.stop): s.numel for c in self.components for s in c.slices}
+        seen = {s.identity: s.numel for c in self.components for s in c.slices}
         return sum(seen.values())
 
     def shared_with(self, key: ComponentKey | tuple) -> list[ComponentKey]:
         """The other components that own exactly the same weights (grouped-query W_K / W_V)."""
-        mine = {(id(s.param), s.dim, s.start, s.stop) for s in self[key].slices}
+        mine = {s.identity for s in self[key].slices}
         k = self.key(*key)
-        return [c.key for c in self.components
-                if c.key != k and {(id(s.param), s.dim, s.start, s.stop) for s in c.slices} == mine]
+        return [c.key for c in self.components if c.key != k and {s.identity for s in c.slices} == mine]
 
 
 # --- architecture mappings -----------------------------------------------------------------

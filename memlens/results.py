@@ -300,5 +300,5 @@ def _import_result_modules() -> None:
     import importlib
 
     for mod in ("scan", "gradients", "perturb", "heads", "patching", "rare_attention", "activation_gradients",
-                "unlearn", "organism.inject"):
+                "unlearn", "mask_comparison", "profiles", "organism.inject"):
         importlib.import_module(f"memlens.{mod}")

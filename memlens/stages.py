@@ -79,7 +79,8 @@ def gradients_stage(ctx: "RunContext") -> dict[str, Any]:
     """NLL gradient maps of memorized and non-memorized paragraphs, their comparison and the
     profiles by EM range -> ``gradients_{memorized,non_memorized}.safetensors``,
     ``gradient_profiles_by_em.safetensors``."""
-    from memlens.gradients import EMRangeProfiles, GradientMap, GradientMapResult, profiles_by_em_range
+    from memlens.gradients import GradientMap, GradientMapResult
+    from memlens.profiles import EMRangeProfiles, profiles_by_em_range
 
     cfg = ctx.config.gradients
     mem, non = _splits(ctx, cfg.max_paragraphs)
@@ -186,7 +187,7 @@ def unlearn_stage(ctx: "RunContext") -> dict[str, Any]:
     Fig. 5) -> ``unlearn.safetensors``. Editing (to the continuation that follows the target's worst
     prefix perturbation) needs more movement than unlearning: it runs ``edit_steps`` at ``edit_lr``."""
     from memlens.data import ParagraphSet
-    from memlens.unlearn import MaskComparison, compare_masks
+    from memlens.mask_comparison import MaskComparison, compare_masks
 
     cfg = ctx.config.unlearn
     mem, non = _splits(ctx, max(cfg.retain_paragraphs, cfg.n_targets))

@@ -36,11 +36,11 @@ def build(
     The build runs in ``<folder>.building`` (resumable from its checkpoint) and is renamed into
     place only once sealed, so a reader never sees a partial organism.
     """
-    from memlens.organism.train import build_organism
-
     cfg = get_config(size)
     if cfg.extra.get("base") == "smollm2":
-        from memlens.organism.smollm2 import build_smollm2_organism as build_organism  # noqa: F811
+        from memlens.organism.smollm2 import build_smollm2_organism as build_organism
+    else:
+        from memlens.organism.train import build_organism
     folder = organism_path(size, seed, cache_dir)
     if folder.exists() and not force:
         try:

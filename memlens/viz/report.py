@@ -216,7 +216,7 @@ def _perturb(rb: ReportBuilder, parts: list[str], folder: Path, s: dict[str, Any
 
 
 def _unlearn(rb: ReportBuilder, parts: list[str], folder: Path, s: dict[str, Any]) -> None:
-    from memlens.unlearn import MaskComparison
+    from memlens.mask_comparison import MaskComparison
 
     rows = s["table"]
     cols = [c for c in ("objective", "mask", "mask_size", "weights_changed", "target_em_before", "target_em_after",

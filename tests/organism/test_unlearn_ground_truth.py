@@ -1,7 +1,7 @@
 """SparseFineTuner on the tiny organism: a top-0.1% mask unlearns, a random one of the same size does not."""
 
 from memlens import scan
-from memlens.unlearn import compare_masks
+from memlens import compare_masks
 
 
 def test_topk_unlearns_where_random_does_not(organism):
