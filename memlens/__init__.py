@@ -30,7 +30,10 @@ from memlens.pipeline import run_pipeline
 from memlens.profiles import EMRangeProfiles, profiles_by_em_range
 from memlens.rare_attention import RareAttentionResult, rare_token_attention
 from memlens.results import Provenance, Result, load_result
+from memlens.ray_scan import scan_with_ray
 from memlens.scan import ScanResult, scan
+from memlens.scan_table import ScanTable, merge_scan_tables
+from memlens.stream import Shard, scan_to_table
 from memlens.unlearn import FineTuneResult, SparseFineTuner, selective_mask
 
 __version__ = "0.1.0"
@@ -71,6 +74,8 @@ __all__ = [
     "RunConfig",
     "ScanConfig",
     "ScanResult",
+    "ScanTable",
+    "Shard",
     "SparseFineTuner",
     "UnigramCounts",
     "UnlearnConfig",
@@ -83,12 +88,15 @@ __all__ = [
     "inject",
     "load_model",
     "load_result",
+    "merge_scan_tables",
     "make_patch_pairs",
     "profiles_by_em_range",
     "rare_token_attention",
     "register_model_source",
     "run_pipeline",
     "scan",
+    "scan_to_table",
+    "scan_with_ray",
     "selective_mask",
     "smollm2_gguf_path",
     "teacher_forced_scores",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -76,25 +77,33 @@ def run_config(args: argparse.Namespace, base: Any = None) -> Any:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     from memlens.data import ParagraphSet
-    from memlens.io import write_json_atomic
+    from memlens.io import check_output_file, write_json_atomic
     from memlens.loading import load_model
     from memlens.scan import scan
 
+    if args.file == "merge":
+        return cmd_scan_merge(args)
+    if args.more:
+        raise MemlensError(f"scan takes one paragraph file, got {[args.file, *args.more]}; to join shard tables: "
+                           "memlens scan merge SHARD... --out TABLE")
     if args.file is None:
         return cmd_stage(args)
     cfg = run_config(args)
+    path = Path(args.file)
+    if not path.is_file():
+        raise MemlensError(f"{path}: no such paragraph file")
+    if _streams(args, path):
+        return cmd_scan_table(args, cfg, path)
+    out = Path(args.out) if args.out else path.with_name(path.stem + ".scan.safetensors")
+    if out.resolve() == path.resolve():
+        raise MemlensError(f"--out {out} is the paragraph file itself; choose another output file")
+    check_output_file(out, "--out")  # before the model loads: a bad path costs nothing
     model = load_model(cfg.model, seed=cfg.seed, cache_dir=args.cache_dir, progress=not args.quiet,
                        device=cfg.device, dtype=cfg.dtype)
-    path = Path(args.file)
     paras = ParagraphSet.from_file(path, model, args.prefix_len, args.continuation_len, skip_short=cfg.skip_short)
     if paras.skipped:
         print(f"memlens: skipped {len(paras.skipped)} paragraph(s) shorter than "
               f"{args.prefix_len + args.continuation_len} tokens", file=sys.stderr)
-    out = Path(args.out) if args.out else path.with_name(path.stem + ".scan.safetensors")
-    if out.resolve() == path.resolve():
-        raise MemlensError(f"--out {out} is the paragraph file itself; choose another output file")
-    if out.is_dir():
-        raise MemlensError(f"--out {out} is a folder; give a file path (e.g. {out / 'scan.safetensors'})")
     result = scan(model, paras, batch_size=cfg.scan.batch_size, non_memorized_max_em=cfg.scan.non_memorized_max_em,
                   memorized_min_em=cfg.scan.memorized_min_em, out=out, progress=not args.quiet)
     summary = result.summary() | ({"skipped_short": len(paras.skipped)} if paras.skipped else {})
@@ -104,12 +113,79 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _streams(args: argparse.Namespace, path: Path) -> bool:
+    """Whether a scan streams to a table: a Parquet input, a table output or a shard."""
+    from memlens.scan_table import TABLE_SUFFIXES
+
+    out = Path(args.out) if args.out else None
+    return (path.suffix.lower() == ".parquet" or args.shard is not None or args.engine == "ray"
+            or (out is not None and out.suffix.lower() in TABLE_SUFFIXES))
+
+
+def cmd_scan_table(args: argparse.Namespace, cfg: Any, path: Path) -> int:
+    """A streaming scan (any size, memory flat) into a Parquet or JSONL table, one shard of it
+    with --shard."""
+    from memlens.loading import load_model
+    from memlens.scan_table import TABLE_SUFFIXES
+    from memlens.stream import Shard, scan_to_table
+
+    shard = Shard.parse(args.shard) if args.shard else Shard()
+    out = Path(args.out) if args.out else path.with_name(path.stem + ".scan.parquet")
+    if out.suffix.lower() not in TABLE_SUFFIXES:
+        raise MemlensError(f"--out {out}: a streaming scan writes a table ending in .parquet or .jsonl")
+    if args.engine == "ray":
+        from memlens.ray_scan import scan_with_ray
+
+        if shard.world > 1:
+            raise MemlensError("--engine ray spreads the work itself; drop --shard")
+        table = scan_with_ray(cfg.model, path, out, workers=args.workers, num_gpus=args.num_gpus,
+                              ray_address=args.ray_address, seed=cfg.seed, cache_dir=args.cache_dir,
+                              device=cfg.device, dtype=cfg.dtype, prefix_len=args.prefix_len,
+                              continuation_len=args.continuation_len, batch_size=cfg.scan.batch_size,
+                              non_memorized_max_em=cfg.scan.non_memorized_max_em,
+                              memorized_min_em=cfg.scan.memorized_min_em)
+        print(json.dumps(table.summary(), indent=2))
+        print(f"results: {table.path}", file=sys.stderr)
+        return 0
+    device = cfg.device
+    if device == "cuda" and shard.world > 1 and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{os.environ['LOCAL_RANK']}"  # one GPU per process under torchrun
+    # the same checks scan_to_table makes, before the model loads
+    from memlens.io import check_output_file
+
+    target = shard.output_path(out)
+    if target.resolve() == path.resolve():
+        raise MemlensError(f"--out {target} is the paragraph file itself; choose another output file")
+    check_output_file(target, "--out")
+    model = load_model(cfg.model, seed=cfg.seed, cache_dir=args.cache_dir, progress=not args.quiet,
+                       device=device, dtype=cfg.dtype)
+    table = scan_to_table(model, path, out, prefix_len=args.prefix_len, continuation_len=args.continuation_len,
+                          batch_size=cfg.scan.batch_size, chunk_size=args.chunk_size, shard=shard,
+                          skip_short=bool(cfg.skip_short), non_memorized_max_em=cfg.scan.non_memorized_max_em,
+                          memorized_min_em=cfg.scan.memorized_min_em, progress=not args.quiet)
+    print(json.dumps(table.summary(), indent=2))
+    print(f"results: {table.path}", file=sys.stderr)
+    return 0
+
+
+def cmd_scan_merge(args: argparse.Namespace) -> int:
+    """Join shard tables into one: ``memlens scan merge A B ... --out TABLE``."""
+    from memlens.scan_table import merge_scan_tables
+
+    if not args.out:
+        raise MemlensError("memlens scan merge needs --out TABLE (.parquet or .jsonl)")
+    table = merge_scan_tables(args.more, args.out)
+    print(json.dumps(table.summary(), indent=2))
+    print(f"results: {table.path}", file=sys.stderr)
+    return 0
+
+
 def cmd_organism(args: argparse.Namespace) -> int:
     from memlens import organism
 
     if args.action == "build":
         t0 = time.perf_counter()
-        folder = organism.build(args.size, args.seed, args.cache_dir, force=args.force)
+        folder = organism.build(args.size, args.seed, args.cache_dir, force=args.force, progress=not args.quiet)
         print(f"organism {args.size} (seed {args.seed}) at {folder} [{time.perf_counter() - t0:.1f} s]")
         return 0
     folder = organism.organism_path(args.size, args.seed, args.cache_dir)
@@ -137,11 +213,14 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
     out = Path(args.out or "memlens-run")
     existing = read_run_config(out)
-    if args.command == "report" and existing is None:
-        raise MemlensError(f"{out} holds no memlens run (no run.json); run `memlens run --out {out}` first")
-    cfg = existing if args.command == "report" else run_config(args, existing)
-    ctx = RunContext(out, cfg, args.cache_dir, progress=not args.quiet)
-    claim_folder(ctx)
+    if args.command == "report":
+        # the report reads only the run folder: no model, and no paragraph file (which may have moved)
+        if existing is None:
+            raise MemlensError(f"{out} holds no memlens run (no run.json); run `memlens run --out {out}` first")
+        ctx = RunContext(out, existing, args.cache_dir, progress=not args.quiet)
+    else:
+        ctx = RunContext(out, run_config(args, existing), args.cache_dir, progress=not args.quiet)
+        claim_folder(ctx)
     summary = run_stage(ctx, args.command)
     write_summary(ctx)
     print(json.dumps(summary, indent=2))
@@ -198,10 +277,25 @@ def build_parser() -> argparse.ArgumentParser:
                        description="With FILE: scan a JSONL/CSV paragraph file into a result file. Without FILE: "
                                    "the scan stage of a run folder (--out).")
     p.add_argument("file", nargs="?", default=None,
-                   help="JSONL (one {'id','text'|'tokens'} per line) or CSV (text/paragraph column)")
+                   help="JSONL (one {'id','text'|'tokens'} per line), CSV (text/paragraph column) or Parquet; "
+                        "or `merge SHARD... --out TABLE` to join shard tables")
+    p.add_argument("more", nargs="*", help=argparse.SUPPRESS)
     _add_run_args(p, out_default=None)
     p.add_argument("--prefix-len", type=int, default=50)
     p.add_argument("--continuation-len", type=int, default=50)
+    stream = p.add_argument_group("streaming and sharding (an --out ending in .parquet/.jsonl, a Parquet input, "
+                                  "or --shard)")
+    stream.add_argument("--shard", default=None, metavar="k/N",
+                        help="scan only part k of N (from 0) into OUT.shard-k-of-N.parquet; `auto`: the rank and "
+                             "world size of torchrun (RANK, WORLD_SIZE) or SLURM (SLURM_PROCID, SLURM_NTASKS)")
+    stream.add_argument("--chunk-size", type=int, default=1024,
+                        help="input records per chunk: the unit of resumption and of sharding (1024)")
+    stream.add_argument("--engine", choices=["local", "ray"], default="local",
+                        help="local (this process, or one --shard of it) or ray (Ray Data, pip install 'memlens[ray]')")
+    stream.add_argument("--workers", type=int, default=1, help="Ray actors, each holding the model (1)")
+    stream.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per Ray actor (0; 1 on a GPU cluster)")
+    stream.add_argument("--ray-address", default=None,
+                        help="an existing Ray cluster (auto, ray://head:10001); default: a local one")
     p.set_defaults(func=cmd_scan)
 
     for stage, text in STAGE_HELP.items():
@@ -231,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--force", action="store_true", help="rebuild even if a verified cache exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_organism)
     return parser
 
@@ -245,6 +340,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("memlens: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except OSError as e:  # the file system said no (disk full, permissions, ...): say so in one line
+        where = f": {e.filename}" if e.filename else ""
+        print(f"memlens: error: {e.strerror or e}{where}; check the path, its permissions and the free disk space",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,10 +7,12 @@ library call.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import inspect
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -33,6 +35,28 @@ else:  # pragma: no cover
 # ``past_key_values`` to ``cache`` (GPT-Neo kept the old name). Remove when the minimum
 # transformers uses one name for every supported architecture (tests/test_metrics.py checks
 # cached decoding against recompute for each).
+
+# transformers' GGUF loader draws its own tqdm bar ("Converting and de-quantizing GGUF
+# tensors..."), which its progress-bar switch (disable_progress_bar) does not reach, so
+# `--quiet` printed a bar. Remove when transformers' GGUF conversion uses its logging tqdm
+# (tests/test_loading.py::test_gguf_smollm2 checks that a quiet load prints nothing).
+
+@contextlib.contextmanager
+def quiet_gguf_conversion(quiet: bool = True) -> Iterator[None]:
+    """Inside the block, transformers' GGUF conversion shows no progress bar (when ``quiet``)."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    original = gguf_utils.tqdm
+    if quiet:
+        gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
 
 def cache_keyword(hf_model: nn.Module) -> str:
     """The forward argument that takes a KV cache: ``cache`` or ``past_key_values``."""

@@ -20,7 +20,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from memlens.errors import InputError
-from memlens.io import write_text_atomic
+from memlens.io import parse_json, write_text_atomic
 
 if TYPE_CHECKING:
     from memlens.model import HookedModel
@@ -205,10 +205,7 @@ class ParagraphSet:
         for lineno, line in _read_lines(path):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove the line") from None
+            row = parse_json(line, f"{path}:{lineno}", "fix or remove the line")
             if not rows and isinstance(row, dict) and row.get("memlens") == "ParagraphSet":
                 if (prefix_len, continuation_len) == (DEFAULT_PREFIX_LEN, DEFAULT_CONTINUATION_LEN):
                     prefix_len, continuation_len = int(row["prefix_len"]), int(row["continuation_len"])
@@ -311,7 +308,10 @@ class ParagraphSet:
         continuation_len: int,
         id_column: str = "id",
         skip_short: bool = False,
-    ) -> "ParagraphSet":
+        allow_empty: bool = False,
+    ) -> "ParagraphSet | None":
+        """Paragraphs from ``(line number, record)`` pairs of ``path``; with ``allow_empty`` (a
+        streamed chunk), None instead of an error when every paragraph is skipped as short."""
         if not rows:
             raise InputError(f"{path}: the file holds no paragraphs")
         token_lists, ids, texts, where = [], [], [], []
@@ -344,6 +344,8 @@ class ParagraphSet:
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
             raise InputError(f"{path}: paragraph id {dup!r} occurs more than once; ids must be unique")
+        if allow_empty and skip_short and all(len(t) < prefix_len + continuation_len for t in token_lists):
+            return None
         return cls._from_token_lists(token_lists, ids, prefix_len, continuation_len, texts, meta, where, skip_short)
 
     # access -------------------------------------------------------------------------------
@@ -493,16 +495,13 @@ class ParagraphSet:
         first = next((l for _, l in lines if l.strip()), "")
         try:
             header = json.loads(first)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             header = None
         if isinstance(header, dict) and header.get("memlens") == "ParagraphSet":
             rows = []
             for lineno, line in lines[1:]:
                 if line.strip():
-                    try:
-                        rows.append((lineno, json.loads(line)))
-                    except json.JSONDecodeError as e:
-                        raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                    rows.append((lineno, parse_json(line, f"{path}:{lineno}", "fix or remove the line")))
             return cls._from_rows(rows, path, model, header["prefix_len"], header["continuation_len"])
         return cls.from_jsonl(path, model)
 

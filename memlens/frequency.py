@@ -4,7 +4,6 @@ attention to rare tokens, Stoehr et al., 2024, Section 6)."""
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,7 +13,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from memlens.errors import InputError
-from memlens.io import atomic_path
+from memlens.io import atomic_path, read_json
 
 if TYPE_CHECKING:
     from memlens.data import ParagraphSet
@@ -101,7 +100,7 @@ class UnigramCounts:
 
                 counts = torch.from_numpy(np.load(path))
             elif suffix == ".json":
-                data = json.loads(path.read_text())
+                data = read_json(path)
                 counts = torch.tensor(data) if isinstance(data, list) else _from_pairs(
                     [(k, v, f"key {k!r}") for k, v in data.items()], vocab_size, path)
             elif suffix in (".csv", ".tsv"):

@@ -21,7 +21,9 @@ import torch
 from torch import nn
 
 from memlens.architectures import SUPPORTED_MODEL_TYPES, architecture  # noqa: F401 (re-exported)
+from memlens.compat import quiet_gguf_conversion
 from memlens.errors import ModelLoadError
+from memlens.io import share_permissions
 from memlens.model import HookedModel
 
 ModelSource = Callable[..., HookedModel]
@@ -70,12 +72,41 @@ def load_model(spec: str, *, seed: int = 0, cache_dir: str | None = None, progre
     if spec in _SOURCES:
         model = _SOURCES[spec][0](seed=seed, cache_dir=cache_dir, progress=progress)
     elif spec.endswith(".gguf"):
-        model = from_gguf(spec)
+        model = from_gguf(spec, progress=progress)
     else:
         model = from_pretrained(spec)
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     return model
+
+
+def _looks_like_path(spec: str) -> bool:
+    """Whether a ``--model`` value can only be meant as a local path: it starts like one
+    (``/``, ``./``, ``../``, ``~``), has a backslash or more than one ``/`` (a hub id is
+    ``name`` or ``org/name``), or ends in a file suffix."""
+    return (spec.startswith(("/", "./", "../", "~", ".\\")) or "\\" in spec or spec.count("/") > 1
+            or spec in (".", "..") or Path(spec).suffix in (".safetensors", ".bin", ".pt", ".json"))
+
+
+def _check_spec(spec: str) -> None:
+    """Refuse, before any loading, a ``--model`` value that names nothing: an unregistered
+    embedded name (``organism-small``) or a local path that does not exist."""
+    import difflib
+
+    if not spec.strip():
+        raise ModelLoadError("empty model name; give a registered name (organism, organism-tiny, ...), a folder, "
+                             "a .gguf file or a hub id")
+    close = difflib.get_close_matches(spec, list(_SOURCES), n=1, cutoff=0.6)
+    if spec.startswith("organism") or (close and "/" not in spec and not Path(spec).exists()):
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ModelLoadError(f"unknown model {spec!r}: {hint}the embedded models are {', '.join(_SOURCES)}")
+    path = Path(spec).expanduser()
+    if _looks_like_path(spec) and not path.exists():
+        raise ModelLoadError(f"{spec}: no such model folder or file (looked for {path.resolve()}); give an existing "
+                             "folder written by save_pretrained, a .gguf file, or a hub id like org/name")
+    if path.exists() and not path.is_dir():
+        raise ModelLoadError(f"{spec}: a file, not a model folder; give the folder that holds config.json "
+                             "(or a .gguf file)")
 
 
 def from_hf(
@@ -123,14 +154,10 @@ def from_pretrained(name: str, *, prepend_bos: bool = False, dtype: torch.dtype 
     path = Path(name).expanduser()
     if name.endswith(".gguf"):
         return from_gguf(name, prepend_bos=prepend_bos, dtype=dtype)
+    _check_spec(name)
     if path.is_dir():
-        try:
-            with quiet_transformers():
-                tok = AutoTokenizer.from_pretrained(str(path))
-                hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs)
-        except (OSError, ValueError) as e:
-            raise ModelLoadError(f"{path}: not a loadable HuggingFace model folder ({e})") from None
-        return from_hf(hf.eval(), tok, name=str(path), prepend_bos=prepend_bos)
+        return from_hf(load_hf_folder(path, dtype, **kwargs), load_tokenizer(path), name=str(path),
+                       prepend_bos=prepend_bos)
     try:
         with quiet_transformers():
             tok = AutoTokenizer.from_pretrained(name, local_files_only=True)
@@ -154,7 +181,7 @@ def from_pretrained(name: str, *, prepend_bos: bool = False, dtype: torch.dtype 
 
 
 def from_gguf(path: str | os.PathLike[str], *, prepend_bos: bool = False, dtype: torch.dtype = torch.float32,
-              cache: bool = True) -> HookedModel:
+              cache: bool = True, progress: bool = True) -> HookedModel:
     """Load a local GGUF file, dequantized to ``dtype``; needs the ``gguf`` package.
 
     Dequantizing takes most of the load time, so with ``cache`` the dequantized model is kept as a
@@ -169,18 +196,15 @@ def from_gguf(path: str | os.PathLike[str], *, prepend_bos: bool = False, dtype:
     folder = _gguf_cache_folder(p, dtype) if cache else None
     if folder is not None and (folder / "config.json").is_file():
         try:
-            with quiet_transformers():
-                tok = AutoTokenizer.from_pretrained(str(folder))
-                hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
-            return from_hf(hf.eval(), tok, name=p.name, prepend_bos=prepend_bos)
-        except (OSError, ValueError):  # a damaged cache entry: convert again
+            return from_hf(load_hf_folder(folder, dtype), load_tokenizer(folder), name=p.name, prepend_bos=prepend_bos)
+        except ModelLoadError:  # a damaged cache entry: convert again
             shutil.rmtree(folder, ignore_errors=True)
     try:
         import gguf  # noqa: F401
     except ImportError:
         raise ModelLoadError("loading GGUF files needs the 'gguf' package: pip install gguf") from None
     try:
-        with quiet_transformers():
+        with quiet_transformers(), quiet_gguf_conversion(not progress):
             tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
             hf = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=dtype)
     except Exception as e:  # transformers raises many kinds for a bad file
@@ -188,6 +212,35 @@ def from_gguf(path: str | os.PathLike[str], *, prepend_bos: bool = False, dtype:
     if folder is not None:
         save_hf_folder(hf, tok, folder)  # before booting: the bridge changes the model in place
     return from_hf(hf.eval(), tok, name=p.name, prepend_bos=prepend_bos)
+
+
+def load_hf_folder(folder: Path, dtype: torch.dtype = torch.float32, **kwargs: Any) -> nn.Module:
+    """The HuggingFace causal LM saved in ``folder`` (never booted), in eval mode; a missing
+    config.json or a damaged weights file is a :class:`ModelLoadError` that says so."""
+    from transformers import AutoModelForCausalLM
+
+    if not (folder / "config.json").is_file():
+        have = sorted(p.name for p in folder.iterdir())[:8]
+        raise ModelLoadError(f"{folder}: no config.json, so not a HuggingFace model folder (it holds {have}); "
+                             "give the folder that save_pretrained wrote")
+    try:
+        with quiet_transformers():
+            return AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, **kwargs).eval()
+    except Exception as e:  # transformers and safetensors raise many kinds for a damaged folder
+        raise ModelLoadError(f"{folder}: the model could not be loaded ({type(e).__name__}: {e}); a weights file "
+                             "may be truncated or damaged: save or copy the model again") from None
+
+
+def load_tokenizer(folder: Path) -> Any:
+    """The tokenizer saved in ``folder``; :class:`ModelLoadError` when it cannot be read."""
+    from transformers import AutoTokenizer
+
+    try:
+        with quiet_transformers():
+            return AutoTokenizer.from_pretrained(str(folder))
+    except Exception as e:
+        raise ModelLoadError(f"{folder}: its tokenizer could not be loaded ({type(e).__name__}: {e}); save the "
+                             "tokenizer into the folder too (tokenizer.save_pretrained)") from None
 
 
 def _gguf_cache_folder(path: Path, dtype: torch.dtype) -> Path:
@@ -212,6 +265,7 @@ def save_hf_folder(hf: nn.Module, tokenizer: Any, folder: Path) -> None:
         with quiet_transformers():
             hf.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
+        share_permissions(tmp)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)

@@ -147,7 +147,7 @@ def _read_runs(path: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        runs[(row["objective"], row["mask"], row["target"])] = row
+            runs[(row["objective"], row["mask"], row["target"])] = row
+        except (ValueError, RecursionError, TypeError, KeyError):
+            continue  # a torn or damaged line: that run is done again
     return runs

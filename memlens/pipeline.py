@@ -11,7 +11,6 @@ run is refused rather than mixed.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from tqdm.auto import tqdm
 
 from memlens.data import ParagraphSet
 from memlens.errors import InputError
-from memlens.io import write_json_atomic
+from memlens.io import check_output_folder, read_json, remove_stray_temporaries, write_json_atomic
 from memlens.config import RunConfig
 from memlens.results import versions
 from memlens.scan import ScanResult
@@ -71,7 +70,10 @@ class RunContext:
         if self._scan is None:
             if not (self.out / "scan.summary.json").exists():
                 run_stage(self, "scan")
-            self._scan = ScanResult.load(self.out / "scan.safetensors")
+            try:
+                self._scan = ScanResult.load(self.out / "scan.safetensors")
+            except InputError as e:
+                raise InputError(f"{e}; delete it and run `memlens scan --out {self.out}` again") from None
         return self._scan
 
 
@@ -111,9 +113,24 @@ def manifest(ctx: RunContext) -> dict[str, Any]:
     if ctx.config.paragraphs is not None:
         path = Path(ctx.config.paragraphs)
         if not path.is_file():
+            recorded = _recorded_paragraphs(ctx.out)
+            if recorded is not None and recorded.get("path") == str(path.resolve()):
+                return _recorded_run(ctx.out)  # scanned already: later stages read the scan, not the file
             raise InputError(f"{path}: no such paragraph file")
         para = {"path": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     return {"model": ctx.config.model, "paragraphs": para, "seed": ctx.config.seed, "config": ctx.config.to_dict()}
+
+
+def _recorded_run(folder: Path) -> dict[str, Any]:
+    return {k: v for k, v in read_json(folder / "run.json").items() if k in ("model", "paragraphs", "seed", "config")}
+
+
+def _recorded_paragraphs(folder: Path) -> dict[str, Any] | None:
+    """The paragraph file a run folder recorded, if that run has finished its scan (the later
+    stages read the paragraphs from scan.safetensors, so the file may have moved since)."""
+    if not (folder / "run.json").is_file() or not (folder / "scan.summary.json").is_file():
+        return None
+    return _recorded_run(folder).get("paragraphs")
 
 
 def read_run_config(folder: Path) -> RunConfig | None:
@@ -121,10 +138,9 @@ def read_run_config(folder: Path) -> RunConfig | None:
     path = folder / "run.json"
     if not path.exists():
         return None
-    try:
-        have = json.loads(path.read_text())
-    except ValueError as e:
-        raise InputError(f"{path} is not readable JSON ({e}); delete the folder or choose another --out") from e
+    have = read_json(path, "delete the folder or choose another --out")
+    if not isinstance(have, dict):
+        raise InputError(f"{path} is not a run manifest (a JSON object); delete the folder or choose another --out")
     if "config" in have:
         return RunConfig.from_dict(have["config"], source=str(path))
     para = (have.get("paragraphs") or {}).get("path")
@@ -135,12 +151,13 @@ def claim_folder(ctx: RunContext) -> dict[str, Any]:
     """Create the run folder or check that it holds this run; raise rather than mix two runs
     (another model, paragraph file, seed, or any result-affecting setting)."""
     path = ctx.out / "run.json"
-    if ctx.out.exists() and not ctx.out.is_dir():
-        raise InputError(f"--out {ctx.out} is a file, not a folder")
+    check_output_folder(ctx.out, "the run folder (--out)")
+    if ctx.out.is_dir():
+        remove_stray_temporaries(ctx.out)  # left by a process killed while it wrote a file
     want = manifest(ctx)
     before = read_run_config(ctx.out)
     if before is not None:
-        have = json.loads(path.read_text())
+        have = read_json(path)
         diff = [k for k in ("model", "paragraphs", "seed") if have.get(k) != want[k]]
         if diff:
             theirs = ", ".join(f"{k}={have.get(k)!r}" for k in diff)
@@ -154,7 +171,10 @@ def claim_folder(ctx: RunContext) -> dict[str, Any]:
     if ctx.out.exists() and any(ctx.out.iterdir()):
         raise InputError(f"{ctx.out} is not empty and holds no memlens run (no run.json); choose another --out")
     ctx.paragraphs()  # a model or paragraph file that cannot be read fails here, before the folder is claimed
-    ctx.out.mkdir(parents=True, exist_ok=True)
+    try:
+        ctx.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create the run folder {ctx.out} ({e.strerror or e}); choose another --out") from None
     write_json_atomic(path, want | {"versions": versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return want
 
@@ -193,16 +213,29 @@ def run_pipeline(config: RunConfig | str = "organism", out: str | Path = "memlen
     return write_summary(ctx)
 
 
+def read_stage_summary(folder: Path, stage: str) -> dict[str, Any] | None:
+    """``<stage>.summary.json`` of a run folder (None if the stage has not run); a damaged one is
+    an :class:`InputError` that says how to redo the stage."""
+    path = folder / f"{stage}.summary.json"
+    if not path.exists():
+        return None
+    data = read_json(path, f"delete it and run `memlens {stage} --out {folder}` again")
+    if not isinstance(data, dict):
+        raise InputError(f"{path} is not a stage summary (a JSON object); delete it and run "
+                         f"`memlens {stage} --out {folder}` again")
+    return data
+
+
 def write_summary(ctx: RunContext) -> dict[str, Any]:
     """Gather the run manifest and every stage summary into ``summary.json``; return it."""
-    summary: dict[str, Any] = {"run": json.loads((ctx.out / "run.json").read_text())}
+    summary: dict[str, Any] = {"run": read_json(ctx.out / "run.json")}
     seconds: dict[str, float] = {}
     if ctx.load_seconds:
         seconds["load_model"] = ctx.load_seconds
     for stage in STAGES:
         path = ctx.out / f"{stage}.summary.json"
         if path.exists():
-            data = json.loads(path.read_text())
+            data = read_stage_summary(ctx.out, stage)
             seconds[stage] = data.pop("seconds", None)
             if stage == "scan":
                 summary.update(data)

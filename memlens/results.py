@@ -266,10 +266,11 @@ def _read(path: Path, with_tensors: bool = True) -> tuple[dict[str, Any], dict[s
         raise InputError(f"{path}: not a memlens result file ({e}); results are written by Result.save") from None
     try:
         doc = json.loads(meta[_METADATA_KEY])
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, RecursionError):
         raise InputError(f"{path}: a safetensors file without a memlens header; not a memlens result") from None
-    if doc.get("format") != ENVELOPE_FORMAT:
-        raise InputError(f"{path}: unknown format {doc.get('format')!r}")
+    if not isinstance(doc, dict) or doc.get("format") != ENVELOPE_FORMAT:
+        raise InputError(f"{path}: not a memlens result envelope (format "
+                         f"{doc.get('format') if isinstance(doc, dict) else type(doc).__name__!r})")
     if int(doc.get("version", 0)) > ENVELOPE_VERSION:
         raise InputError(f"{path}: envelope version {doc['version']} is newer than this memlens reads "
                          f"({ENVELOPE_VERSION}); upgrade memlens")

@@ -1,13 +1,16 @@
 """scan(): exact match and NLL of every paragraph, and the memorized / partly / non-memorized split.
 
 Results stream to ``<out>.partial`` (JSON lines) batch by batch; an interrupted scan resumes
-from it without recomputing finished paragraphs, and the result file itself (a
-:class:`~memlens.results.Result` envelope) appears only when the scan is complete.
+from it without recomputing finished paragraphs (each row carries a hash of its paragraph's
+tokens, so a paragraph whose content changed under the same id is scored again), and the result
+file itself (a :class:`~memlens.results.Result` envelope) appears only when the scan is complete.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +22,7 @@ from tqdm.auto import tqdm
 
 from memlens.data import ParagraphSet
 from memlens.errors import InputError
-from memlens.io import write_text_atomic
+from memlens.io import check_output_file, remove_stray_temporaries, write_text_atomic
 from memlens.metrics import teacher_forced_scores
 from memlens.results import Provenance, Result
 
@@ -40,6 +43,9 @@ class ScanResult(Result):
         paragraphs: the scanned paragraphs.
         em: greedy exact match of each continuation, 0..continuation_len tokens.
         nll: mean NLL of each true continuation, nats per token.
+        extraction_logprob: log of the probability that the model produces the whole true
+            continuation (the sum of its tokens' log-probabilities, nats; from the same pass).
+            :attr:`extraction_prob` is its exponential. None in results saved before it existed.
         memorized_min_em: EM at or above which a paragraph counts as memorized (default: all).
         non_memorized_max_em: EM at or below which a paragraph counts as non-memorized (paper: 10).
         provenance: model, versions and settings.
@@ -48,6 +54,7 @@ class ScanResult(Result):
     paragraphs: ParagraphSet
     em: Int[Tensor, " n"] = field(repr=False)
     nll: Float[Tensor, " n"] = field(repr=False)
+    extraction_logprob: Float[Tensor, " n"] | None = field(default=None, repr=False)
     memorized_min_em: int | None = None
     non_memorized_max_em: int = DEFAULT_NON_MEMORIZED_MAX_EM
     provenance: Provenance = field(default_factory=Provenance)
@@ -62,6 +69,12 @@ class ScanResult(Result):
             )
         if len(self.em) != len(self.paragraphs) or len(self.nll) != len(self.paragraphs):
             raise InputError(f"{len(self.em)} EM and {len(self.nll)} NLL values for {len(self.paragraphs)} paragraphs")
+
+    @property
+    def extraction_prob(self) -> Float[Tensor, " n"] | None:
+        """Probability of the whole true continuation under the model (float64: it is tiny for
+        paragraphs that are not memorized)."""
+        return None if self.extraction_logprob is None else self.extraction_logprob.double().exp()
 
     @property
     def model_name(self) -> str:
@@ -105,6 +118,9 @@ class ScanResult(Result):
 
         df = pd.DataFrame({"paragraph": self.paragraphs.ids, "em": self.em.tolist(),
                            "nll": self.nll.tolist(), "split": self.split_of()})
+        if self.extraction_logprob is not None:
+            df["extraction_logprob"] = self.extraction_logprob.tolist()
+            df["extraction_prob"] = self.extraction_prob.tolist()
         for key, col in self.paragraphs.metadata.items():
             df[f"reference_{key}" if key in df.columns else key] = col
         return df
@@ -166,13 +182,20 @@ def scan(
     """
     if len(paragraphs) == 0:
         raise InputError("scan got an empty ParagraphSet")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     paragraphs.validate(model.vocab_size, model.n_ctx)
-    done: dict[str, tuple[int, float]] = {}
+    done: dict[str, tuple[int, float, float]] = {}
     partial = Path(str(out) + ".partial") if out is not None else None
+    if out is not None:
+        check_output_file(out, "scan result file")
+        if Path(out).parent.is_dir():
+            remove_stray_temporaries(Path(out).parent, Path(out).name)  # of a save killed midway
+    hashes = content_hashes(paragraphs.tokens)
     fingerprint = {"model": model.name, "prefix_len": paragraphs.prefix_len,
                    "continuation_len": paragraphs.continuation_len}
     if partial is not None and partial.exists():
-        done = _read_partial(partial, fingerprint, paragraphs)
+        done = _read_partial(partial, fingerprint, dict(zip(paragraphs.ids, hashes)))
     todo = [i for i, pid in enumerate(paragraphs.ids) if pid not in done]
     if partial is not None and not partial.exists():
         partial.parent.mkdir(parents=True, exist_ok=True)
@@ -181,10 +204,12 @@ def scan(
     for s in range(0, len(todo), batch_size):
         idx = todo[s : s + batch_size]
         scores = teacher_forced_scores(model, paragraphs.tokens[idx], paragraphs.prefix_len, batch_size)
+        logprob = extraction_logprob(scores.token_nll)
         rows = []
         for j, i in enumerate(idx):
-            done[paragraphs.ids[i]] = (int(scores.em[j]), float(scores.nll[j]))
-            rows.append(json.dumps({"id": paragraphs.ids[i], "em": int(scores.em[j]), "nll": float(scores.nll[j])}))
+            done[paragraphs.ids[i]] = (int(scores.em[j]), float(scores.nll[j]), float(logprob[j]))
+            rows.append(json.dumps({"id": paragraphs.ids[i], "sha": hashes[i], "em": int(scores.em[j]),
+                                    "nll": float(scores.nll[j]), "logprob": float(logprob[j])}))
         if partial is not None:
             with partial.open("a", encoding="utf-8") as f:
                 f.write("\n".join(rows) + "\n")
@@ -193,7 +218,9 @@ def scan(
     bar.close()
     em = torch.tensor([done[pid][0] for pid in paragraphs.ids], dtype=torch.long)
     nll = torch.tensor([done[pid][1] for pid in paragraphs.ids], dtype=torch.float)
-    result = ScanResult(paragraphs=paragraphs, em=em, nll=nll, memorized_min_em=memorized_min_em,
+    logprob = torch.tensor([done[pid][2] for pid in paragraphs.ids], dtype=torch.float64)
+    result = ScanResult(paragraphs=paragraphs, em=em, nll=nll, extraction_logprob=logprob,
+                        memorized_min_em=memorized_min_em,
                         non_memorized_max_em=non_memorized_max_em,
                         provenance=Provenance.capture(model, non_memorized_max_em=non_memorized_max_em,
                                                       memorized_min_em=memorized_min_em))
@@ -203,27 +230,51 @@ def scan(
     return result
 
 
-def _read_partial(path: Path, fingerprint: dict, paragraphs: ParagraphSet) -> dict[str, tuple[int, float]]:
-    lines = path.read_text(encoding="utf-8").split("\n")
+def extraction_logprob(token_nll: Float[Tensor, "n continuation"]) -> Float[Tensor, " n"]:
+    """log P(whole continuation) = -(sum of the tokens' NLL), in float64 nats."""
+    return -token_nll.double().sum(-1)
+
+
+def content_hashes(tokens: Int[Tensor, "n length"]) -> list[str]:
+    """A short hash (16 hex digits of SHA-256) of each paragraph's token ids: what a resumed scan
+    compares to tell a paragraph that changed under the same id."""
+    rows = tokens.to(torch.int64).cpu().numpy()
+    return [hashlib.sha256(row.tobytes()).hexdigest()[:16] for row in rows]
+
+
+def _read_partial(path: Path, fingerprint: dict, wanted: dict[str, str]) -> dict[str, tuple[int, float, float]]:
+    """The finished rows of an interrupted scan whose paragraph (id and content hash) is still
+    wanted; the file is rewritten without the others and without a torn last line."""
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
     try:
         header = json.loads(lines[0])
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         header = None
+    if not isinstance(header, dict) or "model" not in header:
+        raise InputError(f"{path} is damaged (its first line is not a scan header); delete it and scan again")
     if header != fingerprint:
         raise InputError(
-            f"{path} holds a scan of another model or paragraph split ({header}); "
+            f"{path} holds a scan of another model or paragraph split ({str(header)[:200]}); "
             "delete it or choose another output file"
         )
     done = {}
     kept = [lines[0]]
-    wanted = set(paragraphs.ids)
+    changed = 0
     for line in lines[1:]:
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # the last line of an interrupted write
-        if row.get("id") in wanted:
-            done[row["id"]] = (int(row["em"]), float(row["nll"]))
-            kept.append(line)
+            pid, em, nll, logprob = row["id"], int(row["em"]), float(row["nll"]), float(row["logprob"])
+        except (ValueError, RecursionError, TypeError, KeyError):
+            continue  # the last line of an interrupted write, or a damaged one: scored again
+        if pid not in wanted:
+            continue
+        if row.get("sha") != wanted[pid]:
+            changed += "sha" in row  # a row without a hash (an older memlens) is scored again quietly
+            continue
+        done[pid] = (em, nll, logprob)
+        kept.append(line)
+    if changed:
+        warnings.warn(f"{path}: {changed} paragraph(s) changed since the interrupted scan (same id, other "
+                      "tokens); scoring them again", stacklevel=3)
     write_text_atomic(path, "\n".join(kept) + "\n")  # drop a torn last line before appending
     return done

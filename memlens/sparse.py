@@ -57,6 +57,12 @@ class MaskedAdam:
             for n, p in self.params.items():
                 p.copy_(torch.where(self.masks[n], p, self.start[n]))
 
+    def rewind(self) -> None:
+        """Put every weight back to its value when this optimizer was made."""
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(self.start[n])
+
     def all_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in self.params.values())
 

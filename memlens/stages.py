@@ -4,10 +4,12 @@ any of its files already in the folder, so an interrupted stage resumes where it
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import torch
 
+from memlens.errors import InputError
 from memlens.io import write_json_atomic
 from memlens.results import Result
 
@@ -67,9 +69,13 @@ def _splits(ctx: "RunContext", max_paragraphs: int) -> tuple[ParagraphSet, Parag
 
 
 def _saved(path: "Path", result_type: type[R], compute: Callable[[], R]) -> R:
-    """The result saved at ``path`` by an interrupted earlier attempt, else ``compute()`` saved there."""
+    """The result saved at ``path`` by an interrupted earlier attempt, else ``compute()`` saved
+    there. A saved result that cannot be read (damaged) is computed again, with a warning."""
     if path.exists():
-        return result_type.load(path)
+        try:
+            return result_type.load(path)
+        except InputError as e:
+            warnings.warn(f"{e}; computing it again", stacklevel=2)
     result = compute()
     result.save(path)
     return result

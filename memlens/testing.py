@@ -89,3 +89,19 @@ def random_model(arch: str = "gpt_neo", **kwargs: Any) -> HookedModel:
 def random_tokens(n: int, length: int, vocab_size: int = TINY_VOCAB, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(1, vocab_size, (n, length), generator=g)
+
+
+class Interrupted:
+    """A stand-in for a scoring function (``fn(model, tokens, ...)``) that records the rows of
+    each call in :attr:`calls` and raises ``error`` on call number ``fail_at`` (1-based; never if
+    None): a Ctrl-C or a kill in the middle of a long loop, for resumption tests."""
+
+    def __init__(self, fn: Any, fail_at: int | None = None, error: type[BaseException] = KeyboardInterrupt) -> None:
+        self.fn, self.fail_at, self.error = fn, fail_at, error
+        self.calls: list[int] = []
+
+    def __call__(self, model: Any, tokens: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append(int(tokens.shape[0]))
+        if len(self.calls) == self.fail_at:
+            raise self.error
+        return self.fn(model, tokens, *args, **kwargs)

@@ -325,9 +325,14 @@ class SparseFineTuner:
             return (-nll if objective == "unlearn" else nll) + kl_weight * kl
 
         masks, kind = self._objective_mask(objective, train_on, retain, mask_kind, fraction, seed, selectivity_floor)
-        losses = self._optimize(loss_fn, masks, steps, lr)
-        after = self._scores(refs)
-        new_after = teacher_forced_scores(model, train_on.tokens, train_on.prefix_len) if objective == "edit" else None
+        opt = MaskedAdam(self.params, masks, lr)
+        try:
+            losses = self._optimize(loss_fn, opt, steps, lr)
+            after = self._scores(refs)
+            new_after = teacher_forced_scores(model, train_on.tokens, train_on.prefix_len) if objective == "edit" else None
+        except BaseException:  # an error or Ctrl-C: the weights are as before this run
+            opt.rewind()
+            raise
         rows = []
         for k, s in sets.items():
             changed = (after[k].top1 != before[k].top1).sum(-1)
@@ -396,28 +401,23 @@ class SparseFineTuner:
                                                  paragraphs.continuation_len, paragraphs.ids)
         return self._references[key]
 
-    def _optimize(self, loss_fn: Any, masks: Mask, steps: int, lr: float) -> list[float]:
-        opt = MaskedAdam(self.params, masks, lr)
+    def _optimize(self, loss_fn: Any, opt: MaskedAdam, steps: int, lr: float) -> list[float]:
+        """``steps`` masked Adam steps on ``loss_fn``; the caller rewinds ``opt`` on any error."""
         losses: list[float] = []
+        restored = "the weights were restored to their values before this run; lower the learning rate"
         with only_trainable(self.model.tl_model, opt.trainable):
             for step in range(steps):
                 loss = loss_fn()
                 if not torch.isfinite(loss):
-                    self.restore()
-                    raise InputError(f"the loss became {loss.item()} at step {step} with lr={lr}; the original "
-                                     "weights were restored; lower the learning rate")
+                    raise InputError(f"the loss became {loss.item()} at step {step} with lr={lr}; {restored}")
                 opt.zero_grad()
                 loss.backward()
                 try:
                     opt.step()
                 except RuntimeError as e:
-                    self.restore()
-                    raise InputError(f"the optimizer step failed at step {step} with lr={lr} ({e}); the original "
-                                     "weights were restored; lower the learning rate") from None
+                    raise InputError(f"the optimizer step failed at step {step} with lr={lr} ({e}); {restored}") from None
                 if not opt.all_finite():
-                    self.restore()
-                    raise InputError(f"weights became non-finite at step {step} with lr={lr}; the original "
-                                     "weights were restored; lower the learning rate")
+                    raise InputError(f"weights became non-finite at step {step} with lr={lr}; {restored}")
                 losses.append(loss.item())
         return losses
 

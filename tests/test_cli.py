@@ -107,3 +107,76 @@ def test_bad_setting_flag_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("memlens: error: setting unlearn.fraction = 0") and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("memlens: error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture
+def paragraph_file(tmp_path):
+    f = tmp_path / "p.jsonl"
+    g = torch.Generator().manual_seed(1)
+    f.write_text("".join(json.dumps({"id": f"x{i}", "tokens": torch.randint(1, 500, (100,), generator=g).tolist()})
+                         + "\n" for i in range(3)))
+    return f
+
+
+def test_bad_outputs_are_refused_before_the_model_loads(paragraph_file, tmp_path, capsys, monkeypatch):
+    """Each of these used to lose the input or fail after the whole scan."""
+    import memlens.loading
+
+    monkeypatch.setattr(memlens.loading, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
+    before = paragraph_file.read_bytes()
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "adir").mkdir()
+    cases = {
+        str(paragraph_file): "is the paragraph file itself",
+        str(tmp_path / "adir"): "is a folder; give a file path",
+        str(tmp_path / "afile" / "r.safetensors"): "afile is a file, not a folder",
+    }
+    for out, message in cases.items():
+        assert main(["scan", str(paragraph_file), "--model", "organism-tiny", "--out", out]) == 2
+        assert message in one_line_error(capsys)
+    assert main(["scan", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "r.safetensors")]) == 2
+    assert "missing.jsonl: no such paragraph file" in one_line_error(capsys)
+    assert main(["run", "--paragraphs", str(paragraph_file), "--out", str(tmp_path / "afile" / "run")]) == 2
+    assert "afile is a file, not a folder" in one_line_error(capsys)
+    assert paragraph_file.read_bytes() == before and list((tmp_path / "adir").iterdir()) == []
+
+
+@pytest.mark.parametrize("flag,value", [("--batch-size", "0"), ("--batch-size", "-1"), ("--steps", "0"),
+                                        ("--lr", "nan"), ("--n-samples", "-3")])
+def test_bad_settings_are_one_line(flag, value, tmp_path, capsys):
+    assert main(["run", flag, value, "--out", str(tmp_path / "r")]) == 2
+    assert one_line_error(capsys).startswith("memlens: error: setting ")
+    assert not (tmp_path / "r").exists()
+
+
+def test_file_system_errors_are_one_line(model_dir, paragraph_file, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    scan_module = importlib.import_module("memlens.scan")  # the package's `scan` name is the function
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device", str(tmp_path / "r.safetensors"))
+
+    monkeypatch.setattr(scan_module, "scan", disk_full)
+    assert main(["scan", str(paragraph_file), "--model", str(model_dir), "--out", str(tmp_path / "r.safetensors")]) == 2
+    assert "No space left on device" in one_line_error(capsys)
+
+
+def test_deeply_nested_json_is_one_line(model_dir, tmp_path, capsys):
+    f = tmp_path / "deep.jsonl"
+    f.write_text('{"id": "a", "tokens": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    assert main(["scan", str(f), "--model", str(model_dir), "--quiet"]) == 2
+    assert "deep.jsonl:1: JSON nested too deeply" in one_line_error(capsys)
+
+
+def test_quiet_prints_no_progress_bar(model_dir, paragraph_file, tmp_path, capsys):
+    assert main(["scan", str(paragraph_file), "--model", str(model_dir), "--out", str(tmp_path / "r.safetensors"),
+                 "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"results: {tmp_path / 'r.safetensors'}"]

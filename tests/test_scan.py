@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from memlens import InputError, ParagraphSet, ScanResult, greedy_decode, scan
-from memlens.testing import random_tokens
+from memlens.testing import Interrupted, random_tokens
 
 
 @pytest.fixture(scope="module")
@@ -54,26 +54,17 @@ def test_scan_resumes_without_recomputing(neo, planted_set, tmp_path, monkeypatc
     out = tmp_path / "scan.safetensors"
     scan_mod = importlib.import_module("memlens.scan")  # the package's `scan` name is the function
 
-    calls = []
     real = scan_mod.teacher_forced_scores
-
-    def flaky(model, tokens, *a, **k):
-        calls.append(tokens.shape[0])
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(model, tokens, *a, **k)
-
-    monkeypatch.setattr(scan_mod, "teacher_forced_scores", flaky)
+    monkeypatch.setattr(scan_mod, "teacher_forced_scores", Interrupted(real, fail_at=2))
     with pytest.raises(KeyboardInterrupt):
         scan(neo, ps, batch_size=3, out=out, progress=False)
     assert not out.exists()  # never a half-written results file
     partial = out.with_name(out.name + ".partial")
     assert len(partial.read_text().strip().split("\n")) == 1 + 3
-    calls.clear()
-    monkeypatch.setattr(scan_mod, "teacher_forced_scores", real)
-    monkeypatch.setattr(scan_mod, "teacher_forced_scores", lambda m, t, *a, **k: (calls.append(t.shape[0]), real(m, t, *a, **k))[1])
+    counted = Interrupted(real)
+    monkeypatch.setattr(scan_mod, "teacher_forced_scores", counted)
     res = scan(neo, ps, batch_size=3, out=out, progress=False)
-    assert sum(calls) == 5  # only the 5 paragraphs not yet done
+    assert sum(counted.calls) == 5  # only the 5 paragraphs not yet done
     assert res.em.tolist() == ems and out.exists() and not partial.exists()
     assert ScanResult.load(out).em.tolist() == ems
 
@@ -119,3 +110,64 @@ def test_reference_columns_do_not_collide_with_scan_results(neo, planted_set, tm
     res.save(tmp_path / "r.safetensors")
     back = ScanResult.load(tmp_path / "r.safetensors").to_dataframe()
     assert back["reference_nll"].tolist() == [-1.0] * len(ps) and back["em"].tolist() == ems
+
+
+def test_resumed_scan_rescores_paragraphs_whose_content_changed(neo, planted_set, tmp_path, monkeypatch):
+    """A partial scan's rows carry a hash of each paragraph's tokens: a paragraph edited under the
+    same id between the interruption and the resume is scored again, not given its stale EM."""
+    ps, ems = planted_set
+    out = tmp_path / "scan.safetensors"
+    scan_mod = importlib.import_module("memlens.scan")
+    real = scan_mod.teacher_forced_scores
+    monkeypatch.setattr(scan_mod, "teacher_forced_scores", Interrupted(real, fail_at=2))
+    with pytest.raises(KeyboardInterrupt):
+        scan(neo, ps, batch_size=3, out=out, progress=False)  # p0, p1, p2 done
+    monkeypatch.setattr(scan_mod, "teacher_forced_scores", real)
+    edited = ps.tokens.clone()
+    edited[0, 30 + 3] = (edited[0, 30 + 3] + 1) % neo.vocab_size  # p0 now breaks after 3 tokens
+    changed = ParagraphSet.from_tokens(edited, prefix_len=30, ids=ps.ids)
+    with pytest.warns(UserWarning, match="1 paragraph\\(s\\) changed since the interrupted scan"):
+        res = scan(neo, changed, batch_size=3, out=out, progress=False)
+    assert res.em.tolist() == [3] + ems[1:]  # p0's stale EM (30) is not kept
+    assert res.em.tolist() == scan(neo, changed, progress=False).em.tolist()
+
+
+def test_scan_checks_its_output_and_batch_size_first(neo, planted_set, tmp_path):
+    ps, _ = planted_set
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        scan(neo, ps, out=tmp_path / "afile" / "scan.safetensors", progress=False)
+    for bad in (0, -1):
+        with pytest.raises(InputError, match="batch_size must be >= 1"):
+            scan(neo, ps, batch_size=bad, progress=False)
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_scan_sets_aside_what_a_kill_left(neo, planted_set, tmp_path):
+    """A damaged partial is refused with what to do; the temporary file of a save killed midway
+    is removed by the next scan (and only that file's)."""
+    ps, ems = planted_set
+    out = tmp_path / "scan.safetensors"
+    partial = out.with_name(out.name + ".partial")
+    partial.write_text("\x00\x00garbage\n")
+    with pytest.raises(InputError, match="is damaged .*delete it and scan again"):
+        scan(neo, ps, out=out, progress=False)
+    partial.unlink()
+    (tmp_path / ".scan.safetensors.x1y2.tmp").write_bytes(b"half a file")
+    (tmp_path / ".other.json.x1y2.tmp").write_bytes(b"not ours")
+    assert scan(neo, ps, out=out, progress=False).em.tolist() == ems
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.x1y2.tmp", "scan.safetensors"]
+
+
+@torch.no_grad()
+def test_extraction_probability_is_the_product_of_token_probabilities(neo, planted_set, tmp_path):
+    ps, ems = planted_set
+    res = scan(neo, ps, batch_size=3, progress=False)
+    logits = neo(ps.tokens[:, :-1])[:, ps.prefix_len - 1 :].double()
+    token_p = torch.softmax(logits, -1).gather(-1, ps.continuations[..., None]).squeeze(-1)
+    torch.testing.assert_close(res.extraction_prob, token_p.prod(-1), rtol=1e-4, atol=0)
+    torch.testing.assert_close(res.extraction_logprob, -res.nll.double() * ps.continuation_len, rtol=1e-5, atol=1e-4)
+    df = res.to_dataframe()
+    assert df["extraction_prob"].tolist() == pytest.approx(token_p.prod(-1).tolist(), rel=1e-4)
+    res.save(tmp_path / "r.safetensors")  # kept by save/load, and by a resumed scan
+    assert torch.equal(ScanResult.load(tmp_path / "r.safetensors").extraction_logprob, res.extraction_logprob)

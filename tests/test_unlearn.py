@@ -189,3 +189,33 @@ def test_random_mask_checks_its_fraction(neo, sets):
         with pytest.raises(InputError, match="fraction must be in"):
             ft.unlearn(target[0], retain, mask="random", fraction=bad, steps=1)
     assert ft.weights_changed() == 0
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, MemoryError])
+def test_an_interrupted_run_leaves_the_weights_as_before_it(neo, sets, monkeypatch, failure):
+    """Ctrl-C or an error in the middle of a run undoes that run's steps, and only them: an
+    earlier finished run of the same tuner stays applied."""
+    import memlens.sparse as sparse
+
+    target, retain = sets
+    ft = SparseFineTuner(neo)
+    original = snapshot(neo)
+    with ft.restored():
+        ft.unlearn(target[0], retain, mask="topk", fraction=0.01, steps=2, lr=0.05)
+        after_first = snapshot(neo)
+        assert any(not torch.equal(after_first[n], original[n]) for n in original)
+        real_step, steps = sparse.MaskedAdam.step, []
+
+        def dies_on_third_step(self):
+            steps.append(1)
+            if len(steps) == 3:
+                raise failure("stopped")
+            real_step(self)
+
+        monkeypatch.setattr(sparse.MaskedAdam, "step", dies_on_third_step)
+        with pytest.raises(failure):
+            ft.unlearn(target[1], retain, mask="topk", fraction=0.01, steps=5, lr=0.05)
+        assert len(steps) == 3
+        now = snapshot(neo)
+        assert all(torch.equal(now[n], after_first[n]) for n in now)  # two steps taken, both undone
+    assert all(torch.equal(p, original[n]) for n, p in snapshot(neo).items())

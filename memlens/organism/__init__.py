@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from memlens.errors import CacheError
+from memlens.io import share_permissions
 from memlens.organism.cache import default_cache_root, discard, organism_key, seal, verify
 from memlens.organism.config import PRESETS, OrganismConfig, get_config
 from memlens.organism.info import OrganismInfo
@@ -53,6 +54,7 @@ def build(
     work = folder.with_name(folder.name + ".building")
     build_organism(cfg, seed, work, progress=progress)
     seal(work)
+    share_permissions(work)
     os.replace(work, folder)
     return folder
 
@@ -61,16 +63,12 @@ def load_organism(
     size: str = "default", seed: int = 0, cache_dir: str | os.PathLike[str] | None = None, progress: bool = True,
 ):
     """The organism as a :class:`~memlens.HookedModel` (built on first use, then loaded in seconds)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from memlens.loading import quiet_transformers, from_hf
+    from memlens.loading import load_tokenizer, from_hf, load_hf_folder
 
     folder = build(size, seed, cache_dir, progress=progress)
     info = OrganismInfo.load(folder / "ground_truth")
-    with quiet_transformers():
-        tok = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
-        hf = AutoModelForCausalLM.from_pretrained(str(folder / "model")).eval()
-    return from_hf(hf, tok, name=f"organism-{size}-seed{seed}", ground_truth=info)
+    return from_hf(load_hf_folder(folder / "model"), load_tokenizer(folder / "tokenizer"),
+                   name=f"organism-{size}-seed{seed}", ground_truth=info)
 
 
 # Settings that make every stage of `memlens run` on the SmolLM2 organism (30 layers x 9 heads,

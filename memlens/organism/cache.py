@@ -54,14 +54,20 @@ def verify(folder: Path) -> None:
     if not mf.exists():
         raise CacheError(f"{folder}: no {MANIFEST} (partial or interrupted build)")
     try:
-        manifest = json.loads(mf.read_text())
-    except json.JSONDecodeError:
+        manifest = json.loads(mf.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError):
         raise CacheError(f"{folder}: {MANIFEST} is corrupted") from None
-    if manifest.get("format") != ORGANISM_FORMAT:
-        raise CacheError(f"{folder}: cache format {manifest.get('format')} != {ORGANISM_FORMAT}")
-    for rel, rec in manifest["files"].items():
+    if not isinstance(manifest, dict) or manifest.get("format") != ORGANISM_FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise CacheError(f"{folder}: cache format {got!r} != {ORGANISM_FORMAT}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(
+            isinstance(rec, dict) and isinstance(rec.get("bytes"), int) and isinstance(rec.get("sha256"), str)
+            for rec in files.values()):
+        raise CacheError(f"{folder}: {MANIFEST} does not list files with their sizes and hashes (corrupted)")
+    for rel, rec in files.items():
         p = folder / rel
-        if not p.exists():
+        if not p.is_file():
             raise CacheError(f"{folder}: {rel} is missing")
         if p.stat().st_size != rec["bytes"] or _sha256(p) != rec["sha256"]:
             raise CacheError(f"{folder}: {rel} does not match its recorded hash (corrupted)")

