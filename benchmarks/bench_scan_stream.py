@@ -2,12 +2,13 @@
 
 Baseline: the in-memory scan (`ParagraphSet.from_file` + `scan`, everything held until the end).
 Measured against it in the same run, each in a fresh subprocess (peak RSS = ru_maxrss):
-- the streaming local scan (`scan_to_table`) at N and 4N paragraphs: rows/s, and whether memory
-  stays flat while the input grows;
+- the streaming local scan (`scan_to_table`) at N and 8N paragraphs: rows/s, and whether the
+  memory above the loaded model (peak RSS minus RSS once the model is loaded) stays flat while
+  the input grows (the in-memory scan's grows with it);
 - the Ray Data engine (`scan_with_ray`) with 1 and 2 actors: rows/s, and each actor's peak RSS
   (sampled from the actors' processes while they run). Skipped, saying so, without Ray.
 
-    python benchmarks/bench_scan_stream.py [--n 2048] [--cache-dir DIR] [--json out.json]
+    python benchmarks/bench_scan_stream.py [--n 2048] [--scale 8] [--cache-dir DIR] [--json out.json]
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import time
 from pathlib import Path
 
 CHILD = r"""
-import json, resource, sys, time
+import json, resource, sys, time, tracemalloc
 import memlens as ml
 from memlens import scan_to_table
 mode, source, out, cache = sys.argv[1:5]
 model = ml.load_model("organism-tiny", cache_dir=cache, progress=False)
+loaded = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) / 1024
+tracemalloc.start()  # Python objects only (the paragraphs, ids, rows); tensors are native
 t0 = time.perf_counter()
 if mode == "memory":
     paras = ml.ParagraphSet.from_file(source, model)
@@ -34,7 +37,9 @@ if mode == "memory":
 else:
     n = scan_to_table(model, source, out, batch_size=32, chunk_size=256, progress=False).header["n"]
 seconds = time.perf_counter() - t0
-print(json.dumps({"n": n, "seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"n": n, "seconds": seconds, "peak_rss_mb": peak, "data_mb": peak - loaded,
+                  "python_peak_mb": tracemalloc.get_traced_memory()[1] / 2**20}))
 """
 
 
@@ -85,18 +90,19 @@ def ray_run(source: Path, out: Path, workers: int, cache_dir: str | None) -> dic
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2048)
+    ap.add_argument("--scale", type=int, default=8, help="the larger input is scale x n paragraphs")
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     small, large = tmp / "small.jsonl", tmp / "large.jsonl"
     make_input(small, args.n, args.cache_dir)
-    make_input(large, 4 * args.n, args.cache_dir)
+    make_input(large, args.scale * args.n, args.cache_dir)
     results: dict[str, dict] = {}
     results["in_memory_n"] = child("memory", small, tmp / "m.safetensors", args.cache_dir)
-    results["in_memory_4n"] = child("memory", large, tmp / "m4.safetensors", args.cache_dir)
+    results["in_memory_large"] = child("memory", large, tmp / "m4.safetensors", args.cache_dir)
     results["stream_n"] = child("stream", small, tmp / "s.parquet", args.cache_dir)
-    results["stream_4n"] = child("stream", large, tmp / "s4.parquet", args.cache_dir)
+    results["stream_large"] = child("stream", large, tmp / "s4.parquet", args.cache_dir)
     try:
         import ray  # noqa: F401
 
@@ -106,16 +112,21 @@ def main() -> None:
         print("Ray is not installed (pip install 'memlens[ray]'): the Ray rows are skipped", file=sys.stderr)
     for name, r in results.items():
         r["rows_per_second"] = round(r["n"] / r["seconds"], 1)
-        extra = f", peak RSS {r['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in r else (
+        extra = (f", peak RSS {r['peak_rss_mb']:.0f} MB ({r['data_mb']:.0f} MB above the loaded model), Python objects "
+                 f"{r['python_peak_mb']:.1f} MB at peak") if "peak_rss_mb" in r else (
             f", actors' peak RSS {r['actor_peak_rss_mb']} MB" if "actor_peak_rss_mb" in r else "")
         print(f"{name:>16}: {r['n']} paragraphs in {r['seconds']:.1f} s = {r['rows_per_second']} rows/s{extra}")
     base = results["in_memory_n"]
     for name in results:
         if name != "in_memory_n":
             print(f"{name} / in-memory (N): {results[name]['rows_per_second'] / base['rows_per_second']:.2f}x rows/s")
-    grow_mem = results["in_memory_4n"]["peak_rss_mb"] - base["peak_rss_mb"]
-    grow_stream = results["stream_4n"]["peak_rss_mb"] - results["stream_n"]["peak_rss_mb"]
-    print(f"peak RSS growth from N to 4N: in-memory +{grow_mem:.0f} MB, streaming +{grow_stream:.0f} MB")
+    grow_mem = results["in_memory_large"]["data_mb"] - base["data_mb"]
+    grow_stream = results["stream_large"]["data_mb"] - results["stream_n"]["data_mb"]
+    print(f"memory above the model, N -> {args.scale}N paragraphs: in-memory {grow_mem:+.0f} MB, "
+          f"streaming {grow_stream:+.0f} MB")
+    print("peak of Python objects, N -> {}N: in-memory {:.1f} -> {:.1f} MB, streaming {:.1f} -> {:.1f} MB".format(
+        args.scale, base["python_peak_mb"], results["in_memory_large"]["python_peak_mb"],
+        results["stream_n"]["python_peak_mb"], results["stream_large"]["python_peak_mb"]))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
