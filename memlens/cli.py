@@ -123,49 +123,34 @@ def _streams(args: argparse.Namespace, path: Path) -> bool:
 
 
 def cmd_scan_table(args: argparse.Namespace, cfg: Any, path: Path) -> int:
-    """A streaming scan (any size, memory flat) into a Parquet or JSONL table, one shard of it
-    with --shard."""
+    """A streaming scan (any size, memory flat) into a Parquet or JSONL table: one --shard of it,
+    or all of it on Ray Data with --engine ray."""
     from memlens.loading import load_model
-    from memlens.scan_table import TABLE_SUFFIXES
-    from memlens.stream import Shard, scan_to_table
+    from memlens.stream import Shard, scan_to_table, table_target
 
     shard = Shard.parse(args.shard) if args.shard else Shard()
     out = Path(args.out) if args.out else path.with_name(path.stem + ".scan.parquet")
-    if out.suffix.lower() not in TABLE_SUFFIXES:
-        raise MemlensError(f"--out {out}: a streaming scan writes a table ending in .parquet or .jsonl")
+    table_target(path, out, shard)  # before the model loads: a bad path costs nothing
     if args.engine == "ray":
         from memlens.ray_scan import scan_with_ray
 
         if shard.world > 1:
             raise MemlensError("--engine ray spreads the work itself; drop --shard")
-        table = scan_with_ray(cfg.model, path, out, workers=args.workers, num_gpus=args.num_gpus,
-                              ray_address=args.ray_address, seed=cfg.seed, cache_dir=args.cache_dir,
-                              device=cfg.device, dtype=cfg.dtype, prefix_len=args.prefix_len,
-                              continuation_len=args.continuation_len, batch_size=cfg.scan.batch_size,
-                              non_memorized_max_em=cfg.scan.non_memorized_max_em,
-                              memorized_min_em=cfg.scan.memorized_min_em)
-        print(json.dumps(table.summary(), indent=2))
-        print(f"results: {table.path}", file=sys.stderr)
-        return 0
+        return _print_table(scan_with_ray(
+            cfg.model, path, out, workers=args.workers, num_gpus=args.num_gpus, ray_address=args.ray_address,
+            seed=cfg.seed, cache_dir=args.cache_dir, device=cfg.device, dtype=cfg.dtype, prefix_len=args.prefix_len,
+            continuation_len=args.continuation_len, batch_size=cfg.scan.batch_size,
+            non_memorized_max_em=cfg.scan.non_memorized_max_em, memorized_min_em=cfg.scan.memorized_min_em))
     device = cfg.device
     if device == "cuda" and shard.world > 1 and "LOCAL_RANK" in os.environ:
         device = f"cuda:{os.environ['LOCAL_RANK']}"  # one GPU per process under torchrun
-    # the same checks scan_to_table makes, before the model loads
-    from memlens.io import check_output_file
-
-    target = shard.output_path(out)
-    if target.resolve() == path.resolve():
-        raise MemlensError(f"--out {target} is the paragraph file itself; choose another output file")
-    check_output_file(target, "--out")
     model = load_model(cfg.model, seed=cfg.seed, cache_dir=args.cache_dir, progress=not args.quiet,
                        device=device, dtype=cfg.dtype)
-    table = scan_to_table(model, path, out, prefix_len=args.prefix_len, continuation_len=args.continuation_len,
-                          batch_size=cfg.scan.batch_size, chunk_size=args.chunk_size, shard=shard,
-                          skip_short=bool(cfg.skip_short), non_memorized_max_em=cfg.scan.non_memorized_max_em,
-                          memorized_min_em=cfg.scan.memorized_min_em, progress=not args.quiet)
-    print(json.dumps(table.summary(), indent=2))
-    print(f"results: {table.path}", file=sys.stderr)
-    return 0
+    return _print_table(scan_to_table(
+        model, path, out, prefix_len=args.prefix_len, continuation_len=args.continuation_len,
+        batch_size=cfg.scan.batch_size, chunk_size=args.chunk_size, shard=shard, skip_short=bool(cfg.skip_short),
+        non_memorized_max_em=cfg.scan.non_memorized_max_em, memorized_min_em=cfg.scan.memorized_min_em,
+        progress=not args.quiet))
 
 
 def cmd_scan_merge(args: argparse.Namespace) -> int:
@@ -174,7 +159,11 @@ def cmd_scan_merge(args: argparse.Namespace) -> int:
 
     if not args.out:
         raise MemlensError("memlens scan merge needs --out TABLE (.parquet or .jsonl)")
-    table = merge_scan_tables(args.more, args.out)
+    return _print_table(merge_scan_tables(args.more, args.out))
+
+
+def _print_table(table: Any) -> int:
+    """A scan table's summary on stdout, its path on stderr; exit status 0."""
     print(json.dumps(table.summary(), indent=2))
     print(f"results: {table.path}", file=sys.stderr)
     return 0

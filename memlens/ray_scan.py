@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from memlens.errors import InputError
-from memlens.scan_table import COLUMNS, TABLE_KIND, TABLE_SUFFIXES, TABLE_VERSION, ScanTable, split_summary, write_table
+from memlens.scan_table import COLUMNS, TABLE_KIND, TABLE_VERSION, ScanTable, split_summary, write_table
+from memlens.stream import table_target
 
 
 class ScanWorker:
@@ -114,7 +115,6 @@ def scan_with_ray(
         from ray.data.checkpoint.interfaces import CheckpointConfig
     except ImportError:
         raise InputError("--engine ray needs Ray Data: pip install 'memlens[ray]'") from None
-    from memlens.io import check_output_file
     from memlens.results import versions
     from memlens.scan import DEFAULT_NON_MEMORIZED_MAX_EM
 
@@ -123,9 +123,7 @@ def scan_with_ray(
         raise InputError(f"{source}: no such paragraph file")
     if source.suffix.lower() not in (".jsonl", ".parquet"):
         raise InputError(f"{source}: the Ray engine reads JSONL or Parquet")
-    if target.suffix.lower() not in TABLE_SUFFIXES:
-        raise InputError(f"{target}: a scan table ends in .parquet or .jsonl")
-    check_output_file(target, "scan table")
+    table_target(source, target)
     if workers < 1:
         raise InputError(f"workers must be >= 1, got {workers}")
     mem_min = continuation_len if memorized_min_em is None else memorized_min_em

@@ -192,6 +192,21 @@ def _chunk(rows: list[tuple[int, dict[str, Any]]], number: int, start: int, path
     return Chunk(number, paras, [index_of[pid] for pid in paras.ids], len(paras.skipped))
 
 
+def table_target(source: str | Path, out: str | Path, shard: Shard = Shard()) -> Path:
+    """The table a (shard of a) streamed scan of ``source`` writes for ``out``, checked before
+    any work: a .parquet or .jsonl name, not the input itself, writable. Raises
+    :class:`InputError` saying what is wrong."""
+    target = shard.output_path(Path(out))
+    if target.suffix.lower() not in TABLE_SUFFIXES:
+        raise InputError(f"{target}: a scan table ends in .parquet or .jsonl")
+    if target.resolve() == Path(source).resolve():
+        raise InputError(f"--out {target} is the paragraph file itself; choose another output file")
+    check_output_file(target, "scan table")
+    if target.suffix.lower() == ".parquet":
+        pyarrow_parquet()
+    return target
+
+
 def scan_to_table(
     model: "HookedModel",
     source: str | Path,
@@ -233,16 +248,9 @@ def scan_to_table(
 
     source = Path(source)
     shard = Shard.parse(shard) if isinstance(shard, str) else (shard or Shard())
-    target = shard.output_path(Path(out))
-    if target.suffix.lower() not in TABLE_SUFFIXES:
-        raise InputError(f"{target}: a scan table ends in .parquet or .jsonl")
-    if target.resolve() == source.resolve():
-        raise InputError(f"--out {target} is the paragraph file itself; choose another output file")
-    check_output_file(target, "scan table")
+    target = table_target(source, out, shard)
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    if target.suffix.lower() == ".parquet":
-        pyarrow_parquet()
     non_max = DEFAULT_NON_MEMORIZED_MAX_EM if non_memorized_max_em is None else non_memorized_max_em
     mem_min = continuation_len if memorized_min_em is None else memorized_min_em
     if not 0 <= non_max < mem_min <= continuation_len:
@@ -318,25 +326,25 @@ def _part_is_done(part: Path, digest: str) -> bool:
     return isinstance(head, dict) and head.get("hash") == digest and head.get("n") == rows
 
 
-def _iter_part_rows(parts: Path) -> Iterator[list[dict[str, Any]]]:
+def _iter_parts(parts: Path) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Each part's head line (chunk, hash, counts) and rows, in chunk order."""
     for part in sorted(parts.glob("part-*.jsonl")):
         with part.open(encoding="utf-8") as f:
-            next(f)
-            yield [json.loads(line) for line in f if line.strip()]
+            head = json.loads(f.readline())
+            yield head, [json.loads(line) for line in f if line.strip()]
 
 
 def _assemble(parts: Path, target: Path, header: dict[str, Any]) -> ScanTable:
-    """Write the table from the parts, in chunk order, one part in memory at a time; the header
-    gets the counts per split. Ids must be unique across chunks (checked by 64-bit hashes: about
-    60 MB per million paragraphs)."""
-    skipped = 0
-    for part in sorted(parts.glob("part-*.jsonl")):
-        with part.open(encoding="utf-8") as f:
-            skipped += int(json.loads(f.readline()).get("skipped", 0))
+    """Write the table from the parts, in chunk order, one part in memory at a time: a first pass
+    for the header (counts per split, skipped paragraphs), a second to write. Ids must be unique
+    across chunks (checked by 64-bit hashes: about 60 MB per million paragraphs)."""
     seen: set[int] = set()
+    skipped = 0
 
     def rows() -> Iterator[tuple[str, int, float]]:
-        for batch in _iter_part_rows(parts):
+        nonlocal skipped
+        for head, batch in _iter_parts(parts):
+            skipped += int(head.get("skipped", 0))
             for r in batch:
                 key = int.from_bytes(hashlib.blake2b(r["id"].encode(), digest_size=8).digest(), "little")
                 if key in seen:
@@ -347,5 +355,5 @@ def _assemble(parts: Path, target: Path, header: dict[str, Any]) -> ScanTable:
 
     n, splits = split_summary(rows())
     header = header | {"n": n, "skipped_short": skipped, "splits": splits}
-    write_table(target, header, _iter_part_rows(parts))
+    write_table(target, header, (batch for _, batch in _iter_parts(parts)))
     return ScanTable(target, header)
