@@ -233,9 +233,8 @@ def write_summary(ctx: RunContext) -> dict[str, Any]:
     if ctx.load_seconds:
         seconds["load_model"] = ctx.load_seconds
     for stage in STAGES:
-        path = ctx.out / f"{stage}.summary.json"
-        if path.exists():
-            data = read_stage_summary(ctx.out, stage)
+        data = read_stage_summary(ctx.out, stage)
+        if data is not None:
             seconds[stage] = data.pop("seconds", None)
             if stage == "scan":
                 summary.update(data)

@@ -45,7 +45,7 @@ class ScanWorker:
 
         from memlens.data import ParagraphSet
         from memlens.metrics import teacher_forced_scores
-        from memlens.scan import content_hashes, extraction_logprob
+        from memlens.scan import content_hashes, extraction_logprob, split_labels
 
         ids = [str(i) for i in batch["id"]]
         need = self.prefix_len + self.continuation_len
@@ -60,10 +60,10 @@ class ScanWorker:
         paras.validate(self.model.vocab_size, self.model.n_ctx)
         scores = teacher_forced_scores(self.model, paras.tokens, self.prefix_len, self.batch_size)
         em = scores.em.numpy()
-        split = np.where(em >= self.mem_min, "memorized", np.where(em <= self.non_max, "non_memorized", "partly"))
+        split = np.array(split_labels(em.tolist(), self.non_max, self.mem_min), dtype=object)
         return {"index": np.full(len(ids), -1, dtype=np.int64), "id": np.array(ids, dtype=object),
                 "em": em.astype(np.int32), "nll": scores.nll.double().numpy(),
-                "extraction_logprob": extraction_logprob(scores.token_nll).numpy(), "split": split.astype(object),
+                "extraction_logprob": extraction_logprob(scores.token_nll).numpy(), "split": split,
                 "sha": np.array(content_hashes(paras.tokens), dtype=object)}
 
 
@@ -116,7 +116,7 @@ def scan_with_ray(
     except ImportError:
         raise InputError("--engine ray needs Ray Data: pip install 'memlens[ray]'") from None
     from memlens.results import versions
-    from memlens.scan import DEFAULT_NON_MEMORIZED_MAX_EM
+    from memlens.scan import split_thresholds
 
     source, target = Path(source), Path(out)
     if not source.is_file():
@@ -126,8 +126,7 @@ def scan_with_ray(
     table_target(source, target)
     if workers < 1:
         raise InputError(f"workers must be >= 1, got {workers}")
-    mem_min = continuation_len if memorized_min_em is None else memorized_min_em
-    non_max = DEFAULT_NON_MEMORIZED_MAX_EM if non_memorized_max_em is None else non_memorized_max_em
+    non_max, mem_min = split_thresholds(continuation_len, non_memorized_max_em, memorized_min_em)
     blocks, checkpoint = target.with_name(target.name + ".ray"), target.with_name(target.name + ".ray-checkpoint")
     started_here = not ray.is_initialized()
     if started_here:

@@ -13,7 +13,7 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -60,13 +60,9 @@ class ScanResult(Result):
     provenance: Provenance = field(default_factory=Provenance)
 
     def __post_init__(self) -> None:
-        if self.memorized_min_em is None:
-            object.__setattr__(self, "memorized_min_em", self.paragraphs.continuation_len)
-        if not 0 <= self.non_memorized_max_em < self.memorized_min_em <= self.paragraphs.continuation_len:
-            raise InputError(
-                f"thresholds must satisfy 0 <= non_memorized_max_em ({self.non_memorized_max_em}) < "
-                f"memorized_min_em ({self.memorized_min_em}) <= continuation_len ({self.paragraphs.continuation_len})"
-            )
+        _, mem_min = split_thresholds(self.paragraphs.continuation_len, self.non_memorized_max_em,
+                                      self.memorized_min_em)
+        object.__setattr__(self, "memorized_min_em", mem_min)
         if len(self.em) != len(self.paragraphs) or len(self.nll) != len(self.paragraphs):
             raise InputError(f"{len(self.em)} EM and {len(self.nll)} NLL values for {len(self.paragraphs)} paragraphs")
 
@@ -105,10 +101,7 @@ class ScanResult(Result):
 
     def split_of(self) -> list[str]:
         """``memorized``, ``partly`` or ``non_memorized`` for each paragraph."""
-        return [
-            "memorized" if m else "non_memorized" if n else "partly"
-            for m, n in zip(self.memorized_mask.tolist(), self.non_memorized_mask.tolist())
-        ]
+        return split_labels(self.em.tolist(), self.non_memorized_max_em, self.memorized_min_em)
 
     def to_dataframe(self) -> "pd.DataFrame":
         """One row per paragraph: ``paragraph, em, nll, split`` and the paragraphs' metadata
@@ -228,6 +221,24 @@ def scan(
         result.save(out)
         partial.unlink()
     return result
+
+
+def split_thresholds(continuation_len: int, non_memorized_max_em: int | None = None,
+                     memorized_min_em: int | None = None) -> tuple[int, int]:
+    """The split's thresholds (EM in tokens) with their defaults, the paper's 10 and the whole
+    continuation, checked: ``0 <= non_memorized_max_em < memorized_min_em <= continuation_len``."""
+    non_max = DEFAULT_NON_MEMORIZED_MAX_EM if non_memorized_max_em is None else non_memorized_max_em
+    mem_min = continuation_len if memorized_min_em is None else memorized_min_em
+    if not 0 <= non_max < mem_min <= continuation_len:
+        raise InputError(f"thresholds must satisfy 0 <= non_memorized_max_em ({non_max}) < memorized_min_em "
+                         f"({mem_min}) <= continuation_len ({continuation_len})")
+    return non_max, mem_min
+
+
+def split_labels(em: Sequence[int], non_memorized_max_em: int, memorized_min_em: int) -> list[str]:
+    """``memorized``, ``partly`` or ``non_memorized`` for each EM value: the one rule of every scan."""
+    return ["memorized" if e >= memorized_min_em else "non_memorized" if e <= non_memorized_max_em else "partly"
+            for e in em]
 
 
 def extraction_logprob(token_nll: Float[Tensor, "n continuation"]) -> Float[Tensor, " n"]:

@@ -244,18 +244,14 @@ def scan_to_table(
     """
     from memlens.metrics import teacher_forced_scores
     from memlens.results import versions
-    from memlens.scan import DEFAULT_NON_MEMORIZED_MAX_EM, content_hashes, extraction_logprob
+    from memlens.scan import content_hashes, extraction_logprob, split_labels, split_thresholds
 
     source = Path(source)
     shard = Shard.parse(shard) if isinstance(shard, str) else (shard or Shard())
     target = table_target(source, out, shard)
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    non_max = DEFAULT_NON_MEMORIZED_MAX_EM if non_memorized_max_em is None else non_memorized_max_em
-    mem_min = continuation_len if memorized_min_em is None else memorized_min_em
-    if not 0 <= non_max < mem_min <= continuation_len:
-        raise InputError(f"thresholds must satisfy 0 <= non_memorized_max_em ({non_max}) < memorized_min_em "
-                         f"({mem_min}) <= continuation_len ({continuation_len})")
+    non_max, mem_min = split_thresholds(continuation_len, non_memorized_max_em, memorized_min_em)
     header = {"memlens": TABLE_KIND, "version": TABLE_VERSION, "model": model.name, "source": str(source.resolve()),
               "prefix_len": prefix_len, "continuation_len": continuation_len, "chunk_size": chunk_size,
               "shard": [shard.rank, shard.world], "non_memorized_max_em": non_max, "memorized_min_em": mem_min}
@@ -278,11 +274,11 @@ def scan_to_table(
             paras.validate(model.vocab_size, model.n_ctx)
             scores = teacher_forced_scores(model, paras.tokens, prefix_len, batch_size)
             logprob = extraction_logprob(scores.token_nll)
+            ems = scores.em.tolist()
+            splits = split_labels(ems, non_max, mem_min)
             for j, (pid, sha) in enumerate(zip(paras.ids, content_hashes(paras.tokens))):
-                em = int(scores.em[j])
-                split = "memorized" if em >= mem_min else "non_memorized" if em <= non_max else "partly"
-                lines.append(json.dumps({"index": chunk.indices[j], "id": pid, "em": em, "nll": float(scores.nll[j]),
-                                         "extraction_logprob": float(logprob[j]), "split": split, "sha": sha}))
+                lines.append(json.dumps({"index": chunk.indices[j], "id": pid, "em": ems[j], "nll": float(scores.nll[j]),
+                                         "extraction_logprob": float(logprob[j]), "split": splits[j], "sha": sha}))
             n_new += len(paras)
         write_text_atomic(part, "\n".join(lines) + "\n")
         bar.update(len(chunk.indices))

@@ -43,6 +43,19 @@ def ray_child(source, out, cache, workers: int, **popen) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
+def run_ray(source, out, cache, workers: int) -> str:
+    """A whole Ray scan in a child process (10 minutes at most; the cluster stopped after it);
+    its stdout. Fails with the child's stderr when it fails."""
+    child = ray_child(source, out, cache, workers)
+    try:
+        stdout, stderr = child.communicate(timeout=600)
+    finally:
+        child.kill()
+        stop_ray()
+    assert child.returncode == 0, stderr[-3000:]
+    return stdout
+
+
 def stop_ray() -> None:
     subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True, timeout=120)
 
@@ -70,13 +83,7 @@ def check_table(path, ref) -> None:
 
 def test_ray_table_equals_the_local_scan(organism_file, organism_cache, tmp_path):
     source, ref = organism_file
-    child = ray_child(source, tmp_path / "ray.parquet", organism_cache, 2)
-    try:
-        out, err = child.communicate(timeout=600)
-    finally:
-        child.kill()
-        stop_ray()
-    assert child.returncode == 0, err[-3000:]
+    out = run_ray(source, tmp_path / "ray.parquet", organism_cache, 2)
     assert json.loads(out.strip().splitlines()[-1])["n"] == len(ref)
     check_table(tmp_path / "ray.parquet", ref)
     assert not (tmp_path / "ray.parquet.ray").exists() and not (tmp_path / "ray.parquet.ray-checkpoint").exists()
@@ -107,11 +114,5 @@ def test_a_killed_ray_scan_resumes(organism_file, organism_cache, tmp_path):
 
     done = {r["id"] for f in checkpoint.rglob("*.parquet") for r in pq.read_table(str(f)).to_pylist()}
     assert 0 < len(done) < len(ref)
-    again = ray_child(source, out, organism_cache, 1)
-    try:
-        _, err = again.communicate(timeout=600)
-    finally:
-        again.kill()
-        stop_ray()
-    assert again.returncode == 0, err[-3000:]
+    run_ray(source, out, organism_cache, 1)
     check_table(out, ref)
