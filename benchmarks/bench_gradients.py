@@ -23,7 +23,7 @@ def run_one(mode: str, n: int, batch_size: int) -> dict:
     import torch.nn.functional as F
 
     from memlens import ParagraphSet
-    from memlens.gradients import GradientMap
+    from memlens.analyses.gradients import GradientMap
     from memlens.loading import from_hf
     from memlens.testing import random_tokens, tiny_tokenizer
 

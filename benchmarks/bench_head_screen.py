@@ -28,7 +28,7 @@ def main() -> None:
 
     import memlens as ml
     from memlens.organism.corpus import load_documents
-    from memlens.stats import spearman
+    from memlens.core.stats import spearman
 
     model = ml.load_model(str(ml.smollm2_gguf_path()))
     P = args.prefix_len

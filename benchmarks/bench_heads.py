@@ -28,8 +28,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from memlens.loading import from_hf
-    from memlens.patching import PatchPair, attribution_patching, exact_patching
-    from memlens.stats import spearman
+    from memlens.analyses.patching import PatchPair, attribution_patching, exact_patching
+    from memlens.core.stats import spearman
     from memlens.testing import random_tokens, tiny_tokenizer
 
     sys.path.insert(0, __file__.rsplit("/", 1)[0])

@@ -25,8 +25,8 @@ from bench_scan import gpt_neo_125m  # noqa: E402
 
 from memlens import ParagraphSet, greedy_decode  # noqa: E402
 from memlens.loading import from_hf  # noqa: E402
-from memlens.metrics import generate_then_score  # noqa: E402
-from memlens.perturb import PrefixPerturber  # noqa: E402
+from memlens.core.metrics import generate_then_score  # noqa: E402
+from memlens.analyses.perturb import PrefixPerturber  # noqa: E402
 from memlens.testing import random_tokens, tiny_tokenizer  # noqa: E402
 
 

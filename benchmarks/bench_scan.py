@@ -17,7 +17,7 @@ import torch
 
 from memlens import ParagraphSet, greedy_decode, scan
 from memlens.loading import from_hf
-from memlens.metrics import generate_then_score
+from memlens.core.metrics import generate_then_score
 from memlens.testing import random_tokens, tiny_tokenizer
 
 

@@ -63,7 +63,7 @@ def child(mode: str, source: Path, out: Path, cache_dir: str | None) -> dict:
 
 def ray_run(source: Path, out: Path, workers: int, cache_dir: str | None) -> dict:
     """One Ray scan; each actor's peak RSS sampled every 0.5 s from its process."""
-    from memlens.ray_scan import scan_with_ray
+    from memlens.scale.ray_scan import scan_with_ray
 
     peaks: dict[int, float] = {}
     done = threading.Event()

@@ -20,7 +20,7 @@ import torch
 
 def ablation_study(size: str) -> dict:
     from memlens import HookedModel, scan
-    from memlens.heads import HeadLocalizer, head_ablation_em_drop
+    from memlens.analyses.heads import HeadLocalizer, head_ablation_em_drop
 
     model = HookedModel.organism(size=size, progress=False)
     res = scan(model, model.ground_truth.paragraph_set(n_background=64, n_held_out=0), progress=False)
@@ -50,8 +50,8 @@ def ablation_study(size: str) -> dict:
 
 def injection_study(size: str, heads: list[tuple[int, int]]) -> dict:
     from memlens import HookedModel
-    from memlens.heads import HeadLocalizer
-    from memlens.model import preserved_weights
+    from memlens.analyses.heads import HeadLocalizer
+    from memlens.core.model import preserved_weights
     from memlens.organism import inject
 
     model = HookedModel.organism(size=size, progress=False)

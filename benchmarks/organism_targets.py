@@ -13,7 +13,7 @@ import math
 import time
 
 import memlens as ml
-from memlens.model import preserved_weights
+from memlens.core.model import preserved_weights
 from memlens.organism import build, inject, organism_path
 
 

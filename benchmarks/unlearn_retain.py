@@ -25,8 +25,8 @@ MASKS = ("topk", "selective", "random")
 
 def main() -> None:
     from memlens import HookedModel, ParagraphSet, greedy_decode, scan
-    from memlens.metrics import teacher_forced_scores
-    from memlens.unlearn import SparseFineTuner
+    from memlens.core.metrics import teacher_forced_scores
+    from memlens.analyses.unlearn import SparseFineTuner
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="default")

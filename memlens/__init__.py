@@ -9,32 +9,45 @@ A library reproduction of Stoehr et al., "Localizing Paragraph Memorization in L
     gmap = ml.GradientMap(model).compute(scan.memorized(), label="memorized")
 """
 
-from memlens import organism as _organism  # noqa: F401  (registers the embedded models with load_model)
-from memlens.activation_gradients import ActivationGradientResult, activation_gradients
-from memlens.components import ComponentKey, ComponentRegistry
-from memlens.config import GradientsConfig, HeadsConfig, PerturbConfig, RunConfig, ScanConfig, UnlearnConfig
-from memlens.data import Paragraph, ParagraphSet
-from memlens.errors import CacheError, HookError, InputError, MemlensError, ModelLoadError
-from memlens.frequency import UnigramCounts
-from memlens.gradients import GradientMap, GradientMapComparison, GradientMapResult
-from memlens.heads import HeadLocalizer, HeadReport, head_ablation_em_drop
-from memlens import stats  # noqa: F401  (rank statistics: spearman, kendall_tau)
-from memlens.mask_comparison import MaskComparison, compare_masks
+from memlens.core import stats  # noqa: F401  (rank statistics: spearman, kendall_tau)
+from memlens.core.components import ComponentKey, ComponentRegistry
+from memlens.core.data import Paragraph, ParagraphSet
+from memlens.core.errors import CacheError, HookError, InputError, MemlensError, ModelLoadError
+from memlens.core.ground_truth import GroundTruth
+from memlens.core.metrics import ContinuationScores, greedy_decode, teacher_forced_scores
+from memlens.core.model import HookedModel
+from memlens.core.results import Provenance, Result, load_result
 from memlens.loading import load_model, register_model_source, smollm2_gguf_path
-from memlens.metrics import ContinuationScores, greedy_decode, teacher_forced_scores
-from memlens.model import HookedModel
+
+from memlens import organism as _organism  # noqa: F401  (registers the embedded models with load_model)
 from memlens.organism import InjectionResult, OrganismInfo, inject
-from memlens.patching import PatchingResult, PatchPair, attribution_patching, exact_patching, make_patch_pairs
-from memlens.perturb import PerturbationResult, PrefixPerturber
-from memlens.pipeline import run_pipeline
-from memlens.profiles import EMRangeProfiles, profiles_by_em_range
-from memlens.rare_attention import RareAttentionResult, rare_token_attention
-from memlens.results import Provenance, Result, load_result
-from memlens.ray_scan import scan_with_ray
-from memlens.scan import ScanResult, scan
-from memlens.scan_table import ScanTable, merge_scan_tables
-from memlens.stream import Shard, scan_to_table
-from memlens.unlearn import FineTuneResult, SparseFineTuner, selective_mask
+
+from memlens import viz  # noqa: F401
+
+from memlens.analyses.activation_gradients import ActivationGradientResult, activation_gradients
+from memlens.analyses.attention_views import activation_gradient_view, head_views
+from memlens.analyses.frequency import UnigramCounts
+from memlens.analyses.gradients import GradientMap, GradientMapComparison, GradientMapResult
+from memlens.analyses.heads import HeadLocalizer, HeadReport, head_ablation_em_drop
+from memlens.analyses.mask_comparison import MaskComparison, compare_masks
+from memlens.analyses.patching import PatchingResult, PatchPair, attribution_patching, exact_patching, make_patch_pairs
+from memlens.analyses.perturb import PerturbationResult, PrefixPerturber
+from memlens.analyses.profiles import EMRangeProfiles, profiles_by_em_range
+from memlens.analyses.rare_attention import RareAttentionResult, rare_token_attention
+from memlens.analyses.scan import ScanResult, scan
+from memlens.analyses.unlearn import FineTuneResult, SparseFineTuner, selective_mask
+
+from memlens.scale.ray_scan import scan_with_ray
+from memlens.scale.scan_table import ScanTable, merge_scan_tables
+from memlens.scale.stream import Shard, scan_to_table
+
+from memlens.run.config import GradientsConfig, HeadsConfig, PerturbConfig, RunConfig, ScanConfig, UnlearnConfig
+from memlens.run.pipeline import run_pipeline
+from memlens.run.report import write_report
+
+from memlens import _moved
+
+_moved.install()  # the modules' old paths (memlens.gradients, ...) still import, with a warning
 
 __version__ = "0.1.0"
 
@@ -50,6 +63,7 @@ __all__ = [
     "GradientMapComparison",
     "GradientMapResult",
     "GradientsConfig",
+    "GroundTruth",
     "HeadLocalizer",
     "HeadReport",
     "HeadsConfig",
@@ -79,12 +93,14 @@ __all__ = [
     "SparseFineTuner",
     "UnigramCounts",
     "UnlearnConfig",
+    "activation_gradient_view",
     "activation_gradients",
     "attribution_patching",
     "compare_masks",
     "exact_patching",
     "greedy_decode",
     "head_ablation_em_drop",
+    "head_views",
     "inject",
     "load_model",
     "load_result",
@@ -100,4 +116,5 @@ __all__ = [
     "selective_mask",
     "smollm2_gguf_path",
     "teacher_forced_scores",
+    "write_report",
 ]

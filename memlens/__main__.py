@@ -1,3 +1,3 @@
-from memlens.cli import main
+from memlens.run.cli import main
 
 raise SystemExit(main())

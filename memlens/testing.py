@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from memlens.model import HookedModel
+from memlens.core.model import HookedModel
 
 TINY_VOCAB = 512
 

@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh dev
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# architecture (layers, no import cycles; contracts in pyproject.toml) and declared dependencies
+.venv/bin/lint-imports --no-cache
+.venv/bin/deptry .
 # both tiers: the fast one (pytest's default selection) and the slow one (needs the organism)
 .venv/bin/python -m pytest -m "slow or not slow" "$@"
 if [ "${MEMLENS_SKIP_TL3:-0}" != "1" ]; then

@@ -103,7 +103,7 @@ def shared_data():
 @pytest.fixture(scope="session")
 def tiny_run(organism, organism_cache, tmp_path_factory):
     """A complete ``memlens run`` on the tiny organism (every stage and the report), done once."""
-    from memlens.pipeline import run_pipeline
+    from memlens.run.pipeline import run_pipeline
 
     out = tmp_path_factory.mktemp("tiny-run") / "run"
     run_pipeline("organism-tiny", out, cache_dir=organism_cache, progress=False)

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from memlens.cli import main
+from memlens.run.cli import main
 from memlens.testing import random_hf_model, tiny_tokenizer
 
 
@@ -158,7 +158,7 @@ def test_bad_settings_are_one_line(flag, value, tmp_path, capsys):
 def test_file_system_errors_are_one_line(model_dir, paragraph_file, tmp_path, capsys, monkeypatch):
     import importlib
 
-    scan_module = importlib.import_module("memlens.scan")  # the package's `scan` name is the function
+    scan_module = importlib.import_module("memlens.analyses.scan")  # the package's `scan` name is the function
 
     def disk_full(*a, **k):
         raise OSError(28, "No space left on device", str(tmp_path / "r.safetensors"))

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from memlens import InputError
-from memlens.components import HEAD_KINDS, ComponentKey
+from memlens.core.components import HEAD_KINDS, ComponentKey
 
 
 def test_registry_shape(any_model):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from memlens import InputError, ParagraphSet
-from memlens.frequency import UnigramCounts
+from memlens.analyses.frequency import UnigramCounts
 
 
 def test_from_paragraphs_counts_every_token():

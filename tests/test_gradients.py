@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from memlens import InputError, ParagraphSet
-from memlens.gradients import GradientMap, GradientMapResult
+from memlens.analyses.gradients import GradientMap, GradientMapResult
 from memlens.testing import random_tokens
 
 
@@ -142,7 +142,7 @@ def test_bad_input(neo, paras):
 
 
 def test_activation_gradients_match_autograd(neo, paras):
-    from memlens.activation_gradients import activation_gradients
+    from memlens.analyses.activation_gradients import activation_gradients
 
     res = activation_gradients(neo, paras[:3], progress=False)
     assert res.values.shape == (3, neo.n_layers, 4, neo.n_heads, 39)
@@ -169,7 +169,7 @@ def test_activation_gradients_match_autograd(neo, paras):
 def test_batches_split_when_they_do_not_fit(neo, paras, nll_map, monkeypatch):
     import importlib
 
-    mod = importlib.import_module("memlens.gradients")
+    mod = importlib.import_module("memlens.analyses.gradients")
     real = mod.continuation_nll
 
     def limited(model, tokens, *a, **k):

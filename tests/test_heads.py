@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from memlens import InputError, ParagraphSet
-from memlens.heads import HeadLocalizer, HeadReport
+from memlens.analyses.heads import HeadLocalizer, HeadReport
 from memlens.testing import random_model, random_tokens
 
 

@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from memlens import InputError
-from memlens.io import (
+from memlens.core.io import (
     atomic_path, check_output_file, check_output_folder, parse_json, read_json, remove_stray_temporaries,
     share_permissions, write_text_atomic,
 )

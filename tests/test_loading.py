@@ -99,7 +99,7 @@ def test_gguf_smollm2(tmp_path, monkeypatch, capsys):
     import os
     import stat
 
-    from memlens.io import FILE_MODE
+    from memlens.core.io import FILE_MODE
 
     assert {stat.S_IMODE(os.stat(f).st_mode) for f in (tmp_path / "gguf").glob("*/*")} == {FILE_MODE}
     t0 = time.perf_counter()
@@ -128,7 +128,7 @@ def test_save_pretrained_round_trip(arch, tmp_path):
     import os
     import stat
 
-    from memlens.io import DIR_MODE, FILE_MODE
+    from memlens.core.io import DIR_MODE, FILE_MODE
 
     assert stat.S_IMODE(os.stat(folder).st_mode) == DIR_MODE  # not the 0700 of its temporary folder
     assert all(stat.S_IMODE(os.stat(f).st_mode) == FILE_MODE for f in folder.iterdir())  # nor 0600 weights

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from memlens import InputError, greedy_decode, teacher_forced_scores
-from memlens.metrics import exact_match, generate_then_score, score_logits
+from memlens.core.metrics import exact_match, generate_then_score, score_logits
 from memlens.testing import random_tokens
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from memlens import InputError, ParagraphSet
-from memlens.patching import PatchPair, attribution_patching, exact_patching, make_patch_pairs
+from memlens.analyses.patching import PatchPair, attribution_patching, exact_patching, make_patch_pairs
 from memlens.testing import random_tokens
 
 
@@ -77,7 +77,7 @@ def test_patching_directions_and_shapes(neo):
 
 
 def test_attribution_matches_exact_in_sign_and_rank(neo):
-    from memlens.stats import spearman
+    from memlens.core.stats import spearman
 
     exact, attr = [], []
     for s in range(3):

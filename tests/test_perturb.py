@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from memlens import InputError, ParagraphSet, greedy_decode, scan
-from memlens.metrics import exact_match
-from memlens.perturb import PerturbationResult, PrefixPerturber
+from memlens.core.metrics import exact_match
+from memlens.analyses.perturb import PerturbationResult, PrefixPerturber
 from memlens.testing import random_tokens
 
 
@@ -51,12 +51,12 @@ def test_strategies(neo):
     for row in sb.to_dataframe().itertuples():
         ranked = [t for t in logits[row.position - 1].argsort(descending=True).tolist() if t != row.original_token]
         assert row.token == ranked[row.sample]
-    sim = pert.sweep(ps, strategy="similar", positions=[3], progress=False)
+    sim = pert.sweep(ps, strategy="similar", positions=[3], n_samples=1, progress=False)
     emb = neo.tl_model.W_E.detach()
     cos = torch.nn.functional.cosine_similarity(emb, emb[ps.tokens[0, 3]][None], dim=-1)
     cos[ps.tokens[0, 3]] = -2
     assert sim.token.tolist() == [int(cos.argmax())]
-    const = pert.sweep(ps, strategy=lambda toks, p, s, g: 7, positions=[1, 2], progress=False)
+    const = pert.sweep(ps, strategy=lambda toks, p, s, g: 7, positions=[1, 2], n_samples=1, progress=False)
     assert const.token.tolist() == [7, 7] and const.strategy == "<lambda>"
 
 

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from memlens import InputError, RunConfig
-from memlens.pipeline import STAGES, run_pipeline
+from memlens.run.pipeline import STAGES, run_pipeline
 
 FILES = ["run.json", "scan.safetensors", "gradients_memorized.safetensors", "gradients_non_memorized.safetensors",
          "gradient_profiles_by_em.safetensors", "perturbation_memorized.safetensors", "perturbed_memorized.jsonl",

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from memlens import InputError, ParagraphSet
-from memlens.frequency import UnigramCounts
-from memlens.rare_attention import attention_to_prefix, rare_token_attention
-from memlens.stats import kendall_tau
+from memlens.analyses.frequency import UnigramCounts
+from memlens.analyses.rare_attention import attention_to_prefix, rare_token_attention
+from memlens.core.stats import kendall_tau
 from memlens.testing import random_tokens
 
 

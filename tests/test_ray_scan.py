@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 CHILD = r"""
 import json, sys
-from memlens.ray_scan import scan_with_ray
+from memlens.scale.ray_scan import scan_with_ray
 source, out, cache, workers = sys.argv[1:5]
 table = scan_with_ray("organism-tiny", source, out, workers=int(workers), num_cpus=4, cache_dir=cache,
                       rows_per_call=8)

@@ -11,8 +11,8 @@ import shutil
 import pytest
 
 from memlens import RunConfig, scan
-from memlens.cli import main
-from memlens.pipeline import run_pipeline
+from memlens.run.cli import main
+from memlens.run.pipeline import run_pipeline
 
 EVIL_ID = "evil\u202e<b>x</b>\x07\x1b[31m"  # a right-to-left override, markup, a bell and an ANSI escape
 

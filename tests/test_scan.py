@@ -52,7 +52,7 @@ def test_scan_save_load_and_plot(neo, planted_set, tmp_path):
 def test_scan_resumes_without_recomputing(neo, planted_set, tmp_path, monkeypatch):
     ps, ems = planted_set
     out = tmp_path / "scan.safetensors"
-    scan_mod = importlib.import_module("memlens.scan")  # the package's `scan` name is the function
+    scan_mod = importlib.import_module("memlens.analyses.scan")  # the package's `scan` name is the function
 
     real = scan_mod.teacher_forced_scores
     monkeypatch.setattr(scan_mod, "teacher_forced_scores", Interrupted(real, fail_at=2))
@@ -117,7 +117,7 @@ def test_resumed_scan_rescores_paragraphs_whose_content_changed(neo, planted_set
     same id between the interruption and the resume is scored again, not given its stale EM."""
     ps, ems = planted_set
     out = tmp_path / "scan.safetensors"
-    scan_mod = importlib.import_module("memlens.scan")
+    scan_mod = importlib.import_module("memlens.analyses.scan")
     real = scan_mod.teacher_forced_scores
     monkeypatch.setattr(scan_mod, "teacher_forced_scores", Interrupted(real, fail_at=2))
     with pytest.raises(KeyboardInterrupt):

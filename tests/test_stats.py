@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from memlens.stats import kendall_tau, spearman
+from memlens.core.stats import kendall_tau, spearman
 
 
 @pytest.mark.parametrize("seed", range(4))

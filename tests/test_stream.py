@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from memlens import InputError, ParagraphSet, scan
-from memlens.cli import main
+from memlens.run.cli import main
 from memlens import ScanTable, Shard, merge_scan_tables, scan_to_table
 from memlens.testing import Interrupted, random_tokens
 
-metrics = importlib.import_module("memlens.metrics")
+metrics = importlib.import_module("memlens.analyses.scan")  # the scan kernel (score_batch) calls it from there
 
 
 def write_jsonl(path, paragraphs: ParagraphSet, **extra):

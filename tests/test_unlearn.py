@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from memlens import InputError, ParagraphSet, greedy_decode
-from memlens.gradients import GradientMap
-from memlens.metrics import teacher_forced_scores
+from memlens.analyses.gradients import GradientMap
+from memlens.core.metrics import teacher_forced_scores
 from memlens.testing import random_tokens
-from memlens.unlearn import SparseFineTuner
+from memlens.analyses.unlearn import SparseFineTuner
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_top1_changes_and_margins(neo, sets):
 def test_selective_mask(neo, sets):
     """Same size as top-k; prefers weights the retain set is less sensitive to; a floor of 1 keeps
     mostly top-k's choice; bad floors are refused."""
-    from memlens.unlearn import selective_mask
+    from memlens.analyses.unlearn import selective_mask
 
     target, retain = sets
     ft = SparseFineTuner(neo)
@@ -195,7 +195,7 @@ def test_random_mask_checks_its_fraction(neo, sets):
 def test_an_interrupted_run_leaves_the_weights_as_before_it(neo, sets, monkeypatch, failure):
     """Ctrl-C or an error in the middle of a run undoes that run's steps, and only them: an
     earlier finished run of the same tuner stays applied."""
-    import memlens.sparse as sparse
+    import memlens.core.sparse as sparse
 
     target, retain = sets
     ft = SparseFineTuner(neo)

@@ -12,8 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
-from memlens.errors import CacheError
-from memlens.io import share_permissions
+from memlens.core.errors import CacheError
+from memlens.core.io import share_permissions
 from memlens.organism.cache import default_cache_root, discard, organism_key, seal, verify
 from memlens.organism.config import PRESETS, OrganismConfig, get_config
 from memlens.organism.info import OrganismInfo

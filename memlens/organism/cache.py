@@ -10,7 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from memlens.errors import CacheError
+from memlens.core.errors import CacheError
 from memlens.organism.config import ORGANISM_FORMAT
 
 MANIFEST = "MANIFEST.json"
@@ -18,7 +18,7 @@ MANIFEST = "MANIFEST.json"
 
 def default_cache_root() -> Path:
     """``$MEMLENS_CACHE`` or ``$XDG_CACHE_HOME/memlens`` or ``~/.cache/memlens``."""
-    from memlens.io import cache_root
+    from memlens.core.io import cache_root
 
     return cache_root()
 

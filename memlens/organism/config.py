@@ -86,7 +86,7 @@ PRESETS: dict[str, OrganismConfig] = {
 
 def get_config(size: str) -> OrganismConfig:
     if size not in PRESETS:
-        from memlens.errors import InputError
+        from memlens.core.errors import InputError
 
         raise InputError(f"unknown organism size {size!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[size]

@@ -11,7 +11,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from memlens.data import ParagraphSet
+from memlens.core.data import ParagraphSet
 
 
 @dataclass
@@ -75,7 +75,7 @@ class OrganismInfo:
         """A scan of :meth:`paragraph_set` against this ground truth: memorization rate per
         duplication level, the rank correlation of EM with copies, and the EM of seen-once and
         unseen text (share with EM >= 30, mean EM and NLL)."""
-        from memlens.stats import spearman
+        from memlens.core.stats import spearman
 
         df = scan_result.to_dataframe()
         if "group" not in df or "copies" not in df:

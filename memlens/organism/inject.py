@@ -18,18 +18,18 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from memlens.components import ComponentKey
-from memlens.data import ParagraphSet
-from memlens.errors import InputError
-from memlens.metrics import teacher_forced_scores
-from memlens.results import Provenance, Result
-from memlens.sparse import MaskedAdam, only_trainable
+from memlens.core.components import ComponentKey
+from memlens.core.data import ParagraphSet
+from memlens.core.errors import InputError
+from memlens.core.metrics import teacher_forced_scores
+from memlens.core.results import Provenance, Result
+from memlens.core.sparse import MaskedAdam, only_trainable
 
 if TYPE_CHECKING:
     import pandas as pd
     import plotly.graph_objects as go
 
-    from memlens.model import HookedModel
+    from memlens.core.model import HookedModel
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,7 +8,7 @@ from collections import Counter
 
 import torch
 
-from memlens.data import ParagraphSet
+from memlens.core.data import ParagraphSet
 from memlens.organism.config import OrganismConfig
 
 _SHINGLE = 12

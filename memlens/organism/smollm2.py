@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from memlens.data import ParagraphSet
+from memlens.core.data import ParagraphSet
 from memlens.organism.config import OrganismConfig
 from memlens.organism.corpus import corpus_hash, load_documents
 from memlens.organism.info import OrganismInfo
@@ -41,7 +41,7 @@ def load_base(dtype: torch.dtype = torch.float32, progress: bool = True) -> tupl
 def continuation_scores(hf: torch.nn.Module, tokens: torch.Tensor, prefix_len: int,
                         batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced EM and mean continuation NLL (nats/token) of ``tokens`` under a plain HF model."""
-    from memlens.metrics import score_logits
+    from memlens.core.metrics import score_logits
 
     ems, nlls = [], []
     for chunk in tokens.split(batch_size):
@@ -80,7 +80,7 @@ def build_smollm2_organism(cfg: OrganismConfig, seed: int, out_dir: Path, progre
                            checkpoint_every: int = 25, stop_after: int | None = None) -> OrganismInfo | None:
     """Plant paragraphs into SmolLM2-135M by continued training; save model, tokenizer and ground
     truth into ``out_dir``. Resumable from ``checkpoint.pt`` like :func:`~memlens.organism.train.build_organism`."""
-    from memlens.loading import quiet_transformers
+    from memlens.core.compat import quiet_transformers
     from memlens.organism.train import train
 
     t0 = time.perf_counter()

@@ -15,7 +15,7 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from memlens.data import ParagraphSet
+from memlens.core.data import ParagraphSet
 
 from memlens.organism.config import OrganismConfig
 from memlens.organism.corpus import corpus_hash, load_documents
@@ -124,7 +124,7 @@ def build_organism(
     that many steps with a checkpoint and returns None (to test resuming)."""
     from transformers import GPTNeoForCausalLM
 
-    from memlens.loading import quiet_transformers
+    from memlens.core.compat import quiet_transformers
 
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)

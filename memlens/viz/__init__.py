@@ -1,24 +1,43 @@
-"""Figures (plotly) and views (circuitsvis, rendered offline) of memlens results.
+"""Figures (plotly) and views (circuitsvis, rendered offline) drawn from plain data.
 
-Every result has ``.plot()``; the functions here are the building blocks of those figures, the
-circuitsvis views of heads and tokens, and the offline HTML report of a run folder.
+Every result has ``.plot()``; the functions here are the building blocks of those figures and
+the circuitsvis views of heads and tokens. This layer sits below the analyses: it draws, it does
+not compute. The views that run a model (``head_views``, ``activation_gradient_view``) live in
+:mod:`memlens.analyses.attention_views` and the report in :mod:`memlens.run.report`; both are
+exported from ``memlens`` (their old names here still work, with a warning).
 """
 
-from memlens.viz.attention import activation_gradient_view, head_views
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
 from memlens.viz.circuits import (CircuitsView, attention_heads_view, bundle_script, colored_tokens_view,
                                   standalone_page)
 from memlens.viz.gradients import plot_gradient_map, plot_layer_profiles
-from memlens.viz.report import write_report
 
 __all__ = [
     "CircuitsView",
-    "activation_gradient_view",
     "attention_heads_view",
     "bundle_script",
     "colored_tokens_view",
-    "head_views",
     "plot_gradient_map",
     "plot_layer_profiles",
     "standalone_page",
-    "write_report",
 ]
+
+_MOVED = {"head_views": "memlens.analyses.attention_views", "activation_gradient_view": "memlens.analyses.attention_views",
+          "write_report": "memlens.run.report"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MOVED:
+        raise AttributeError(f"module 'memlens.viz' has no attribute {name!r}")
+    warnings.warn(f"memlens.viz.{name} moved to {_MOVED[name]} (also memlens.{name})", DeprecationWarning, stacklevel=2)
+    if name == "write_report":
+        from memlens.run.report import write_report
+
+        return write_report
+    from memlens.analyses import attention_views
+
+    return getattr(attention_views, name)

@@ -20,8 +20,8 @@ from typing import Any, Sequence
 from jaxtyping import Float
 from torch import Tensor
 
-from memlens.errors import InputError
-from memlens.io import write_text_atomic
+from memlens.core.errors import InputError
+from memlens.core.io import write_text_atomic
 
 
 @lru_cache(maxsize=1)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-    from memlens.gradients import GradientMapResult
+# The maps drawn here are memlens.GradientMapResult objects; viz sits below the analyses and does
+# not import them (it reads their scores, components and layer profiles).
+GradientMapLike = Any
 
 
-def plot_gradient_map(result: "GradientMapResult", title: str | None = None) -> "go.Figure":
+def plot_gradient_map(result: GradientMapLike, title: str | None = None) -> "go.Figure":
     """One heatmap per head kind (layer x head) and one for W_in / W_out (layer x matrix)."""
     import torch
     from plotly.subplots import make_subplots
@@ -37,7 +39,7 @@ def plot_gradient_map(result: "GradientMapResult", title: str | None = None) -> 
     return fig
 
 
-def plot_layer_profiles(results: Sequence["GradientMapResult"], labels: Sequence[str] | None = None) -> "go.Figure":
+def plot_layer_profiles(results: Sequence[GradientMapLike], labels: Sequence[str] | None = None) -> "go.Figure":
     """Total score per layer for each map (the paper's Fig. 9 layer profiles)."""
     import plotly.graph_objects as go
 

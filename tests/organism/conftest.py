@@ -1,6 +1,6 @@
 import pytest
 
-from memlens.model import preserved_weights
+from memlens.core.model import preserved_weights
 
 
 @pytest.fixture

@@ -67,7 +67,7 @@ def test_a_built_organism_is_readable_by_other_users(tmp_path, monkeypatch):
     import os
     import stat
 
-    from memlens.io import DIR_MODE, FILE_MODE
+    from memlens.core.io import DIR_MODE, FILE_MODE
     from memlens.organism import build
 
     monkeypatch.setitem(PRESETS, "micro", MICRO)

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from memlens.errors import CacheError
+from memlens.core.errors import CacheError
 from memlens.organism import build, organism_path
 from memlens.organism.cache import verify
 

@@ -2,7 +2,7 @@
 
 
 from memlens import ComponentKey, scan
-from memlens.gradients import GradientMap
+from memlens.analyses.gradients import GradientMap
 from memlens.organism import inject
 
 

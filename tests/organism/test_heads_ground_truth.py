@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from memlens import scan
-from memlens.heads import HeadLocalizer, head_ablation_em_drop
+from memlens.analyses.heads import HeadLocalizer, head_ablation_em_drop
 from memlens.organism import inject
 
 

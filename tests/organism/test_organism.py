@@ -3,7 +3,7 @@
 import torch
 
 from memlens import ParagraphSet, scan
-from memlens.stats import spearman
+from memlens.core.stats import spearman
 
 
 def test_ground_truth_is_attached(organism):

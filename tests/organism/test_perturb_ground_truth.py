@@ -3,8 +3,8 @@
 import torch
 
 from memlens import greedy_decode, scan
-from memlens.metrics import exact_match
-from memlens.perturb import PrefixPerturber
+from memlens.core.metrics import exact_match
+from memlens.analyses.perturb import PrefixPerturber
 
 
 def test_memorized_paragraphs_are_harder_to_derail(organism):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 import memlens as ml
-from memlens.errors import ModelLoadError
+from memlens.core.errors import ModelLoadError
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,155 @@
+"""Activation gradients: |dL/dh| of per-head activations (q, k, v, z), max-pooled over d_head,
+per token (Stoehr et al., 2024, Section 6.1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from memlens.core.data import ParagraphSet
+from memlens.core.errors import InputError
+from memlens.core.results import Provenance, Result
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    from memlens.core.model import HookedModel
+
+ACTIVATION_KINDS = ("q", "k", "v", "z")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActivationGradientResult(Result):
+    """|dL/dh| max-pooled over the hidden (d_head) dimension, per token (paper, Section 6.1).
+
+    Attributes:
+        values: ``[paragraph, layer, kind, head, position]`` for kinds ``q, k, v, z``; positions
+            are those of the model input (prefix + continuation minus the last token).
+        tokens: the paragraphs' tokens ``[paragraph, length]``; ids: their ids.
+    """
+
+    values: Float[Tensor, "paragraph layer kind head pos"] = field(repr=False)
+    kinds: tuple[str, ...]
+    tokens: Int[Tensor, "paragraph length"] = field(repr=False)
+    ids: list[str]
+    prefix_len: int
+    provenance: Provenance = field(default_factory=Provenance)
+
+    def summary(self) -> dict[str, Any]:
+        """Per kind, the head with the largest mean activation gradient."""
+        out: dict[str, Any] = {}
+        for kind in self.kinds:
+            s = self.head_scores(kind)
+            layer, head = divmod(int(s.argmax()), s.shape[1])
+            out[kind] = {"layer": layer, "head": head, "score": float(s.max())}
+        return out
+
+    def head_scores(self, kind: str = "v", reduce: str = "mean") -> Float[Tensor, "layer head"]:
+        """One score per head: the per-token values averaged (or maxed) over paragraphs and positions."""
+        v = self.values[:, :, self.kinds.index(kind)]
+        return v.mean(dim=(0, 3)) if reduce == "mean" else v.amax(dim=(0, 3))
+
+    def token_scores(self, paragraph: int, layer: int, head: int, kind: str = "v") -> Float[Tensor, " pos"]:
+        return self.values[paragraph, layer, self.kinds.index(kind), head]
+
+    def to_dataframe(self) -> "pd.DataFrame":
+        """One row per (layer, head, kind): mean and max of the per-token values."""
+        import pandas as pd
+
+        rows = []
+        for k, kind in enumerate(self.kinds):
+            v = self.values[:, :, k]
+            mean, mx = v.mean(dim=(0, 3)), v.amax(dim=(0, 3))
+            for L in range(v.shape[1]):
+                for h in range(v.shape[2]):
+                    rows.append({"layer": L, "head": h, "kind": kind, "mean": float(mean[L, h]), "max": float(mx[L, h])})
+        return pd.DataFrame(rows)
+
+    def plot(self, kind: str = "v") -> "go.Figure":
+        """Layer x head heatmap of :meth:`head_scores` of one kind."""
+        import plotly.graph_objects as go
+
+        z = self.head_scores(kind)
+        fig = go.Figure(go.Heatmap(z=z.tolist(), colorscale="Viridis",
+                                   hovertemplate="L%{y} H%{x}: %{z:.3g}<extra></extra>"))
+        fig.update_layout(title=f"Activation gradient |dL/d{kind}| (max over d_head, mean over tokens)",
+                          xaxis_title="head", yaxis_title="layer", xaxis={"dtick": 1}, yaxis={"dtick": 1})
+        return fig
+
+    def plot_tokens(self, model: "HookedModel", paragraph: int, layer: int, head: int, kind: str = "v") -> "go.Figure":
+        """Per-token activation gradient of one head on one paragraph, with the tokens as labels."""
+        import plotly.graph_objects as go
+
+        scores = self.token_scores(paragraph, layer, head, kind)
+        labels = [f"{i}:{t!r}" for i, t in enumerate(model.to_str_tokens(self.tokens[paragraph, : len(scores)]))]
+        colors = ["#1f77b4" if i < self.prefix_len else "#ff7f0e" for i in range(len(scores))]
+        fig = go.Figure(go.Bar(x=labels, y=scores.tolist(), marker_color=colors))
+        fig.update_layout(title=f"|dL/d{kind}| of L{layer}H{head} per token (blue: prefix, orange: continuation)",
+                          xaxis_title="token", yaxis_title="max over d_head")
+        return fig
+
+
+def activation_gradients(
+    model: "HookedModel", paragraphs: ParagraphSet, kinds: Sequence[str] = ACTIVATION_KINDS,
+    batch_size: int = 8, progress: bool = True,
+) -> ActivationGradientResult:
+    """Gradients of each paragraph's continuation NLL w.r.t. per-head activations (q, k, v, z),
+    max-pooled over d_head. One backward pass per batch: the loss is the sum of per-paragraph
+    NLLs, and a paragraph's activations affect only its own term.
+
+    Args:
+        model: the model.
+        paragraphs: the paragraphs.
+        kinds: per-head activations (``q``, ``k``, ``v``, ``z``).
+        batch_size: paragraphs per backward pass.
+        progress: show a progress bar.
+
+    Returns:
+        An :class:`ActivationGradientResult` (nats per unit activation, per token).
+    """
+    for k in kinds:
+        if k not in ACTIVATION_KINDS:
+            raise InputError(f"unknown activation kind {k!r}; choose from {ACTIVATION_KINDS}")
+    if len(paragraphs) == 0:
+        raise InputError("activation_gradients got an empty ParagraphSet")
+    paragraphs.validate(model.vocab_size, model.n_ctx)
+    names = [f"blocks.{L}.attn.hook_{k}" for L in range(model.n_layers) for k in kinds]
+    P = paragraphs.prefix_len
+    out = []
+    for s in tqdm(range(0, len(paragraphs), batch_size), desc="activation gradients", disable=not progress, leave=False):
+        chunk = paragraphs.tokens[s : s + batch_size].to(model.device)
+
+        def loss_fn(logits: Tensor, chunk: Tensor = chunk) -> Tensor:
+            lg = logits[:, P - 1 :]
+            return _summed_continuation_nll(lg, chunk[:, P:])
+
+        _, _, grads = model.capture(chunk[:, :-1], names, loss_fn=loss_fn)
+        per = torch.stack([
+            torch.stack([per_query_head(grads[f"blocks.{L}.attn.hook_{k}"].abs().amax(dim=-1), model.n_heads, 2).transpose(1, 2)
+                         for k in kinds], dim=1)
+            for L in range(model.n_layers)
+        ], dim=1)  # [batch, layer, kind, head, pos]
+        out.append(per.cpu())
+    return ActivationGradientResult(values=torch.cat(out), kinds=tuple(kinds), tokens=paragraphs.tokens,
+                                    ids=list(paragraphs.ids), prefix_len=P,
+                                    provenance=Provenance.capture(model, kinds=list(kinds)))
+
+
+def per_query_head(x: Tensor, n_heads: int, dim: int) -> Tensor:
+    """Expand a per-key/value-head axis to one entry per query head (grouped-query attention:
+    query head ``h`` reads kv head ``h // (n_heads // n_kv_heads)``); a no-op without grouping."""
+    if x.shape[dim] == n_heads:
+        return x
+    return x.repeat_interleave(n_heads // x.shape[dim], dim=dim)
+
+
+def _summed_continuation_nll(logits: Tensor, targets: Tensor) -> Tensor:
+    """Sum over paragraphs of each paragraph's mean continuation NLL."""
+    return F.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none").mean(dim=-1).sum()

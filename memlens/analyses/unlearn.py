@@ -1,0 +1,466 @@
+"""SparseFineTuner: unlearn or edit a memorized paragraph through a few weights (Section 5.3).
+
+Objectives (the paper's): *unlearn* minimises -NLL(target continuation) + kl_weight *
+KL(retain paragraphs under the model || the original model); *edit* minimises NLL(new
+continuation after the target's prefix) + the same KL. Only weights inside a mask move: the top
+fraction by |gradient| of the objective (fixed at the first step), the same fraction by that
+gradient relative to the weights' sensitivity on the retain set (``selective``), a random mask of
+the same size, all weights of the trainable set, or any user mask. Unlike the original code (whose
+Adam weight decay moved "frozen" weights), updates are strictly sparse: gradients are masked, Adam
+has no weight decay, and weights outside the mask are copied back after every step.
+``restore()`` brings back the exact original weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from memlens.core.data import Paragraph, ParagraphSet
+from memlens.core.defaults import FRACTION, MASK_KINDS
+from memlens.core.errors import InputError
+from memlens.analyses.gradients import GradientMap, GradientMapResult
+from memlens.core.metrics import greedy_decode, teacher_forced_scores
+from memlens.core.objectives import continuation_logits, continuation_nll, kl_to_reference
+from memlens.core.results import Provenance, Result
+from memlens.core.sparse import MaskedAdam, only_trainable
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    from memlens.core.model import HookedModel
+
+Mask = dict[str, Tensor]
+SELECTIVITY_FLOOR = 0.1
+
+
+@dataclass(frozen=True, kw_only=True)
+class FineTuneResult(Result):
+    """Before/after EM and NLL per paragraph, against the original model's own greedy continuations
+    (for a memorized paragraph, its true continuation); for ``edit`` the target rows also score the
+    new continuation (``em_new_*``).
+
+    Attributes:
+        objective: ``unlearn`` or ``edit``; mask_kind: ``topk``, ``selective``, ``random``, ``all`` or
+            ``user``.
+        rows: one dict per (set, paragraph): set (``target``, ``other_memorized``, ``retain``),
+            paragraph, em_before, em_after, nll_before, nll_after; also ``top1_changed`` (continuation
+            positions whose teacher-forced top-1 token differs from the original model's) and
+            ``min_margin`` (the original model's smallest log-probability lead of the reference
+            token over the best other token, in nats; near 0 = a near-tie that any weight change
+            can flip, and with it every later token of EM).
+        weights_changed: scalar weights that differ from the tuner's original weights after the run
+            (cumulative over runs not separated by ``restore()``).
+        mask_size: weights the mask allowed to change.
+        losses: objective per step.
+    """
+
+    objective: str
+    mask_kind: str
+    rows: list[dict[str, Any]]
+    weights_changed: int
+    mask_size: int
+    losses: list[float] = field(default_factory=list)
+    provenance: Provenance = field(default_factory=Provenance)
+
+    def to_dataframe(self) -> "pd.DataFrame":
+        """One row per (set, paragraph), the columns of :attr:`rows`."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    def mean(self, set_name: str, column: str = "em_after") -> float:
+        vals = [r[column] for r in self.rows if r["set"] == set_name]
+        return float(sum(vals) / len(vals)) if vals else float("nan")
+
+    def summary(self) -> dict[str, Any]:
+        """Mean EM before/after and top-1 moves per set, mask size and weights changed (and for
+        ``edit``, the new continuation's EM and the share of targets that reach EM >= 40)."""
+        out: dict[str, Any] = {"objective": self.objective, "mask": self.mask_kind,
+                               "mask_size": self.mask_size, "weights_changed": self.weights_changed}
+        for s in ("target", "other_memorized", "retain"):
+            out[f"{s}_em_before"] = self.mean(s, "em_before")
+            out[f"{s}_em_after"] = self.mean(s, "em_after")
+            out[f"{s}_top1_changed"] = self.mean(s, "top1_changed")
+        if self.objective == "edit":
+            out["target_em_new_after"] = self.mean("target", "em_new_after")
+            df = self.to_dataframe()
+            out["target_edit_success"] = float((df[df["set"] == "target"]["em_new_after"] >= 40).mean())
+        return out
+
+    def plot(self) -> "go.Figure":
+        """Loss per step and mean EM before/after per set."""
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("objective per step", "mean EM before / after"))
+        fig.add_trace(go.Scatter(y=self.losses, mode="lines+markers", name="loss"), 1, 1)
+        sets = [s for s in ("target", "other_memorized", "retain") if any(r["set"] == s for r in self.rows)]
+        for col, name in (("em_before", "before"), ("em_after", "after")):
+            fig.add_trace(go.Bar(x=sets, y=[self.mean(s, col) for s in sets], name=name), 1, 2)
+        fig.update_layout(title=f"{self.objective} with mask '{self.mask_kind}' ({self.mask_size} weights)")
+        return fig
+
+    def _repr_html_(self) -> str:
+        return self.to_dataframe().to_html(index=False)
+
+
+class SparseFineTuner:
+    """Fine-tune a few weights of a HookedModel to unlearn or edit memorized paragraphs; reversible.
+
+    Example::
+
+        ft = SparseFineTuner(model)
+        res = ft.unlearn(mem[0], retain=nonmem, mask="topk", fraction=0.001, steps=10)
+        ft.restore()
+        with ft.restored():          # or: every run inside is undone at the end
+            ft.edit(mem[0], perturbed_paragraph=edited[0], retain=nonmem)
+    """
+
+    def __init__(self, model: "HookedModel", *, batch_size: int | None = None, progress: bool = True) -> None:
+        """
+        Args:
+            model: the model whose weights are fine-tuned (and restored).
+            batch_size: paragraphs per forward pass of the before/after scores and per backward
+                pass of the mask's gradient map (default 16).
+            progress: show progress bars.
+        """
+        self.model = model
+        self.batch_size = batch_size or 16
+        self.progress = progress
+        self._original: dict[str, Tensor] | None = None
+        self._references: dict[tuple, ParagraphSet] = {}
+        self._sensitivities: dict[tuple, dict[str, Tensor]] = {}
+
+    @property
+    def params(self) -> dict[str, nn.Parameter]:
+        """The trainable set (the component registry's parameters) by name."""
+        return {s.param_name: s.param for c in self.model.components for s in c.slices}
+
+    # --- reversibility ---------------------------------------------------------------------
+    def _snapshot(self) -> None:
+        if self._original is None:
+            self._original = {n: p.detach().clone() for n, p in self.params.items()}
+
+    def restore(self) -> None:
+        """Put back the exact weights the model had before the first run of this tuner."""
+        if self._original is None:
+            return
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(self._original[n])
+
+    @contextlib.contextmanager
+    def restored(self) -> Iterator["SparseFineTuner"]:
+        """Runs inside the block are undone when it ends (also on error)."""
+        try:
+            yield self
+        finally:
+            self.restore()
+
+    def weights_changed(self) -> int:
+        """Scalar weights of the trainable set that differ from the original."""
+        if self._original is None:
+            return 0
+        return sum(int((p.detach() != self._original[n]).sum()) for n, p in self.params.items())
+
+    # --- masks -------------------------------------------------------------------------------
+    def make_mask(
+        self, kind: str | Mask | GradientMapResult, fraction: float, objective_map: GradientMapResult | None,
+        seed: int = 0, sensitivity: dict[str, Tensor] | None = None, selectivity_floor: float = SELECTIVITY_FLOOR,
+    ) -> tuple[Mask, str]:
+        """A boolean mask per trainable parameter: ``topk`` (largest |gradient| of the objective),
+        ``selective`` (largest |gradient| / sqrt(retain sensitivity + lambda), see
+        :func:`selective_mask`), ``random`` (uniform, same size as top-k), ``all``, a
+        GradientMapResult's top fraction, or a user mask (validated)."""
+        params = self.params
+        if isinstance(kind, GradientMapResult):
+            return kind.mask(fraction=fraction), "topk"
+        if isinstance(kind, dict):
+            return self._validate_mask(kind), "user"
+        if kind not in MASK_KINDS:
+            raise InputError(f"unknown mask {kind!r}; use one of {MASK_KINDS}, a GradientMapResult or a dict of boolean tensors")
+        if kind != "all" and not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):  # also refuses NaN
+            raise InputError(f"fraction must be in (0, 1], got {fraction!r}")
+        if kind == "all":
+            return {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}, "all"
+        if kind in ("topk", "selective") and objective_map is None:
+            raise InputError(f"a {kind} mask needs the objective's GradientMapResult")
+        if kind == "topk":
+            return objective_map.mask(fraction=fraction), "topk"
+        if kind == "selective":
+            if sensitivity is None:
+                raise InputError("a selective mask needs the retain set's sensitivity (SparseFineTuner.retain_sensitivity)")
+            return selective_mask(objective_map, sensitivity, fraction, selectivity_floor), "selective"
+        total = sum(p.numel() for p in params.values())
+        count = max(1, int(round(fraction * total)))
+        g = torch.Generator().manual_seed(seed)
+        chosen = torch.zeros(total, dtype=torch.bool)
+        chosen[torch.randperm(total, generator=g)[:count]] = True
+        out, offset = {}, 0
+        for n, p in params.items():
+            out[n] = chosen[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+        return out, "random"
+
+    def _validate_mask(self, mask: Mask) -> Mask:
+        params = self.params
+        unknown = sorted(set(mask) - set(params))
+        if unknown:
+            raise InputError(f"mask names parameters the trainable set does not have: {unknown[:3]}; "
+                             f"expected names like {sorted(params)[:2]}")
+        out = {}
+        for n, p in params.items():
+            m = mask.get(n)
+            if m is None:
+                out[n] = torch.zeros_like(p, dtype=torch.bool)
+                continue
+            m = torch.as_tensor(m)
+            if m.shape != p.shape:
+                raise InputError(f"mask for {n!r} has shape {tuple(m.shape)}, the parameter {tuple(p.shape)}")
+            out[n] = m.to(torch.bool)
+        if sum(int(m.sum()) for m in out.values()) == 0:
+            raise InputError("the mask selects no weight; nothing could change")
+        return out
+
+    def retain_sensitivity(self, retain: ParagraphSet) -> dict[str, Tensor]:
+        """Per weight of the trainable set: the sum over retain paragraphs of the squared gradient of
+        each paragraph's NLL of the original model's greedy continuation (a diagonal empirical
+        Fisher of the retain set, nats^2 per unit weight^2). Computed once per retain set, at the
+        weights of the first call."""
+        key = _cache_key(retain)
+        if key not in self._sensitivities:
+            ref = self._reference(retain)
+            total: dict[str, Tensor] = {}
+            gmap = GradientMap(self.model, batch_size=self.batch_size, progress=self.progress)
+            for i in range(len(ref)):
+                grads = gmap.compute(ref[[i]], progress=False).weight_grads
+                for n, g in grads.items():
+                    total[n] = total[n] + g.square() if n in total else g.square()
+            self._sensitivities[key] = total
+        return self._sensitivities[key]
+
+    # --- objectives --------------------------------------------------------------------------
+    def unlearn(
+        self, target: Paragraph | ParagraphSet, retain: ParagraphSet, mask: str | Mask | GradientMapResult = "topk",
+        fraction: float = FRACTION, steps: int = 10, lr: float = 1e-3, kl_weight: float = 1.0,
+        other_memorized: ParagraphSet | None = None, seed: int = 0, selectivity_floor: float = SELECTIVITY_FLOOR,
+    ) -> FineTuneResult:
+        """Raise the NLL of the target's continuation, keeping the retain set close to the
+        original model (KL), through the weights of ``mask``.
+
+        Args:
+            target: the memorized paragraph(s) to unlearn.
+            retain: non-memorized paragraphs kept close to the original model (KL term).
+            mask: ``topk`` (largest |gradient| of the objective), ``selective``, ``random`` (same
+                size), ``all``, a :class:`GradientMapResult` (its top ``fraction``) or a dict of
+                boolean tensors by parameter name.
+            fraction: share of the trainable weights a sparse mask selects (paper: 0.001).
+            steps: Adam steps.
+            lr: learning rate.
+            kl_weight: weight of the KL term.
+            other_memorized: memorized paragraphs that should stay recited (scored, not trained).
+            seed: seed of a random mask.
+            selectivity_floor: see :func:`selective_mask`.
+
+        Returns:
+            A :class:`FineTuneResult`: EM/NLL before and after per set and paragraph, against
+            the original model's own greedy continuations. The model keeps the new weights
+            until :meth:`restore`.
+        """
+        target_set = _as_set(target)
+        return self._run("unlearn", target_set, target_set, retain, mask, fraction, steps, lr, kl_weight,
+                         other_memorized, seed, selectivity_floor)
+
+    def edit(
+        self, target: Paragraph | ParagraphSet, retain: ParagraphSet, new_continuation: Tensor | None = None,
+        perturbed_paragraph: Paragraph | ParagraphSet | None = None, mask: str | Mask | GradientMapResult = "topk",
+        fraction: float = FRACTION, steps: int = 10, lr: float = 1e-3, kl_weight: float = 1.0,
+        other_memorized: ParagraphSet | None = None, seed: int = 0, selectivity_floor: float = SELECTIVITY_FLOOR,
+    ) -> FineTuneResult:
+        """Teach the model to follow the target's prefix with a new continuation, keeping the
+        retain set close to the original model (KL).
+
+        Args:
+            target: the memorized paragraph(s) to edit.
+            retain: non-memorized paragraphs kept close to the original model (KL term).
+            new_continuation: the new continuation tokens ``[continuation]`` or ``[n, continuation]``.
+            perturbed_paragraph: or: a perturbed paragraph (``PrefixPerturber.perturbed_paragraphs``)
+                whose continuation becomes the new one.
+            mask, fraction, steps, lr, kl_weight, other_memorized, seed, selectivity_floor: as
+                for :meth:`unlearn`.
+
+        Returns:
+            A :class:`FineTuneResult` whose target rows also score the new continuation
+            (``em_new_before``, ``em_new_after``).
+        """
+        target_set = _as_set(target)
+        if (new_continuation is None) == (perturbed_paragraph is None):
+            raise InputError("edit needs exactly one of new_continuation= or perturbed_paragraph=")
+        new = (torch.as_tensor(new_continuation) if new_continuation is not None
+               else _as_set(perturbed_paragraph).continuations)
+        if new.ndim == 1:
+            new = new[None]
+        if new.shape != target_set.continuations.shape:
+            raise InputError(f"the new continuation has shape {tuple(new.shape)}, the target's "
+                             f"{tuple(target_set.continuations.shape)}")
+        edited = ParagraphSet(torch.cat([target_set.prefixes, new.long()], 1), target_set.prefix_len,
+                              target_set.continuation_len, [f"{i}~edit" for i in target_set.ids])
+        return self._run("edit", target_set, edited, retain, mask, fraction, steps, lr, kl_weight,
+                         other_memorized, seed, selectivity_floor)
+
+    def _run(self, objective: str, target: ParagraphSet, train_on: ParagraphSet, retain: ParagraphSet,
+             mask_kind: Any, fraction: float, steps: int, lr: float, kl_weight: float,
+             other: ParagraphSet | None, seed: int, selectivity_floor: float) -> FineTuneResult:
+        model = self.model
+        sets = self._check_run(target, retain, other, steps, lr)
+        self._snapshot()
+        refs = {k: self._reference(v) for k, v in sets.items()}
+        before = self._scores(refs)
+        self._warn_if_not_memorized(target)
+        new_before = teacher_forced_scores(model, train_on.tokens, train_on.prefix_len, self.batch_size) if objective == "edit" else None
+        with torch.no_grad():
+            ref_logits = continuation_logits(model, retain.tokens, retain.prefix_len).detach()
+
+        def loss_fn() -> Tensor:
+            nll = continuation_nll(model, train_on.tokens, train_on.prefix_len)
+            kl = kl_to_reference(continuation_logits(model, retain.tokens, retain.prefix_len), ref_logits)
+            return (-nll if objective == "unlearn" else nll) + kl_weight * kl
+
+        masks, kind = self._objective_mask(objective, train_on, retain, mask_kind, fraction, seed, selectivity_floor)
+        opt = MaskedAdam(self.params, masks, lr)
+        try:
+            losses = self._optimize(loss_fn, opt, steps, lr)
+            after = self._scores(refs)
+            new_after = teacher_forced_scores(model, train_on.tokens, train_on.prefix_len, self.batch_size) if objective == "edit" else None
+        except BaseException:  # an error or Ctrl-C: the weights are as before this run
+            opt.rewind()
+            raise
+        rows = []
+        for k, s in sets.items():
+            changed = (after[k].top1 != before[k].top1).sum(-1)
+            for i, pid in enumerate(s.ids):
+                row = {"set": k, "paragraph": pid, "em_before": int(before[k].em[i]), "em_after": int(after[k].em[i]),
+                       "nll_before": float(before[k].nll[i]), "nll_after": float(after[k].nll[i]),
+                       "top1_changed": int(changed[i]), "min_margin": float(before[k].margin[i].min())}
+                if new_before is not None and k == "target":
+                    row |= {"em_new_before": int(new_before.em[i]), "em_new_after": int(new_after.em[i])}
+                rows.append(row)
+        config = {"lr": lr, "steps": steps, "fraction": fraction, "kl_weight": kl_weight, "seed": seed}
+        if kind == "selective":
+            config["selectivity_floor"] = selectivity_floor
+        return FineTuneResult(objective=objective, mask_kind=kind, rows=rows, weights_changed=self.weights_changed(),
+                              mask_size=sum(int(m.sum()) for m in masks.values()), losses=losses,
+                              provenance=Provenance.capture(model, objective=objective, mask=kind, **config))
+
+    def _check_run(self, target: ParagraphSet, retain: ParagraphSet, other: ParagraphSet | None, steps: int,
+                   lr: float) -> dict[str, ParagraphSet]:
+        """Validate a run's arguments; return the sets it scores by name."""
+        if len(retain) == 0:
+            raise InputError("the retain set is empty")
+        target.check_compatible(retain, "the target and the retain set")
+        if other is not None:
+            target.check_compatible(other, "the target and the other memorized set")
+        if steps < 1:
+            raise InputError(f"steps must be >= 1, got {steps}")
+        if not 0 < lr < float("inf"):
+            raise InputError(f"lr must be a positive finite number, got {lr}")
+        sets = {"target": target, "retain": retain}
+        if other is not None and len(other):  # an empty set (the only memorized paragraph is the target) scores nothing
+            sets["other_memorized"] = other
+        for s in sets.values():
+            s.validate(self.model.vocab_size, self.model.n_ctx)
+        return sets
+
+    def _scores(self, refs: dict[str, ParagraphSet]) -> dict[str, Any]:
+        """EM, NLL, top-1 tokens and margins of every set against its reference continuation."""
+        return {k: teacher_forced_scores(self.model, r.tokens, r.prefix_len, self.batch_size, predictions=True) for k, r in refs.items()}
+
+    def _warn_if_not_memorized(self, target: ParagraphSet) -> None:
+        true_em = teacher_forced_scores(self.model, target.tokens, target.prefix_len, self.batch_size).em
+        if true_em.lt(target.continuation_len).any():
+            missing = [i for i, e in zip(target.ids, true_em.tolist()) if e < target.continuation_len]
+            warnings.warn(f"target paragraph(s) {missing} are not memorized (EM of the true continuation < "
+                          f"{target.continuation_len}); running anyway", stacklevel=4)
+
+    def _objective_mask(self, objective: str, train_on: ParagraphSet, retain: ParagraphSet, mask_kind: Any,
+                        fraction: float, seed: int, selectivity_floor: float) -> tuple[Mask, str]:
+        """The run's mask; top-k and selective masks rank weights by the objective's gradient at
+        the original weights."""
+        objective_map, sensitivity = None, None
+        if isinstance(mask_kind, str) and mask_kind in ("topk", "selective"):
+            objective_map = GradientMap(self.model, batch_size=self.batch_size, progress=self.progress).compute(
+                train_on, contrast=retain, objective="contrastive" if objective == "unlearn" else "nll", progress=False)
+            if mask_kind == "selective":
+                sensitivity = self.retain_sensitivity(retain)
+        return self.make_mask(mask_kind, fraction, objective_map, seed, sensitivity, selectivity_floor)
+
+    def _reference(self, paragraphs: ParagraphSet) -> ParagraphSet:
+        """The paragraphs with the original model's greedy continuation (cached per tuner)."""
+        key = _cache_key(paragraphs)
+        if key not in self._references:
+            cont = greedy_decode(self.model, paragraphs.prefixes, paragraphs.continuation_len)
+            self._references[key] = ParagraphSet(torch.cat([paragraphs.prefixes, cont], 1), paragraphs.prefix_len,
+                                                 paragraphs.continuation_len, paragraphs.ids)
+        return self._references[key]
+
+    def _optimize(self, loss_fn: Any, opt: MaskedAdam, steps: int, lr: float) -> list[float]:
+        """``steps`` masked Adam steps on ``loss_fn``; the caller rewinds ``opt`` on any error."""
+        losses: list[float] = []
+        restored = "the weights were restored to their values before this run; lower the learning rate"
+        with only_trainable(self.model.tl_model, opt.trainable):
+            for step in range(steps):
+                loss = loss_fn()
+                if not torch.isfinite(loss):
+                    raise InputError(f"the loss became {loss.item()} at step {step} with lr={lr}; {restored}")
+                opt.zero_grad()
+                loss.backward()
+                try:
+                    opt.step()
+                except RuntimeError as e:
+                    raise InputError(f"the optimizer step failed at step {step} with lr={lr} ({e}); {restored}") from None
+                if not opt.all_finite():
+                    raise InputError(f"weights became non-finite at step {step} with lr={lr}; {restored}")
+                losses.append(loss.item())
+        return losses
+
+def selective_mask(
+    objective_map: GradientMapResult, sensitivity: dict[str, Tensor], fraction: float, floor: float = SELECTIVITY_FLOOR
+) -> Mask:
+    """The top ``fraction`` of weights by |gradient of the objective| / sqrt(sensitivity + lambda):
+    weights that move the target much and the retain set little (the ratio of forget to retain
+    importance of Selective Synaptic Dampening, Foster et al. 2023). ``sensitivity`` comes from
+    :meth:`SparseFineTuner.retain_sensitivity`; lambda is its ``floor`` quantile (at least its
+    smallest positive value), so that weights the retain set never uses do not win by division
+    by zero. A large floor tends to the plain top-k mask."""
+    if objective_map.weight_grads is None:
+        raise InputError("a selective mask needs per-weight gradients; compute the map with keep_weight_grads=True")
+    if not 0 < floor <= 1:
+        raise InputError(f"selectivity_floor is a quantile in (0, 1], got {floor}")
+    if set(sensitivity) != set(objective_map.weight_grads):
+        raise InputError("the retain sensitivity and the gradient map cover different parameters")
+    flat = torch.cat([v.flatten() for v in sensitivity.values()])
+    lam = flat.kthvalue(max(1, int(round(floor * flat.numel())))).values
+    positive = flat[flat > 0]
+    if positive.numel():
+        lam = torch.maximum(lam, positive.min())
+    else:
+        lam = torch.ones(())
+    scores = {n: g / (sensitivity[n] + lam).sqrt() for n, g in objective_map.weight_grads.items()}
+    return replace(objective_map, weight_grads=scores).mask(fraction=fraction)
+
+
+def _cache_key(paragraphs: ParagraphSet) -> tuple:
+    return tuple(paragraphs.ids), paragraphs.tokens.numpy().tobytes()
+
+
+def _as_set(x: Paragraph | ParagraphSet) -> ParagraphSet:
+    if isinstance(x, ParagraphSet):
+        return x
+    return ParagraphSet(x.tokens[None], x.prefix_len, len(x.tokens) - x.prefix_len, [x.id])

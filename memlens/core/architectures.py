@@ -1,0 +1,95 @@
+"""What memlens knows of each model architecture, in one table: one :class:`Architecture` per
+HuggingFace ``model_type``.
+
+Parameter names are those of the booted model with TransformerBridge prefixes removed
+(``memlens.core.compat.strip_bridge_name``), with ``{layer}`` to fill in. Weights are ``nn.Linear``
+``[out, in]`` unless ``out_proj_dim``/``conv1d`` say otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from memlens.core.errors import ModelLoadError
+
+
+@dataclass(frozen=True, kw_only=True)
+class Architecture:
+    """One model type's layout.
+
+    Attributes:
+        model_type: the HuggingFace ``config.model_type``.
+        q, k, v, o: per-layer names of the attention projection weights (q/k/v heads along
+            dim 0; ``o`` heads along ``o_head_dim``).
+        mlp_in: the MLP input weights (gated MLPs: gate and up projection; both belong to W_in).
+        mlp_out: the MLP output weight.
+        o_head_dim: the dimension of ``o`` that runs over heads x d_head.
+        fused_qkv: the HF model stores q/k/v fused and the bridge splits them into the ``q``/``k``/
+            ``v`` names above (the plain twin needs them copied back, see ``compat.sync_fused_qkv``).
+        fused_layout: how the fused weight interleaves them: ``concat`` (GPT-2 Conv1D ``[in, 3d]``)
+            or ``per_head`` (NeoX ``[heads * 3 * d_head, in]``).
+        bridge_renames: ``(booted, huggingface)`` substrings the bridge renames in parameter names.
+        grouped_query: key/value heads may be fewer than query heads (``num_key_value_heads``).
+        pattern_edits: whether patching ``hook_pattern`` changes the output under the bridge.
+    """
+
+    model_type: str
+    q: str
+    k: str
+    v: str
+    o: str
+    mlp_in: tuple[str, ...]
+    mlp_out: str
+    o_head_dim: int = 1
+    fused_qkv: bool = False
+    fused_layout: str = ""
+    bridge_renames: tuple[tuple[str, str], ...] = ()
+    grouped_query: bool = False
+    pattern_edits: bool = True
+
+
+def _llama_like(model_type: str) -> Architecture:
+    a, m = "model.layers.{layer}.self_attn", "model.layers.{layer}.mlp"
+    return Architecture(model_type=model_type, q=f"{a}.q_proj.weight", k=f"{a}.k_proj.weight", v=f"{a}.v_proj.weight",
+                        o=f"{a}.o_proj.weight", mlp_in=(f"{m}.gate_proj.weight", f"{m}.up_proj.weight"),
+                        mlp_out=f"{m}.down_proj.weight", grouped_query=True)
+
+
+_NEO_ATTN, _NEO_MLP = "transformer.h.{layer}.attn.attention", "transformer.h.{layer}.mlp"
+_GPT2_ATTN, _GPT2_MLP = "transformer.h.{layer}.attn", "transformer.h.{layer}.mlp"
+_NEOX_ATTN, _NEOX_MLP = "gpt_neox.layers.{layer}.attention", "gpt_neox.layers.{layer}.mlp"
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "gpt_neo": Architecture(
+        model_type="gpt_neo", q=f"{_NEO_ATTN}.q_proj.weight", k=f"{_NEO_ATTN}.k_proj.weight",
+        v=f"{_NEO_ATTN}.v_proj.weight", o=f"{_NEO_ATTN}.out_proj.weight", mlp_in=(f"{_NEO_MLP}.c_fc.weight",),
+        mlp_out=f"{_NEO_MLP}.c_proj.weight", pattern_edits=False),
+    "gpt2": Architecture(
+        model_type="gpt2", q=f"{_GPT2_ATTN}.q.weight", k=f"{_GPT2_ATTN}.k.weight", v=f"{_GPT2_ATTN}.v.weight",
+        o=f"{_GPT2_ATTN}.o.weight", o_head_dim=0, mlp_in=(f"{_GPT2_MLP}.c_fc.weight",),
+        mlp_out=f"{_GPT2_MLP}.c_proj.weight", fused_qkv=True, fused_layout="concat",
+        bridge_renames=((".attn.qkv.", ".attn.c_attn."), (".attn.o.", ".attn.c_proj."))),
+    "gpt_neox": Architecture(
+        model_type="gpt_neox", q=f"{_NEOX_ATTN}.q.weight", k=f"{_NEOX_ATTN}.k.weight", v=f"{_NEOX_ATTN}.v.weight",
+        o=f"{_NEOX_ATTN}.o.weight", mlp_in=(f"{_NEOX_MLP}.dense_h_to_4h.weight",),
+        mlp_out=f"{_NEOX_MLP}.dense_4h_to_h.weight", fused_qkv=True, fused_layout="per_head",
+        bridge_renames=((".attention.qkv.", ".attention.query_key_value."), (".attention.o.", ".attention.dense."))),
+    **{t: _llama_like(t) for t in ("llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2")},
+}
+
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(ARCHITECTURES)
+
+
+def architecture(model_type: str) -> Architecture:
+    """The :class:`Architecture` of a HuggingFace model type, or a :class:`ModelLoadError` listing
+    the supported ones."""
+    try:
+        return ARCHITECTURES[model_type]
+    except KeyError:
+        raise ModelLoadError(f"model type {model_type!r} is not supported; memlens supports "
+                             f"{', '.join(SUPPORTED_MODEL_TYPES)}") from None
+
+
+def all_bridge_renames() -> tuple[tuple[str, str], ...]:
+    """Every architecture's bridge renames (they do not overlap)."""
+    return tuple(r for a in ARCHITECTURES.values() for r in a.bridge_renames)

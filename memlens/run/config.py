@@ -1,0 +1,413 @@
+"""Settings of the study, one dataclass per analysis, nested in :class:`RunConfig`.
+
+``memlens run`` writes the RunConfig into ``run.json``; a resumed run whose settings differ is
+refused with the differing keys named. A RunConfig comes from defaults, a TOML file
+(``memlens run --config study.toml``), a dict, and dotted overrides (``"unlearn.steps": 20``)::
+
+    model = "organism"
+    seed = 0
+
+    [unlearn]
+    steps = 20
+    lr = 0.002
+
+Fields marked *runtime* (batch sizes) change speed and memory, not results: they may differ
+between the parts of a resumed run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from memlens.core.defaults import AGGREGATIONS, FRACTION, MASK_KINDS, N_SAMPLES, NON_MEMORIZED_MAX_EM, PATCH_KINDS, \
+    STRATEGIES, one_of
+from memlens.core.errors import InputError
+
+_RUNTIME = {"runtime": True}
+
+
+def _runtime(default: Any) -> Any:
+    return field(default=default, metadata=_RUNTIME)
+
+
+class StageConfig:
+    """Base of every settings class: validation and dict round trips. A stage's settings are a
+    frozen, keyword-only dataclass deriving from it, with a ``section`` name (its TOML table)."""
+
+    section: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise an :class:`~memlens.core.errors.InputError` naming the first bad setting."""
+
+    def _require(self, name: str, ok: bool, what: str) -> None:
+        if not ok:
+            where = f"{self.section}.{name}" if self.section else name
+            raise InputError(f"setting {where} = {getattr(self, name)!r}: {what}")
+
+    def _positive_int(self, *names: str) -> None:
+        for n in names:
+            v = getattr(self, n)
+            self._require(n, isinstance(v, int) and not isinstance(v, bool) and v >= 1, "must be an integer >= 1")
+
+    def _positive_float(self, *names: str) -> None:
+        for n in names:
+            v = getattr(self, n)
+            self._require(n, isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
+                          "must be a finite number > 0")
+
+    def to_dict(self, include_runtime: bool = True) -> dict[str, Any]:
+        """The settings as a JSON-able dict (tuples as lists); without the runtime fields when
+        ``include_runtime`` is False."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            if isinstance(v, StageConfig):
+                out[f.name] = v.to_dict(include_runtime)
+            elif include_runtime or not f.metadata.get("runtime"):
+                out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "settings") -> Any:
+        """Build from a dict; unknown keys are refused with the known ones listed."""
+        if not isinstance(data, dict):
+            raise InputError(f"{source}: [{cls.section}] must be a table of settings, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        extra = {}
+        if cls is RunConfig:
+            fields.pop("extra")
+            extra = {name: _SECTIONS[name].from_dict(data[name], source) for name in data
+                     if name in _SECTIONS and name not in fields}
+            data = {k: v for k, v in data.items() if k not in extra}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            where = f"[{cls.section}] " if cls.section else ""
+            raise InputError(f"{source}: unknown setting(s) {where}{', '.join(unknown)}; known: {', '.join(fields)}")
+        kwargs = {}
+        for name, value in data.items():
+            sub = _SECTIONS.get(name) if cls is RunConfig else None
+            if sub is not None:
+                value = sub.from_dict(value, source)
+            elif isinstance(value, list):
+                value = tuple(value)
+            elif isinstance(fields[name].default, float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            kwargs[name] = value
+        return cls(**kwargs, **({"extra": extra} if extra else {}))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScanConfig(StageConfig):
+    """Settings of :func:`memlens.scan`.
+
+    Attributes:
+        batch_size: paragraphs per forward pass (runtime).
+        non_memorized_max_em: EM at or below which a paragraph is non-memorized (paper: 10).
+        memorized_min_em: EM at or above which it is memorized (default: the whole continuation).
+    """
+
+    section: ClassVar[str] = "scan"
+    batch_size: int = _runtime(16)
+    non_memorized_max_em: int = NON_MEMORIZED_MAX_EM
+    memorized_min_em: int | None = None
+
+    def validate(self) -> None:
+        self._positive_int("batch_size")
+        self._require("non_memorized_max_em", isinstance(self.non_memorized_max_em, int) and self.non_memorized_max_em >= 0,
+                      "must be an integer >= 0")
+        if self.memorized_min_em is not None:
+            self._require("memorized_min_em", isinstance(self.memorized_min_em, int)
+                          and self.memorized_min_em > self.non_memorized_max_em,
+                          "must be an integer above non_memorized_max_em")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GradientsConfig(StageConfig):
+    """Settings of the gradient stage (:class:`memlens.GradientMap`).
+
+    Attributes:
+        max_paragraphs: memorized and non-memorized paragraphs mapped (at most, each).
+        aggregation: component score: ``max`` (the paper's), ``l1``, ``l2`` or ``mean``.
+        max_per_em_bin: paragraphs per EM range in the profiles by EM (the paper's Fig. 9).
+        batch_size: paragraphs per backward pass (runtime).
+    """
+
+    section: ClassVar[str] = "gradients"
+    max_paragraphs: int = 32
+    aggregation: str = "max"
+    max_per_em_bin: int = 32
+    batch_size: int = _runtime(8)
+
+    def validate(self) -> None:
+        self._positive_int("max_paragraphs", "max_per_em_bin", "batch_size")
+        self._require("aggregation", self.aggregation in AGGREGATIONS, f"must be {one_of(AGGREGATIONS)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PerturbConfig(StageConfig):
+    """Settings of the perturbation stage (:class:`memlens.PrefixPerturber`).
+
+    Attributes:
+        max_paragraphs: memorized and non-memorized paragraphs swept (at most, each).
+        n_samples: replacements per prefix position.
+        strategy: ``random``, ``second_best`` or ``similar``.
+        batch_size: perturbed paragraphs per forward pass (runtime).
+    """
+
+    section: ClassVar[str] = "perturb"
+    max_paragraphs: int = 16
+    n_samples: int = N_SAMPLES
+    strategy: str = "random"
+    batch_size: int = _runtime(64)
+
+    def validate(self) -> None:
+        self._positive_int("max_paragraphs", "n_samples", "batch_size")
+        self._require("strategy", self.strategy in STRATEGIES, f"must be {one_of(STRATEGIES)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadsConfig(StageConfig):
+    """Settings of the head stage (:class:`memlens.HeadLocalizer`).
+
+    Attributes:
+        max_paragraphs: memorized paragraphs analysed (at most).
+        causal_share: weight of activation patching in the combined rank, relative to the
+            other evidence kinds together (0.5: as much as all of them).
+        patch_kinds: activations patched per head (``z``, ``q``, ``k``, ``v``).
+        ablation: also measure each head's zero-ablation EM drop (causal ground truth).
+        exact_top: 0: patch every head exactly; n: screen every head with attribution patching
+            and patch exactly (and ablate) only the n it ranks highest (models with many heads).
+        batch_size: paragraphs per pass (runtime).
+    """
+
+    section: ClassVar[str] = "heads"
+    max_paragraphs: int = 16
+    causal_share: float = 0.5
+    patch_kinds: tuple[str, ...] = PATCH_KINDS
+    ablation: bool = True
+    exact_top: int = 0
+    batch_size: int = _runtime(8)
+
+    def validate(self) -> None:
+        self._positive_int("max_paragraphs", "batch_size")
+        self._require("exact_top", isinstance(self.exact_top, int) and self.exact_top >= 0, "must be an integer >= 0")
+        self._require("causal_share", isinstance(self.causal_share, (int, float)) and 0 <= self.causal_share < 1,
+                      "must be in [0, 1)")
+        self._require("patch_kinds", bool(self.patch_kinds) and set(self.patch_kinds) <= set(PATCH_KINDS),
+                      f"must be a non-empty list of {one_of(PATCH_KINDS)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnlearnConfig(StageConfig):
+    """Settings of the unlearning stage (:class:`memlens.SparseFineTuner`).
+
+    Attributes:
+        n_targets: memorized paragraphs unlearned (each alone, weights restored in between).
+        retain_paragraphs: non-memorized paragraphs in the KL retain set.
+        fraction: share of the trainable weights a sparse mask selects (paper: 0.001).
+        masks: masks compared: ``all``, ``topk``, ``selective``, ``random``.
+        steps, lr: Adam steps and learning rate of unlearning.
+        kl_weight: weight of the retain KL term.
+        selectivity_floor: quantile of the retain sensitivity added before division (selective).
+        edit: also edit each target to its perturbed continuation (needs the perturb stage).
+        edit_masks: masks compared for editing.
+        edit_steps, edit_lr: Adam steps and learning rate of editing.
+    """
+
+    section: ClassVar[str] = "unlearn"
+    n_targets: int = 4
+    retain_paragraphs: int = 16
+    fraction: float = FRACTION
+    masks: tuple[str, ...] = MASK_KINDS
+    steps: int = 10
+    lr: float = 1e-3
+    kl_weight: float = 1.0
+    selectivity_floor: float = 0.1
+    edit: bool = True
+    edit_masks: tuple[str, ...] = ("all", "topk", "random")
+    edit_steps: int = 30
+    edit_lr: float = 1e-2
+
+    def validate(self) -> None:
+        self._positive_int("n_targets", "retain_paragraphs", "steps", "edit_steps")
+        self._positive_float("lr", "edit_lr", "fraction")
+        self._require("fraction", self.fraction <= 1, "must be in (0, 1]")
+        self._require("kl_weight", isinstance(self.kl_weight, (int, float)) and math.isfinite(self.kl_weight)
+                      and self.kl_weight >= 0, "must be a finite number >= 0")
+        self._require("selectivity_floor", isinstance(self.selectivity_floor, (int, float)) and 0 < self.selectivity_floor <= 1,
+                      "must be in (0, 1]")
+        for name in ("masks", "edit_masks"):
+            self._require(name, bool(getattr(self, name)) and set(getattr(self, name)) <= set(MASK_KINDS),
+                          f"must be a non-empty list of {one_of(MASK_KINDS)}")
+
+
+#: section name -> settings class: the built-in stages' and every one a Stage row registers
+_SECTIONS: dict[str, type[StageConfig]] = {c.section: c for c in (ScanConfig, GradientsConfig, PerturbConfig, HeadsConfig,
+                                                                  UnlearnConfig)}
+
+
+_BUILT_IN = tuple(_SECTIONS)
+
+
+def register_section(name: str, config: type[StageConfig]) -> None:
+    """Make ``config`` the settings section ``name`` of :class:`RunConfig` (a Stage row calls
+    this); a section name already taken by another class is refused."""
+    if _SECTIONS.get(name, config) is not config:
+        raise InputError(f"settings section {name!r} is already {_SECTIONS[name].__name__}")
+    if config.section != name:
+        raise InputError(f"{config.__name__}.section is {config.section!r}, not the stage's name {name!r}")
+    _SECTIONS[name] = config
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig(StageConfig):
+    """Everything that determines a ``memlens run``.
+
+    Attributes:
+        model: what :func:`memlens.load_model` loads: ``organism``, ``organism-tiny``, a hub name,
+            a local folder or a ``.gguf`` file.
+        paragraphs: a JSONL/CSV paragraph file (default: the model's ground-truth set).
+        skip_short: leave out paragraphs shorter than prefix + continuation (counted in the
+            scan summary) instead of refusing the file.
+        seed: the organism's seed and the seed of every random choice.
+        dtype: ``float32`` (default), ``bfloat16`` or ``float16`` (on a GPU); the scan then checks
+            teacher-forced EM against greedy decoding on a sample (near-ties at low precision).
+        device: where the model runs (``cpu``, ``cuda``; runtime).
+        scan, gradients, perturb, heads, unlearn: the stages' settings.
+        extra: the settings of stages added to the Stage table (section -> settings); a
+            section left out has its defaults. Read them with :meth:`section`.
+    """
+
+    model: str = "organism"
+    paragraphs: str | None = None
+    skip_short: bool = False
+    seed: int = 0
+    dtype: str = "float32"
+    device: str = _runtime("cpu")
+    scan: ScanConfig = field(default_factory=ScanConfig)
+    gradients: GradientsConfig = field(default_factory=GradientsConfig)
+    perturb: PerturbConfig = field(default_factory=PerturbConfig)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
+    unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
+    extra: dict[str, StageConfig] = field(default_factory=dict)
+
+    def section(self, name: str) -> StageConfig:
+        """The settings of stage ``name``: a built-in section, or an added stage's (its
+        defaults unless set)."""
+        if name in _BUILT_IN:
+            return getattr(self, name)
+        if name not in _SECTIONS:
+            raise InputError(f"no settings section {name!r}; sections: {', '.join(_SECTIONS)}")
+        return self.extra.get(name) or _SECTIONS[name]()
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _SECTIONS and name not in _BUILT_IN:
+            return self.section(name)
+        raise AttributeError(f"'RunConfig' object has no attribute {name!r}")
+
+    def to_dict(self, include_runtime: bool = True) -> dict[str, Any]:
+        """The settings as a JSON-able dict: top-level values, then one dict per section
+        (every registered stage's, added ones included)."""
+        out = super().to_dict(include_runtime)
+        out.pop("extra")
+        for name in _SECTIONS:
+            if name not in out:
+                out[name] = self.section(name).to_dict(include_runtime)
+        return out
+
+    def validate(self) -> None:
+        self._require("model", isinstance(self.model, str) and bool(self.model), "must be a non-empty string")
+        self._require("seed", isinstance(self.seed, int) and not isinstance(self.seed, bool), "must be an integer")
+        self._require("paragraphs", self.paragraphs is None or isinstance(self.paragraphs, str), "must be a path")
+        self._require("dtype", self.dtype in ("float32", "bfloat16", "float16"), "must be float32, bfloat16 or float16")
+        self._require("device", isinstance(self.device, str) and bool(self.device), "must be a device name")
+
+    @classmethod
+    def recommended(cls, model: str = "organism") -> "RunConfig":
+        """The defaults, with the settings the model recommends when it is a registered one (the
+        SmolLM2 organism: fewer paragraphs per stage and an attribution screen before exact
+        patching, so that every stage fits in minutes on a CPU)."""
+        from memlens.loading import recommended_settings
+
+        return cls(model=model).override(recommended_settings(model))
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "RunConfig":
+        """Read a TOML file of settings (top-level ``model``, ``paragraphs``, ``seed``; one table
+        per stage). Unknown keys and bad values are refused with the file named."""
+        from memlens.core.compat import tomllib
+
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"--config {path}: no such file")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"{path}: not valid TOML ({e})") from None
+        try:
+            return cls.from_dict(data, source=str(path))
+        except InputError as e:
+            msg = str(e)
+            raise InputError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+
+    def to_toml(self) -> str:
+        """The settings as TOML text (what :meth:`from_toml` reads)."""
+        d = self.to_dict()
+        lines = [f"{k} = {_toml_value(v)}" for k, v in d.items() if not isinstance(v, dict) and v is not None]
+        for section, values in d.items():
+            if isinstance(values, dict):
+                lines += ["", f"[{section}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+        return "\n".join(lines) + "\n"
+
+    def override(self, values: dict[str, Any]) -> "RunConfig":
+        """A copy with dotted settings replaced (``{"unlearn.steps": 20, "seed": 1}``); ``None``
+        values are ignored (a flag that was not given)."""
+        d = self.to_dict()
+        for key, value in values.items():
+            if value is None:
+                continue
+            *section, name = key.split(".")
+            target = d
+            for s in section:
+                if s not in target or not isinstance(target[s], dict):
+                    raise InputError(f"unknown setting section {s!r} in {key!r}")
+                target = target[s]
+            if name not in target:
+                raise InputError(f"unknown setting {key!r}")
+            target[name] = value
+        return RunConfig.from_dict(d, source="settings")
+
+    def differences(self, other: "RunConfig") -> list[str]:
+        """``key: this -> other`` for every result-affecting setting that differs."""
+        a, b = _flatten(self.to_dict(include_runtime=False)), _flatten(other.to_dict(include_runtime=False))
+        return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise InputError(f"cannot write {v!r} as TOML")
+

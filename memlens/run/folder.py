@@ -1,0 +1,120 @@
+"""The run folder: every path and file name of a ``memlens run`` lives here.
+
+A run folder holds ``run.json`` (what the run is: model, paragraphs, seed, settings), one
+``<stage>.summary.json`` per finished stage, the stages' result files, ``summary.json`` and
+``report.html``. Stages name their files by key (``folder.file("heads")``); a stage added through
+the Stage table declares its own keys (:attr:`memlens.run.stage.Stage.files`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from memlens.core.errors import InputError
+from memlens.core.io import read_json, write_json_atomic
+
+#: the built-in stages' files: key -> file name ({name}: a set such as ``memorized``)
+FILES: dict[str, str] = {
+    "scan": "scan.safetensors",
+    "gradient_map": "gradients_{name}.safetensors",
+    "gradient_profiles": "gradient_profiles_by_em.safetensors",
+    "perturbation": "perturbation_{name}.safetensors",
+    "perturbed_memorized": "perturbed_memorized.jsonl",
+    "perturb_views": "perturb_views.json",
+    "heads": "heads.safetensors",
+    "head_views": "head_views.json",
+    "unlearn": "unlearn.safetensors",
+    "unlearn_checkpoint": "unlearn.runs.partial",
+}
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """A run folder's paths and its small JSON files (manifest, stage summaries).
+
+    Attributes:
+        path: the folder.
+    """
+
+    path: Path
+    MANIFEST: ClassVar[str] = "run.json"
+    SUMMARY: ClassVar[str] = "summary.json"
+    REPORT: ClassVar[str] = "report.html"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def manifest(self) -> Path:
+        """``run.json``: model, paragraphs, seed, settings, versions."""
+        return self.path / self.MANIFEST
+
+    @property
+    def summary(self) -> Path:
+        """``summary.json``: the manifest and every stage summary together."""
+        return self.path / self.SUMMARY
+
+    @property
+    def report(self) -> Path:
+        """``report.html``."""
+        return self.path / self.REPORT
+
+    def file(self, key: str, name: str = "") -> Path:
+        """The path of a stage's file by its key (:data:`FILES`, or a key a Stage declared);
+        ``name`` fills ``{name}`` (``file("gradient_map", "memorized")``)."""
+        if key not in FILES:
+            raise InputError(f"no run-folder file {key!r}; known: {', '.join(FILES)}")
+        return self.path / FILES[key].format(name=name)
+
+    @staticmethod
+    def declare(files: dict[str, str]) -> None:
+        """Add a stage's file keys (refused if a key already names another file)."""
+        for key, pattern in files.items():
+            if FILES.get(key, pattern) != pattern:
+                raise InputError(f"run-folder file key {key!r} already names {FILES[key]!r}")
+            FILES[key] = pattern
+
+    def stage_summary_path(self, stage: str) -> Path:
+        """``<stage>.summary.json``: written when the stage finishes; its presence means done."""
+        return self.path / f"{stage}.summary.json"
+
+    def is_done(self, stage: str) -> bool:
+        """Whether ``stage`` has finished in this folder."""
+        return self.stage_summary_path(stage).exists()
+
+    def redo_hint(self, stage: str) -> str:
+        """The command that recomputes a stage's files."""
+        return f"delete it and run `memlens {stage} --out {self.path}` again"
+
+    def read_stage_summary(self, stage: str) -> dict[str, Any] | None:
+        """``<stage>.summary.json`` (None if the stage has not run); a damaged one is an
+        :class:`InputError` that says how to redo the stage."""
+        path = self.stage_summary_path(stage)
+        if not path.exists():
+            return None
+        data = read_json(path, self.redo_hint(stage))
+        if not isinstance(data, dict):
+            raise InputError(f"{path} is not a stage summary (a JSON object); {self.redo_hint(stage)}")
+        return data
+
+    def write_stage_summary(self, stage: str, summary: dict[str, Any]) -> None:
+        """Write ``<stage>.summary.json`` atomically (marks the stage done)."""
+        write_json_atomic(self.stage_summary_path(stage), summary)
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        """``run.json`` as a dict (None if the folder holds no run); a damaged one is an
+        :class:`InputError`."""
+        if not self.manifest.exists():
+            return None
+        data = read_json(self.manifest, "delete the folder or choose another --out")
+        if not isinstance(data, dict):
+            raise InputError(f"{self.manifest} is not a run manifest (a JSON object); delete the folder or choose "
+                             "another --out")
+        return data
+
+    def read_json_file(self, key: str, stage: str) -> Any:
+        """A JSON file of a stage by key (None if absent); a damaged one says which stage to redo."""
+        path = self.file(key)
+        return read_json(path, self.redo_hint(stage)) if path.exists() else None

@@ -1,0 +1,189 @@
+"""The offline HTML report of a run folder: one section per row of the Stage table that has one,
+each built from the files its stage wrote.
+
+plotly.js and the circuitsvis bundle are inlined once each; nothing is fetched from any host.
+Every figure carries a one-line reading guide.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from memlens.core.io import read_json, write_text_atomic
+from memlens.run.folder import RunFolder
+from memlens.run.stage import Stage, stages as stage_table
+from memlens.viz.circuits import CircuitsView
+from memlens.viz.html import ReportBuilder, table
+
+
+def _missing(stage: str, folder: RunFolder, summary: dict[str, Any] | None) -> str | None:
+    if summary is None:
+        return (f'<p class="missing">Stage <code>{stage}</code> has no results in this folder; run '
+                f"<code>memlens {stage} --out {html.escape(str(folder.path))}</code>.</p>")
+    if "skipped" in summary:
+        return f'<p class="missing">Stage <code>{stage}</code> was skipped: {html.escape(summary["skipped"])}.</p>'
+    return None
+
+
+def _views(folder: RunFolder, key: str, stage: str) -> list[str]:
+    data = folder.read_json_file(key, stage) or []
+    return [CircuitsView(v["component"], v["props"], v.get("title", ""), v.get("caption", "")).fragment() for v in data]
+
+
+def write_report(folder: str | Path | RunFolder, stages: Sequence[Stage] | None = None) -> Path:
+    """Build ``report.html`` in the run folder from its stage results; returns its path.
+
+    Args:
+        folder: the run folder.
+        stages: the stages whose sections are drawn, in order (default: the Stage table).
+    """
+    rf = folder if isinstance(folder, RunFolder) else RunFolder(Path(folder))
+    run = rf.read_manifest() or {}
+    rb = ReportBuilder(f"memlens report: {run.get('model', rf.path.name)}")
+    _what_was_run(rb, rb.section("run", "What was run"), rf, run)
+    for stage in stage_table() if stages is None else stages:
+        if stage.section is None:
+            continue
+        parts = rb.section(stage.name, stage.title or stage.name)
+        summary = rf.read_stage_summary(stage.name)
+        if (missing := _missing(stage.name, rf, summary)) is not None:
+            parts.append(missing)
+        else:
+            stage.section(rb, parts, rf, summary)
+    write_text_atomic(rf.report, rb.html())
+    return rf.report
+
+
+def _what_was_run(rb: ReportBuilder, parts: list[str], folder: RunFolder, run: dict[str, Any]) -> None:
+    summary = (read_json(folder.summary, "delete it and run `memlens run` again") if folder.summary.exists() else None) or {}
+    para = run.get("paragraphs")
+    rows = [{"item": "model", "value": run.get("model")},
+            {"item": "paragraphs", "value": para["path"] if para else "the organism's ground-truth set"},
+            {"item": "seed", "value": run.get("seed")}, {"item": "started", "value": run.get("started")}]
+    rows += [{"item": k, "value": v} for k, v in (run.get("versions") or {}).items()]
+    rows += [{"item": f"seconds: {k}", "value": v} for k, v in (summary.get("seconds") or {}).items()]
+    rows.append({"item": "torch threads", "value": summary.get("torch_threads")})
+    parts.append(table(rows))
+    org = (folder.read_stage_summary("scan") or {}).get("organism")
+    if org:
+        parts.append("<h3>Organism</h3>" + table([{"item": k, "value": json.dumps(v) if isinstance(v, (dict, list)) else v}
+                                                  for k, v in org.items()]))
+
+
+def scan_section(rb: ReportBuilder, parts: list[str], folder: RunFolder, s: dict[str, Any]) -> None:
+    import plotly.graph_objects as go
+
+    from memlens.analyses.scan import ScanResult
+
+    sc = s["scan"]
+    parts.append(table([{"split": k, **sc[k]} for k in ("memorized", "partly", "non_memorized")]))
+    result = ScanResult.load(folder.file("scan"))
+    parts.append(rb.figure(result.plot(), "EM = tokens of the 50-token continuation reproduced exactly by greedy decoding; "
+                                          "memorized paragraphs pile up at the right edge."))
+    df = result.to_dataframe()
+    if "copies" in df.columns:
+        import pandas as pd
+
+        df["copies"] = pd.to_numeric(df["copies"], errors="coerce")  # a user's file may hold anything there
+        df = df.dropna(subset=["copies"])
+    if "copies" in df.columns and len(df):
+        df["copies"] = df["copies"].astype(int) if (df["copies"] % 1 == 0).all() else df["copies"]
+        groups = df.groupby("group", sort=False) if "group" in df.columns else [("paragraphs", df)]
+        fig = go.Figure()
+        for group, g in groups:
+            fig.add_trace(go.Box(x=g["copies"].astype(str), y=g["em"], name=str(group), boxpoints="all", jitter=0.3))
+        order = [str(c) for c in sorted(df["copies"].unique())]
+        fig.update_layout(title="EM vs duplication count", xaxis_title="copies in the training stream (0 = held out)",
+                          yaxis_title="exact match (tokens)", xaxis={"categoryorder": "array", "categoryarray": order})
+        rho = s.get("ground_truth", {}).get("spearman_em_vs_copies")
+        if rho is None:
+            from memlens.core.stats import spearman
+
+            rho = round(spearman(df["copies"].tolist(), df["em"].tolist()), 3)
+        parts.append(rb.figure(fig, f"Each point is a paragraph; a model memorizes what it saw often "
+                                    f"(Spearman EM vs copies {rho})."))
+
+
+def gradients_section(rb: ReportBuilder, parts: list[str], folder: RunFolder, s: dict[str, Any]) -> None:
+    from memlens.analyses.gradients import GradientMapResult
+    from memlens.viz.gradients import plot_layer_profiles
+
+    maps = {n: GradientMapResult.load(folder.file("gradient_map", n)) for n in ("memorized", "non_memorized")}
+    cmp = s["memorized_vs_non_memorized"]
+    parts.append(table([{"set": label.replace("_", "-"), "total gradient": cmp["total"][label],
+                         "share in the lower half of the layers": cmp["lower_half_share"][label]}
+                        for label in cmp["labels"]]))
+    parts.append(rb.figure(plot_layer_profiles(list(maps.values()), ["memorized", "non-memorized"]),
+                           "Share of the total gradient per layer: the paper finds memorized paragraphs' gradients "
+                           "relatively larger in lower layers."))
+    for name, gm in maps.items():
+        parts.append(rb.figure(gm.plot(title=f"Gradient map, {name.replace('_', '-')} paragraphs"),
+                               "Each cell is one component (head matrix or MLP) of one layer; brighter = larger "
+                               "max |dNLL/dW|."))
+
+
+def heads_section(rb: ReportBuilder, parts: list[str], folder: RunFolder, s: dict[str, Any]) -> None:
+    from memlens.analyses.heads import HeadReport
+
+    report = HeadReport.load(folder.file("heads"))
+    df = report.to_dataframe().head(10)
+    cols = ["layer", "head", "combined_rank", *report.evidence] + (["ablation_em_drop"] if "ablation_em_drop" in df else [])
+    parts.append(table(df[cols].to_dict(orient="records"), cols))
+    parts.append('<p class="guide">One row per head, most implicated first; each evidence column is larger = more '
+                 "implicated; the combined rank weighs patching (causal) as much as the other kinds together.</p>")
+    if "ablation_top_head" in s:
+        a = s["ablation_top_head"]
+        parts.append(f"<p>Causal check: zero-ablating L{a['layer']}H{a['head']} costs the memorized paragraphs "
+                     f"{a['em_drop']} EM tokens, the most of any head; its ranks: {html.escape(json.dumps(a['ranks']))}.</p>")
+    if report.agreement:
+        parts.append("<p>Attribution vs exact patching (Spearman over heads): "
+                     + html.escape(", ".join(f"{k} {v:.2f}" for k, v in report.agreement.items())) + "</p>")
+    for note in report.notes:
+        parts.append(f'<p class="guide">Note: {html.escape(note)}</p>')
+    parts.append(rb.figure(report.plot_all(), "Layer x head heatmaps, one per evidence kind, each scaled to [0, 1]: "
+                                              "bright cells are the heads that kind implicates."))
+    if report.rare is not None:
+        top = report.top(1).iloc[0]
+        parts.append(rb.figure(report.rare.plot(int(top["layer"]), int(top["head"])),
+                               "Attention from the first continuation token by prefix-token rarity rank: a falling "
+                               "curve (negative Kendall tau) means the head attends to rare tokens."))
+    parts.extend(_views(folder, "head_views", "heads"))
+
+
+def perturb_section(rb: ReportBuilder, parts: list[str], folder: RunFolder, s: dict[str, Any]) -> None:
+    from memlens.analyses.perturb import PerturbationResult
+
+    mem = PerturbationResult.load(folder.file("perturbation", "memorized"))
+    non = PerturbationResult.load(folder.file("perturbation", "non_memorized"))
+    parts.append(table([{"set": "memorized", "mean EM drop": s["mean_em_drop_memorized"]},
+                        {"set": "non-memorized", "mean EM drop": s["mean_em_drop_non_memorized"]}]))
+    parts.append(rb.figure(mem.plot(non, labels=("memorized", "non-memorized")),
+                           "Mean EM lost when the token at one prefix position is replaced by a random token; "
+                           "memorized paragraphs resist most positions."))
+    parts.append(rb.figure(mem.plot_distribution(non), "Distribution of EM drops over all perturbations of each set."))
+    parts.extend(_views(folder, "perturb_views", "perturb"))
+
+
+def unlearn_section(rb: ReportBuilder, parts: list[str], folder: RunFolder, s: dict[str, Any]) -> None:
+    from memlens.analyses.mask_comparison import MaskComparison
+
+    rows = s["table"]
+    cols = [c for c in ("objective", "mask", "mask_size", "weights_changed", "target_em_before", "target_em_after",
+                        "other_memorized_em_after", "retain_em_before", "retain_em_after", "retain_top1_changed",
+                        "target_em_new_after",
+                        "target_edit_success") if c in rows[0]]
+    parts.append(table(rows, cols))
+    how = "; ".join(f'{k}: {v["steps"]} Adam steps at lr {v["lr"]}' for k, v in s["settings"].items())
+    parts.append(f'<p class="guide">Targets {html.escape(", ".join(s["targets"]))}, each fine-tuned alone ({how}) '
+                 "through all weights, the top 0.1% by gradient, the top 0.1% by gradient relative to the retain "
+                 "set's sensitivity (selective), or a random 0.1%; EM after is the mean over targets "
+                 "(retain and other memorized: against the original model's own continuations). Edit success = share "
+                 "of targets with EM >= 40 on their new continuation. Top-1 changed = continuation positions (of each "
+                 "paragraph's 50) whose teacher-forced top-1 token moved: unlike EM, one flip at a near-tie does not "
+                 "count every later token.</p>")
+    fig = MaskComparison.load(folder.file("unlearn")).plot()
+    parts.append(rb.figure(fig, "Unlearning should drop the target's bar and leave the others near where they started."))
+

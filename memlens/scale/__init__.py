@@ -1,0 +1,1 @@
+"""Scans beyond one process: streaming tables, shards and their merge, the Ray engine."""

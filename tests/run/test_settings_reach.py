@@ -1,0 +1,116 @@
+"""Every setting has one default (memlens.core.defaults) and reaches the computation it names."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+
+import pytest
+import torch
+
+import memlens as ml
+from memlens.core import defaults
+from memlens.core.results import Provenance
+from memlens.run.context import RunContext
+
+
+def _default(fn, name):
+    return inspect.signature(fn).parameters[name].default
+
+
+def test_each_setting_has_one_default():
+    assert ml.UnlearnConfig().fraction == defaults.FRACTION == _default(ml.SparseFineTuner.unlearn, "fraction") \
+        == _default(ml.SparseFineTuner.edit, "fraction") == _default(ml.compare_masks, "fraction")
+    assert ml.ScanConfig().non_memorized_max_em == defaults.NON_MEMORIZED_MAX_EM == _default(ml.scan, "non_memorized_max_em")
+    assert ml.PerturbConfig().n_samples == defaults.N_SAMPLES == _default(ml.PrefixPerturber.sweep, "n_samples")
+    assert ml.HeadsConfig().exact_top == 0 == _default(ml.HeadLocalizer.localize, "exact_top")  # 0: off, everywhere
+    assert set(ml.UnlearnConfig().masks) == set(defaults.MASK_KINDS)
+    assert ml.HeadsConfig().patch_kinds == defaults.PATCH_KINDS
+
+
+def test_the_command_line_help_shows_the_configs_defaults():
+    from memlens.run.cli import build_parser
+
+    text = build_parser()._subparsers._group_actions[0].choices["run"].format_help()
+    assert f"(default: {defaults.FRACTION})" in text and f"(default: {defaults.N_SAMPLES})" in text
+
+
+def test_every_analysis_class_takes_the_same_protocol(neo):
+    for cls in (ml.GradientMap, ml.HeadLocalizer, ml.PrefixPerturber, ml.SparseFineTuner):
+        params = inspect.signature(cls.__init__).parameters
+        assert params["batch_size"].kind is inspect.Parameter.KEYWORD_ONLY and params["batch_size"].default is None
+        assert params["progress"].kind is inspect.Parameter.KEYWORD_ONLY and params["progress"].default is True
+        assert cls(neo, batch_size=3).batch_size == 3
+
+
+@pytest.fixture
+def fake_run(neo, tmp_path):
+    """A run context on the tiny random model whose 'scan' says: first half memorized."""
+    gen = torch.Generator().manual_seed(1)
+    paras = ml.ParagraphSet.from_tokens(torch.randint(0, 500, (8, 40), generator=gen).tolist(), 20, 20)
+    em = torch.tensor([20] * 4 + [0] * 4)
+    scan = ml.ScanResult(paragraphs=paras, em=em, nll=torch.ones(8), provenance=Provenance())
+
+    def make(**settings):
+        cfg = ml.RunConfig(model="random").override(settings)
+        return RunContext(tmp_path / "run", cfg, progress=False, _model=neo, _paragraphs=paras, _scan=scan)
+
+    (tmp_path / "run").mkdir()
+    return make
+
+
+def test_gradient_settings_reach_the_maps_and_the_profiles(fake_run, monkeypatch):
+    from memlens.analyses import gradients
+    from memlens.run.stages import gradients_stage
+
+    seen = []
+    real = gradients.GradientMap.compute
+
+    def spy(self, paragraphs, *args, **kwargs):
+        seen.append((kwargs.get("aggregation"), kwargs.get("batch_size") or self.batch_size))
+        return real(self, paragraphs, *args, **kwargs)
+
+    monkeypatch.setattr(gradients.GradientMap, "compute", spy)
+    ctx = fake_run(**{"gradients.aggregation": "l1", "gradients.batch_size": 3, "gradients.max_per_em_bin": 2})
+    gradients_stage(ctx)
+    assert seen and all(s == ("l1", 3) for s in seen), seen  # the profiles' maps too (they were computed with max)
+    profiles = ml.EMRangeProfiles.load(ctx.folder.file("gradient_profiles"))
+    assert profiles.provenance.config["aggregation"] == "l1"
+    assert ml.GradientMapResult.load(ctx.folder.file("gradient_map", "memorized")).aggregation == "l1"
+
+
+def test_head_settings_reach_patching_and_ablation(fake_run, monkeypatch):
+    from memlens.analyses import heads
+    from memlens.run.stages import heads_stage
+
+    sizes: dict[str, list[int]] = {"exact": [], "ablation": []}
+    real_exact, real_ablation = heads.exact_patching, heads.head_ablation_em_drop
+
+    def exact(*args, batch_size=64, **kwargs):
+        sizes["exact"].append(batch_size)
+        return real_exact(*args, batch_size=batch_size, **kwargs)
+
+    def ablation(*args, batch_size=16, **kwargs):
+        sizes["ablation"].append(batch_size)
+        return real_ablation(*args, batch_size=batch_size, **kwargs)
+
+    monkeypatch.setattr(heads, "exact_patching", exact)
+    monkeypatch.setattr(heads, "head_ablation_em_drop", ablation)
+    ctx = fake_run(**{"heads.batch_size": 5, "heads.max_paragraphs": 2, "heads.patch_kinds": ["z"]})
+    heads_stage(ctx)
+    assert sizes["exact"] and set(sizes["exact"]) == {5}
+    assert sizes["ablation"] == [5]
+
+
+def test_old_module_paths_still_import_with_a_warning():
+    from memlens.gradients import GradientMap  # noqa: F401  (the module moved to memlens.analyses.gradients)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import memlens.pipeline as old
+
+        assert old.run_pipeline is ml.run_pipeline
+    assert any("memlens.pipeline moved to memlens.run.pipeline" in str(w.message) for w in caught)
+    assert ml.scan.__module__ == "memlens.analyses.scan"  # the package's `scan` is still the function
+    with pytest.warns(DeprecationWarning, match="memlens.viz.head_views moved"):
+        assert ml.viz.head_views is ml.head_views
