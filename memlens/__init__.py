@@ -41,7 +41,10 @@ from memlens.scale.ray_scan import scan_with_ray
 from memlens.scale.scan_table import ScanTable, merge_scan_tables
 from memlens.scale.stream import Shard, scan_to_table
 
-from memlens.run.config import GradientsConfig, HeadsConfig, PerturbConfig, RunConfig, ScanConfig, UnlearnConfig
+from memlens.run.config import (GradientsConfig, HeadsConfig, PerturbConfig, RunConfig, ScanConfig, StageConfig,
+                                UnlearnConfig)
+from memlens.run.folder import RunFolder
+from memlens.run.stage import Stage, StageSkipped, register_stage, stages, unregister_stage
 from memlens.run.pipeline import run_pipeline
 from memlens.run.report import write_report
 
@@ -86,11 +89,15 @@ __all__ = [
     "RareAttentionResult",
     "Result",
     "RunConfig",
+    "RunFolder",
     "ScanConfig",
     "ScanResult",
     "ScanTable",
     "Shard",
     "SparseFineTuner",
+    "Stage",
+    "StageConfig",
+    "StageSkipped",
     "UnigramCounts",
     "UnlearnConfig",
     "activation_gradient_view",
@@ -109,12 +116,15 @@ __all__ = [
     "profiles_by_em_range",
     "rare_token_attention",
     "register_model_source",
+    "register_stage",
     "run_pipeline",
     "scan",
     "scan_to_table",
     "scan_with_ray",
     "selective_mask",
     "smollm2_gguf_path",
+    "stages",
     "teacher_forced_scores",
+    "unregister_stage",
     "write_report",
 ]
