@@ -85,10 +85,13 @@ def read_run_config(folder: Path | RunFolder) -> RunConfig | None:
     """The settings a run folder was made with (from its ``run.json``), or None if it holds no run."""
     rf = folder if isinstance(folder, RunFolder) else RunFolder(Path(folder))
     have = rf.read_manifest()
-    if have is None:
-        return None
+    return None if have is None else _manifest_config(have, rf)
+
+
+def _manifest_config(have: dict[str, Any], folder: RunFolder) -> RunConfig:
+    """The RunConfig a parsed ``run.json`` records (older manifests: model, paragraphs, seed)."""
     if "config" in have:
-        return RunConfig.from_dict(have["config"], source=str(rf.manifest))
+        return RunConfig.from_dict(have["config"], source=str(folder.manifest))
     para = (have.get("paragraphs") or {}).get("path")
     return RunConfig(model=have.get("model", "organism"), paragraphs=para, seed=have.get("seed", 0))
 
@@ -107,9 +110,9 @@ def claim_folder(ctx: RunContext) -> dict[str, Any]:
     if ctx.out.is_dir():
         remove_stray_temporaries(ctx.out)  # left by a process killed while it wrote a file
     want = manifest(ctx)
-    before = read_run_config(folder)
-    if before is not None:
-        have = read_json(folder.manifest)
+    have = folder.read_manifest()
+    if have is not None:
+        before = _manifest_config(have, folder)
         diff = [k for k in ("model", "paragraphs", "seed") if have.get(k) != want[k]]
         if diff:
             theirs = ", ".join(f"{k}={have.get(k)!r}" for k in diff)
