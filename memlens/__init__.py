@@ -14,9 +14,11 @@ from memlens.core.components import ComponentKey, ComponentRegistry
 from memlens.core.data import Paragraph, ParagraphSet
 from memlens.core.errors import CacheError, HookError, InputError, MemlensError, ModelLoadError
 from memlens.core.ground_truth import GroundTruth
-from memlens.core.metrics import ContinuationScores, greedy_decode, teacher_forced_scores
+from memlens.core.metrics import ContinuationScores, greedy_decode, paragraph_min_k_nll, teacher_forced_scores
 from memlens.core.model import HookedModel
 from memlens.core.results import Provenance, Result, load_result
+from memlens.core.paper_data import FilterReport, paper_filters, read_carlini_arrays, read_token_tensor
+from memlens.loading.processed import process_weights
 from memlens.loading import load_model, register_model_source, smollm2_gguf_path
 
 from memlens import organism as _organism  # noqa: F401  (registers the embedded models with load_model)
@@ -29,13 +31,13 @@ from memlens.analyses.attention_views import activation_gradient_view, head_view
 from memlens.analyses.frequency import UnigramCounts
 from memlens.analyses.gradients import GradientMap, GradientMapComparison, GradientMapResult
 from memlens.analyses.heads import HeadLocalizer, HeadReport, head_ablation_em_drop
-from memlens.analyses.mask_comparison import MaskComparison, compare_masks
+from memlens.analyses.mask_comparison import MaskComparison, MaskTradeoff, compare_masks, mask_tradeoff
 from memlens.analyses.patching import PatchingResult, PatchPair, attribution_patching, exact_patching, make_patch_pairs
 from memlens.analyses.perturb import PerturbationResult, PrefixPerturber
 from memlens.analyses.profiles import EMRangeProfiles, profiles_by_em_range
-from memlens.analyses.rare_attention import RareAttentionResult, rare_token_attention
+from memlens.analyses.rare_attention import RareAttentionResult, paper_rare_token_setup, rare_token_attention
 from memlens.analyses.scan import ScanResult, scan
-from memlens.analyses.unlearn import FineTuneResult, SparseFineTuner, selective_mask
+from memlens.analyses.unlearn import FineTuneResult, FineTuneSettings, SparseFineTuner, selective_mask
 
 from memlens.scale.ray_scan import scan_with_ray
 from memlens.scale.scan_table import ScanTable, merge_scan_tables
@@ -61,7 +63,9 @@ __all__ = [
     "ComponentRegistry",
     "ContinuationScores",
     "EMRangeProfiles",
+    "FilterReport",
     "FineTuneResult",
+    "FineTuneSettings",
     "GradientMap",
     "GradientMapComparison",
     "GradientMapResult",
@@ -75,6 +79,7 @@ __all__ = [
     "InjectionResult",
     "InputError",
     "MaskComparison",
+    "MaskTradeoff",
     "MemlensError",
     "ModelLoadError",
     "OrganismInfo",
@@ -111,10 +116,17 @@ __all__ = [
     "inject",
     "load_model",
     "load_result",
-    "merge_scan_tables",
     "make_patch_pairs",
+    "mask_tradeoff",
+    "merge_scan_tables",
+    "paper_filters",
+    "paper_rare_token_setup",
+    "paragraph_min_k_nll",
+    "process_weights",
     "profiles_by_em_range",
     "rare_token_attention",
+    "read_carlini_arrays",
+    "read_token_tensor",
     "register_model_source",
     "register_stage",
     "run_pipeline",

@@ -199,3 +199,28 @@ def test_profiles_by_em_range_reuse_maps_already_computed(neo, paras, nll_map, m
     reused = profiles_by_em_range(neo, result, bins=((0, 10), (11, 20)), progress=False, maps=[low])
     assert len(calls) == 1  # only the 11-20 range
     assert reused.rows[0]["n"] == 3 and reused.rows[0]["total"] == pytest.approx(fresh.rows[0]["total"], rel=1e-5)
+
+
+def test_activation_gradients_of_the_first_continuation_token(neo, paras):
+    """The paper's Fig. 6 loss (the code's I_range=[49, 50]): only the first continuation token's
+    NLL; positions after the one that predicts it get no gradient."""
+    from memlens.analyses.activation_gradients import activation_gradients
+
+    res = activation_gradients(neo, paras[:2], loss_tokens=1, progress=False)
+    kept = {}
+
+    def keep(t, hook):
+        t.retain_grad()
+        kept["q"] = t
+        return t
+
+    with neo.hooks(fwd_hooks=[("blocks.0.attn.hook_q", keep)]):
+        logits = neo(paras.tokens[:1, :-1])[:, 19]
+        F.cross_entropy(logits, paras.tokens[:1, 20]).backward()
+    expected = kept["q"].grad.abs().amax(-1)[0].T
+    for p in neo.tl_model.parameters():
+        p.grad = None
+    torch.testing.assert_close(res.values[0, 0, 0], expected, rtol=1e-4, atol=1e-9)
+    assert res.values[:, :, :, :, 20:].abs().sum() == 0 and res.values[:, :, :, :, :20].sum() > 0
+    with pytest.raises(InputError, match="loss_tokens"):
+        activation_gradients(neo, paras[:1], loss_tokens=0, progress=False)

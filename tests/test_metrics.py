@@ -85,3 +85,19 @@ def test_top1_and_margins():
     assert s.top1.tolist() == [[0, 2]]
     assert s.margin.tolist()[0] == pytest.approx([1.0, -3.0], abs=1e-6)
     assert score_logits(logits, torch.tensor([[0, 1]])).margin is None
+
+
+def test_paragraph_min_k_nll_is_the_codes(neo):
+    """The code: NLL of every predicted position (99 of 100), the top int(0.2 * 99) = 19, averaged."""
+    import torch.nn.functional as F
+
+    from memlens.core.metrics import paragraph_min_k_nll
+    from memlens.testing import random_tokens
+
+    toks = random_tokens(3, 100, neo.vocab_size, seed=5)
+    got = paragraph_min_k_nll(neo, toks, batch_size=2)
+    logits = neo(toks[:, :-1])
+    nll = F.cross_entropy(logits.transpose(1, 2), toks[:, 1:], reduction="none")
+    expected = nll.topk(19, dim=-1).values.mean(-1)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert (got > nll.mean(-1)).all()

@@ -123,3 +123,51 @@ def test_bad_input(neo):
         pert.sweep(ps, strategy="worst")
     with pytest.raises(InputError, match="outside the vocabulary"):
         pert.sweep(ps, strategy=lambda t, p, s, g: 10**6, positions=[0], progress=False)
+
+
+def test_the_official_codes_perturbation_options(neo):
+    """skip_position_0 leaves position 0 alone; allow_original lets the draw be the original token
+    (over enough draws it is, at rate ~1/V); ties of the worst EM go to the earliest position."""
+    ps = recited(neo, 2, seed=17)
+    pert = PrefixPerturber(neo)
+    res = pert.sweep(ps, n_samples=2, skip_position_0=True, progress=False)
+    assert set(res.position.tolist()) == set(range(1, 20))
+    assert res.provenance.config["skip_position_0"] is True
+    assert torch.isnan(res.paragraph_drops(0)[0]) and not torch.isnan(res.paragraph_drops(0)[1:]).any()
+    # allow_original: with a vocabulary of 512 and 2 x 20 x 64 draws, the original shows up
+    many = pert.sweep(ps, n_samples=64, allow_original=True, progress=False).to_dataframe()
+    same = many[many["token"] == many["original_token"]]
+    assert len(same) > 0 and (same["em_drop"] == 0).all()
+    never = pert.sweep(ps, n_samples=64, progress=False).to_dataframe()
+    assert (never["token"] != never["original_token"]).all()
+    # ties: the earliest position among the lowest EM, whatever the NLL says
+    df = res.to_dataframe()
+    for pid, w in zip(res.worst("earliest")["paragraph"], res.worst("earliest").itertuples()):
+        rows = df[df["paragraph"] == pid]
+        lowest = rows[rows["em"] == rows["em"].min()]
+        assert w.position == lowest["position"].min()
+
+
+def test_cumulative_perturbation_replaces_every_position_up_to_p(neo):
+    """Row p replaces positions first..p with one random prefix per paragraph and sample: its EM
+    equals greedy decoding after that hand-made prefix."""
+    ps = recited(neo, 2, seed=19)
+    pert = PrefixPerturber(neo, batch_size=8)
+    res = pert.sweep(ps, strategy="cumulative", n_samples=2, skip_position_0=True, seed=3, progress=False)
+    df = res.to_dataframe()
+    for i in range(2):
+        for s in range(2):
+            rows = df[(df["paragraph"] == ps.ids[i]) & (df["sample"] == s)].sort_values("position")
+            drawn = torch.tensor(rows["token"].tolist())  # the drawn prefix, positions 1..19
+            for p in (3, 12):
+                prefix = res.paragraphs.prefixes[i].clone()
+                prefix[1 : p + 1] = drawn[: p]
+                out = greedy_decode(neo, prefix[None], 20)[0]
+                cont = res.paragraphs.continuations[i]
+                em = int((out == cont).long().cumprod(0).sum())
+                assert int(rows[rows["position"] == p]["em"].iloc[0]) == em
+    # replacing more positions cannot be undone: the mean EM drop grows with p (on average)
+    pp = res.per_position()
+    assert pp["em_drop"].iloc[-5:].mean() >= pp["em_drop"].iloc[:5].mean()
+    with pytest.raises(InputError, match="single-token"):
+        pert.perturbed_paragraphs(ps, result=res)

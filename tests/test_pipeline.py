@@ -36,7 +36,13 @@ def test_summary_reproduces_the_findings(tiny_run):
     assert h["ablation_top_head"]["ranks"]["combined"] <= 3
     rows = {(r["objective"], r["mask"]): r for r in s["unlearn"]["table"]}
     assert rows[("unlearn", "topk")]["target_em_after"] < rows[("unlearn", "random")]["target_em_after"]
-    assert ("edit", "topk") in rows and 0 <= rows[("edit", "topk")]["target_edit_success"] <= 1
+    edit_top, edit_random = rows[("edit", "topk")], rows[("edit", "random")]
+    assert 0 <= edit_top["target_edit_success"] <= 1
+    # editing through the top-k weights reaches the new continuation at least as far as a random mask
+    assert edit_top["target_em_new_after"] >= edit_random["target_em_new_after"]
+    # every trial is kept, one per target and mask, with bootstrap intervals around the means
+    assert rows[("unlearn", "topk")]["n_trials"] == len(s["unlearn"]["targets"])
+    assert rows[("unlearn", "topk")]["target_em_after_ci_low"] <= rows[("unlearn", "topk")]["target_em_after"]
     sel = rows[("unlearn", "selective")]
     assert sel["mask_size"] == rows[("unlearn", "topk")]["mask_size"]
     assert sel["retain_top1_changed"] <= rows[("unlearn", "topk")]["retain_top1_changed"]

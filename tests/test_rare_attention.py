@@ -36,3 +36,48 @@ def test_query_position_must_be_in_the_continuation(neo):
         attention_to_prefix(neo, paras, query_position=4)
     with pytest.raises(InputError, match="unigram counts cover"):
         rare_token_attention(neo, paras, UnigramCounts(torch.ones(5, dtype=torch.long)))
+
+
+def test_dense_ranks_and_summed_attention_as_the_paper_computes_them(neo):
+    """Dense ranks equal scipy's rankdata(method="dense") - 1; summed attention is the mean times
+    the paragraphs; the entropy lies between 0 and log(prefix length)."""
+    from scipy.stats import rankdata
+
+    counts = UnigramCounts(torch.arange(neo.vocab_size) % 7)  # many ties
+    toks = random_tokens(1, 10, neo.vocab_size, seed=4)[0]
+    expected = rankdata(counts.of(toks).numpy(), method="dense") - 1
+    assert counts.rarity_rank(toks, ties="dense").tolist() == expected.tolist()
+    assert sorted(counts.rarity_rank(toks).tolist()) == list(range(10))  # ordinal: a permutation
+    paras = ParagraphSet.from_tokens(random_tokens(5, 16, neo.vocab_size, seed=6), prefix_len=10)
+    mean = rare_token_attention(neo, paras, counts, ranks="dense", progress=False)
+    summed = rare_token_attention(neo, paras, counts, ranks="dense", reduce="sum", progress=False)
+    torch.testing.assert_close(summed.by_rank, 5 * mean.by_rank)
+    # hand-made: sum each prefix position's attention into its dense rank
+    by_hand = torch.zeros(10)
+    for i in range(5):
+        for p, r in enumerate(counts.rarity_rank(paras.prefixes[i], ties="dense").tolist()):
+            by_hand[r] += summed.attention[i, 1, 2, p]
+    torch.testing.assert_close(summed.by_rank[1, 2], by_hand)
+    assert ((summed.entropy >= 0) & (summed.entropy <= torch.log(torch.tensor(10.0)) + 1e-5)).all()
+    assert summed.ranks == "dense" and summed.to_dataframe()["entropy"].notna().all()
+
+
+def test_token_level_tau_by_counts_matches_scipy(neo):
+    from scipy.stats import kendalltau
+
+    from memlens.analyses.rare_attention import paper_rare_token_setup
+
+    mem = ParagraphSet.from_tokens(random_tokens(3, 16, 50, seed=7), prefix_len=10)
+    non = ParagraphSet.from_tokens(random_tokens(3, 16, 50, seed=8), prefix_len=10, ids=["a", "b", "c"])
+    paras, counts = paper_rare_token_setup(mem, non, neo.vocab_size, n=5)
+    assert paras.ids == ["0", "1", "2", "a", "b"] and counts.total == 6 * 16
+    res = rare_token_attention(neo, paras, counts, ranks="dense", reduce="sum", progress=False)
+    mem_counts = UnigramCounts.from_paragraphs(mem, neo.vocab_size)
+    df = res.token_tau_by_counts(paras, {"full": counts, "memorized": mem_counts}).set_index(["layer", "head"])
+    toks = paras.prefixes.flatten()
+    summed = {}
+    for t, a in zip(toks.tolist(), res.attention[:, 0, 3].flatten().tolist()):
+        summed[t] = summed.get(t, 0.0) + a
+    ids = sorted(t for t in summed if mem_counts.counts[t] > 0)
+    expected = kendalltau([int(mem_counts.counts[t]) for t in ids], [summed[t] for t in ids]).statistic
+    assert df.loc[(0, 3), "tau_memorized"] == pytest.approx(expected, abs=1e-9)

@@ -98,7 +98,7 @@ class ActivationGradientResult(Result):
 
 def activation_gradients(
     model: "HookedModel", paragraphs: ParagraphSet, kinds: Sequence[str] = ACTIVATION_KINDS,
-    batch_size: int = 8, progress: bool = True,
+    batch_size: int = 8, progress: bool = True, loss_tokens: int | None = None,
 ) -> ActivationGradientResult:
     """Gradients of each paragraph's continuation NLL w.r.t. per-head activations (q, k, v, z),
     max-pooled over d_head. One backward pass per batch: the loss is the sum of per-paragraph
@@ -110,10 +110,15 @@ def activation_gradients(
         kinds: per-head activations (``q``, ``k``, ``v``, ``z``).
         batch_size: paragraphs per backward pass.
         progress: show a progress bar.
+        loss_tokens: the loss is the NLL of the first ``loss_tokens`` continuation tokens only
+            (the paper's Fig. 6 top panel: 1, the code's ``I_range=[49, 50]``); None: all of them.
 
     Returns:
         An :class:`ActivationGradientResult` (nats per unit activation, per token).
     """
+    if loss_tokens is not None and not 1 <= loss_tokens <= paragraphs.continuation_len:
+        raise InputError(f"loss_tokens must be between 1 and the continuation length {paragraphs.continuation_len}, "
+                         f"got {loss_tokens}")
     for k in kinds:
         if k not in ACTIVATION_KINDS:
             raise InputError(f"unknown activation kind {k!r}; choose from {ACTIVATION_KINDS}")
@@ -127,8 +132,8 @@ def activation_gradients(
         chunk = paragraphs.tokens[s : s + batch_size].to(model.device)
 
         def loss_fn(logits: Tensor, chunk: Tensor = chunk) -> Tensor:
-            lg = logits[:, P - 1 :]
-            return _summed_continuation_nll(lg, chunk[:, P:])
+            end = chunk.shape[1] if loss_tokens is None else P + loss_tokens
+            return _summed_continuation_nll(logits[:, P - 1 : end - 1], chunk[:, P:end])
 
         _, _, grads = model.capture(chunk[:, :-1], names, loss_fn=loss_fn)
         per = torch.stack([
@@ -139,7 +144,7 @@ def activation_gradients(
         out.append(per.cpu())
     return ActivationGradientResult(values=torch.cat(out), kinds=tuple(kinds), tokens=paragraphs.tokens,
                                     ids=list(paragraphs.ids), prefix_len=P,
-                                    provenance=Provenance.capture(model, kinds=list(kinds)))
+                                    provenance=Provenance.capture(model, kinds=list(kinds), loss_tokens=loss_tokens))
 
 
 def per_query_head(x: Tensor, n_heads: int, dim: int) -> Tensor:

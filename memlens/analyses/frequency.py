@@ -12,6 +12,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from memlens.core.defaults import RANK_TIES, RankTies, one_of
 from memlens.core.errors import InputError
 from memlens.core.io import atomic_path, read_json
 
@@ -53,10 +54,21 @@ class UnigramCounts:
         """log of the relative frequency, add-one smoothed (natural log; unseen tokens are finite)."""
         return torch.log((self.of(tokens).double() + 1.0) / (self.total + self.vocab_size))
 
-    def rarity_rank(self, tokens: Int[Tensor, " n"]) -> Int[Tensor, " n"]:
-        """Rank of each token of one sequence by corpus count, 0 = rarest (ties: earlier position
-        first)."""
-        order = torch.argsort(self.of(tokens), stable=True)
+    def rarity_rank(self, tokens: Int[Tensor, " n"], ties: RankTies = "ordinal") -> Int[Tensor, " n"]:
+        """Rank of each token of one sequence by corpus count, 0 = rarest.
+
+        Args:
+            tokens: one sequence.
+            ties: ``ordinal`` = ranks 0..n-1, equal counts ordered by position (memlens's
+                default); ``dense`` = equal counts share a rank and ranks leave no gaps
+                (``scipy.stats.rankdata(counts, method="dense") - 1``, the paper's "allowing ties").
+        """
+        counts = self.of(tokens)
+        if ties == "dense":
+            return torch.unique(counts, sorted=True, return_inverse=True)[1]
+        if ties != "ordinal":
+            raise InputError(f"unknown tie rule {ties!r}; use {one_of(RANK_TIES)}")
+        order = torch.argsort(counts, stable=True)
         rank = torch.empty_like(order)
         rank[order] = torch.arange(len(order))
         return rank

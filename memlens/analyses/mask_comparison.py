@@ -1,4 +1,5 @@
-"""The paper's Fig. 5 table: unlearning or editing each target alone through several masks."""
+"""The paper's Fig. 5: unlearning or editing one target per trial through several masks, kept as
+distributions over trials; and trade-off curves of those masks over a grid of learning rates."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+import torch
+
 from memlens.core.data import ParagraphSet
-from memlens.core.defaults import FRACTION
+from memlens.core.defaults import FRACTION, KLDirection, KLReduction, RandomMaskDraw
 from memlens.core.errors import InputError
 from memlens.core.results import Provenance, Result
+from memlens.core.stats import bootstrap_mean_ci
 from memlens.analyses.unlearn import SELECTIVITY_FLOOR, SparseFineTuner
 
 if TYPE_CHECKING:
@@ -20,27 +24,45 @@ if TYPE_CHECKING:
 
     from memlens.core.model import HookedModel
 
+#: the per-trial values whose mean gets a bootstrap 95% interval in :attr:`MaskComparison.rows`
+CI_COLUMNS = ("target_em_after", "target_nll_after", "retain_em_after", "retain_nll_after", "other_memorized_em_after")
+
 
 @dataclass(frozen=True, kw_only=True)
 class MaskComparison(Result):
-    """The paper's Fig. 5 table: per objective x mask, the mean over targets of each
-    :meth:`FineTuneResult.summary` (each target fine-tuned alone, weights restored in between).
+    """The paper's Fig. 5: per objective x mask, every trial's values and their means.
+
+    Each trial fine-tunes one target from the original weights (restored in between) with its
+    retain batch (the same batch for every mask of a trial: a paired comparison).
 
     Attributes:
-        rows: one dict per (objective, mask): ``objective, mask, mask_size, weights_changed,
-            <set>_em_before, <set>_em_after, <set>_top1_changed`` and, for ``edit``,
-            ``target_em_new_after, target_edit_success``.
-        targets: the target paragraph ids.
+        rows: one dict per (objective, mask): the mean over trials of ``mask_size, weights_changed,
+            <set>_em_before, <set>_em_after, <set>_nll_before, <set>_nll_after, <set>_top1_changed``
+            (sets: target, retain, other_memorized; for ``edit`` also ``target_em_new_after,
+            target_edit_success``), ``n_trials``, and for :data:`CI_COLUMNS` a bootstrap 95%
+            interval of the mean, ``<column>_ci_low`` / ``<column>_ci_high``.
+        targets: the target paragraph ids (in trial order; a target repeats when there are more
+            trials than targets).
+        trials: one dict per (objective, mask, trial): the :meth:`FineTuneResult.summary` of that
+            run, ``trial``, ``target`` and ``retain`` (its retain batch's ids).
     """
 
     rows: list[dict[str, Any]]
     targets: list[str]
+    trials: list[dict[str, Any]] = field(default_factory=list)
     provenance: Provenance = field(default_factory=Provenance)
 
     def to_dataframe(self) -> "pd.DataFrame":
+        """One row per (objective, mask): the means and intervals of :attr:`rows`."""
         import pandas as pd
 
         return pd.DataFrame(self.rows)
+
+    def trials_dataframe(self) -> "pd.DataFrame":
+        """One row per (objective, mask, trial): :attr:`trials`."""
+        import pandas as pd
+
+        return pd.DataFrame(self.trials)
 
     def summary(self) -> dict[str, Any]:
         rows = [{k: (None if isinstance(v, float) and v != v else round(v, 3) if isinstance(v, float) else v)
@@ -54,18 +76,112 @@ class MaskComparison(Result):
                 return r
         raise InputError(f"no row for objective {objective!r} and mask {mask!r}")
 
+    def values(self, objective: str, mask: str, column: str) -> list[float]:
+        """``column`` of every trial of one objective and mask, in trial order."""
+        vals = [t[column] for t in self.trials if t["objective"] == objective and t["mask"] == mask]
+        if not vals:
+            raise InputError(f"no trials for objective {objective!r} and mask {mask!r}")
+        return vals
+
     def plot(self) -> "go.Figure":
-        """Mean EM after fine-tuning per objective/mask, for targets, other memorized and retain."""
+        """Fig. 5 as distributions: box plots (every trial a point) of the EM and NLL after
+        fine-tuning per objective/mask, for the targets and the retain batches; bars of the means
+        when the trials were not kept (a file written before memlens kept them)."""
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        if not self.trials:
+            fig = go.Figure()
+            for key, label in (("target_em_after", "target"), ("other_memorized_em_after", "other memorized"),
+                               ("retain_em_after", "retain")):
+                if self.rows and key in self.rows[0]:
+                    fig.add_trace(go.Bar(x=[f"{r['objective']}/{r['mask']}" for r in self.rows],
+                                         y=[r[key] for r in self.rows], name=label))
+            fig.update_layout(barmode="group", title="EM after sparse fine-tuning", yaxis_title="mean EM (tokens)")
+            return fig
+        panels = (("target_em_after", "target EM after (tokens)"), ("retain_em_after", "retain EM after (tokens)"),
+                  ("target_nll_after", "target NLL after (nats/token)"), ("retain_nll_after", "retain NLL after (nats/token)"))
+        fig = make_subplots(rows=2, cols=2, subplot_titles=[p[1] for p in panels])
+        palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+        for k, r in enumerate(self.rows):
+            label = f"{r['objective']}/{r['mask']}"
+            for j, (col, _) in enumerate(panels):
+                vals = [t[col] for t in self.trials if t["objective"] == r["objective"] and t["mask"] == r["mask"]]
+                fig.add_trace(go.Box(y=vals, name=label, boxpoints="all", jitter=0.4, pointpos=0, boxmean=True,
+                                     marker_color=palette[k % len(palette)], showlegend=j == 0, legendgroup=label),
+                              row=j // 2 + 1, col=j % 2 + 1)
+        n = self.rows[0].get("n_trials", "")
+        fig.update_layout(title=f"Sparse fine-tuning, {n} trials per mask (box: quartiles; dashed: mean)",
+                          height=640)
+        return fig
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaskTradeoff(Result):
+    """Masks compared at equal forgetting: mean target EM against mean retain EM after unlearning,
+    one point per learning rate, one curve per mask.
+
+    Attributes:
+        rows: one dict per (mask, lr): ``mask, lr, n_trials`` and the means and bootstrap 95%
+            intervals of :data:`CI_COLUMNS` (as in :attr:`MaskComparison.rows`).
+    """
+
+    rows: list[dict[str, Any]]
+    provenance: Provenance = field(default_factory=Provenance)
+
+    def to_dataframe(self) -> "pd.DataFrame":
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    def summary(self) -> dict[str, Any]:
+        keep = ("mask", "lr", "n_trials", "target_em_after", "retain_em_after", "target_em_after_ci_low",
+                "target_em_after_ci_high", "retain_em_after_ci_low", "retain_em_after_ci_high")
+        return {"table": [{k: (round(r[k], 3) if isinstance(r[k], float) else r[k]) for k in keep if k in r}
+                          for r in self.rows]}
+
+    def plot(self) -> "go.Figure":
+        """Retain EM after (y) against target EM after (x), one curve per mask over the learning
+        rates, with 95% intervals as error bars: the better mask is higher at equal x."""
         import plotly.graph_objects as go
 
         fig = go.Figure()
-        for key, label in (("target_em_after", "target"), ("other_memorized_em_after", "other memorized"),
-                           ("retain_em_after", "retain")):
-            if self.rows and key in self.rows[0]:
-                fig.add_trace(go.Bar(x=[f"{r['objective']}/{r['mask']}" for r in self.rows],
-                                     y=[r[key] for r in self.rows], name=label))
-        fig.update_layout(barmode="group", title="EM after sparse fine-tuning", yaxis_title="mean EM (tokens)")
+        for mask in dict.fromkeys(r["mask"] for r in self.rows):
+            pts = sorted((r for r in self.rows if r["mask"] == mask), key=lambda r: r["lr"])
+            x = [r["target_em_after"] for r in pts]
+            y = [r["retain_em_after"] for r in pts]
+            fig.add_trace(go.Scatter(
+                x=x, y=y, mode="lines+markers+text", name=mask, text=[f"{r['lr']:g}" for r in pts],
+                textposition="top center",
+                error_x=dict(type="data", symmetric=False, array=[r["target_em_after_ci_high"] - v for r, v in zip(pts, x)],
+                             arrayminus=[v - r["target_em_after_ci_low"] for r, v in zip(pts, x)]),
+                error_y=dict(type="data", symmetric=False, array=[r["retain_em_after_ci_high"] - v for r, v in zip(pts, y)],
+                             arrayminus=[v - r["retain_em_after_ci_low"] for r, v in zip(pts, y)])))
+        fig.update_layout(title="Forgetting against sparing, over learning rates (labels: lr)",
+                          xaxis_title="target EM after (tokens; lower = more forgotten)",
+                          yaxis_title="retain EM after (tokens; higher = more spared)")
         return fig
+
+
+def retain_batches(retain: ParagraphSet, n_trials: int, per_trial: int | None, seed: int = 0) -> list[ParagraphSet]:
+    """The retain set of each trial: the whole ``retain`` set every time (``per_trial`` None), or
+    a fresh batch of ``per_trial`` paragraphs per trial drawn from the pool ``retain`` without
+    replacement (a new seeded shuffle of the pool each time it runs out; the official code's
+    Fig. 5 design draws 10 per trial)."""
+    if per_trial is None:
+        return [retain] * n_trials
+    if not 1 <= per_trial <= len(retain):
+        raise InputError(f"retain_per_trial must be between 1 and the retain pool's size {len(retain)}, got {per_trial}")
+    g = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    batches = []
+    for _ in range(n_trials):
+        if len(order) < per_trial:  # the pass runs out: the rest of it, then a new shuffle without those
+            fresh = [i for i in torch.randperm(len(retain), generator=g).tolist() if i not in order]
+            order = order + fresh + order
+        batches.append(retain[order[:per_trial]])
+        order = order[per_trial:]
+    return batches
 
 
 def compare_masks(
@@ -73,16 +189,20 @@ def compare_masks(
     objectives: Sequence[str] = ("unlearn",), masks: Sequence[str] = ("all", "topk", "random"),
     perturbed: ParagraphSet | None = None, fraction: float = FRACTION, steps: int = 10,
     lr: dict[str, float] | float = 1e-3, kl_weight: float = 1.0, progress: bool = True,
-    selectivity_floor: float = SELECTIVITY_FLOOR, checkpoint: str | Path | None = None,
+    selectivity_floor: float = SELECTIVITY_FLOOR, checkpoint: str | Path | None = None, *,
+    n_trials: int | None = None, retain_per_trial: int | None = None, seed: int = 0, nll_scale: float = 1.0,
+    kl_direction: KLDirection = "model||original", kl_reduction: KLReduction = "mean", weight_decay: float = 0.0,
+    random_mask: RandomMaskDraw = "exact",
 ) -> MaskComparison:
-    """The paper's Fig. 5 table: for each objective x mask, the mean EM after fine-tuning each
-    target alone (restored in between) on the target, the other memorized paragraphs and the
-    retain set, and the weights changed.
+    """The paper's Fig. 5: for each objective x mask, fine-tune one target per trial (weights
+    restored in between) and score the target, its retain batch and the other memorized
+    paragraphs; every trial is kept.
 
     Args:
         model: the model (its weights are restored after every run).
-        targets: memorized paragraphs to unlearn or edit, one at a time.
-        retain: non-memorized paragraphs kept close to the original model (KL).
+        targets: memorized paragraphs to unlearn or edit; trial ``t`` takes target ``t mod len(targets)``.
+        retain: non-memorized paragraphs kept close to the original model (KL): the retain set of
+            every trial, or with ``retain_per_trial`` the pool fresh batches are drawn from.
         other_memorized: memorized paragraphs that should stay recited (the target is left out).
         objectives: ``unlearn`` and/or ``edit``; ``edit`` needs ``perturbed`` (aligned with targets).
         masks: ``all``, ``topk``, ``selective`` (see :func:`selective_mask`), ``random``.
@@ -94,53 +214,114 @@ def compare_masks(
         selectivity_floor: see :func:`selective_mask`.
         checkpoint: a JSON-lines file each finished run is appended to; a later call with the
             same file skips the runs already there (an interrupted comparison resumes).
+        n_trials: trials per objective and mask (default: one per target; the paper's code: 20).
+        retain_per_trial: draw a fresh retain batch of this size per trial (the code's: 10); None
+            keeps the whole ``retain`` set in every trial.
+        seed: seed of the retain batches; trial ``t``'s random mask uses ``seed + t``.
+        nll_scale, kl_direction, kl_reduction, weight_decay, random_mask: the objective and
+            optimizer (:meth:`SparseFineTuner.unlearn`; :meth:`FineTuneSettings.paper_code`).
 
     Returns:
-        A :class:`MaskComparison`.
+        A :class:`MaskComparison` with every trial and the means with bootstrap 95% intervals.
     """
     import pandas as pd
     from tqdm.auto import tqdm
 
-    ft = SparseFineTuner(model)
-    jobs = [(o, m, i) for o in objectives for m in masks for i in range(len(targets))]
+    if len(targets) == 0:
+        raise InputError("compare_masks needs at least one target paragraph")
+    n_trials = len(targets) if n_trials is None else n_trials
+    if not (isinstance(n_trials, int) and n_trials >= 1):
+        raise InputError(f"n_trials must be an integer >= 1, got {n_trials!r}")
+    for objective in objectives:
+        if objective not in ("unlearn", "edit"):
+            raise InputError(f"unknown objective {objective!r}; use 'unlearn' or 'edit'")
+    if "edit" in objectives and perturbed is None:
+        raise InputError("the edit objective needs perturbed= (e.g. PrefixPerturber.perturbed_paragraphs)")
+    batches = retain_batches(retain, n_trials, retain_per_trial, seed)
+    extra = dict(nll_scale=nll_scale, kl_direction=kl_direction, kl_reduction=kl_reduction,
+                 weight_decay=weight_decay, random_mask=random_mask)
+    ft = SparseFineTuner(model, progress=False)
+    jobs = [(o, m, t) for o in objectives for m in masks for t in range(n_trials)]
     done = _read_runs(Path(checkpoint)) if checkpoint is not None else {}
-    rows = [done[(o, m, targets.ids[i])] for o, m, i in jobs if (o, m, targets.ids[i]) in done]
-    todo = [(o, m, i) for o, m, i in jobs if (o, m, targets.ids[i]) not in done]
-    for objective, mask, i in tqdm(todo, desc="fine-tuning runs", disable=not progress, initial=len(rows),
+    trials = [done[job] for job in jobs if job in done]
+    todo = [job for job in jobs if job not in done]
+    for objective, mask, t in tqdm(todo, desc="fine-tuning runs", disable=not progress, initial=len(trials),
                                    total=len(jobs)):
+        i = t % len(targets)
         rate = lr[mask] if isinstance(lr, dict) else lr
         others = None
         if other_memorized is not None:
             others = other_memorized.filter([pid != targets.ids[i] for pid in other_memorized.ids])
+        common = dict(mask=mask, fraction=fraction, steps=steps, lr=rate, kl_weight=kl_weight, other_memorized=others,
+                      seed=seed + t, selectivity_floor=selectivity_floor, **extra)
         with ft.restored(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if objective == "unlearn":
-                r = ft.unlearn(targets[[i]], retain, mask, fraction, steps, rate, kl_weight, other_memorized=others,
-                               selectivity_floor=selectivity_floor)
-            elif objective == "edit":
-                if perturbed is None:
-                    raise InputError("the edit objective needs perturbed= (e.g. PrefixPerturber.perturbed_paragraphs)")
-                r = ft.edit(targets[[i]], retain, perturbed_paragraph=perturbed[[i]], mask=mask, fraction=fraction,
-                            steps=steps, lr=rate, kl_weight=kl_weight, other_memorized=others,
-                            selectivity_floor=selectivity_floor)
+                r = ft.unlearn(targets[[i]], batches[t], **common)
             else:
-                raise InputError(f"unknown objective {objective!r}; use 'unlearn' or 'edit'")
-        rows.append(r.summary() | {"target": targets.ids[i]})
+                r = ft.edit(targets[[i]], batches[t], perturbed_paragraph=perturbed[[i]], **common)
+        trials.append(r.summary() | {"trial": t, "target": targets.ids[i], "retain": list(batches[t].ids)})
         if checkpoint is not None:
             with Path(checkpoint).open("a", encoding="utf-8") as f:
-                f.write(json.dumps(rows[-1]) + "\n")
-    order = {(o, m): k for k, (o, m, _) in enumerate(jobs)}
-    rows.sort(key=lambda r: order[(r["objective"], r["mask"])])
-    df = pd.DataFrame(rows)
-    table = df.groupby(["objective", "mask"], sort=False).mean(numeric_only=True).reset_index()
-    return MaskComparison(rows=table.to_dict(orient="records"), targets=list(targets.ids),
+                f.write(json.dumps(trials[-1]) + "\n")
+    order = {job: k for k, job in enumerate(jobs)}
+    trials.sort(key=lambda r: order[(r["objective"], r["mask"], r["trial"])])
+    return MaskComparison(rows=_mean_rows(pd.DataFrame(trials), ["objective", "mask"]),
+                          targets=[targets.ids[t % len(targets)] for t in range(n_trials)], trials=trials,
                           provenance=Provenance.capture(model, objectives=list(objectives), masks=list(masks),
                                                         fraction=fraction, steps=steps, lr=lr, kl_weight=kl_weight,
-                                                        selectivity_floor=selectivity_floor))
+                                                        selectivity_floor=selectivity_floor, n_trials=n_trials,
+                                                        retain_per_trial=retain_per_trial, seed=seed, **extra))
 
 
-def _read_runs(path: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """Finished runs of an interrupted :func:`compare_masks`, by (objective, mask, target); a torn
+def mask_tradeoff(
+    model: "HookedModel", targets: ParagraphSet, retain: ParagraphSet, lrs: Sequence[float],
+    masks: Sequence[str] = ("all", "topk", "random"), checkpoint: str | Path | None = None, **compare_kwargs: Any,
+) -> MaskTradeoff:
+    """Unlearning trade-off curves: :func:`compare_masks` (objective ``unlearn``) at each learning
+    rate of ``lrs``, kept as the mean and 95% interval of target and retain EM per (mask, lr), so
+    that masks are compared at equal forgetting rather than at one learning rate.
+
+    Args:
+        model, targets, retain, masks: as for :func:`compare_masks`.
+        lrs: the learning-rate grid.
+        checkpoint: a JSON-lines file per learning rate is written beside this path (``<path>.lr<lr>``).
+        compare_kwargs: any other setting of :func:`compare_masks` (steps, n_trials,
+            retain_per_trial, the objective's form, ...).
+    """
+    if not lrs:
+        raise InputError("mask_tradeoff needs at least one learning rate")
+    rows: list[dict[str, Any]] = []
+    for lr in lrs:
+        ckpt = None if checkpoint is None else Path(f"{checkpoint}.lr{lr:g}")
+        table = compare_masks(model, targets, retain, objectives=("unlearn",), masks=masks, lr=lr, checkpoint=ckpt,
+                              **compare_kwargs)
+        rows += [{"lr": float(lr)} | {k: v for k, v in r.items() if k != "objective"} for r in table.rows]
+        if ckpt is not None:
+            ckpt.unlink(missing_ok=True)
+    return MaskTradeoff(rows=rows, provenance=Provenance.capture(model, lrs=[float(x) for x in lrs], masks=list(masks),
+                                                                **{k: v for k, v in compare_kwargs.items()
+                                                                   if k not in ("progress", "other_memorized", "perturbed")}))
+
+
+def _mean_rows(trials: "pd.DataFrame", keys: list[str]) -> list[dict[str, Any]]:
+    """Per group of ``keys``: the mean of every numeric column, ``n_trials`` and the bootstrap 95%
+    interval of each of :data:`CI_COLUMNS` present."""
+    rows = []
+    numeric = [c for c in trials.select_dtypes("number").columns if c != "trial"]
+    for key, group in trials.groupby(keys, sort=False):
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        row |= {c: float(group[c].mean()) if group[c].notna().any() else float("nan") for c in numeric}
+        row["n_trials"] = int(len(group))
+        for c in CI_COLUMNS:
+            if c in group:
+                row[f"{c}_ci_low"], row[f"{c}_ci_high"] = bootstrap_mean_ci(group[c].tolist())
+        rows.append(row)
+    return rows
+
+
+def _read_runs(path: Path) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """Finished runs of an interrupted :func:`compare_masks`, by (objective, mask, trial); a torn
     last line is dropped."""
     if not path.exists():
         return {}
@@ -148,7 +329,7 @@ def _read_runs(path: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             row = json.loads(line)
-            runs[(row["objective"], row["mask"], row["target"])] = row
+            runs[(row["objective"], row["mask"], int(row["trial"]))] = row
         except (ValueError, RecursionError, TypeError, KeyError):
             continue  # a torn or damaged line: that run is done again
     return runs

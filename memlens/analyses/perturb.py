@@ -19,7 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from memlens.core.data import ParagraphSet
-from memlens.core.defaults import N_SAMPLES, STRATEGIES
+from memlens.core.defaults import N_SAMPLES, STRATEGIES, WORST_TIES, WorstTies, one_of
 from memlens.core.errors import InputError
 from memlens.core.compat import cache_keyword, returned_cache
 from memlens.core.metrics import greedy_decode, score_logits
@@ -104,11 +104,22 @@ class PerturbationResult(Result):
         df = self.to_dataframe()
         return df.groupby("position")[["em_drop", "nll_change"]].mean().reset_index()
 
-    def worst(self) -> "pd.DataFrame":
-        """Per paragraph, the single replacement that lowers EM most (ties: higher NLL, then the
-        earlier position, then the lower sample)."""
+    def worst(self, ties: WorstTies = "nll") -> "pd.DataFrame":
+        """Per paragraph, the single replacement that lowers EM most.
+
+        Args:
+            ties: among replacements with the same lowest EM: ``nll`` = the higher NLL, then the
+                earlier position, then the lower sample (memlens's default); ``earliest`` = the
+                earliest position, then the lower sample (the official code's strict ``em < min_em``
+                over positions in order).
+        """
+        if ties not in WORST_TIES:
+            raise InputError(f"unknown tie rule {ties!r}; use {one_of(WORST_TIES)}")
         df = self.to_dataframe()
-        df = df.sort_values(["paragraph", "em", "nll", "position", "sample"], ascending=[True, True, False, True, True])
+        if ties == "nll":
+            df = df.sort_values(["paragraph", "em", "nll", "position", "sample"], ascending=[True, True, False, True, True])
+        else:
+            df = df.sort_values(["paragraph", "em", "position", "sample"], ascending=True)
         worst = df.groupby("paragraph", sort=False).head(1)
         order = {pid: i for i, pid in enumerate(self.paragraphs.ids)}
         return worst.sort_values("paragraph", key=lambda s: s.map(order)).reset_index(drop=True)
@@ -188,6 +199,8 @@ class PrefixPerturber:
         self.model = model
         self.batch_size = batch_size or 64
         self.progress = progress
+        self._allow_original = False
+        self._first = 0
 
     def sweep(
         self,
@@ -199,6 +212,8 @@ class PrefixPerturber:
         reference: str = "greedy",
         reuse_cache: bool = True,
         progress: bool | None = None,
+        skip_position_0: bool = False,
+        allow_original: bool = False,
     ) -> PerturbationResult:
         """Every (paragraph, position, sample) perturbation and its EM / NLL.
 
@@ -209,8 +224,11 @@ class PrefixPerturber:
                 model's most likely tokens at that position other than the original, in order:
                 sample 0 is the second choice where the original is the first; position 0 has no
                 prediction and is skipped), ``similar`` (the token whose input embedding is closest
-                in cosine to the original's, s-th closest), or a callable ``(paragraph_tokens,
-                position, sample, generator) -> token id``.
+                in cosine to the original's, s-th closest), ``cumulative`` (the official code's
+                ``single_tok_perturb=False``: one random prefix is drawn per paragraph and sample,
+                and the row of position p replaces every position from the first perturbed one
+                up to p with it; the code labels that row p+1), or a callable
+                ``(paragraph_tokens, position, sample, generator) -> token id``.
             n_samples: replacements per position.
             seed: seed of the random replacements.
             reference: ``"greedy"`` (default, the paper's) scores against the model's own greedy
@@ -220,13 +238,18 @@ class PrefixPerturber:
             reuse_cache: compute the keys/values of the positions before the perturbed one once
                 per paragraph (``False`` recomputes everything, for checking).
             progress: show a progress bar.
+            skip_position_0: never perturb position 0 (the official code keeps it as a BOS-like
+                anchor and uses it as the unperturbed baseline).
+            allow_original: ``random`` and ``cumulative`` draw uniformly over the whole vocabulary,
+                the original token included (the code's ``torch.randint``); by default the
+                original is excluded, so that every row is a real change.
 
         Returns:
             A :class:`PerturbationResult`, one row per perturbation; EM in tokens, NLL in nats/token.
         """
         progress = self.progress if progress is None else progress
         model = self.model
-        pos_list = self._check_sweep(paragraphs, positions, strategy, n_samples, reference)
+        pos_list = self._check_sweep(paragraphs, positions, strategy, n_samples, reference, skip_position_0)
         P = paragraphs.prefix_len
         if reference == "greedy":
             cont = greedy_decode(model, paragraphs.prefixes, paragraphs.continuation_len)
@@ -234,7 +257,9 @@ class PrefixPerturber:
                                       paragraphs.ids, paragraphs.texts, paragraphs.metadata)
         name = strategy if isinstance(strategy, str) else getattr(strategy, "__name__", "callable")
         gen = torch.Generator().manual_seed(seed)
-        use_cache = reuse_cache and model.hf_model is not None
+        use_cache = reuse_cache and model.hf_model is not None and strategy != "cumulative"
+        self._allow_original = allow_original
+        self._first = 1 if skip_position_0 else 0
         self._plain = model.plain_model() if use_cache else None
         cols: dict[str, list[Tensor]] = {k: [] for k in ("index", "position", "sample", "token", "em", "nll")}
         base_em, base_nll = [], []
@@ -253,10 +278,11 @@ class PrefixPerturber:
             paragraphs=paragraphs, base_em=torch.cat(base_em), base_nll=torch.cat(base_nll), strategy=name,
             **{k: c[k] for k in ("index", "position", "sample", "token", "em", "nll")},
             provenance=Provenance.capture(model, strategy=name, n_samples=n_samples, seed=seed, reference=reference,
-                                          positions=positions if positions == "all" else list(pos_list)))
+                                          positions=positions if positions == "all" else list(pos_list),
+                                          skip_position_0=skip_position_0, allow_original=allow_original))
 
     def _check_sweep(self, paragraphs: ParagraphSet, positions: str | Sequence[int], strategy: Strategy,
-                     n_samples: int, reference: str) -> list[int]:
+                     n_samples: int, reference: str, skip_position_0: bool = False) -> list[int]:
         """Validate a sweep's arguments; return the prefix positions to perturb."""
         if len(paragraphs) == 0:
             raise InputError("PrefixPerturber.sweep got an empty ParagraphSet")
@@ -272,7 +298,7 @@ class PrefixPerturber:
             raise InputError(f"reference must be 'greedy' or 'true', got {reference!r}")
         if isinstance(strategy, str) and strategy not in STRATEGIES:
             raise InputError(f"unknown strategy {strategy!r}; use one of {STRATEGIES} or a callable")
-        if strategy == "second_best":
+        if strategy == "second_best" or skip_position_0:
             pos_list = [p for p in pos_list if p > 0]
         if not pos_list:
             raise InputError("no prefix position to perturb")
@@ -287,11 +313,16 @@ class PrefixPerturber:
         tokens = paragraphs.tokens[idx].to(self.model.device)
         clean_logits, past = self._clean_pass(tokens, use_cache)
         scores = score_logits(clean_logits[:, P - 1 :], tokens[:, P:])
+        drawn = self._random_prefixes(tokens[:, :P], n_samples, gen) if strategy == "cumulative" else None
         for p in pos_list:
-            new = torch.stack([self._replacements(strategy, tokens[j], p, n_samples, clean_logits[j], gen)
-                               for j in range(len(idx))])  # [paragraphs, samples]
             variants = tokens.repeat_interleave(n_samples, 0)
-            variants[:, p] = new.flatten()
+            if drawn is not None:  # [paragraphs * samples, P]: positions first..p replaced
+                new = drawn[:, p].view(len(idx), n_samples)
+                variants[:, self._first : p + 1] = drawn[:, self._first : p + 1]
+            else:
+                new = torch.stack([self._replacements(strategy, tokens[j], p, n_samples, clean_logits[j], gen)
+                                   for j in range(len(idx))])  # [paragraphs, samples]
+                variants[:, p] = new.flatten()
             em, nll = self._score_variants(variants, p, P, past, n_samples)
             for key, value in (("index", torch.tensor(idx).repeat_interleave(n_samples)),
                                ("position", torch.full((len(variants),), p)),
@@ -306,14 +337,18 @@ class PrefixPerturber:
         return self.sweep(paragraphs, **sweep_kwargs).worst()
 
     def perturbed_paragraphs(
-        self, paragraphs: ParagraphSet, result: PerturbationResult | None = None, **sweep_kwargs: Any
+        self, paragraphs: ParagraphSet, result: PerturbationResult | None = None, ties: WorstTies = "nll",
+        **sweep_kwargs: Any,
     ) -> ParagraphSet:
         """For each paragraph, its worst single-token perturbation: the perturbed prefix followed
-        by the model's new greedy continuation (the target of the editing objective). Metadata:
-        ``original`` id, ``position``, ``original_token``, ``token``, ``em`` (of the original
-        continuation after the perturbation)."""
+        by the model's new greedy continuation (the target of the editing objective; ``ties`` as
+        in :meth:`PerturbationResult.worst`). Metadata: ``original`` id, ``position``,
+        ``original_token``, ``token``, ``em`` (of the original continuation after the perturbation)."""
         result = result if result is not None else self.sweep(paragraphs, **sweep_kwargs)
-        worst = result.worst()
+        if result.strategy == "cumulative":
+            raise InputError("perturbed paragraphs are single-token perturbations; sweep with another strategy "
+                             "(e.g. 'random') to make them")
+        worst = result.worst(ties)
         order = [paragraphs.index_of(pid) for pid in worst["paragraph"]]
         prefixes = paragraphs.prefixes[order].clone()
         prefixes[torch.arange(len(order)), torch.tensor(worst["position"].tolist())] = torch.tensor(worst["token"].tolist())
@@ -378,6 +413,8 @@ class PrefixPerturber:
         orig = int(tokens[p])
         if callable(strategy):
             out = torch.tensor([int(strategy(tokens.cpu(), p, s, gen)) for s in range(n)])
+        elif strategy == "random" and self._allow_original:
+            out = torch.randint(0, V, (n,), generator=gen)
         elif strategy == "random":
             draw = torch.randint(0, V - 1, (n,), generator=gen)
             out = draw + (draw >= orig).long()  # uniform over the vocabulary minus the original
@@ -393,6 +430,16 @@ class PrefixPerturber:
             bad = int(out[(out < 0) | (out >= V)][0])
             raise InputError(f"strategy {strategy!r} returned token {bad} at position {p}, outside the vocabulary [0, {V})")
         return out.to(tokens.device)
+
+    def _random_prefixes(self, prefixes: Int[Tensor, "batch prefix"], n: int, gen: torch.Generator) -> Tensor:
+        """``n`` random prefixes per paragraph, ``[batch * n, prefix]`` (paragraph-major): uniform
+        over the vocabulary, without the original token at each position unless allowed."""
+        V = self.model.vocab_size
+        orig = prefixes.cpu().repeat_interleave(n, 0)
+        if self._allow_original:
+            return torch.randint(0, V, orig.shape, generator=gen).to(prefixes.device)
+        draw = torch.randint(0, V - 1, orig.shape, generator=gen)
+        return (draw + (draw >= orig).long()).to(prefixes.device)
 
     def _embeddings(self) -> Tensor:
         if not hasattr(self, "_emb"):

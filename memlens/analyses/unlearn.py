@@ -15,100 +15,30 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 from torch import Tensor, nn
 
 from memlens.core.data import Paragraph, ParagraphSet
-from memlens.core.defaults import FRACTION, MASK_KINDS
+from memlens.core.defaults import (
+    FRACTION, MASK_KINDS, RANDOM_MASK_DRAWS, KLDirection, KLReduction, RandomMaskDraw,
+    one_of,
+)
 from memlens.core.errors import InputError
 from memlens.analyses.gradients import GradientMap, GradientMapResult
 from memlens.core.metrics import greedy_decode, teacher_forced_scores
 from memlens.core.objectives import continuation_logits, continuation_nll, kl_to_reference
-from memlens.core.results import Provenance, Result
+from memlens.analyses.finetune import SELECTIVITY_FLOOR, FineTuneResult, FineTuneSettings
+from memlens.core.results import Provenance
 from memlens.core.sparse import MaskedAdam, only_trainable
 
 if TYPE_CHECKING:
-    import pandas as pd
-    import plotly.graph_objects as go
 
     from memlens.core.model import HookedModel
 
 Mask = dict[str, Tensor]
-SELECTIVITY_FLOOR = 0.1
-
-
-@dataclass(frozen=True, kw_only=True)
-class FineTuneResult(Result):
-    """Before/after EM and NLL per paragraph, against the original model's own greedy continuations
-    (for a memorized paragraph, its true continuation); for ``edit`` the target rows also score the
-    new continuation (``em_new_*``).
-
-    Attributes:
-        objective: ``unlearn`` or ``edit``; mask_kind: ``topk``, ``selective``, ``random``, ``all`` or
-            ``user``.
-        rows: one dict per (set, paragraph): set (``target``, ``other_memorized``, ``retain``),
-            paragraph, em_before, em_after, nll_before, nll_after; also ``top1_changed`` (continuation
-            positions whose teacher-forced top-1 token differs from the original model's) and
-            ``min_margin`` (the original model's smallest log-probability lead of the reference
-            token over the best other token, in nats; near 0 = a near-tie that any weight change
-            can flip, and with it every later token of EM).
-        weights_changed: scalar weights that differ from the tuner's original weights after the run
-            (cumulative over runs not separated by ``restore()``).
-        mask_size: weights the mask allowed to change.
-        losses: objective per step.
-    """
-
-    objective: str
-    mask_kind: str
-    rows: list[dict[str, Any]]
-    weights_changed: int
-    mask_size: int
-    losses: list[float] = field(default_factory=list)
-    provenance: Provenance = field(default_factory=Provenance)
-
-    def to_dataframe(self) -> "pd.DataFrame":
-        """One row per (set, paragraph), the columns of :attr:`rows`."""
-        import pandas as pd
-
-        return pd.DataFrame(self.rows)
-
-    def mean(self, set_name: str, column: str = "em_after") -> float:
-        vals = [r[column] for r in self.rows if r["set"] == set_name]
-        return float(sum(vals) / len(vals)) if vals else float("nan")
-
-    def summary(self) -> dict[str, Any]:
-        """Mean EM before/after and top-1 moves per set, mask size and weights changed (and for
-        ``edit``, the new continuation's EM and the share of targets that reach EM >= 40)."""
-        out: dict[str, Any] = {"objective": self.objective, "mask": self.mask_kind,
-                               "mask_size": self.mask_size, "weights_changed": self.weights_changed}
-        for s in ("target", "other_memorized", "retain"):
-            out[f"{s}_em_before"] = self.mean(s, "em_before")
-            out[f"{s}_em_after"] = self.mean(s, "em_after")
-            out[f"{s}_top1_changed"] = self.mean(s, "top1_changed")
-        if self.objective == "edit":
-            out["target_em_new_after"] = self.mean("target", "em_new_after")
-            df = self.to_dataframe()
-            out["target_edit_success"] = float((df[df["set"] == "target"]["em_new_after"] >= 40).mean())
-        return out
-
-    def plot(self) -> "go.Figure":
-        """Loss per step and mean EM before/after per set."""
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
-
-        fig = make_subplots(rows=1, cols=2, subplot_titles=("objective per step", "mean EM before / after"))
-        fig.add_trace(go.Scatter(y=self.losses, mode="lines+markers", name="loss"), 1, 1)
-        sets = [s for s in ("target", "other_memorized", "retain") if any(r["set"] == s for r in self.rows)]
-        for col, name in (("em_before", "before"), ("em_after", "after")):
-            fig.add_trace(go.Bar(x=sets, y=[self.mean(s, col) for s in sets], name=name), 1, 2)
-        fig.update_layout(title=f"{self.objective} with mask '{self.mask_kind}' ({self.mask_size} weights)")
-        return fig
-
-    def _repr_html_(self) -> str:
-        return self.to_dataframe().to_html(index=False)
 
 
 class SparseFineTuner:
@@ -174,11 +104,14 @@ class SparseFineTuner:
     def make_mask(
         self, kind: str | Mask | GradientMapResult, fraction: float, objective_map: GradientMapResult | None,
         seed: int = 0, sensitivity: dict[str, Tensor] | None = None, selectivity_floor: float = SELECTIVITY_FLOOR,
+        random_draw: RandomMaskDraw = "exact",
     ) -> tuple[Mask, str]:
         """A boolean mask per trainable parameter: ``topk`` (largest |gradient| of the objective),
         ``selective`` (largest |gradient| / sqrt(retain sensitivity + lambda), see
-        :func:`selective_mask`), ``random`` (uniform, same size as top-k), ``all``, a
-        GradientMapResult's top fraction, or a user mask (validated)."""
+        :func:`selective_mask`), ``random`` (uniform, same size as top-k; or with
+        ``random_draw="bernoulli"`` each weight independently with probability ``fraction``, as the
+        official code drew it), ``all``, a GradientMapResult's top fraction, or a user mask
+        (validated)."""
         params = self.params
         if isinstance(kind, GradientMapResult):
             return kind.mask(fraction=fraction), "topk"
@@ -198,9 +131,13 @@ class SparseFineTuner:
             if sensitivity is None:
                 raise InputError("a selective mask needs the retain set's sensitivity (SparseFineTuner.retain_sensitivity)")
             return selective_mask(objective_map, sensitivity, fraction, selectivity_floor), "selective"
+        g = torch.Generator().manual_seed(seed)
+        if random_draw == "bernoulli":
+            return {n: torch.rand(p.shape, generator=g) < fraction for n, p in params.items()}, "random"
+        if random_draw != "exact":
+            raise InputError(f"unknown random mask draw {random_draw!r}; use {one_of(RANDOM_MASK_DRAWS)}")
         total = sum(p.numel() for p in params.values())
         count = max(1, int(round(fraction * total)))
-        g = torch.Generator().manual_seed(seed)
         chosen = torch.zeros(total, dtype=torch.bool)
         chosen[torch.randperm(total, generator=g)[:count]] = True
         out, offset = {}, 0
@@ -251,6 +188,8 @@ class SparseFineTuner:
         self, target: Paragraph | ParagraphSet, retain: ParagraphSet, mask: str | Mask | GradientMapResult = "topk",
         fraction: float = FRACTION, steps: int = 10, lr: float = 1e-3, kl_weight: float = 1.0,
         other_memorized: ParagraphSet | None = None, seed: int = 0, selectivity_floor: float = SELECTIVITY_FLOOR,
+        *, nll_scale: float = 1.0, kl_direction: KLDirection = "model||original", kl_reduction: KLReduction = "mean",
+        weight_decay: float = 0.0, random_mask: RandomMaskDraw = "exact",
     ) -> FineTuneResult:
         """Raise the NLL of the target's continuation, keeping the retain set close to the
         original model (KL), through the weights of ``mask``.
@@ -268,6 +207,12 @@ class SparseFineTuner:
             other_memorized: memorized paragraphs that should stay recited (scored, not trained).
             seed: seed of a random mask.
             selectivity_floor: see :func:`selective_mask`.
+            nll_scale: factor of the target's NLL term (the official code's ``c_set_norm``: 0.1).
+            kl_direction, kl_reduction: the retain KL's form (:func:`memlens.core.objectives.kl_to_reference`;
+                the official code's: ``original||model``, ``batchmean``).
+            weight_decay: Adam's coupled L2 decay, on the masked weights only (the code's: 1.0).
+            random_mask: ``exact`` (the top-k count) or ``bernoulli`` (each weight with probability
+                ``fraction``, the code's draw).
 
         Returns:
             A :class:`FineTuneResult`: EM/NLL before and after per set and paragraph, against
@@ -275,14 +220,19 @@ class SparseFineTuner:
             until :meth:`restore`.
         """
         target_set = _as_set(target)
-        return self._run("unlearn", target_set, target_set, retain, mask, fraction, steps, lr, kl_weight,
-                         other_memorized, seed, selectivity_floor)
+        settings = FineTuneSettings(fraction=fraction, steps=steps, lr=lr, kl_weight=kl_weight, seed=seed,
+                                    selectivity_floor=selectivity_floor, nll_scale=nll_scale,
+                                    kl_direction=kl_direction, kl_reduction=kl_reduction,
+                                    weight_decay=weight_decay, random_mask=random_mask)
+        return self._run("unlearn", target_set, target_set, retain, mask, settings, other_memorized)
 
     def edit(
         self, target: Paragraph | ParagraphSet, retain: ParagraphSet, new_continuation: Tensor | None = None,
         perturbed_paragraph: Paragraph | ParagraphSet | None = None, mask: str | Mask | GradientMapResult = "topk",
         fraction: float = FRACTION, steps: int = 10, lr: float = 1e-3, kl_weight: float = 1.0,
         other_memorized: ParagraphSet | None = None, seed: int = 0, selectivity_floor: float = SELECTIVITY_FLOOR,
+        *, nll_scale: float = 1.0, kl_direction: KLDirection = "model||original", kl_reduction: KLReduction = "mean",
+        weight_decay: float = 0.0, random_mask: RandomMaskDraw = "exact",
     ) -> FineTuneResult:
         """Teach the model to follow the target's prefix with a new continuation, keeping the
         retain set close to the original model (KL).
@@ -293,8 +243,8 @@ class SparseFineTuner:
             new_continuation: the new continuation tokens ``[continuation]`` or ``[n, continuation]``.
             perturbed_paragraph: or: a perturbed paragraph (``PrefixPerturber.perturbed_paragraphs``)
                 whose continuation becomes the new one.
-            mask, fraction, steps, lr, kl_weight, other_memorized, seed, selectivity_floor: as
-                for :meth:`unlearn`.
+            mask, fraction, steps, lr, kl_weight, other_memorized, seed, selectivity_floor, nll_scale,
+                kl_direction, kl_reduction, weight_decay, random_mask: as for :meth:`unlearn`.
 
         Returns:
             A :class:`FineTuneResult` whose target rows also score the new continuation
@@ -312,14 +262,16 @@ class SparseFineTuner:
                              f"{tuple(target_set.continuations.shape)}")
         edited = ParagraphSet(torch.cat([target_set.prefixes, new.long()], 1), target_set.prefix_len,
                               target_set.continuation_len, [f"{i}~edit" for i in target_set.ids])
-        return self._run("edit", target_set, edited, retain, mask, fraction, steps, lr, kl_weight,
-                         other_memorized, seed, selectivity_floor)
+        settings = FineTuneSettings(fraction=fraction, steps=steps, lr=lr, kl_weight=kl_weight, seed=seed,
+                                    selectivity_floor=selectivity_floor, nll_scale=nll_scale,
+                                    kl_direction=kl_direction, kl_reduction=kl_reduction,
+                                    weight_decay=weight_decay, random_mask=random_mask)
+        return self._run("edit", target_set, edited, retain, mask, settings, other_memorized)
 
     def _run(self, objective: str, target: ParagraphSet, train_on: ParagraphSet, retain: ParagraphSet,
-             mask_kind: Any, fraction: float, steps: int, lr: float, kl_weight: float,
-             other: ParagraphSet | None, seed: int, selectivity_floor: float) -> FineTuneResult:
+             mask_kind: Any, st: "FineTuneSettings", other: ParagraphSet | None) -> FineTuneResult:
         model = self.model
-        sets = self._check_run(target, retain, other, steps, lr)
+        sets = self._check_run(target, retain, other, st)
         self._snapshot()
         refs = {k: self._reference(v) for k, v in sets.items()}
         before = self._scores(refs)
@@ -329,14 +281,15 @@ class SparseFineTuner:
             ref_logits = continuation_logits(model, retain.tokens, retain.prefix_len).detach()
 
         def loss_fn() -> Tensor:
-            nll = continuation_nll(model, train_on.tokens, train_on.prefix_len)
-            kl = kl_to_reference(continuation_logits(model, retain.tokens, retain.prefix_len), ref_logits)
-            return (-nll if objective == "unlearn" else nll) + kl_weight * kl
+            nll = st.nll_scale * continuation_nll(model, train_on.tokens, train_on.prefix_len)
+            kl = kl_to_reference(continuation_logits(model, retain.tokens, retain.prefix_len), ref_logits,
+                                 st.kl_direction, st.kl_reduction)
+            return (-nll if objective == "unlearn" else nll) + st.kl_weight * kl
 
-        masks, kind = self._objective_mask(objective, train_on, retain, mask_kind, fraction, seed, selectivity_floor)
-        opt = MaskedAdam(self.params, masks, lr)
+        masks, kind = self._objective_mask(objective, train_on, retain, mask_kind, st)
+        opt = MaskedAdam(self.params, masks, st.lr, weight_decay=st.weight_decay)
         try:
-            losses = self._optimize(loss_fn, opt, steps, lr)
+            losses = self._optimize(loss_fn, opt, st.steps, st.lr)
             after = self._scores(refs)
             new_after = teacher_forced_scores(model, train_on.tokens, train_on.prefix_len, self.batch_size) if objective == "edit" else None
         except BaseException:  # an error or Ctrl-C: the weights are as before this run
@@ -352,25 +305,22 @@ class SparseFineTuner:
                 if new_before is not None and k == "target":
                     row |= {"em_new_before": int(new_before.em[i]), "em_new_after": int(new_after.em[i])}
                 rows.append(row)
-        config = {"lr": lr, "steps": steps, "fraction": fraction, "kl_weight": kl_weight, "seed": seed}
-        if kind == "selective":
-            config["selectivity_floor"] = selectivity_floor
+        config = st.to_dict()
+        if kind != "selective":
+            config.pop("selectivity_floor")
         return FineTuneResult(objective=objective, mask_kind=kind, rows=rows, weights_changed=self.weights_changed(),
                               mask_size=sum(int(m.sum()) for m in masks.values()), losses=losses,
                               provenance=Provenance.capture(model, objective=objective, mask=kind, **config))
 
-    def _check_run(self, target: ParagraphSet, retain: ParagraphSet, other: ParagraphSet | None, steps: int,
-                   lr: float) -> dict[str, ParagraphSet]:
+    def _check_run(self, target: ParagraphSet, retain: ParagraphSet, other: ParagraphSet | None,
+                   st: "FineTuneSettings") -> dict[str, ParagraphSet]:
         """Validate a run's arguments; return the sets it scores by name."""
         if len(retain) == 0:
             raise InputError("the retain set is empty")
         target.check_compatible(retain, "the target and the retain set")
         if other is not None:
             target.check_compatible(other, "the target and the other memorized set")
-        if steps < 1:
-            raise InputError(f"steps must be >= 1, got {steps}")
-        if not 0 < lr < float("inf"):
-            raise InputError(f"lr must be a positive finite number, got {lr}")
+        st.validate()
         sets = {"target": target, "retain": retain}
         if other is not None and len(other):  # an empty set (the only memorized paragraph is the target) scores nothing
             sets["other_memorized"] = other
@@ -390,7 +340,7 @@ class SparseFineTuner:
                           f"{target.continuation_len}); running anyway", stacklevel=4)
 
     def _objective_mask(self, objective: str, train_on: ParagraphSet, retain: ParagraphSet, mask_kind: Any,
-                        fraction: float, seed: int, selectivity_floor: float) -> tuple[Mask, str]:
+                        st: "FineTuneSettings") -> tuple[Mask, str]:
         """The run's mask; top-k and selective masks rank weights by the objective's gradient at
         the original weights."""
         objective_map, sensitivity = None, None
@@ -399,7 +349,8 @@ class SparseFineTuner:
                 train_on, contrast=retain, objective="contrastive" if objective == "unlearn" else "nll", progress=False)
             if mask_kind == "selective":
                 sensitivity = self.retain_sensitivity(retain)
-        return self.make_mask(mask_kind, fraction, objective_map, seed, sensitivity, selectivity_floor)
+        return self.make_mask(mask_kind, st.fraction, objective_map, st.seed, sensitivity, st.selectivity_floor,
+                              random_draw=st.random_mask)
 
     def _reference(self, paragraphs: ParagraphSet) -> ParagraphSet:
         """The paragraphs with the original model's greedy continuation (cached per tuner)."""

@@ -119,6 +119,16 @@ def plain_twin(hf_model: nn.Module) -> nn.Module:
         if name not in params:
             raise ModelLoadError(f"cannot build a plain twin: parameter {name!r} not found in the booted model")
         _set(twin, name, params[name], is_param=True)
+    twin_names = {n for n, _ in twin.named_parameters(remove_duplicate=False)}
+    for name, param in params.items():  # a bias added to a bias-free linear (memlens.loading.processed)
+        owner, _, leaf = name.rpartition(".")
+        if name not in twin_names and leaf == "bias":
+            try:
+                module = twin.get_submodule(owner)
+            except AttributeError:  # a bridge-only name
+                continue
+            if isinstance(module, nn.Linear) and module.bias is None:
+                module.bias = param
     for name, buf in list(twin.named_buffers(remove_duplicate=False)):
         if name in buffers:
             _set(twin, name, buffers[name], is_param=False)

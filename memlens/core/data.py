@@ -7,9 +7,7 @@ validated with errors that name the file and line or the paragraph id.
 
 from __future__ import annotations
 
-import csv
 import json
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +17,9 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from memlens.core import readers
 from memlens.core.errors import InputError
-from memlens.core.io import parse_json, write_text_atomic
+from memlens.core.io import write_text_atomic
 
 if TYPE_CHECKING:
     from memlens.core.model import HookedModel
@@ -201,20 +200,9 @@ class ParagraphSet:
         default lengths are asked for. ``skip_short`` leaves out paragraphs shorter than the split
         (their ids in :attr:`skipped`, with a warning) instead of refusing the file."""
         path = Path(path)
-        rows = []
-        for lineno, line in _read_lines(path):
-            if not line.strip():
-                continue
-            row = parse_json(line, f"{path}:{lineno}", "fix or remove the line")
-            if not rows and isinstance(row, dict) and row.get("memlens") == "ParagraphSet":
-                if (prefix_len, continuation_len) == (DEFAULT_PREFIX_LEN, DEFAULT_CONTINUATION_LEN):
-                    prefix_len, continuation_len = int(row["prefix_len"]), int(row["continuation_len"])
-                continue
-            if not isinstance(row, dict) or ("tokens" not in row and "text" not in row):
-                raise InputError(
-                    f"{path}:{lineno}: each line must be a JSON object with a 'tokens' list or a 'text' string"
-                )
-            rows.append((lineno, row))
+        rows, header = readers.jsonl_rows(path)
+        if header is not None and (prefix_len, continuation_len) == (DEFAULT_PREFIX_LEN, DEFAULT_CONTINUATION_LEN):
+            prefix_len, continuation_len = int(header["prefix_len"]), int(header["continuation_len"])
         return cls._from_rows(rows, path, model, prefix_len, continuation_len, skip_short=skip_short)
 
     @classmethod
@@ -231,45 +219,8 @@ class ParagraphSet:
         """Read a CSV with a text column (``text`` or ``paragraph``, or ``text_column``) or a
         ``tokens`` column (space-separated ids); ``id`` and all other columns are kept."""
         path = Path(path)
-        csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-        _read_lines(path)  # the same missing / empty / not-UTF-8 errors as JSONL files
-        # newline="": line breaks inside quoted fields stay as written (\r\n too); utf-8-sig: a
-        # byte-order mark is not part of the first column's name
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            reader = csv.DictReader(handle)
-            try:
-                header = reader.fieldnames or []
-            except csv.Error as e:
-                raise InputError(f"{path}:1: malformed CSV header ({e})") from None
-            if text_column is None:
-                text_column = next((c for c in ("text", "paragraph", "tokens") if c in header), None)
-            if text_column is None or text_column not in header:
-                raise InputError(f"{path}:1: no text column; the header has {header}; name one with text_column=")
-            rows = cls._csv_rows(reader, path, text_column)
+        rows = readers.csv_rows(path, text_column)
         return cls._from_rows(rows, path, model, prefix_len, continuation_len, id_column, skip_short)
-
-    @staticmethod
-    def _csv_rows(reader: "csv.DictReader", path: Path, text_column: str) -> list[tuple[int, dict[str, Any]]]:
-        rows = []
-        while True:
-            lineno = reader.line_num + 1
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as e:
-                raise InputError(f"{path}:{lineno}: malformed CSV ({e})") from None
-            if None in row or any(v is None for v in row.values()):
-                raise InputError(f"{path}:{lineno}: the row has a different number of fields than the header")
-            if text_column == "tokens":
-                try:
-                    row["tokens"] = [int(t) for t in row["tokens"].split()]
-                except ValueError:
-                    raise InputError(f"{path}:{lineno}: 'tokens' must be space-separated integers") from None
-            else:
-                row["text"] = row.pop(text_column)
-            rows.append((lineno, row))
-        return rows
 
     @classmethod
     def from_file(
@@ -491,19 +442,11 @@ class ParagraphSet:
         path = Path(path)
         if path.suffix.lower() == ".csv":
             return cls.from_csv(path, model)
-        lines = list(_read_lines(path))
-        first = next((l for _, l in lines if l.strip()), "")
-        try:
-            header = json.loads(first)
-        except (ValueError, RecursionError):
-            header = None
-        if isinstance(header, dict) and header.get("memlens") == "ParagraphSet":
-            rows = []
-            for lineno, line in lines[1:]:
-                if line.strip():
-                    rows.append((lineno, parse_json(line, f"{path}:{lineno}", "fix or remove the line")))
-            return cls._from_rows(rows, path, model, header["prefix_len"], header["continuation_len"])
-        return cls.from_jsonl(path, model)
+        saved = readers.saved_rows(path)
+        if saved is None:
+            return cls.from_jsonl(path, model)
+        header, rows = saved
+        return cls._from_rows(rows, path, model, header["prefix_len"], header["continuation_len"])
 
     def __repr__(self) -> str:
         meta = f", metadata={sorted(self.metadata)}" if self.metadata else ""
@@ -511,18 +454,3 @@ class ParagraphSet:
             f"ParagraphSet(n={len(self)}, prefix_len={self.prefix_len}, "
             f"continuation_len={self.continuation_len}{meta})"
         )
-
-
-def _read_lines(path: Path) -> Iterable[tuple[int, str]]:
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text (byte {e.start}); convert the file to UTF-8") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot read the file ({e.strerror})") from None
-    if not text.strip():
-        raise InputError(f"{path}: the file is empty")
-    return list(enumerate(text.split("\n"), start=1))
-

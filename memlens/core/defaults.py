@@ -20,13 +20,66 @@ MaskKind = Literal["all", "topk", "selective", "random"]
 #: fraction by |gradient| relative to the retain set's sensitivity, a random fraction.
 MASK_KINDS: tuple[MaskKind, ...] = get_args(MaskKind)
 
-Strategy = Literal["random", "second_best", "similar"]
+Strategy = Literal["random", "second_best", "similar", "cumulative"]
 #: how a perturbation picks replacement tokens.
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
+
+WorstTies = Literal["nll", "earliest"]
+#: which of several equally damaging perturbations is a paragraph's worst: ``nll`` = the one with
+#: the higher NLL, then the earlier position (memlens's default); ``earliest`` = the earliest
+#: position (the official code's strict ``em < min_em`` over positions in order).
+WORST_TIES: tuple[WorstTies, ...] = get_args(WorstTies)
+
+RankTies = Literal["ordinal", "dense"]
+#: how prefix tokens with equal corpus counts are ranked by rarity: ``ordinal`` = ranks 0..P-1,
+#: earlier position first (memlens's default); ``dense`` = equal counts share a rank, no gaps (the
+#: official code's ``rankdata(method="dense") - 1``).
+RANK_TIES: tuple[RankTies, ...] = get_args(RankTies)
+
+RankReduce = Literal["mean", "sum"]
+#: how attention per rarity rank is pooled over paragraphs: ``mean`` (memlens's default) or ``sum``
+#: (the paper's Fig. 7: "attention on tokens over 1000 paragraphs").
+RANK_REDUCES: tuple[RankReduce, ...] = get_args(RankReduce)
+
+RareSetup = Literal["memorized", "paper"]
+#: the rare-token analysis's inputs: ``memorized`` paragraphs only (memlens's), or ``paper`` =
+#: 1,000 paragraphs of memorized + non-memorized with counts over both (the paper's Fig. 7).
+RARE_SETUPS: tuple[RareSetup, ...] = get_args(RareSetup)
 
 Aggregation = Literal["max", "l1", "l2", "mean"]
 #: how a component's weight gradients become one score (``max``: the paper's).
 AGGREGATIONS: tuple[Aggregation, ...] = get_args(Aggregation)
+
+KLDirection = Literal["model||original", "original||model"]
+#: the direction of the retain term's KL: ``model||original`` = KL(p_theta || p_theta0), the paper's
+#: written formula (memlens's default); ``original||model`` = KL(p_theta0 || p_theta), what the
+#: official code computes (torch ``KLDivLoss`` of the model's log-softmax against the frozen model's
+#: softmax).
+KL_DIRECTIONS: tuple[KLDirection, ...] = get_args(KLDirection)
+
+KLReduction = Literal["mean", "batchmean"]
+#: how the retain term's per-position KLs become one number: ``mean`` over paragraphs and
+#: positions (memlens's default), or ``batchmean`` = summed over positions, averaged over
+#: paragraphs (torch ``KLDivLoss(reduction="batchmean")`` on ``[batch, positions, vocab]``, the code's).
+KL_REDUCTIONS: tuple[KLReduction, ...] = get_args(KLReduction)
+
+RandomMaskDraw = Literal["exact", "bernoulli"]
+#: how a random mask is drawn: ``exact`` = exactly the top-k mask's count, uniformly over the
+#: trainable weights (memlens's default); ``bernoulli`` = each weight kept independently with
+#: probability ``fraction`` (the official code's ``torch.bernoulli`` per tensor).
+RANDOM_MASK_DRAWS: tuple[RandomMaskDraw, ...] = get_args(RandomMaskDraw)
+
+RetainDesign = Literal["fixed", "fresh"]
+#: which non-memorized paragraphs keep the model in place in each fine-tuning trial: ``fixed`` = the
+#: same retain set for every target (memlens's default), ``fresh`` = a fresh batch drawn from the
+#: non-memorized pool for each trial (the official code's Fig. 5 design: 1 target + 10 NMPs).
+RETAIN_DESIGNS: tuple[RetainDesign, ...] = get_args(RetainDesign)
+
+WeightsForm = Literal["raw", "processed"]
+#: the coordinates gradients and fine-tuning see: ``raw`` HuggingFace weights (memlens's default) or
+#: ``processed`` = TransformerLens's default processing (LayerNorm folded, writing weights centred,
+#: value biases folded), as the paper's code loaded GPT-Neo.
+WEIGHTS_FORMS: tuple[WeightsForm, ...] = get_args(WeightsForm)
 
 PatchKind = Literal["z", "q", "k", "v"]
 #: the per-head activations activation patching swaps.

@@ -117,6 +117,26 @@ def teacher_forced_scores(
 
 
 @torch.no_grad()
+def paragraph_min_k_nll(
+    model: "HookedModel", tokens: Int[Tensor, "n length"], share: float = 0.2, batch_size: int = 16,
+) -> Float[Tensor, " n"]:
+    """The official code's min-K NLL (``evaluation.evaluate_nll_greedy``): the mean NLL (nats/token)
+    of the ``int(share * (length - 1))`` highest-NLL tokens among all ``length - 1`` predicted
+    positions of the paragraph, prefix included (for 100 tokens: the top 19 of 99). memlens's own
+    ``teacher_forced_scores(min_k=)`` looks at the continuation only."""
+    if not 0 < share <= 1:
+        raise InputError(f"share must be a fraction in (0, 1], got {share}")
+    k = max(1, int(share * (tokens.shape[1] - 1)))
+    out = []
+    for s in range(0, tokens.shape[0], batch_size):
+        batch = tokens[s : s + batch_size].to(model.device)
+        logp = F.log_softmax(model(batch[:, :-1]).float(), dim=-1)
+        nll = -logp.gather(-1, batch[:, 1:, None]).squeeze(-1)
+        out.append(nll.topk(k, dim=-1).values.mean(dim=-1).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
 def greedy_decode(
     model: "HookedModel",
     prefixes: Int[Tensor, "n prefix"] | Sequence[Tensor],

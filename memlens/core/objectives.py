@@ -1,10 +1,12 @@
 """Training objectives of the paper, as differentiable functions of a model's logits.
 
 - continuation NLL: mean negative log-likelihood of the continuation tokens (nats/token);
-- KL to a frozen reference: KL(model || reference) over next-token distributions of retain
-  paragraphs, averaged over positions;
-- the contrastive objective: -NLL(memorized) + kl_weight * KL(non-memorized under the model ||
-  the frozen original model).
+- KL to a frozen reference over the next-token distributions of retain paragraphs, in either
+  direction and with either reduction (see :func:`kl_to_reference`);
+- the contrastive objective: -nll_scale * NLL(memorized) + kl_weight * KL(non-memorized, model vs
+  the frozen original model). memlens's default is the paper's written formula (KL(model ||
+  original), mean over positions, 1:1); the official code's is ``nll_scale=0.1``,
+  ``direction="original||model"``, ``reduction="batchmean"`` (docs/paper-fidelity.md).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from typing import TYPE_CHECKING
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from memlens.core.defaults import KL_DIRECTIONS, KL_REDUCTIONS, KLDirection, KLReduction, one_of
+from memlens.core.errors import InputError
 
 if TYPE_CHECKING:
     from memlens.core.model import HookedModel
@@ -37,9 +42,28 @@ def continuation_nll(
 
 
 def kl_to_reference(
-    logits: Float[Tensor, "batch pos vocab"], reference_logits: Float[Tensor, "batch pos vocab"]
+    logits: Float[Tensor, "batch pos vocab"], reference_logits: Float[Tensor, "batch pos vocab"],
+    direction: KLDirection = "model||original", reduction: KLReduction = "mean",
 ) -> Tensor:
-    """Mean over batch and positions of KL(softmax(logits) || softmax(reference_logits)), in nats."""
+    """KL between the model's next-token distributions (``logits``) and the frozen reference's,
+    in nats.
+
+    Args:
+        logits: the model's logits at the retain paragraphs' continuation positions.
+        reference_logits: the frozen original model's logits at the same positions.
+        direction: ``model||original`` = KL(softmax(logits) || softmax(reference_logits)) (the
+            paper's formula); ``original||model`` = KL(softmax(reference) || softmax(logits)) (the
+            official code: ``KLDivLoss()(log_softmax(logits), softmax(reference))``).
+        reduction: ``mean`` over paragraphs and positions, or ``batchmean``: summed over positions,
+            averaged over paragraphs (torch's ``batchmean`` on a ``[batch, pos, vocab]`` input).
+    """
+    if direction not in KL_DIRECTIONS:
+        raise InputError(f"unknown KL direction {direction!r}; use {one_of(KL_DIRECTIONS)}")
+    if reduction not in KL_REDUCTIONS:
+        raise InputError(f"unknown KL reduction {reduction!r}; use {one_of(KL_REDUCTIONS)}")
     logp = F.log_softmax(logits.float(), dim=-1)
     logq = F.log_softmax(reference_logits.float(), dim=-1)
-    return (logp.exp() * (logp - logq)).sum(dim=-1).mean()
+    if direction == "original||model":
+        logp, logq = logq, logp
+    per_position = (logp.exp() * (logp - logq)).sum(dim=-1)
+    return per_position.mean() if reduction == "mean" else per_position.sum() / per_position.shape[0]

@@ -28,18 +28,21 @@ def only_trainable(module: nn.Module, trainable: Iterable[nn.Parameter] | None) 
 
 
 class MaskedAdam:
-    """Adam without weight decay over the masked entries of some parameters only.
+    """Adam over the masked entries of some parameters only.
 
     Gradients outside the masks are zeroed before each step and the weights outside them are
-    copied back after it, so no weight outside a mask ever moves (Adam's state for a zero gradient
-    stays zero; the copy-back makes the guarantee independent of the optimizer).
+    copied back after it, so no weight outside a mask ever moves (the copy-back makes the guarantee
+    independent of the optimizer). ``weight_decay`` is torch Adam's coupled L2 decay (``grad +=
+    weight_decay * weight``, as in the paper's code) and so reaches the masked weights only; the
+    official code's decay also moved the weights its mask froze.
     """
 
-    def __init__(self, params: dict[str, nn.Parameter], masks: dict[str, Tensor], lr: float) -> None:
+    def __init__(self, params: dict[str, nn.Parameter], masks: dict[str, Tensor], lr: float,
+                 weight_decay: float = 0.0) -> None:
         self.params = {n: p for n, p in params.items() if masks[n].any()}
         self.masks = {n: masks[n].to(p.device) for n, p in self.params.items()}
         self.start = {n: p.detach().clone() for n, p in self.params.items()}
-        self.opt = torch.optim.Adam(list(self.params.values()), lr=lr, weight_decay=0.0)
+        self.opt = torch.optim.Adam(list(self.params.values()), lr=lr, weight_decay=weight_decay)
 
     @property
     def trainable(self) -> list[nn.Parameter]:

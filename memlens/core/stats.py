@@ -46,3 +46,19 @@ def kendall_tau(x: Numbers, y: Numbers) -> float:
     na, nb = (da[upper] != 0).sum(), (db[upper] != 0).sum()
     denom = float((na * nb).double().sqrt())
     return float(s / denom) if denom > 0 else float("nan")
+
+
+def bootstrap_mean_ci(x: Numbers, level: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``x`` at confidence ``level`` (resampling
+    with replacement, ``n_resamples`` times, seeded); (nan, nan) for an empty sample, (x, x) for one
+    value. NaNs are left out."""
+    t = torch.as_tensor(x, dtype=torch.float64).flatten()
+    t = t[~torch.isnan(t)]
+    if t.numel() == 0:
+        return float("nan"), float("nan")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, t.numel(), (n_resamples, t.numel()), generator=g)
+    means = t[idx].mean(dim=1)
+    alpha = (1 - level) / 2
+    lo, hi = torch.quantile(means, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
+    return float(lo), float(hi)

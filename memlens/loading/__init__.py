@@ -20,6 +20,7 @@ from torch import nn
 
 from memlens.core.architectures import SUPPORTED_MODEL_TYPES, architecture  # noqa: F401 (re-exported)
 from memlens.core.compat import quiet_gguf_conversion, quiet_transformers  # noqa: F401 (re-exported)
+from memlens.core.defaults import WEIGHTS_FORMS, WeightsForm, one_of
 from memlens.core.errors import ModelLoadError
 from memlens.core.io import share_permissions
 from memlens.core.model import HookedModel, register_loaders
@@ -48,7 +49,8 @@ def recommended_settings(name: str) -> dict[str, Any]:
 
 
 def load_model(spec: str, *, seed: int = 0, cache_dir: str | None = None, progress: bool = True,
-               device: str | None = None, dtype: str | torch.dtype | None = None) -> HookedModel:
+               device: str | None = None, dtype: str | torch.dtype | None = None,
+               weights: WeightsForm = "raw") -> HookedModel:
     """The model a ``--model`` value names: a registered source (``organism``, ``organism-tiny``),
     a ``.gguf`` file, a local folder or a hub name. The one resolver of the CLI and the pipeline.
 
@@ -60,6 +62,9 @@ def load_model(spec: str, *, seed: int = 0, cache_dir: str | None = None, progre
         progress: show progress bars while a registered model is built.
         device: move the model there (``cuda``, ``cuda:1``, ``cpu``).
         dtype: cast it (``bfloat16`` / ``float16`` on a GPU; ``float32`` default).
+        weights: ``raw`` (the HuggingFace weights, memlens's default) or ``processed``
+            (TransformerLens's default processing, as the paper's code loaded GPT-Neo:
+            :func:`memlens.loading.processed.process_weights`).
 
     Returns:
         The loaded :class:`~memlens.HookedModel`.
@@ -73,6 +78,12 @@ def load_model(spec: str, *, seed: int = 0, cache_dir: str | None = None, progre
         model = from_gguf(spec, progress=progress)
     else:
         model = from_pretrained(spec)
+    if weights == "processed":
+        from memlens.loading.processed import process_weights
+
+        model = process_weights(model)
+    elif weights != "raw":
+        raise ModelLoadError(f"unknown weights {weights!r}; use {one_of(WEIGHTS_FORMS)}")
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     return model

@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from memlens.core.defaults import STRATEGIES
-from memlens.core.errors import MemlensError
+from memlens.core.defaults import STRATEGIES, WEIGHTS_FORMS
+from memlens.core.errors import InputError, MemlensError
+from memlens.run.config import PRESETS
 from memlens.run import stages as _builtin_stages  # noqa: F401  (registers the built-in rows of the Stage table)
 from memlens.run.stage import stage_names, stages
 
@@ -39,6 +40,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="where the model runs: cpu (default), cuda, cuda:1, ...")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="model precision (default float32; bfloat16/float16 on a GPU)")
+    p.add_argument("--weights", default=None, choices=list(WEIGHTS_FORMS),
+                   help="raw HuggingFace weights (default) or processed as TransformerLens loads them (LayerNorm "
+                        "folded, writing weights centred: the paper's code)")
 
 
 def _add_run_args(p: argparse.ArgumentParser, out_default: str | None = "memlens-run") -> None:
@@ -48,6 +52,9 @@ def _add_run_args(p: argparse.ArgumentParser, out_default: str | None = "memlens
                    help="leave out paragraphs shorter than prefix + continuation (counted) instead of refusing the file")
     p.add_argument("--config", default=None, metavar="FILE.toml",
                    help="settings file (see `memlens config`); flags override it")
+    p.add_argument("--preset", default=None, choices=list(PRESETS),
+                   help="start from a preset instead of the defaults: `paper` = the paper's and its official "
+                        "code's settings (docs/paper-fidelity.md); flags override it")
     group = p.add_argument_group("settings (override --config)")
     for flag, (key, typ, text) in SETTING_FLAGS.items():
         group.add_argument(flag, type=typ, default=None, help=f"{text} (default: {_default(key)})")
@@ -77,13 +84,19 @@ def run_config(args: argparse.Namespace, base: Any = None) -> Any:
     that were given."""
     from memlens.run.config import RunConfig
 
+    if getattr(args, "config", None) and getattr(args, "preset", None):
+        raise InputError("--config and --preset both give the starting settings; use one (a settings file can "
+                         "start from `memlens config --preset paper`)")
     if getattr(args, "config", None):
         base = RunConfig.from_toml(args.config)
+    if getattr(args, "preset", None):
+        base = RunConfig.from_preset(args.preset, getattr(args, "model", None) or "organism")
     base = base or RunConfig.recommended(getattr(args, "model", None) or "organism")
     values: dict[str, Any] = {"model": getattr(args, "model", None), "seed": getattr(args, "seed", None),
                               "paragraphs": getattr(args, "paragraphs", None),
                               "skip_short": getattr(args, "skip_short", None),
-                              "device": getattr(args, "device", None), "dtype": getattr(args, "dtype", None)}
+                              "device": getattr(args, "device", None), "dtype": getattr(args, "dtype", None),
+                              "weights": getattr(args, "weights", None)}
     for flag, (key, _, _) in SETTING_FLAGS.items():
         value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
         for k in (_MAX_PARAGRAPHS_KEYS if flag == "--max-paragraphs" else (key,)):

@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from memlens.core.defaults import AGGREGATIONS, FRACTION, MASK_KINDS, N_SAMPLES, NON_MEMORIZED_MAX_EM, PATCH_KINDS, \
-    STRATEGIES, one_of
+from memlens.core.defaults import AGGREGATIONS, FRACTION, KL_DIRECTIONS, KL_REDUCTIONS, MASK_KINDS, N_SAMPLES, \
+    NON_MEMORIZED_MAX_EM, PATCH_KINDS, RANDOM_MASK_DRAWS, RANK_REDUCES, RANK_TIES, RARE_SETUPS, RETAIN_DESIGNS, \
+    STRATEGIES, WEIGHTS_FORMS, WORST_TIES, one_of
 from memlens.core.errors import InputError
+from memlens.run.presets import PAPER_SETTINGS, PRESETS  # noqa: F401 (PAPER_SETTINGS re-exported)
 
 _RUNTIME = {"runtime": True}
 
@@ -157,7 +159,11 @@ class PerturbConfig(StageConfig):
     Attributes:
         max_paragraphs: memorized and non-memorized paragraphs swept (at most, each).
         n_samples: replacements per prefix position.
-        strategy: ``random``, ``second_best`` or ``similar``.
+        strategy: ``random``, ``second_best``, ``similar`` or ``cumulative``.
+        skip_position_0: never perturb prefix position 0 (the official code's).
+        allow_original: random replacements may draw the original token (the code's).
+        worst_ties: which equally damaging perturbation is a paragraph's worst: ``nll`` (the
+            higher NLL) or ``earliest`` (the earliest position, the code's).
         batch_size: perturbed paragraphs per forward pass (runtime).
     """
 
@@ -165,11 +171,17 @@ class PerturbConfig(StageConfig):
     max_paragraphs: int = 16
     n_samples: int = N_SAMPLES
     strategy: str = "random"
+    skip_position_0: bool = False
+    allow_original: bool = False
+    worst_ties: str = "nll"
     batch_size: int = _runtime(64)
 
     def validate(self) -> None:
         self._positive_int("max_paragraphs", "n_samples", "batch_size")
         self._require("strategy", self.strategy in STRATEGIES, f"must be {one_of(STRATEGIES)}")
+        self._require("worst_ties", self.worst_ties in WORST_TIES, f"must be {one_of(WORST_TIES)}")
+        for name in ("skip_position_0", "allow_original"):
+            self._require(name, isinstance(getattr(self, name), bool), "must be true or false")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -184,6 +196,13 @@ class HeadsConfig(StageConfig):
         ablation: also measure each head's zero-ablation EM drop (causal ground truth).
         exact_top: 0: patch every head exactly; n: screen every head with attribution patching
             and patch exactly (and ablate) only the n it ranks highest (models with many heads).
+        rare_setup: the rare-token evidence's paragraphs: ``memorized`` (the analysed memorized
+            paragraphs, counts from the model's corpus where known) or ``paper`` (also the paper's
+            Fig. 7 on its own: the first ``rare_paragraphs`` of memorized + non-memorized, counts
+            over both -> ``rare_attention.safetensors``).
+        rare_paragraphs: paragraphs of the ``paper`` setup (the paper's 1,000).
+        rare_ranks: ``ordinal`` or ``dense`` (the paper's) rarity ranks of the ``paper`` setup.
+        rare_reduce: ``mean`` or ``sum`` (the paper's) of attention per rank over paragraphs.
         batch_size: paragraphs per pass (runtime).
     """
 
@@ -193,10 +212,16 @@ class HeadsConfig(StageConfig):
     patch_kinds: tuple[str, ...] = PATCH_KINDS
     ablation: bool = True
     exact_top: int = 0
+    rare_setup: str = "memorized"
+    rare_paragraphs: int = 1000
+    rare_ranks: str = "ordinal"
+    rare_reduce: str = "mean"
     batch_size: int = _runtime(8)
 
     def validate(self) -> None:
-        self._positive_int("max_paragraphs", "batch_size")
+        self._positive_int("max_paragraphs", "batch_size", "rare_paragraphs")
+        for name, options in (("rare_setup", RARE_SETUPS), ("rare_ranks", RANK_TIES), ("rare_reduce", RANK_REDUCES)):
+            self._require(name, getattr(self, name) in options, f"must be {one_of(options)}")
         self._require("exact_top", isinstance(self.exact_top, int) and self.exact_top >= 0, "must be an integer >= 0")
         self._require("causal_share", isinstance(self.causal_share, (int, float)) and 0 <= self.causal_share < 1,
                       "must be in [0, 1)")
@@ -206,16 +231,26 @@ class HeadsConfig(StageConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class UnlearnConfig(StageConfig):
-    """Settings of the unlearning stage (:class:`memlens.SparseFineTuner`).
+    """Settings of the unlearning stage (:class:`memlens.SparseFineTuner`, :func:`memlens.compare_masks`).
 
     Attributes:
-        n_targets: memorized paragraphs unlearned (each alone, weights restored in between).
-        retain_paragraphs: non-memorized paragraphs in the KL retain set.
+        n_targets: trials per mask: each fine-tunes one memorized paragraph from the original
+            weights (restored in between); targets repeat when fewer are memorized (paper: 20).
+        retain_paragraphs: non-memorized paragraphs in each trial's KL retain set (paper: 10).
+        retain_design: ``fixed`` = the same retain set in every trial; ``fresh`` = a fresh batch
+            per trial drawn from every non-memorized paragraph of the scan (the code's design).
         fraction: share of the trainable weights a sparse mask selects (paper: 0.001).
         masks: masks compared: ``all``, ``topk``, ``selective``, ``random``.
-        steps, lr: Adam steps and learning rate of unlearning.
+        steps, lr: Adam steps and learning rate of unlearning (code: 5 at 1e-5; the paper's text: 10).
+        weight_decay: Adam's coupled L2 decay, on the masked weights only (code: 1.0).
         kl_weight: weight of the retain KL term.
+        nll_scale: weight of the target's NLL term (code: 0.1).
+        kl_direction: ``model||original`` (the paper's formula) or ``original||model`` (the code's).
+        kl_reduction: ``mean`` over positions or ``batchmean`` (summed over positions; the code's).
+        random_mask: ``exact`` (the top-k count) or ``bernoulli`` (the code's draw).
         selectivity_floor: quantile of the retain sensitivity added before division (selective).
+        tradeoff_lrs: learning rates of the trade-off curves (target vs retain EM per mask); empty:
+            none drawn.
         edit: also edit each target to its perturbed continuation (needs the perturb stage).
         edit_masks: masks compared for editing.
         edit_steps, edit_lr: Adam steps and learning rate of editing.
@@ -224,12 +259,19 @@ class UnlearnConfig(StageConfig):
     section: ClassVar[str] = "unlearn"
     n_targets: int = 4
     retain_paragraphs: int = 16
+    retain_design: str = "fixed"
     fraction: float = FRACTION
     masks: tuple[str, ...] = MASK_KINDS
     steps: int = 10
     lr: float = 1e-3
+    weight_decay: float = 0.0
     kl_weight: float = 1.0
+    nll_scale: float = 1.0
+    kl_direction: str = "model||original"
+    kl_reduction: str = "mean"
+    random_mask: str = "exact"
     selectivity_floor: float = 0.1
+    tradeoff_lrs: tuple[float, ...] = ()
     edit: bool = True
     edit_masks: tuple[str, ...] = ("all", "topk", "random")
     edit_steps: int = 30
@@ -239,13 +281,31 @@ class UnlearnConfig(StageConfig):
         self._positive_int("n_targets", "retain_paragraphs", "steps", "edit_steps")
         self._positive_float("lr", "edit_lr", "fraction")
         self._require("fraction", self.fraction <= 1, "must be in (0, 1]")
-        self._require("kl_weight", isinstance(self.kl_weight, (int, float)) and math.isfinite(self.kl_weight)
-                      and self.kl_weight >= 0, "must be a finite number >= 0")
+        for name in ("kl_weight", "nll_scale", "weight_decay"):
+            v = getattr(self, name)
+            self._require(name, isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
+                          "must be a finite number >= 0")
         self._require("selectivity_floor", isinstance(self.selectivity_floor, (int, float)) and 0 < self.selectivity_floor <= 1,
                       "must be in (0, 1]")
+        for name, options in (("retain_design", RETAIN_DESIGNS), ("kl_direction", KL_DIRECTIONS),
+                              ("kl_reduction", KL_REDUCTIONS), ("random_mask", RANDOM_MASK_DRAWS)):
+            self._require(name, getattr(self, name) in options, f"must be {one_of(options)}")
+        self._require("tradeoff_lrs", all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                                          and x > 0 for x in self.tradeoff_lrs), "must be a list of numbers > 0")
         for name in ("masks", "edit_masks"):
             self._require(name, bool(getattr(self, name)) and set(getattr(self, name)) <= set(MASK_KINDS),
                           f"must be a non-empty list of {one_of(MASK_KINDS)}")
+
+    def compare_kwargs(self, seed: int = 0) -> dict[str, Any]:
+        """The keyword arguments of :func:`memlens.compare_masks` (and :func:`memlens.mask_tradeoff`)
+        these settings stand for, for unlearning; the unlearn stage and benchmarks/paper_fig5.py both
+        use it. ``retain_per_trial`` is set for the ``fresh`` design (pass the whole non-memorized
+        pool as ``retain``), None for ``fixed`` (pass the first ``retain_paragraphs``)."""
+        return dict(fraction=self.fraction, kl_weight=self.kl_weight, selectivity_floor=self.selectivity_floor,
+                    n_trials=self.n_targets, retain_per_trial=self.retain_paragraphs if self.retain_design == "fresh" else None,
+                    seed=seed, nll_scale=self.nll_scale, kl_direction=self.kl_direction,
+                    kl_reduction=self.kl_reduction, weight_decay=self.weight_decay, random_mask=self.random_mask,
+                    steps=self.steps)
 
 
 #: section name -> settings class: the built-in stages' and every one a Stage row registers
@@ -266,6 +326,13 @@ def register_section(name: str, config: type[StageConfig]) -> None:
     _SECTIONS[name] = config
 
 
+def unregister_section(name: str) -> None:
+    """Remove an added stage's settings section (the built-in ones stay)."""
+    if name in _BUILT_IN:
+        raise InputError(f"settings section {name!r} is built in and cannot be removed")
+    _SECTIONS.pop(name, None)
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunConfig(StageConfig):
     """Everything that determines a ``memlens run``.
@@ -277,6 +344,10 @@ class RunConfig(StageConfig):
         skip_short: leave out paragraphs shorter than prefix + continuation (counted in the
             scan summary) instead of refusing the file.
         seed: the organism's seed and the seed of every random choice.
+        weights: ``raw`` (HuggingFace weights, the default) or ``processed`` (TransformerLens's
+            default processing, as the paper's code: LayerNorm folded, writing weights centred);
+            gradient maps, masks and fine-tuning then live in those coordinates.
+        preset: the preset these settings started from (``paper``), or empty.
         dtype: ``float32`` (default), ``bfloat16`` or ``float16`` (on a GPU); the scan then checks
             teacher-forced EM against greedy decoding on a sample (near-ties at low precision).
         device: where the model runs (``cpu``, ``cuda``; runtime).
@@ -286,10 +357,12 @@ class RunConfig(StageConfig):
     """
 
     model: str = "organism"
+    preset: str = ""
     paragraphs: str | None = None
     skip_short: bool = False
     seed: int = 0
     dtype: str = "float32"
+    weights: str = "raw"
     device: str = _runtime("cpu")
     scan: ScanConfig = field(default_factory=ScanConfig)
     gradients: GradientsConfig = field(default_factory=GradientsConfig)
@@ -324,10 +397,26 @@ class RunConfig(StageConfig):
 
     def validate(self) -> None:
         self._require("model", isinstance(self.model, str) and bool(self.model), "must be a non-empty string")
+        self._require("preset", self.preset == "" or self.preset in PRESETS, f"must be empty or {one_of(tuple(PRESETS))}")
         self._require("seed", isinstance(self.seed, int) and not isinstance(self.seed, bool), "must be an integer")
         self._require("paragraphs", self.paragraphs is None or isinstance(self.paragraphs, str), "must be a path")
         self._require("dtype", self.dtype in ("float32", "bfloat16", "float16"), "must be float32, bfloat16 or float16")
+        self._require("weights", self.weights in WEIGHTS_FORMS, f"must be {one_of(WEIGHTS_FORMS)}")
         self._require("device", isinstance(self.device, str) and bool(self.device), "must be a device name")
+
+    @classmethod
+    def paper(cls, model: str = "organism") -> "RunConfig":
+        """The paper's method: every setting the paper or its official code fixes at their value
+        (:data:`PAPER_SETTINGS`; docs/paper-fidelity.md, row by row), the others as
+        :meth:`recommended` for ``model``. ``preset`` records ``"paper"``."""
+        return cls.from_preset("paper", model)
+
+    @classmethod
+    def from_preset(cls, name: str, model: str = "organism") -> "RunConfig":
+        """The settings of preset ``name`` (see :data:`PRESETS`) on top of :meth:`recommended`."""
+        if name not in PRESETS:
+            raise InputError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+        return cls.recommended(model).override(PRESETS[name] | {"preset": name})
 
     @classmethod
     def recommended(cls, model: str = "organism") -> "RunConfig":
@@ -410,4 +499,3 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise InputError(f"cannot write {v!r} as TOML")
-

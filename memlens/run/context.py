@@ -52,7 +52,8 @@ class RunContext:
 
             t0 = time.perf_counter()
             self._model = load_model(self.config.model, seed=self.config.seed, cache_dir=self.cache_dir,
-                                     progress=self.progress, device=self.config.device, dtype=self.config.dtype)
+                                     progress=self.progress, device=self.config.device, dtype=self.config.dtype,
+                                     weights=self.config.weights)
             self.load_seconds = round(time.perf_counter() - t0, 1)
         return self._model
 

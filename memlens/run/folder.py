@@ -25,8 +25,10 @@ FILES: dict[str, str] = {
     "perturb_views": "perturb_views.json",
     "heads": "heads.safetensors",
     "head_views": "head_views.json",
+    "rare_attention": "rare_attention.safetensors",
     "unlearn": "unlearn.safetensors",
     "unlearn_checkpoint": "unlearn.runs.partial",
+    "unlearn_tradeoff": "unlearn_tradeoff.safetensors",
 }
 
 
@@ -69,12 +71,21 @@ class RunFolder:
         return self.path / FILES[key].format(name=name)
 
     @staticmethod
-    def declare(files: dict[str, str]) -> None:
-        """Add a stage's file keys (refused if a key already names another file)."""
+    def declare(files: dict[str, str], *, check_only: bool = False) -> None:
+        """Add a stage's file keys (refused if a key already names another file); with
+        ``check_only`` only the refusal."""
         for key, pattern in files.items():
             if FILES.get(key, pattern) != pattern:
                 raise InputError(f"run-folder file key {key!r} already names {FILES[key]!r}")
-            FILES[key] = pattern
+        if not check_only:
+            FILES.update(files)
+
+    @staticmethod
+    def undeclare(files: dict[str, str]) -> None:
+        """Remove a removed stage's file keys."""
+        for key, pattern in files.items():
+            if FILES.get(key) == pattern:
+                del FILES[key]
 
     def stage_summary_path(self, stage: str) -> Path:
         """``<stage>.summary.json``: written when the stage finishes; its presence means done."""

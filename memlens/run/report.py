@@ -150,6 +150,18 @@ def heads_section(rb: ReportBuilder, parts: list[str], folder: RunFolder, s: dic
         parts.append(rb.figure(report.rare.plot(int(top["layer"]), int(top["head"])),
                                "Attention from the first continuation token by prefix-token rarity rank: a falling "
                                "curve (negative Kendall tau) means the head attends to rare tokens."))
+    if "rare_attention_paper" in s and folder.file("rare_attention").exists():
+        from memlens.analyses.rare_attention import RareAttentionResult
+
+        r = s["rare_attention_paper"]
+        taus = ", ".join(f"{k} {v:.2f}" for k, v in r["token_tau"].items())
+        parts.append(f"<p>The paper's Fig. 7 setup ({r['n_paragraphs']} memorized + non-memorized paragraphs, counts "
+                     f"over both, dense ranks, attention summed): L{r['layer']}H{r['head']} has the most negative "
+                     f"rank tau, {r['kendall_tau']:.2f} (the paper: -0.97 for L1H2), attention entropy "
+                     f"{r['entropy']:.2f} nats; token-level tau by count set: {html.escape(taus)}.</p>")
+        rare = RareAttentionResult.load(folder.file("rare_attention"))
+        parts.append(rb.figure(rare.plot(r["layer"], r["head"]), "The paper's Fig. 7 curve: attention summed over "
+                                                                  "paragraphs per dense rarity rank."))
     parts.extend(_views(folder, "head_views", "heads"))
 
 
@@ -168,22 +180,32 @@ def perturb_section(rb: ReportBuilder, parts: list[str], folder: RunFolder, s: d
 
 
 def unlearn_section(rb: ReportBuilder, parts: list[str], folder: RunFolder, s: dict[str, Any]) -> None:
-    from memlens.analyses.mask_comparison import MaskComparison
+    from memlens.analyses.mask_comparison import MaskComparison, MaskTradeoff
 
     rows = s["table"]
-    cols = [c for c in ("objective", "mask", "mask_size", "weights_changed", "target_em_before", "target_em_after",
-                        "other_memorized_em_after", "retain_em_before", "retain_em_after", "retain_top1_changed",
-                        "target_em_new_after",
+    cols = [c for c in ("objective", "mask", "n_trials", "mask_size", "weights_changed", "target_em_before",
+                        "target_em_after", "target_em_after_ci_low", "target_em_after_ci_high",
+                        "other_memorized_em_after", "retain_em_before", "retain_em_after", "retain_em_after_ci_low",
+                        "retain_em_after_ci_high", "retain_top1_changed", "target_em_new_after",
                         "target_edit_success") if c in rows[0]]
     parts.append(table(rows, cols))
     how = "; ".join(f'{k}: {v["steps"]} Adam steps at lr {v["lr"]}' for k, v in s["settings"].items())
-    parts.append(f'<p class="guide">Targets {html.escape(", ".join(s["targets"]))}, each fine-tuned alone ({how}) '
+    design = s.get("design")
+    trials = (f"{design['trials']} trials per mask, each one target with {'a fresh batch of ' if design['retain'] == 'fresh' else 'the same '}"
+              f"{design['retain_paragraphs']} retain paragraphs; objective {html.escape(design['objective'])}, "
+              f"weight decay {design['weight_decay']:g} (masked weights only)") if design else "each target fine-tuned alone"
+    parts.append(f'<p class="guide">Targets {html.escape(", ".join(dict.fromkeys(s["targets"])))}: {trials} ({how}), '
                  "through all weights, the top 0.1% by gradient, the top 0.1% by gradient relative to the retain "
-                 "set's sensitivity (selective), or a random 0.1%; EM after is the mean over targets "
-                 "(retain and other memorized: against the original model's own continuations). Edit success = share "
-                 "of targets with EM >= 40 on their new continuation. Top-1 changed = continuation positions (of each "
-                 "paragraph's 50) whose teacher-forced top-1 token moved: unlike EM, one flip at a near-tie does not "
-                 "count every later token.</p>")
+                 "set's sensitivity (selective), or a random 0.1%; EM after is the mean over trials with a bootstrap "
+                 "95% interval (retain and other memorized: against the original model's own continuations). Edit "
+                 "success = share of targets with EM >= 40 on their new continuation. Top-1 changed = continuation "
+                 "positions (of each paragraph's 50) whose teacher-forced top-1 token moved: unlike EM, one flip at a "
+                 "near-tie does not count every later token.</p>")
     fig = MaskComparison.load(folder.file("unlearn")).plot()
-    parts.append(rb.figure(fig, "Unlearning should drop the target's bar and leave the others near where they started."))
+    parts.append(rb.figure(fig, "Every trial is a point: unlearning should push the target's EM down and leave the "
+                                "retain batch's EM near 50 (the paper's Fig. 5 violins)."))
+    if s.get("tradeoff") and folder.file("unlearn_tradeoff").exists():
+        fig = MaskTradeoff.load(folder.file("unlearn_tradeoff")).plot()
+        parts.append(rb.figure(fig, "Masks at equal forgetting: one point per learning rate; at the same target EM "
+                                    "(x), the mask whose curve lies higher spares the retain set better."))
 

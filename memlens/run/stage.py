@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 
 from memlens.core.errors import InputError
 from memlens.core.results import Result
-from memlens.run.config import StageConfig, register_section
+from memlens.run.config import StageConfig, register_section, unregister_section
 from memlens.run.folder import RunFolder
 
 if TYPE_CHECKING:
@@ -59,9 +59,10 @@ class Stage:
     needs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.config is not None:
-            register_section(self.name, self.config)
-        RunFolder.declare(dict(self.files))
+        if self.config is not None and self.config.section != self.name:
+            raise InputError(f"{self.config.__name__}.section is {self.config.section!r}, "
+                             f"not the stage's name {self.name!r}")
+        RunFolder.declare(dict(self.files), check_only=True)
 
 
 _TABLE: list[Stage] = []
@@ -90,13 +91,21 @@ def register_stage(stage: Stage, *, before: str | None = None) -> Stage:
     if stage.name in stage_names():
         raise InputError(f"a stage {stage.name!r} exists already")
     index = len(_TABLE) if before is None else stage_names().index(get_stage(before).name)
+    if stage.config is not None:
+        register_section(stage.name, stage.config)
+    RunFolder.declare(dict(stage.files))
     _TABLE.insert(index, stage)
     return stage
 
 
 def unregister_stage(name: str) -> None:
-    """Remove a row (for stages added by a test or a notebook)."""
-    _TABLE.remove(get_stage(name))
+    """Remove a row (for stages added by a test or a notebook), with its settings section and
+    file names."""
+    stage = get_stage(name)
+    _TABLE.remove(stage)
+    if stage.config is not None:
+        unregister_section(name)
+    RunFolder.undeclare(dict(stage.files))
 
 
 def saved(path: "Path", result_type: type[R], compute: Callable[[], R]) -> R:

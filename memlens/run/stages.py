@@ -102,26 +102,28 @@ def perturb_stage(ctx: "RunContext") -> dict[str, Any]:
     pert = PrefixPerturber(ctx.model, batch_size=cfg.batch_size)
     res = {name: saved(ctx.folder.file("perturbation", name), PerturbationResult,
                         lambda group=group: pert.sweep(group, strategy=cfg.strategy, n_samples=cfg.n_samples,
-                                                       seed=ctx.config.seed, progress=ctx.progress))
+                                                       seed=ctx.config.seed, progress=ctx.progress,
+                                                       skip_position_0=cfg.skip_position_0,
+                                                       allow_original=cfg.allow_original))
            for name, group in (("memorized", mem), ("non_memorized", non))}
     edited_path = ctx.folder.file("perturbed_memorized")
-    if not edited_path.exists():
-        pert.perturbed_paragraphs(mem, result=res["memorized"]).save(edited_path)
+    if not edited_path.exists() and cfg.strategy != "cumulative":
+        pert.perturbed_paragraphs(mem, result=res["memorized"], ties=cfg.worst_ties).save(edited_path)
     drops = torch.stack([res["memorized"].paragraph_drops(i) for i in range(len(mem))])
-    worst = int(drops.max(dim=1).values.argmax())
+    worst = int(drops.nan_to_num(-1.0).max(dim=1).values.argmax())
     P = mem.prefix_len
     views = [colored_tokens_view(
-        ctx.model.to_str_tokens(mem.tokens[worst, :P]), drops[worst],
+        ctx.model.to_str_tokens(mem.tokens[worst, :P]), drops[worst].nan_to_num(0.0),
         title=f"Most fragile positions of memorized paragraph {mem.ids[worst]}",
         caption="Each prefix token shaded by the mean EM drop (tokens) when it alone is replaced: dark = fragile.",
         min_value=0.0, max_value=float(mem.continuation_len)),
         colored_tokens_view(
-        [str(p) for p in range(P)], drops.mean(0),
+        [str(p) for p in range(P)], drops.nanmean(0).nan_to_num(0.0),
         title="Fragility by prefix position, mean over memorized paragraphs",
         caption="Prefix positions 0..P-1 shaded by the mean EM drop: the paper finds a few positions matter most.",
         min_value=0.0, max_value=float(mem.continuation_len))]
     write_json_atomic(ctx.folder.file("perturb_views"), [_view_dict(v) for v in views])
-    worst_rows = res["memorized"].worst()
+    worst_rows = res["memorized"].worst(cfg.worst_ties)
     return {"mean_em_drop_memorized": round(res["memorized"].mean_em_drop(), 2),
             "mean_em_drop_non_memorized": round(res["non_memorized"].mean_em_drop(), 2),
             "worst_memorized": worst_rows[["paragraph", "position", "token", "em"]].to_dict(orient="records")}
@@ -171,45 +173,90 @@ def heads_stage(ctx: "RunContext") -> dict[str, Any]:
         tau = report.columns["rare_tau"]
         rl, rh = divmod(int(torch.nan_to_num(tau, nan=float("inf")).argmin()), report.n_heads)
         out["rare_token_head"] = {"layer": rl, "head": rh, "kendall_tau": round(float(tau[rl, rh]), 3), "ranks": report.where(rl, rh)}
+    if cfg.rare_setup == "paper":
+        out["rare_attention_paper"] = _paper_rare_attention(ctx)
     return out
 
 
+def _paper_rare_attention(ctx: "RunContext") -> dict[str, Any]:
+    """The paper's Fig. 7 on its own inputs -> ``rare_attention.safetensors``: the head with the
+    most negative rank tau, its tau, entropy and token-level taus by count set."""
+    from memlens.analyses.frequency import UnigramCounts
+    from memlens.analyses.rare_attention import RareAttentionResult, paper_rare_token_setup, rare_token_attention
+
+    cfg = ctx.config.heads
+    res = ctx.scan_result()
+    paragraphs, counts = paper_rare_token_setup(res.memorized(), res.non_memorized(), ctx.model.vocab_size,
+                                                n=cfg.rare_paragraphs)
+    result = saved(ctx.folder.file("rare_attention"), RareAttentionResult, lambda: rare_token_attention(
+        ctx.model, paragraphs, counts, batch_size=cfg.batch_size, progress=ctx.progress, ranks=cfg.rare_ranks,
+        reduce=cfg.rare_reduce))
+    layer, head = result.rarest_head()
+    by_set = {"full": counts, "memorized": UnigramCounts.from_paragraphs(res.memorized(), ctx.model.vocab_size),
+              "non_memorized": UnigramCounts.from_paragraphs(res.non_memorized(), ctx.model.vocab_size)}
+    taus = result.token_tau_by_counts(paragraphs, by_set).set_index(["layer", "head"]).loc[(layer, head)]
+    return {"layer": layer, "head": head, "n_paragraphs": len(paragraphs),
+            "kendall_tau": round(float(result.rank_tau[layer, head]), 4),
+            "entropy": round(float(result.entropy[layer, head]), 4),
+            "lowest_entropy_head": list(divmod(int(result.entropy.argmin()), result.entropy.shape[1])),
+            "token_tau": {k.removeprefix("tau_"): round(float(v), 4) for k, v in taus.items()}}
+
+
 def unlearn_stage(ctx: "RunContext") -> dict[str, Any]:
-    """Sparse unlearning and editing of a few memorized targets (objective x masks, the paper's
-    Fig. 5) -> ``unlearn.safetensors``. Editing (to the continuation that follows the target's worst
+    """Sparse unlearning and editing, one target per trial (objective x masks, the paper's Fig. 5)
+    -> ``unlearn.safetensors``; with ``tradeoff_lrs``, the masks' trade-off curves ->
+    ``unlearn_tradeoff.safetensors``. Editing (to the continuation that follows the target's worst
     prefix perturbation) needs more movement than unlearning: it runs ``edit_steps`` at ``edit_lr``."""
     from memlens.core.data import ParagraphSet
-    from memlens.analyses.mask_comparison import MaskComparison, compare_masks
+    from memlens.analyses.mask_comparison import MaskComparison, MaskTradeoff, compare_masks, mask_tradeoff
 
     cfg = ctx.config.unlearn
-    mem, non = _splits(ctx, max(cfg.retain_paragraphs, cfg.n_targets))
-    non = non[: cfg.retain_paragraphs]
+    res = ctx.scan_result()
+    mem, non = res.memorized(), res.non_memorized()
+    if len(mem) == 0 or len(non) == 0:
+        raise StageSkipped(f"needs memorized and non-memorized paragraphs (found {len(mem)} / {len(non)})")
     targets = mem[: cfg.n_targets]
-    common = dict(other_memorized=mem, fraction=cfg.fraction, kl_weight=cfg.kl_weight,
-                  selectivity_floor=cfg.selectivity_floor, progress=ctx.progress,
-                  checkpoint=ctx.folder.file("unlearn_checkpoint"))  # each finished run: an interrupted stage resumes
+    fresh = cfg.retain_design == "fresh"
+    if fresh and len(non) < cfg.retain_paragraphs:
+        raise StageSkipped(f"a fresh retain batch of {cfg.retain_paragraphs} needs as many non-memorized paragraphs "
+                           f"(found {len(non)})")
+    pool = non if fresh else non[: cfg.retain_paragraphs]
+    settings = cfg.compare_kwargs(seed=ctx.config.seed)
+    settings.pop("steps")
+    common = dict(other_memorized=mem[: max(cfg.n_targets, 16)], progress=ctx.progress, **settings)
 
     def compare() -> MaskComparison:
-        tables = [compare_masks(ctx.model, targets, non, objectives=("unlearn",), masks=cfg.masks, steps=cfg.steps,
-                                lr=cfg.lr, **common)]
+        ckpt = ctx.folder.file("unlearn_checkpoint")  # each finished run: an interrupted stage resumes
+        tables = [compare_masks(ctx.model, targets, pool, objectives=("unlearn",), masks=cfg.masks, steps=cfg.steps,
+                                lr=cfg.lr, checkpoint=ckpt, **common)]
         perturbed_path = ctx.folder.file("perturbed_memorized")
         if cfg.edit and perturbed_path.exists():
             pset = ParagraphSet.load(perturbed_path)
             by_original = {str(o): i for i, o in enumerate(pset.metadata.get("original", []))}
             if all(t in by_original for t in targets.ids):
                 tables.append(compare_masks(
-                    ctx.model, targets, non, objectives=("edit",), masks=cfg.edit_masks,
+                    ctx.model, targets, pool, objectives=("edit",), masks=cfg.edit_masks,
                     perturbed=pset[[by_original[t] for t in targets.ids]], steps=cfg.edit_steps, lr=cfg.edit_lr,
-                    **common))
-        return MaskComparison(rows=[r for t in tables for r in t.rows], targets=list(targets.ids),
-                              provenance=tables[0].provenance)
+                    checkpoint=ckpt, **common))
+        return MaskComparison(rows=[r for t in tables for r in t.rows], targets=tables[0].targets,
+                              trials=[r for t in tables for r in t.trials], provenance=tables[0].provenance)
 
     table = saved(ctx.folder.file("unlearn"), MaskComparison, compare)
     ctx.folder.file("unlearn_checkpoint").unlink(missing_ok=True)
     settings = {"unlearn": {"steps": cfg.steps, "lr": cfg.lr}}
     if any(r["objective"] == "edit" for r in table.rows):
         settings["edit"] = {"steps": cfg.edit_steps, "lr": cfg.edit_lr}
-    return table.summary() | {"settings": settings}
+    summary = table.summary() | {"settings": settings, "design": {
+        "trials": cfg.n_targets, "retain": cfg.retain_design, "retain_paragraphs": cfg.retain_paragraphs,
+        "objective": f"-{cfg.nll_scale:g} NLL + {cfg.kl_weight:g} KL({cfg.kl_direction}, {cfg.kl_reduction})",
+        "weight_decay": cfg.weight_decay}}
+    if cfg.tradeoff_lrs:
+        tradeoff = saved(ctx.folder.file("unlearn_tradeoff"), MaskTradeoff, lambda: mask_tradeoff(
+            ctx.model, targets, pool, cfg.tradeoff_lrs, masks=[m for m in cfg.masks if m != "selective"] or cfg.masks,
+            steps=cfg.steps, checkpoint=ctx.folder.file("unlearn_checkpoint"),
+            **{k: v for k, v in common.items() if k != "other_memorized"}))
+        summary["tradeoff"] = tradeoff.summary()["table"]
+    return summary
 
 
 def _view_dict(view) -> dict[str, Any]:
@@ -238,11 +285,11 @@ for _row in (
           config=PerturbConfig, files=_files("perturbation", "perturbed_memorized", "perturb_views"), title="Prefix perturbation", section=perturb_section, needs=("scan",)),
     Stage("heads", heads_stage,
           "HeadLocalizer: per-head evidence and combined rank -> heads.safetensors, head_views.json",
-          config=HeadsConfig, files=_files("heads", "head_views"), title="Heads: the memorization head and its evidence", section=heads_section,
+          config=HeadsConfig, files=_files("heads", "head_views", "rare_attention"), title="Heads: the memorization head and its evidence", section=heads_section,
           needs=("scan",)),
     Stage("unlearn", unlearn_stage,
           "sparse unlearning/editing, all vs top-k vs random weights -> unlearn.safetensors", config=UnlearnConfig,
-          files=_files("unlearn", "unlearn_checkpoint"), title="Sparse unlearning and editing", section=unlearn_section, needs=("scan",)),
+          files=_files("unlearn", "unlearn_checkpoint", "unlearn_tradeoff"), title="Sparse unlearning and editing", section=unlearn_section, needs=("scan",)),
     Stage("report", report_stage, "the offline HTML report of a run folder -> report.html"),
 ):
     register_stage(_row)

@@ -102,6 +102,32 @@ def test_head_settings_reach_patching_and_ablation(fake_run, monkeypatch):
     assert sizes["ablation"] == [5]
 
 
+def test_every_unlearn_setting_reaches_the_fine_tuner(fake_run, monkeypatch):
+    """The code's objective, optimizer, mask draw and trial design travel from the settings through
+    compare_masks to each SparseFineTuner run."""
+    from memlens.analyses.unlearn import SparseFineTuner
+    from memlens.run.stages import unlearn_stage
+
+    calls = []
+    real = SparseFineTuner.unlearn
+
+    def spy(self, target, retain, **kwargs):
+        calls.append((list(retain.ids), kwargs))
+        return real(self, target, retain, **kwargs)
+
+    monkeypatch.setattr(SparseFineTuner, "unlearn", spy)
+    ctx = fake_run(**{"unlearn.n_targets": 2, "unlearn.retain_paragraphs": 2, "unlearn.retain_design": "fresh",
+                      "unlearn.masks": ["random"], "unlearn.steps": 2, "unlearn.lr": 1e-4, "unlearn.weight_decay": 1.0,
+                      "unlearn.nll_scale": 0.1, "unlearn.kl_direction": "original||model",
+                      "unlearn.kl_reduction": "batchmean", "unlearn.random_mask": "bernoulli", "unlearn.edit": False})
+    summary = unlearn_stage(ctx)
+    assert len(calls) == 2 and calls[0][0] != calls[1][0] and all(len(ids) == 2 for ids, _ in calls)
+    for _, kw in calls:
+        assert (kw["steps"], kw["lr"], kw["weight_decay"], kw["nll_scale"], kw["kl_direction"], kw["kl_reduction"],
+                kw["random_mask"]) == (2, 1e-4, 1.0, 0.1, "original||model", "batchmean", "bernoulli")
+    assert summary["design"]["retain"] == "fresh" and "0.1 NLL" in summary["design"]["objective"]
+
+
 def test_old_module_paths_still_import_with_a_warning():
     from memlens.gradients import GradientMap  # noqa: F401  (the module moved to memlens.analyses.gradients)
 

@@ -107,5 +107,10 @@ def test_the_table_refuses_clashes(toy):
 
 
 def test_without_the_toy_stage_the_settings_have_no_toy_section():
-    assert "toy" not in stage_names()
+    from memlens.run.folder import FILES
+
+    assert "toy" not in stage_names() and "toy" not in FILES
+    assert "toy" not in RunConfig().to_dict()
+    with pytest.raises(InputError, match="unknown setting"):
+        RunConfig.from_dict({"toy": {"repeat": 3}})
     assert set(RunConfig().to_dict()) >= {"scan", "gradients", "perturb", "heads", "unlearn"}

@@ -1,0 +1,43 @@
+"""Named starting points of a run's settings: ``memlens run --preset NAME``, ``RunConfig.from_preset``.
+
+``paper``: every setting the paper (arXiv 2403.19851) or its official code fixes, at their value;
+docs/paper-fidelity.md gives the source of each beside memlens's default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from memlens.core.defaults import NON_MEMORIZED_MAX_EM
+
+#: The paper's values of every setting it (or its official code, where the text is silent or
+#: differs) fixes; docs/paper-fidelity.md gives the source of each and memlens's default beside it.
+PAPER_SETTINGS: dict[str, Any] = {
+    # the code loads GPT-Neo with HookedTransformer.from_pretrained's default weight processing
+    "weights": "processed",
+    # Section 3: memorized = EM 50 of 50 greedy tokens, non-memorized = EM <= 10
+    "scan.memorized_min_em": 50, "scan.non_memorized_max_em": NON_MEMORIZED_MAX_EM,
+    # Section 5.1: 50 paragraphs per set, max |gradient| per component
+    "gradients.max_paragraphs": 50, "gradients.aggregation": "max",
+    # Section 4 / token pertubation notebooks: one random token per position, position 0 kept,
+    # torch.randint over the whole vocabulary, the earliest worst position
+    "perturb.max_paragraphs": 50, "perturb.n_samples": 1, "perturb.strategy": "random",
+    "perturb.skip_position_0": True, "perturb.allow_original": True, "perturb.worst_ties": "earliest",
+    # Section 6 / rare token hypothesis notebook: 1,000 paragraphs of memorized + non-memorized,
+    # counts over both, dense ranks with ties, attention summed over paragraphs
+    "heads.rare_setup": "paper", "heads.rare_paragraphs": 1000, "heads.rare_ranks": "dense",
+    "heads.rare_reduce": "sum",
+    # Section 5.3 / fine-tuning.ipynb: 20 trials of 1 memorized + a fresh batch of 10 non-memorized
+    # paragraphs; Adam lr 1e-5, coupled weight decay 1.0, 5 steps (the text says 10); 0.1 x NLL +
+    # KLDivLoss(batchmean)(log p_theta, p_theta0); top 0.1% / Bernoulli random 0.1% / all weights
+    "unlearn.n_targets": 20, "unlearn.retain_paragraphs": 10, "unlearn.retain_design": "fresh",
+    "unlearn.fraction": 0.001, "unlearn.masks": ["all", "topk", "random"], "unlearn.steps": 5,
+    "unlearn.lr": 1e-5, "unlearn.weight_decay": 1.0, "unlearn.kl_weight": 1.0, "unlearn.nll_scale": 0.1,
+    "unlearn.kl_direction": "original||model", "unlearn.kl_reduction": "batchmean", "unlearn.random_mask": "bernoulli",
+    "unlearn.edit_masks": ["all", "topk", "random"], "unlearn.edit_steps": 5, "unlearn.edit_lr": 1e-5,
+    # memlens's addition: the masks compared at equal forgetting over a small lr grid
+    "unlearn.tradeoff_lrs": [1e-5, 1e-4, 1e-3, 1e-2],
+}
+
+#: named settings a run can start from (``memlens run --preset NAME``)
+PRESETS: dict[str, dict[str, Any]] = {"paper": PAPER_SETTINGS}

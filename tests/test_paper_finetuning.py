@@ -1,0 +1,152 @@
+"""The official code's fine-tuning, one setting away: its KL term, its Adam with coupled weight
+decay (kept strictly sparse here), its random-mask draw and Fig. 5's trial design."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from memlens import InputError, ParagraphSet, greedy_decode
+from memlens.analyses.mask_comparison import MaskComparison, compare_masks, mask_tradeoff, retain_batches
+from memlens.analyses.unlearn import FineTuneSettings, SparseFineTuner
+from memlens.core.objectives import kl_to_reference
+from memlens.core.sparse import MaskedAdam
+from memlens.core.stats import bootstrap_mean_ci
+from memlens.testing import random_tokens
+
+
+@pytest.fixture(scope="module")
+def sets(neo):
+    base = random_tokens(8, 20, neo.vocab_size, seed=31)
+    ps = ParagraphSet.from_tokens(torch.cat([base, greedy_decode(neo, base, 20)], 1), prefix_len=20)
+    return ps[:2], ps[2:]
+
+
+def test_kl_as_the_official_code_computes_it():
+    """The code: KLDivLoss(reduction="batchmean")(log_softmax(model), softmax(frozen)) on
+    [batch, 50 positions, vocab] = KL(frozen || model) summed over positions and vocabulary,
+    divided by the batch."""
+    g = torch.Generator().manual_seed(0)
+    logits, frozen = torch.randn(3, 50, 17, generator=g), torch.randn(3, 50, 17, generator=g)
+    code = torch.nn.KLDivLoss(reduction="batchmean")(F.log_softmax(logits, -1), F.softmax(frozen, -1))
+    ours = kl_to_reference(logits, frozen, direction="original||model", reduction="batchmean")
+    torch.testing.assert_close(ours, code)
+    # the paper's written formula, memlens's default: KL(model || frozen), mean over positions
+    p, q = F.softmax(logits, -1), F.softmax(frozen, -1)
+    by_hand = (p * (p.log() - q.log())).sum(-1).mean()
+    torch.testing.assert_close(kl_to_reference(logits, frozen), by_hand)
+    # batchmean = 50 x mean over positions; and the two directions differ on these logits
+    torch.testing.assert_close(kl_to_reference(logits, frozen, reduction="batchmean"), 50 * by_hand)
+    assert abs(float(ours) / 50 - float(by_hand)) > 1e-3
+
+
+def test_coupled_weight_decay_reaches_the_masked_weights_only():
+    """Masked weights follow torch Adam with coupled L2 decay exactly (grad + decay * weight, as
+    in the code); weights outside the mask never move (the code's decay moved them)."""
+    g = torch.Generator().manual_seed(1)
+    w = torch.nn.Parameter(torch.randn(4, 5, generator=g))
+    twin = torch.nn.Parameter(w.detach().clone())
+    mask = torch.zeros(4, 5, dtype=torch.bool)
+    mask[:2] = True
+    opt = MaskedAdam({"w": w}, {"w": mask}, lr=0.01, weight_decay=1.0)
+    ref = torch.optim.Adam([twin], lr=0.01, weight_decay=1.0)
+    start = w.detach().clone()
+    for step in range(5):
+        grad = torch.randn(4, 5, generator=g)
+        opt.zero_grad()
+        ref.zero_grad()
+        w.grad, twin.grad = grad.clone(), grad.clone()
+        opt.step()
+        ref.step()
+    torch.testing.assert_close(w.detach()[mask], twin.detach()[mask])
+    assert torch.equal(w.detach()[~mask], start[~mask])
+    # decay alone (zero gradient) moves a masked weight: the decay is applied, not dropped
+    opt2 = MaskedAdam({"w": w}, {"w": mask}, lr=0.01, weight_decay=1.0)
+    before = w.detach().clone()
+    w.grad = torch.zeros_like(w)
+    opt2.step()
+    assert not torch.equal(w.detach()[mask], before[mask]) and torch.equal(w.detach()[~mask], before[~mask])
+
+
+def test_a_run_under_the_codes_settings_stays_sparse_and_records_them(neo, sets):
+    target, retain = sets
+    ft = SparseFineTuner(neo)
+    paper = FineTuneSettings.paper_code(fraction=0.01)
+    assert (paper.lr, paper.weight_decay, paper.steps, paper.nll_scale) == (1e-5, 1.0, 5, 0.1)
+    with ft.restored():
+        res = ft.unlearn(target[0], retain, mask="topk", **paper.to_dict())
+        assert 0 < res.weights_changed <= res.mask_size
+        assert len(res.losses) == 5
+        cfg = res.provenance.config
+        assert (cfg["kl_direction"], cfg["kl_reduction"], cfg["weight_decay"]) == ("original||model", "batchmean", 1.0)
+    assert ft.weights_changed() == 0
+    from memlens import RunConfig
+
+    with pytest.raises(InputError, match="kl_reduction"):
+        RunConfig().override({"unlearn.kl_reduction": "sum"})
+
+
+def test_bernoulli_random_masks_draw_each_weight_with_probability_fraction(neo):
+    ft = SparseFineTuner(neo)
+    total = sum(p.numel() for p in ft.params.values())
+    sizes = [sum(int(m.sum()) for m in ft.make_mask("random", 0.01, None, seed=s, random_draw="bernoulli")[0].values())
+             for s in range(3)]
+    exact = sum(int(m.sum()) for m in ft.make_mask("random", 0.01, None, seed=0)[0].values())
+    assert exact == round(0.01 * total)
+    sd = (total * 0.01 * 0.99) ** 0.5
+    assert all(abs(n - 0.01 * total) < 5 * sd for n in sizes) and len(set(sizes)) > 1
+
+
+def test_fresh_retain_batches_are_drawn_without_replacement():
+    pool = ParagraphSet.from_tokens(torch.arange(7 * 4).view(7, 4), prefix_len=2)
+    batches = retain_batches(pool, n_trials=5, per_trial=3, seed=0)
+    assert all(len(b) == 3 and len(set(b.ids)) == 3 for b in batches)
+    first_pass = [i for b in batches[:2] for i in b.ids]
+    assert len(set(first_pass)) == 6  # the first 6 draws exhaust no paragraph twice
+    assert {i for b in batches for i in b.ids} == set(pool.ids)
+    assert retain_batches(pool, 2, None) == [pool, pool]
+    with pytest.raises(InputError, match="retain_per_trial"):
+        retain_batches(pool, 2, 8)
+
+
+def test_fig5_trials_are_kept_paired_and_summarised(neo, sets, tmp_path):
+    """One target per trial, a fresh retain batch per trial shared by every mask of that trial;
+    every trial is kept and survives save/load; the means carry bootstrap intervals."""
+    target, retain = sets
+    table = compare_masks(neo, target, retain, masks=("random", "all"), steps=1, progress=False, n_trials=3,
+                          retain_per_trial=2, seed=4)
+    df = table.trials_dataframe()
+    assert len(df) == 6 and table.targets == [target.ids[0], target.ids[1], target.ids[0]]
+    by_trial = df.groupby("trial")["retain"].apply(lambda s: {tuple(x) for x in s})
+    assert all(len(v) == 1 for v in by_trial)  # paired: the same batch for both masks
+    assert len({next(iter(v)) for v in by_trial}) == 3  # fresh: another batch per trial
+    row = table.row("unlearn", "all")
+    vals = table.values("unlearn", "all", "retain_em_after")
+    assert row["n_trials"] == 3 and row["retain_em_after"] == pytest.approx(sum(vals) / 3)
+    assert row["retain_em_after_ci_low"] <= row["retain_em_after"] <= row["retain_em_after_ci_high"]
+    path = table.save(tmp_path / "cmp.safetensors")
+    again = MaskComparison.load(path)
+    assert json.dumps(again.trials) == json.dumps(table.trials) and json.dumps(again.rows) == json.dumps(table.rows)
+    fig = again.plot()
+    assert sum(1 for t in fig.data if t.type == "box") == 2 * 4
+
+
+def test_tradeoff_curves_have_one_point_per_mask_and_lr(neo, sets):
+    target, retain = sets
+    curves = mask_tradeoff(neo, target[:1], retain, lrs=[1e-4, 0.05], masks=("all", "random"), steps=2,
+                           progress=False)
+    df = curves.to_dataframe()
+    assert sorted(zip(df["mask"], df["lr"])) == [("all", 1e-4), ("all", 0.05), ("random", 1e-4), ("random", 0.05)]
+    all_rows = df[df["mask"] == "all"].set_index("lr")
+    assert all_rows.loc[0.05, "target_nll_after"] > all_rows.loc[1e-4, "target_nll_after"]
+    assert len(curves.plot().data) == 2
+
+
+def test_bootstrap_interval():
+    lo, hi = bootstrap_mean_ci([1.0, 2.0, 3.0, 4.0, 10.0])
+    assert lo < 4.0 < hi and 1.0 <= lo and hi <= 10.0
+    assert bootstrap_mean_ci([5.0]) == (5.0, 5.0)
+    wide = bootstrap_mean_ci(torch.randn(10, generator=torch.Generator().manual_seed(0)).tolist())
+    narrow = bootstrap_mean_ci(torch.randn(1000, generator=torch.Generator().manual_seed(0)).tolist())
+    assert narrow[1] - narrow[0] < (wide[1] - wide[0]) / 4
