@@ -13,10 +13,8 @@ from memlens.core.defaults import NON_MEMORIZED_MAX_EM
 #: The paper's values of every setting it (or its official code, where the text is silent or
 #: differs) fixes; docs/paper-fidelity.md gives the source of each and memlens's default beside it.
 PAPER_SETTINGS: dict[str, Any] = {
-    # The code loads GPT-Neo with HookedTransformer.from_pretrained's default weight processing
-    # (weights = "processed"). Not set here yet: on the processed organism the fine-tuner's retain
-    # baseline reads EM 28 instead of 50 before any step (docs/paper-fidelity.md); until that is
-    # found, the preset differentiates raw weights and `--weights processed` is a separate choice.
+    # the code loads GPT-Neo with HookedTransformer.from_pretrained's default weight processing
+    "weights": "processed",
     # Section 3: memorized = EM 50 of 50 greedy tokens, non-memorized = EM <= 10
     "scan.memorized_min_em": 50, "scan.non_memorized_max_em": NON_MEMORIZED_MAX_EM,
     # Section 5.1: 50 paragraphs per set, max |gradient| per component

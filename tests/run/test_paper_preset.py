@@ -44,7 +44,7 @@ def test_the_cli_prints_and_records_the_preset(tmp_path, capsys):
 
 
 def test_a_paper_run_on_the_tiny_organism(organism, organism_cache, tmp_path):
-    """A run with the paper preset's settings end to end (fewer trials and learning rates):
+    """A run with the paper preset's settings end to end (fewer trials and learning rates): processed weights,
     the code's objective and trial design in run.json; every trial kept, with a fresh retain batch
     each; the trade-off curves and the Fig. 7 setup in the report."""
     from memlens.analyses.mask_comparison import MaskComparison, MaskTradeoff
@@ -58,7 +58,7 @@ def test_a_paper_run_on_the_tiny_organism(organism, organism_cache, tmp_path):
     assert code == 0
     run = json.loads((out / "run.json").read_text())
     cfg = run["config"]
-    assert cfg["preset"] == "paper" and cfg["weights"] == "raw"
+    assert cfg["preset"] == "paper" and cfg["weights"] == "processed"
     assert (cfg["unlearn"]["kl_direction"], cfg["unlearn"]["weight_decay"], cfg["unlearn"]["retain_design"]) == \
         ("original||model", 1.0, "fresh")
     table = MaskComparison.load(out / "unlearn.safetensors")
