@@ -137,7 +137,7 @@ class MaskTradeoff(Result):
     def summary(self) -> dict[str, Any]:
         keep = ("mask", "lr", "n_trials", "target_em_after", "retain_em_after", "target_em_after_ci_low",
                 "target_em_after_ci_high", "retain_em_after_ci_low", "retain_em_after_ci_high")
-        return {"table": [{k: (round(r[k], 3) if isinstance(r[k], float) else r[k]) for k in keep if k in r}
+        return {"table": [{k: (round(r[k], 3) if isinstance(r[k], float) and k != "lr" else r[k]) for k in keep if k in r}
                           for r in self.rows]}
 
     def plot(self) -> "go.Figure":
