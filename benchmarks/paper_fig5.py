@@ -58,9 +58,9 @@ def main() -> None:
         if args.trials:
             u = dataclasses.replace(u, n_targets=args.trials)
         targets = mem[: u.n_targets]
-        retain = non if u.retain_design == "fresh" else non[: u.retain_paragraphs]
+        retain = u.retain_set(non)
         for k, seed in enumerate(args.seeds):
-            kw = u.compare_kwargs(seed=seed)
+            kw = u.compare_kwargs(seed=seed) | {"steps": u.steps}
             t0 = time.perf_counter()
             table = compare_masks(model, targets, retain, other_memorized=mem[:16], masks=("all", "topk", "random"),
                                   lr=u.lr, progress=False, **kw)

@@ -199,8 +199,6 @@ class PrefixPerturber:
         self.model = model
         self.batch_size = batch_size or 64
         self.progress = progress
-        self._allow_original = False
-        self._first = 0
 
     def sweep(
         self,
@@ -258,8 +256,6 @@ class PrefixPerturber:
         name = strategy if isinstance(strategy, str) else getattr(strategy, "__name__", "callable")
         gen = torch.Generator().manual_seed(seed)
         use_cache = reuse_cache and model.hf_model is not None and strategy != "cumulative"
-        self._allow_original = allow_original
-        self._first = 1 if skip_position_0 else 0
         self._plain = model.plain_model() if use_cache else None
         cols: dict[str, list[Tensor]] = {k: [] for k in ("index", "position", "sample", "token", "em", "nll")}
         base_em, base_nll = [], []
@@ -267,7 +263,8 @@ class PrefixPerturber:
         bar = tqdm(total=len(paragraphs) * len(pos_list), desc=f"prefix perturbation ({name})", disable=not progress)
         for start in range(0, len(paragraphs), n_par):
             idx = list(range(start, min(start + n_par, len(paragraphs))))
-            em, nll = self._sweep_batch(paragraphs, idx, pos_list, strategy, n_samples, gen, use_cache, cols, bar)
+            em, nll = self._sweep_batch(paragraphs, idx, pos_list, strategy, n_samples, gen, use_cache, cols, bar,
+                                        allow_original, 1 if skip_position_0 else 0)
             base_em.append(em)
             base_nll.append(nll)
         bar.close()
@@ -306,22 +303,25 @@ class PrefixPerturber:
 
     def _sweep_batch(self, paragraphs: ParagraphSet, idx: list[int], pos_list: list[int], strategy: Strategy,
                      n_samples: int, gen: torch.Generator, use_cache: bool, cols: dict[str, list[Tensor]],
-                     bar: Any) -> tuple[Tensor, Tensor]:
+                     bar: Any, allow_original: bool = False, first: int = 0) -> tuple[Tensor, Tensor]:
         """Perturb every position of the paragraphs ``idx``; append the rows to ``cols`` and return
-        the unperturbed paragraphs' EM and NLL."""
+        the unperturbed paragraphs' EM and NLL. ``first``: the first position a cumulative
+        perturbation replaces."""
         P = paragraphs.prefix_len
         tokens = paragraphs.tokens[idx].to(self.model.device)
         clean_logits, past = self._clean_pass(tokens, use_cache)
         scores = score_logits(clean_logits[:, P - 1 :], tokens[:, P:])
-        drawn = self._random_prefixes(tokens[:, :P], n_samples, gen) if strategy == "cumulative" else None
+        drawn = None
+        if strategy == "cumulative":  # one random prefix per paragraph and sample: [paragraphs * samples, P]
+            drawn = self._uniform_tokens(tokens[:, :P].repeat_interleave(n_samples, 0), gen, allow_original)
         for p in pos_list:
             variants = tokens.repeat_interleave(n_samples, 0)
-            if drawn is not None:  # [paragraphs * samples, P]: positions first..p replaced
+            if drawn is not None:  # positions from the first perturbed one up to p replaced
                 new = drawn[:, p].view(len(idx), n_samples)
-                variants[:, self._first : p + 1] = drawn[:, self._first : p + 1]
+                variants[:, first : p + 1] = drawn[:, first : p + 1]
             else:
-                new = torch.stack([self._replacements(strategy, tokens[j], p, n_samples, clean_logits[j], gen)
-                                   for j in range(len(idx))])  # [paragraphs, samples]
+                new = torch.stack([self._replacements(strategy, tokens[j], p, n_samples, clean_logits[j], gen,
+                                                      allow_original) for j in range(len(idx))])  # [paragraphs, samples]
                 variants[:, p] = new.flatten()
             em, nll = self._score_variants(variants, p, P, past, n_samples)
             for key, value in (("index", torch.tensor(idx).repeat_interleave(n_samples)),
@@ -408,16 +408,13 @@ class PrefixPerturber:
         return logits[:, -n_cont:]
 
     def _replacements(self, strategy: Strategy, tokens: Tensor, p: int, n: int, clean_logits: Tensor,
-                      gen: torch.Generator) -> Tensor:
+                      gen: torch.Generator, allow_original: bool = False) -> Tensor:
         V = self.model.vocab_size
         orig = int(tokens[p])
         if callable(strategy):
             out = torch.tensor([int(strategy(tokens.cpu(), p, s, gen)) for s in range(n)])
-        elif strategy == "random" and self._allow_original:
-            out = torch.randint(0, V, (n,), generator=gen)
         elif strategy == "random":
-            draw = torch.randint(0, V - 1, (n,), generator=gen)
-            out = draw + (draw >= orig).long()  # uniform over the vocabulary minus the original
+            out = self._uniform_tokens(torch.full((n,), orig), gen, allow_original)
         elif strategy == "second_best":
             ranked = clean_logits[p - 1].argsort(descending=True).cpu()
             out = ranked[ranked != orig][:n]
@@ -431,15 +428,14 @@ class PrefixPerturber:
             raise InputError(f"strategy {strategy!r} returned token {bad} at position {p}, outside the vocabulary [0, {V})")
         return out.to(tokens.device)
 
-    def _random_prefixes(self, prefixes: Int[Tensor, "batch prefix"], n: int, gen: torch.Generator) -> Tensor:
-        """``n`` random prefixes per paragraph, ``[batch * n, prefix]`` (paragraph-major): uniform
-        over the vocabulary, without the original token at each position unless allowed."""
+    def _uniform_tokens(self, originals: Tensor, gen: torch.Generator, allow_original: bool) -> Tensor:
+        """A token per entry of ``originals`` (same shape and device), uniform over the vocabulary,
+        the entry's original token excluded unless ``allow_original`` (the code's ``randint``)."""
         V = self.model.vocab_size
-        orig = prefixes.cpu().repeat_interleave(n, 0)
-        if self._allow_original:
-            return torch.randint(0, V, orig.shape, generator=gen).to(prefixes.device)
-        draw = torch.randint(0, V - 1, orig.shape, generator=gen)
-        return (draw + (draw >= orig).long()).to(prefixes.device)
+        if allow_original:
+            return torch.randint(0, V, originals.shape, generator=gen).to(originals.device)
+        draw = torch.randint(0, V - 1, originals.shape, generator=gen)
+        return (draw + (draw >= originals.cpu()).long()).to(originals.device)
 
     def _embeddings(self) -> Tensor:
         if not hasattr(self, "_emb"):

@@ -35,7 +35,6 @@ from memlens.core.results import Provenance
 from memlens.core.sparse import MaskedAdam, only_trainable
 
 if TYPE_CHECKING:
-
     from memlens.core.model import HookedModel
 
 Mask = dict[str, Tensor]

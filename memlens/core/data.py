@@ -442,11 +442,7 @@ class ParagraphSet:
         path = Path(path)
         if path.suffix.lower() == ".csv":
             return cls.from_csv(path, model)
-        saved = readers.saved_rows(path)
-        if saved is None:
-            return cls.from_jsonl(path, model)
-        header, rows = saved
-        return cls._from_rows(rows, path, model, header["prefix_len"], header["continuation_len"])
+        return cls.from_jsonl(path, model)  # a saved file's header line gives the split
 
     def __repr__(self) -> str:
         meta = f", metadata={sorted(self.metadata)}" if self.metadata else ""

@@ -1,12 +1,11 @@
 """Reading paragraph files into ``(line number, record)`` rows, with errors that name the file and
 line: JSONL (one object per line), CSV (a text or tokens column) and the files
-:meth:`memlens.ParagraphSet.save` writes. :class:`memlens.ParagraphSet` turns the rows into
+:meth:`memlens.ParagraphSet.save` writes (JSONL with a header line). :class:`memlens.ParagraphSet` turns the rows into
 paragraphs (tokenizing texts, checking lengths)."""
 
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,22 +51,6 @@ def jsonl_rows(path: Path) -> tuple[list[Row], dict[str, Any] | None]:
             raise InputError(f"{path}:{lineno}: each line must be a JSON object with a 'tokens' list or a 'text' string")
         rows.append((lineno, row))
     return rows, header
-
-
-def saved_rows(path: Path) -> tuple[dict[str, Any], list[Row]] | None:
-    """The header and records of a file written by ``ParagraphSet.save``; None if the file's first
-    non-blank line is not such a header (then it is a plain JSONL file)."""
-    lines = read_lines(path)
-    first = next((line for _, line in lines if line.strip()), "")
-    try:
-        header = json.loads(first)
-    except (ValueError, RecursionError):
-        return None
-    if not (isinstance(header, dict) and header.get("memlens") == SAVED_MARKER):
-        return None
-    rows = [(lineno, parse_json(line, f"{path}:{lineno}", "fix or remove the line"))
-            for lineno, line in lines[1:] if line.strip()]
-    return header, rows
 
 
 def csv_rows(path: Path, text_column: str | None = None) -> list[Row]:

@@ -296,16 +296,20 @@ class UnlearnConfig(StageConfig):
             self._require(name, bool(getattr(self, name)) and set(getattr(self, name)) <= set(MASK_KINDS),
                           f"must be a non-empty list of {one_of(MASK_KINDS)}")
 
+    def retain_set(self, non_memorized: Any) -> Any:
+        """The ``retain`` argument of :func:`memlens.compare_masks` for these settings: every
+        non-memorized paragraph (the pool fresh batches are drawn from) or the first
+        ``retain_paragraphs`` (``fixed``)."""
+        return non_memorized if self.retain_design == "fresh" else non_memorized[: self.retain_paragraphs]
+
     def compare_kwargs(self, seed: int = 0) -> dict[str, Any]:
-        """The keyword arguments of :func:`memlens.compare_masks` (and :func:`memlens.mask_tradeoff`)
-        these settings stand for, for unlearning; the unlearn stage and benchmarks/paper_fig5.py both
-        use it. ``retain_per_trial`` is set for the ``fresh`` design (pass the whole non-memorized
-        pool as ``retain``), None for ``fixed`` (pass the first ``retain_paragraphs``)."""
+        """The settings of :func:`memlens.compare_masks` (and :func:`memlens.mask_tradeoff`) these
+        stand for, other than the steps and learning rate (unlearning's or editing's); the unlearn
+        stage and benchmarks/paper_fig5.py both use it, with :meth:`retain_set`."""
         return dict(fraction=self.fraction, kl_weight=self.kl_weight, selectivity_floor=self.selectivity_floor,
                     n_trials=self.n_targets, retain_per_trial=self.retain_paragraphs if self.retain_design == "fresh" else None,
                     seed=seed, nll_scale=self.nll_scale, kl_direction=self.kl_direction,
-                    kl_reduction=self.kl_reduction, weight_decay=self.weight_decay, random_mask=self.random_mask,
-                    steps=self.steps)
+                    kl_reduction=self.kl_reduction, weight_decay=self.weight_decay, random_mask=self.random_mask)
 
 
 #: section name -> settings class: the built-in stages' and every one a Stage row registers
@@ -321,9 +325,14 @@ def register_section(name: str, config: type[StageConfig]) -> None:
     this); a section name already taken by another class is refused."""
     if _SECTIONS.get(name, config) is not config:
         raise InputError(f"settings section {name!r} is already {_SECTIONS[name].__name__}")
+    check_section_name(name, config)
+    _SECTIONS[name] = config
+
+
+def check_section_name(name: str, config: type[StageConfig]) -> None:
+    """Refuse a settings class whose ``section`` is not its stage's name."""
     if config.section != name:
         raise InputError(f"{config.__name__}.section is {config.section!r}, not the stage's name {name!r}")
-    _SECTIONS[name] = config
 
 
 def unregister_section(name: str) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 
 from memlens.core.errors import InputError
 from memlens.core.results import Result
-from memlens.run.config import StageConfig, register_section, unregister_section
+from memlens.run.config import StageConfig, check_section_name, register_section, unregister_section
 from memlens.run.folder import RunFolder
 
 if TYPE_CHECKING:
@@ -59,9 +59,8 @@ class Stage:
     needs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.config is not None and self.config.section != self.name:
-            raise InputError(f"{self.config.__name__}.section is {self.config.section!r}, "
-                             f"not the stage's name {self.name!r}")
+        if self.config is not None:
+            check_section_name(self.name, self.config)
         RunFolder.declare(dict(self.files), check_only=True)
 
 

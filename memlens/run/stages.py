@@ -220,10 +220,9 @@ def unlearn_stage(ctx: "RunContext") -> dict[str, Any]:
     if fresh and len(non) < cfg.retain_paragraphs:
         raise StageSkipped(f"a fresh retain batch of {cfg.retain_paragraphs} needs as many non-memorized paragraphs "
                            f"(found {len(non)})")
-    pool = non if fresh else non[: cfg.retain_paragraphs]
-    settings = cfg.compare_kwargs(seed=ctx.config.seed)
-    settings.pop("steps")
-    common = dict(other_memorized=mem[: max(cfg.n_targets, 16)], progress=ctx.progress, **settings)
+    pool = cfg.retain_set(non)
+    common = dict(other_memorized=mem[: max(cfg.n_targets, 16)], progress=ctx.progress,
+                  **cfg.compare_kwargs(seed=ctx.config.seed))
 
     def compare() -> MaskComparison:
         ckpt = ctx.folder.file("unlearn_checkpoint")  # each finished run: an interrupted stage resumes
