@@ -31,14 +31,14 @@ def ablation_study(size: str) -> dict:
     t0 = time.perf_counter()
     report = HeadLocalizer(model).localize(mem, non, progress=False)
     t_loc = time.perf_counter() - t0
-    L, H = divmod(int(drop.argmax()), model.n_heads)
+    L, H = drop.top_head()
     tau = report.columns["rare_tau"]
     rl, rh = divmod(int(tau.argmin()), model.n_heads)
     top = report.top(5)[["layer", "head", "combined_rank"] + report.evidence].round(4)
     return {
         "organism": size, "memorized": len(mem), "ablation_seconds": round(t_abl, 1), "localize_seconds": round(t_loc, 1),
-        "ablation_top_head": f"L{L}H{H}", "ablation_em_drop": round(float(drop.max()), 2),
-        "ablation_em_drop_grid": drop.round(decimals=2).tolist(),
+        "ablation_top_head": f"L{L}H{H}", "ablation_em_drop": round(drop.drop(L, H), 2),
+        "ablation_em_drop_grid": drop.em_drop.round(decimals=2).tolist(),
         "ablation_top_head_ranks": report.where(L, H),
         "rare_attention_head": f"L{rl}H{rh}", "rare_tau": round(float(tau[rl, rh]), 3),
         "rare_token_tau": round(float(report.columns["rare_token_tau"][rl, rh]), 3),

@@ -18,9 +18,9 @@ report = ml.HeadLocalizer(model).localize(mem, non, progress=False)
 print(report.top(5)[["layer", "head", "combined_rank", *report.evidence]].round(3))
 print("attribution vs exact patching (Spearman over heads):", report.agreement)
 
-drop = ml.head_ablation_em_drop(model, mem, progress=False)
-layer, head = divmod(int(drop.argmax()), model.n_heads)
-print(f"zero-ablating L{layer}H{head} costs {float(drop.max()):.1f} EM tokens;", report.evidence_text(layer, head))
+ablation = ml.HeadAblation(model).run(mem, progress=False)
+layer, head = ablation.top_head()
+print(f"zero-ablating L{layer}H{head} costs {ablation.drop(layer, head):.1f} EM tokens;", report.evidence_text(layer, head))
 
 best = report.top(1).iloc[0]
 views = report.attention_view(model, mem, int(best["layer"]), int(best["head"]), unigram=ml.UnigramCounts.from_organism(info))

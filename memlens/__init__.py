@@ -30,13 +30,15 @@ from memlens.analyses.activation_gradients import ActivationGradientResult, acti
 from memlens.analyses.attention_views import activation_gradient_view, head_views
 from memlens.analyses.frequency import UnigramCounts
 from memlens.analyses.gradients import GradientMap, GradientMapComparison, GradientMapResult
-from memlens.analyses.heads import HeadLocalizer, HeadReport, head_ablation_em_drop
+from memlens.analyses.head_ablation import HeadAblation, HeadAblationResult, head_ablation_em_drop
+from memlens.analyses.heads import HeadLocalizer, HeadReport
 from memlens.analyses.mask_comparison import MaskComparison, MaskTradeoff, compare_masks, mask_tradeoff
 from memlens.analyses.patching import PatchingResult, PatchPair, attribution_patching, exact_patching, make_patch_pairs
-from memlens.analyses.perturb import PerturbationResult, PrefixPerturber
+from memlens.analyses.perturb import PerturbationComparison, PerturbationResult, PrefixPerturber
 from memlens.analyses.profiles import EMRangeProfiles, profiles_by_em_range
 from memlens.analyses.rare_attention import RareAttentionResult, paper_rare_token_setup, rare_token_attention
 from memlens.analyses.scan import ScanResult, scan
+from memlens.analyses.sparse_mask import SparseMask
 from memlens.analyses.unlearn import FineTuneResult, FineTuneSettings, SparseFineTuner, selective_mask
 
 from memlens.scale.ray_scan import scan_with_ray
@@ -71,6 +73,8 @@ __all__ = [
     "GradientMapResult",
     "GradientsConfig",
     "GroundTruth",
+    "HeadAblation",
+    "HeadAblationResult",
     "HeadLocalizer",
     "HeadReport",
     "HeadsConfig",
@@ -88,6 +92,7 @@ __all__ = [
     "PatchPair",
     "PatchingResult",
     "PerturbConfig",
+    "PerturbationComparison",
     "PerturbationResult",
     "PrefixPerturber",
     "Provenance",
@@ -100,6 +105,7 @@ __all__ = [
     "ScanTable",
     "Shard",
     "SparseFineTuner",
+    "SparseMask",
     "Stage",
     "StageConfig",
     "StageSkipped",

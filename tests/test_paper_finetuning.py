@@ -90,9 +90,9 @@ def test_a_run_under_the_codes_settings_stays_sparse_and_records_them(neo, sets)
 def test_bernoulli_random_masks_draw_each_weight_with_probability_fraction(neo):
     ft = SparseFineTuner(neo)
     total = sum(p.numel() for p in ft.params.values())
-    sizes = [sum(int(m.sum()) for m in ft.make_mask("random", 0.01, None, seed=s, random_draw="bernoulli")[0].values())
+    sizes = [sum(int(m.sum()) for m in ft.make_mask("random", 0.01, None, seed=s, random_draw="bernoulli").masks.values())
              for s in range(3)]
-    exact = sum(int(m.sum()) for m in ft.make_mask("random", 0.01, None, seed=0)[0].values())
+    exact = sum(int(m.sum()) for m in ft.make_mask("random", 0.01, None, seed=0).masks.values())
     assert exact == round(0.01 * total)
     sd = (total * 0.01 * 0.99) ** 0.5
     assert all(abs(n - 0.01 * total) < 5 * sd for n in sizes) and len(set(sizes)) > 1

@@ -171,3 +171,27 @@ def test_cumulative_perturbation_replaces_every_position_up_to_p(neo):
     assert pp["em_drop"].iloc[-5:].mean() >= pp["em_drop"].iloc[:5].mean()
     with pytest.raises(InputError, match="single-token"):
         pert.perturbed_paragraphs(ps, result=res)
+
+
+def test_comparison_of_two_sweeps(neo, tmp_path):
+    """compare() is a Result: its means equal each sweep's, its interval covers the paragraph
+    means, its table has both sets' positions, and it saves and loads."""
+    from memlens.analyses.perturb import PerturbationComparison
+
+    pp = PrefixPerturber(neo)
+    a = pp.sweep(recited(neo, 3, seed=31), positions=[2, 6], n_samples=2, progress=False)
+    b = pp.sweep(recited(neo, 2, seed=32), positions=[1, 6, 8], n_samples=1, progress=False)
+    cmp = a.compare(b, labels=("first", "second"))
+    s = cmp.summary()
+    assert s["mean_em_drop"] == pytest.approx(a.mean_em_drop()) and s["mean_em_drop_other"] == pytest.approx(b.mean_em_drop())
+    assert s["difference"] == pytest.approx(a.mean_em_drop() - b.mean_em_drop())
+    assert (s["n_paragraphs"], s["n_paragraphs_other"]) == (3, 2) and cmp["n_paragraphs"] == 3
+    per_paragraph = a.to_dataframe().groupby("paragraph")["em_drop"].mean()
+    lo, hi = s["ci95_paragraph_mean"]
+    assert per_paragraph.min() - 1e-9 <= lo <= hi <= per_paragraph.max() + 1e-9
+    df = cmp.to_dataframe()
+    assert df[df["set"] == "first"]["position"].tolist() == [2, 6]
+    assert df[df["set"] == "second"]["position"].tolist() == [1, 6, 8]
+    back = PerturbationComparison.load(cmp.save(tmp_path / "cmp.safetensors"))
+    assert back.labels == ("first", "second") and back.summary() == s
+    assert len(cmp.plot().data) == 2 and len(cmp.plot_distribution().data) == 2

@@ -45,15 +45,31 @@ def test_weight_decay_never_moves_unmasked_weights(neo, sets):
         assert res.weights_changed <= res.mask_size == round(1e-4 * sum(p.numel() for p in ft.params.values()))
 
 
-def test_masks(neo, sets):
+def test_masks(neo, sets, tmp_path):
     target, retain = sets
     ft = SparseFineTuner(neo)
     gmap = GradientMap(neo).compute(target[[0]], contrast=retain, progress=False)
-    top, kind = ft.make_mask("topk", 0.01, gmap)
-    rnd, _ = ft.make_mask("random", 0.01, gmap)
-    assert kind == "topk" and sum(int(m.sum()) for m in top.values()) == sum(int(m.sum()) for m in rnd.values())
-    every, _ = ft.make_mask("all", 0.01, None)
-    assert sum(int(m.sum()) for m in every.values()) == sum(p.numel() for p in ft.params.values())
+    top = ft.make_mask("topk", 0.01, gmap)
+    rnd = ft.make_mask("random", 0.01, gmap, seed=3)
+    assert top.mask_kind == "topk" and top.n_selected == rnd.n_selected == round(0.01 * top.n_total)
+    assert sum(int(m.sum()) for m in top.masks.values()) == top.n_selected
+    assert rnd.seed == 3 and top.seed is None and top.fraction == 0.01
+    every = ft.make_mask("all", 0.01, None)
+    assert every.n_selected == every.n_total == sum(p.numel() for p in ft.params.values()) and every.fraction is None
+    # the table, the layer counts and the overlap agree with the tensors
+    table = top.to_dataframe()
+    assert int(table["selected"].sum()) == top.n_selected and set(table["parameter"]) == set(ft.params)
+    assert int(top.layer_counts().sum()) == int(table[table["layer"] >= 0]["selected"].sum())
+    inter = sum(int((m & rnd.masks[n]).sum()) for n, m in top.masks.items())
+    assert top.jaccard(rnd) == pytest.approx(inter / (2 * top.n_selected - inter))
+    assert top.jaccard(top) == 1.0
+    # a SparseMask saves, loads and can be passed back as a user mask
+    loaded = type(top).load(top.save(tmp_path / "mask.safetensors"))
+    assert all(torch.equal(loaded.masks[n], m) for n, m in top.masks.items()) and loaded.mask_kind == "topk"
+    assert ft.make_mask(loaded, 0.5, None).n_selected == top.n_selected
+    with pytest.warns(DeprecationWarning):
+        masks, kind = top
+    assert kind == "topk" and masks is top.masks
     name = next(iter(ft.params))
     with pytest.raises(InputError, match="has shape"):
         ft.make_mask({name: torch.ones(3, dtype=torch.bool)}, 0.01, None)
@@ -133,9 +149,10 @@ def test_selective_mask(neo, sets):
     gmap = GradientMap(neo).compute(target[[0]], contrast=retain, progress=False)
     sens = ft.retain_sensitivity(retain)
     assert ft.retain_sensitivity(retain) is sens and set(sens) == set(ft.params)
-    top, _ = ft.make_mask("topk", 0.01, gmap)
-    sel, kind = ft.make_mask("selective", 0.01, gmap, sensitivity=sens)
-    assert kind == "selective"
+    top = ft.make_mask("topk", 0.01, gmap).masks
+    selected = ft.make_mask("selective", 0.01, gmap, sensitivity=sens)
+    sel = selected.masks
+    assert selected.mask_kind == "selective"
     size = sum(int(m.sum()) for m in top.values())
     assert sum(int(m.sum()) for m in sel.values()) == size
 

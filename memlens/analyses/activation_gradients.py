@@ -74,27 +74,19 @@ class ActivationGradientResult(Result):
 
     def plot(self, kind: str = "v") -> "go.Figure":
         """Layer x head heatmap of :meth:`head_scores` of one kind."""
-        import plotly.graph_objects as go
+        from memlens.viz.heads import plot_head_grid
 
-        z = self.head_scores(kind)
-        fig = go.Figure(go.Heatmap(z=z.tolist(), colorscale="Viridis",
-                                   hovertemplate="L%{y} H%{x}: %{z:.3g}<extra></extra>"))
-        fig.update_layout(title=f"Activation gradient |dL/d{kind}| (max over d_head, mean over tokens)",
-                          xaxis_title="head", yaxis_title="layer", xaxis={"dtick": 1}, yaxis={"dtick": 1})
-        return fig
+        return plot_head_grid(self.head_scores(kind), f"Activation gradient |dL/d{kind}| (max over d_head, mean over tokens)")
 
     def plot_tokens(self, model: "HookedModel", paragraph: int, layer: int, head: int, kind: str = "v") -> "go.Figure":
         """Per-token activation gradient of one head on one paragraph, with the tokens as labels."""
-        import plotly.graph_objects as go
+        from memlens.viz.tokens import plot_token_bars
 
         scores = self.token_scores(paragraph, layer, head, kind)
-        labels = [f"{i}:{t!r}" for i, t in enumerate(model.to_str_tokens(self.tokens[paragraph, : len(scores)]))]
+        tokens = model.to_str_tokens(self.tokens[paragraph, : len(scores)])
         colors = ["#1f77b4" if i < self.prefix_len else "#ff7f0e" for i in range(len(scores))]
-        fig = go.Figure(go.Bar(x=labels, y=scores.tolist(), marker_color=colors))
-        fig.update_layout(title=f"|dL/d{kind}| of L{layer}H{head} per token (blue: prefix, orange: continuation)",
-                          xaxis_title="token", yaxis_title="max over d_head")
-        return fig
-
+        return plot_token_bars(tokens, scores, f"|dL/d{kind}| of L{layer}H{head} per token (blue: prefix, orange: continuation)",
+                               "max over d_head", colors=colors)
 
 def activation_gradients(
     model: "HookedModel", paragraphs: ParagraphSet, kinds: Sequence[str] = ACTIVATION_KINDS,

@@ -128,16 +128,9 @@ class FineTuneResult(Result):
 
     def plot(self) -> "go.Figure":
         """Loss per step and mean EM before/after per set."""
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
+        from memlens.viz.unlearning import plot_finetune
 
-        fig = make_subplots(rows=1, cols=2, subplot_titles=("objective per step", "mean EM before / after"))
-        fig.add_trace(go.Scatter(y=self.losses, mode="lines+markers", name="loss"), 1, 1)
-        sets = [s for s in ("target", "other_memorized", "retain") if any(r["set"] == s for r in self.rows)]
-        for col, name in (("em_before", "before"), ("em_after", "after")):
-            fig.add_trace(go.Bar(x=sets, y=[self.mean(s, col) for s in sets], name=name), 1, 2)
-        fig.update_layout(title=f"{self.objective} with mask '{self.mask_kind}' ({self.mask_size} weights)")
-        return fig
+        return plot_finetune(self)
 
     def _repr_html_(self) -> str:
         return self.to_dataframe().to_html(index=False)

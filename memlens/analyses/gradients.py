@@ -18,7 +18,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from memlens.core.components import ComponentKey, ComponentRegistry
+from memlens.core.components import ComponentKey, ComponentRegistry, layer_of
 from memlens.core.data import ParagraphSet
 from memlens.core.errors import InputError
 from memlens.core.results import Provenance, Result
@@ -157,7 +157,7 @@ class GradientMapResult(Result):
             raise InputError(f"count must be in 1..{total}, got {count}")
         groups: dict[Any, list[str]] = {}
         for name in self.weight_grads:
-            groups.setdefault(_layer_of(name) if scope == "per_layer" else 0, []).append(name)
+            groups.setdefault(layer_of(name) if scope == "per_layer" else 0, []).append(name)
         masks = {}
         for names in groups.values():
             flat = torch.cat([self.weight_grads[n].flatten() for n in names])
@@ -247,13 +247,6 @@ def _is_oom(error: BaseException) -> bool:
 def _lower_half(profile: Tensor) -> float:
     n = len(profile)
     return round(float(profile[: n // 2].sum() + (profile[n // 2] / 2 if n % 2 else 0)), 4)
-
-
-def _layer_of(param_name: str) -> int:
-    for part in param_name.split("."):
-        if part.isdigit():
-            return int(part)
-    return -1
 
 
 class GradientMap:

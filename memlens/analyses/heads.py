@@ -41,6 +41,7 @@ from memlens.core.results import Provenance, Result
 from memlens.analyses.patching import PATCH_KINDS, attribution_patching, exact_patching, make_patch_pairs
 from memlens.core.stats import rankdata, spearman
 from memlens.analyses.frequency import UnigramCounts
+from memlens.analyses.head_ablation import head_ablation_em_drop  # noqa: F401  (its old home)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -163,39 +164,22 @@ class HeadReport(Result):
 
     def plot(self, kind: str = "combined") -> "go.Figure":
         """Layer x head heatmap of one evidence column (``"combined"``: the combined rank)."""
-        import plotly.graph_objects as go
+        from memlens.viz.heads import plot_head_grid
 
         z = -self.combined_rank if kind == "combined" else self.columns.get(kind)
         if z is None:
             raise InputError(f"no evidence column {kind!r}; have {sorted(self.columns)}")
         text = [[f"#{int(self.combined_rank[l, h])}" for h in range(self.n_heads)] for l in range(self.n_layers)]
-        fig = go.Figure(go.Heatmap(z=z.tolist(), text=text, texttemplate="%{text}", colorscale="Viridis",
-                                   hovertemplate="L%{y} H%{x}: %{z:.3g}<extra></extra>"))
-        fig.update_layout(title=f"{kind} per head" + (" (minus combined rank: brighter = more implicated)" if kind == "combined" else ""),
-                          xaxis_title="head", yaxis_title="layer", xaxis={"dtick": 1}, yaxis={"dtick": 1})
-        return fig
+        return plot_head_grid(z, f"{kind} per head" + (" (minus combined rank: brighter = more implicated)"
+                                                       if kind == "combined" else ""), text=text)
 
     def plot_all(self) -> "go.Figure":
         """One heatmap per evidence kind (each column min-max scaled) and the combined rank."""
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
+        from memlens.viz.heads import plot_head_panels
 
-        kinds = list(self.evidence) + ["combined"]
-        cols = min(3, len(kinds))
-        rows = (len(kinds) + cols - 1) // cols
-        fig = make_subplots(rows=rows, cols=cols, subplot_titles=kinds)
-        for i, k in enumerate(kinds):
-            z = (self.n_layers * self.n_heads + 1 - self.combined_rank) if k == "combined" else self.columns[k]
-            z = torch.nan_to_num(z.float())
-            zn = (z - z.min()) / (z.max() - z.min()) if z.max() > z.min() else torch.zeros_like(z)
-            fig.add_trace(go.Heatmap(z=zn.tolist(), customdata=z.tolist(), coloraxis="coloraxis",
-                                     hovertemplate=f"{k} L%{{y}} H%{{x}}: %{{customdata:.3g}}<extra></extra>"),
-                          row=i // cols + 1, col=i % cols + 1)
-        fig.update_layout(title="Evidence per head (each panel scaled to [0, 1]; bright = implicated)",
-                          coloraxis={"colorscale": "Viridis"}, height=260 * rows)
-        fig.update_xaxes(dtick=1)
-        fig.update_yaxes(dtick=1)
-        return fig
+        panels = {k: self.columns[k] for k in self.evidence}
+        panels["combined"] = self.n_layers * self.n_heads + 1 - self.combined_rank
+        return plot_head_panels(panels, "Evidence per head (each panel scaled to [0, 1]; bright = implicated)")
 
     def attention_view(self, model: "HookedModel", paragraphs: ParagraphSet, layer: int, head: int,
                        paragraph: int = 0, unigram: UnigramCounts | None = None) -> list["CircuitsView"]:
@@ -457,23 +441,3 @@ class HeadLocalizer:
                 notes.append("no unigram counts given: token rarity counted over the memorized paragraphs only "
                              "(pass UnigramCounts.from_file for corpus counts)")
         return rare_token_attention(self.model, mem, unigram, batch_size=self.batch_size, progress=progress)
-
-
-@torch.no_grad()
-def head_ablation_em_drop(
-    model: "HookedModel", paragraphs: ParagraphSet, mode: str = "zero", batch_size: int = 16, progress: bool = True,
-    heads: Sequence[tuple[int, int]] | None = None,
-) -> Float[Tensor, "layer head"]:
-    """Causal ground truth: the mean EM drop (tokens) of ``paragraphs`` when one head's output
-    (``hook_z``) is zero- (or mean-) ablated, for every head (or only ``heads``; the others NaN)."""
-    from memlens.core.metrics import teacher_forced_scores
-
-    base = teacher_forced_scores(model, paragraphs.tokens, paragraphs.prefix_len, batch_size).em.float().mean()
-    out = torch.full((model.n_layers, model.n_heads), float("nan"))
-    cells = [(L, h) for L in range(model.n_layers) for h in range(model.n_heads)] if heads is None else \
-        [(int(L), int(h)) for L, h in heads]
-    for L, h in tqdm(cells, desc="head ablation", disable=not progress):
-        with model.ablate(f"blocks.{L}.attn.hook_z", head=h, mode=mode):
-            em = teacher_forced_scores(model, paragraphs.tokens, paragraphs.prefix_len, batch_size).em.float().mean()
-        out[L, h] = base - em
-    return out

@@ -87,34 +87,9 @@ class MaskComparison(Result):
         """Fig. 5 as distributions: box plots (every trial a point) of the EM and NLL after
         fine-tuning per objective/mask, for the targets and the retain batches; bars of the means
         when the trials were not kept (a file written before memlens kept them)."""
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
+        from memlens.viz.unlearning import plot_mask_comparison
 
-        if not self.trials:
-            fig = go.Figure()
-            for key, label in (("target_em_after", "target"), ("other_memorized_em_after", "other memorized"),
-                               ("retain_em_after", "retain")):
-                if self.rows and key in self.rows[0]:
-                    fig.add_trace(go.Bar(x=[f"{r['objective']}/{r['mask']}" for r in self.rows],
-                                         y=[r[key] for r in self.rows], name=label))
-            fig.update_layout(barmode="group", title="EM after sparse fine-tuning", yaxis_title="mean EM (tokens)")
-            return fig
-        panels = (("target_em_after", "target EM after (tokens)"), ("retain_em_after", "retain EM after (tokens)"),
-                  ("target_nll_after", "target NLL after (nats/token)"), ("retain_nll_after", "retain NLL after (nats/token)"))
-        fig = make_subplots(rows=2, cols=2, subplot_titles=[p[1] for p in panels])
-        palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
-        for k, r in enumerate(self.rows):
-            label = f"{r['objective']}/{r['mask']}"
-            for j, (col, _) in enumerate(panels):
-                vals = [t[col] for t in self.trials if t["objective"] == r["objective"] and t["mask"] == r["mask"]]
-                fig.add_trace(go.Box(y=vals, name=label, boxpoints="all", jitter=0.4, pointpos=0, boxmean=True,
-                                     marker_color=palette[k % len(palette)], showlegend=j == 0, legendgroup=label),
-                              row=j // 2 + 1, col=j % 2 + 1)
-        n = self.rows[0].get("n_trials", "")
-        fig.update_layout(title=f"Sparse fine-tuning, {n} trials per mask (box: quartiles; dashed: mean)",
-                          height=640)
-        return fig
-
+        return plot_mask_comparison(self)
 
 @dataclass(frozen=True, kw_only=True)
 class MaskTradeoff(Result):
@@ -143,25 +118,9 @@ class MaskTradeoff(Result):
     def plot(self) -> "go.Figure":
         """Retain EM after (y) against target EM after (x), one curve per mask over the learning
         rates, with 95% intervals as error bars: the better mask is higher at equal x."""
-        import plotly.graph_objects as go
+        from memlens.viz.unlearning import plot_tradeoff
 
-        fig = go.Figure()
-        for mask in dict.fromkeys(r["mask"] for r in self.rows):
-            pts = sorted((r for r in self.rows if r["mask"] == mask), key=lambda r: r["lr"])
-            x = [r["target_em_after"] for r in pts]
-            y = [r["retain_em_after"] for r in pts]
-            fig.add_trace(go.Scatter(
-                x=x, y=y, mode="lines+markers+text", name=mask, text=[f"{r['lr']:g}" for r in pts],
-                textposition="top center",
-                error_x=dict(type="data", symmetric=False, array=[r["target_em_after_ci_high"] - v for r, v in zip(pts, x)],
-                             arrayminus=[v - r["target_em_after_ci_low"] for r, v in zip(pts, x)]),
-                error_y=dict(type="data", symmetric=False, array=[r["retain_em_after_ci_high"] - v for r, v in zip(pts, y)],
-                             arrayminus=[v - r["retain_em_after_ci_low"] for r, v in zip(pts, y)])))
-        fig.update_layout(title="Forgetting against sparing, over learning rates (labels: lr)",
-                          xaxis_title="target EM after (tokens; lower = more forgotten)",
-                          yaxis_title="retain EM after (tokens; higher = more spared)")
-        return fig
-
+        return plot_tradeoff(self)
 
 def retain_batches(retain: ParagraphSet, n_trials: int, per_trial: int | None, seed: int = 0) -> list[ParagraphSet]:
     """The retain set of each trial: the whole ``retain`` set every time (``per_trial`` None), or

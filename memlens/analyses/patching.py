@@ -117,18 +117,14 @@ class PatchingResult(Result):
     def plot(self, direction: str = "noising", kind: str | None = None) -> "go.Figure":
         """Layer x head heatmap of one direction's effect (``kind`` default: ``z`` if patched),
         summed over positions."""
-        import plotly.graph_objects as go
+        from memlens.viz.heads import plot_head_grid
 
         kind = kind or ("z" if "z" in self.kinds else self.kinds[0])
         z = self.effect(direction, kind)
         if self.per_position:
             z = z.sum(-1)
-        fig = go.Figure(go.Heatmap(z=z.tolist(), colorscale="RdBu", zmid=0,
-                                   hovertemplate="L%{y} H%{x}: %{z:.3g} nats<extra></extra>"))
-        fig.update_layout(title=f"{self.method} patching of hook_{kind}, {direction} (pair {self.pair_id})",
-                          xaxis_title="head", yaxis_title="layer", yaxis={"dtick": 1}, xaxis={"dtick": 1})
-        return fig
-
+        return plot_head_grid(z, f"{self.method} patching of hook_{kind}, {direction} (pair {self.pair_id})",
+                              colorscale="RdBu", zmid=0, unit=" nats")
 
 def make_patch_pairs(paragraphs: ParagraphSet, perturbed: ParagraphSet) -> list[PatchPair]:
     """Pair every paragraph with its perturbed version (aligned by the perturbed set's

@@ -39,17 +39,9 @@ class EMRangeProfiles(Result):
 
     def plot(self) -> "go.Figure":
         """Layer share of the gradient, one line per EM range."""
-        import plotly.graph_objects as go
+        from memlens.viz.gradients import plot_em_range_profiles
 
-        fig = go.Figure()
-        for r in self.rows:
-            layers = sorted(int(k.split("_")[1]) for k in r if k.startswith("layer_"))
-            fig.add_trace(go.Scatter(x=layers, y=[r[f"layer_{i}"] for i in layers], mode="lines+markers",
-                                     name=f"EM {r['em_range']} (n={r['n']})"))
-        fig.update_layout(title="Share of the gradient per layer, by EM range", xaxis_title="layer",
-                          yaxis_title="share of total |gradient|", xaxis={"dtick": 1})
-        return fig
-
+        return plot_em_range_profiles(self.rows)
 
 def profiles_by_em_range(
     model: "HookedModel", scan_result: Any, bins: Sequence[tuple[int, int]] = DEFAULT_EM_BINS,

@@ -117,18 +117,14 @@ class RareAttentionResult(Result):
     def plot(self, layer: int | None = None, head: int | None = None) -> "go.Figure":
         """Mean attention per rarity rank of one head (the paper's Fig. 7 curve); default: the
         :meth:`rarest_head`."""
-        import plotly.graph_objects as go
+        from memlens.viz.heads import plot_rank_curve
 
         if layer is None or head is None:
             layer, head = self.rarest_head()
-
-        y = self.by_rank[layer, head].tolist()
-        fig = go.Figure(go.Scatter(x=list(range(len(y))), y=y, mode="lines+markers"))
-        fig.update_layout(title=f"L{layer}H{head}: attention by rarity rank (Kendall tau {float(self.rank_tau[layer, head]):.2f})",
-                          xaxis_title=f"prefix token rarity rank (0 = rarest in the corpus; {self.ranks} ranks)",
-                          yaxis_title=f"attention from the first continuation token ({self.reduce} over paragraphs)")
-        return fig
-
+        return plot_rank_curve(self.by_rank[layer, head],
+                               f"L{layer}H{head}: attention by rarity rank (Kendall tau {float(self.rank_tau[layer, head]):.2f})",
+                               f"prefix token rarity rank (0 = rarest in the corpus; {self.ranks} ranks)",
+                               f"attention from the first continuation token ({self.reduce} over paragraphs)")
 
 def attention_to_prefix(
     model: "HookedModel", paragraphs: ParagraphSet, query_position: int | None = None, batch_size: int = 16,

@@ -135,12 +135,9 @@ class ScanResult(Result):
 
     def plot(self) -> "go.Figure":
         """Histogram of EM over paragraphs (plotly)."""
-        import plotly.graph_objects as go
+        from memlens.viz.scan import plot_em_histogram
 
-        fig = go.Figure(go.Histogram(x=self.em.tolist(), xbins=dict(start=-0.5, end=self.paragraphs.continuation_len + 0.5, size=1)))
-        fig.update_layout(title=f"Exact match of greedy continuations ({self.model_name})",
-                          xaxis_title="EM (tokens)", yaxis_title="paragraphs", bargap=0.05)
-        return fig
+        return plot_em_histogram(self.em, self.paragraphs.continuation_len, self.model_name)
 
     def _repr_html_(self) -> str:
         return self.to_dataframe().groupby("split")[["em", "nll"]].describe().to_html()

@@ -31,6 +31,7 @@ from memlens.analyses.gradients import GradientMap, GradientMapResult
 from memlens.core.metrics import greedy_decode, teacher_forced_scores
 from memlens.core.objectives import continuation_logits, continuation_nll, kl_to_reference
 from memlens.analyses.finetune import SELECTIVITY_FLOOR, FineTuneResult, FineTuneSettings
+from memlens.analyses.sparse_mask import SparseMask
 from memlens.core.results import Provenance
 from memlens.core.sparse import MaskedAdam, only_trainable
 
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from memlens.core.model import HookedModel
 
 Mask = dict[str, Tensor]
+#: what a run may be given as its mask: a kind, a boolean tensor per parameter, a gradient map or a drawn mask
+MaskSpec = str | Mask | GradientMapResult | SparseMask
 
 
 class SparseFineTuner:
@@ -101,19 +104,32 @@ class SparseFineTuner:
 
     # --- masks -------------------------------------------------------------------------------
     def make_mask(
-        self, kind: str | Mask | GradientMapResult, fraction: float, objective_map: GradientMapResult | None,
+        self, kind: MaskSpec, fraction: float, objective_map: GradientMapResult | None,
         seed: int = 0, sensitivity: dict[str, Tensor] | None = None, selectivity_floor: float = SELECTIVITY_FLOOR,
         random_draw: RandomMaskDraw = "exact",
-    ) -> tuple[Mask, str]:
+    ) -> SparseMask:
         """A boolean mask per trainable parameter: ``topk`` (largest |gradient| of the objective),
         ``selective`` (largest |gradient| / sqrt(retain sensitivity + lambda), see
         :func:`selective_mask`), ``random`` (uniform, same size as top-k; or with
         ``random_draw="bernoulli"`` each weight independently with probability ``fraction``, as the
         official code drew it), ``all``, a GradientMapResult's top fraction, or a user mask
-        (validated)."""
+        (validated). Returns a :class:`SparseMask` (``.masks``, ``.mask_kind``)."""
+        masks, resolved = self._draw_mask(kind, fraction, objective_map, seed, sensitivity, selectivity_floor, random_draw)
+        kept_fraction = None if resolved in ("all", "user") else float(fraction)
+        return SparseMask(masks=masks, mask_kind=resolved, fraction=kept_fraction,
+                          seed=int(seed) if resolved == "random" else None,
+                          provenance=Provenance.capture(self.model, mask=resolved, fraction=kept_fraction,
+                                                        random_draw=random_draw if resolved == "random" else None))
+
+    def _draw_mask(
+        self, kind: MaskSpec, fraction: float, objective_map: GradientMapResult | None,
+        seed: int, sensitivity: dict[str, Tensor] | None, selectivity_floor: float, random_draw: RandomMaskDraw,
+    ) -> tuple[Mask, str]:
         params = self.params
         if isinstance(kind, GradientMapResult):
             return kind.mask(fraction=fraction), "topk"
+        if isinstance(kind, SparseMask):
+            return self._validate_mask(kind.masks), kind.mask_kind
         if isinstance(kind, dict):
             return self._validate_mask(kind), "user"
         if kind not in MASK_KINDS:
@@ -184,7 +200,7 @@ class SparseFineTuner:
 
     # --- objectives --------------------------------------------------------------------------
     def unlearn(
-        self, target: Paragraph | ParagraphSet, retain: ParagraphSet, mask: str | Mask | GradientMapResult = "topk",
+        self, target: Paragraph | ParagraphSet, retain: ParagraphSet, mask: MaskSpec = "topk",
         fraction: float = FRACTION, steps: int = 10, lr: float = 1e-3, kl_weight: float = 1.0,
         other_memorized: ParagraphSet | None = None, seed: int = 0, selectivity_floor: float = SELECTIVITY_FLOOR,
         *, nll_scale: float = 1.0, kl_direction: KLDirection = "model||original", kl_reduction: KLReduction = "mean",
@@ -227,7 +243,7 @@ class SparseFineTuner:
 
     def edit(
         self, target: Paragraph | ParagraphSet, retain: ParagraphSet, new_continuation: Tensor | None = None,
-        perturbed_paragraph: Paragraph | ParagraphSet | None = None, mask: str | Mask | GradientMapResult = "topk",
+        perturbed_paragraph: Paragraph | ParagraphSet | None = None, mask: MaskSpec = "topk",
         fraction: float = FRACTION, steps: int = 10, lr: float = 1e-3, kl_weight: float = 1.0,
         other_memorized: ParagraphSet | None = None, seed: int = 0, selectivity_floor: float = SELECTIVITY_FLOOR,
         *, nll_scale: float = 1.0, kl_direction: KLDirection = "model||original", kl_reduction: KLReduction = "mean",
@@ -285,7 +301,8 @@ class SparseFineTuner:
                                  st.kl_direction, st.kl_reduction)
             return (-nll if objective == "unlearn" else nll) + st.kl_weight * kl
 
-        masks, kind = self._objective_mask(objective, train_on, retain, mask_kind, st)
+        mask = self._objective_mask(objective, train_on, retain, mask_kind, st)
+        masks, kind = mask.masks, mask.mask_kind
         opt = MaskedAdam(self.params, masks, st.lr, weight_decay=st.weight_decay)
         try:
             losses = self._optimize(loss_fn, opt, st.steps, st.lr)
@@ -339,7 +356,7 @@ class SparseFineTuner:
                           f"{target.continuation_len}); running anyway", stacklevel=4)
 
     def _objective_mask(self, objective: str, train_on: ParagraphSet, retain: ParagraphSet, mask_kind: Any,
-                        st: "FineTuneSettings") -> tuple[Mask, str]:
+                        st: "FineTuneSettings") -> SparseMask:
         """The run's mask; top-k and selective masks rank weights by the objective's gradient at
         the original weights."""
         objective_map, sensitivity = None, None

@@ -240,3 +240,12 @@ def check_head(layer: int, head: int, n_layers: int, n_heads: int) -> None:
         raise InputError(f"layer {layer} is out of range: the model has layers 0..{n_layers - 1}")
     if not 0 <= head < n_heads:
         raise InputError(f"head {head} is out of range: the model has heads 0..{n_heads - 1}")
+
+
+def layer_of(param_name: str) -> int:
+    """The block index in a parameter's name (``transformer.h.3.mlp.c_fc.weight`` -> 3); -1 for
+    parameters outside the blocks."""
+    for part in param_name.split("."):
+        if part.isdigit():
+            return int(part)
+    return -1

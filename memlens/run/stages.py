@@ -134,7 +134,8 @@ def heads_stage(ctx: "RunContext") -> dict[str, Any]:
     when present) -> ``heads.safetensors``; circuitsvis views of the top head -> ``head_views.json``."""
     from memlens.core.data import ParagraphSet
     from memlens.analyses.frequency import UnigramCounts
-    from memlens.analyses.heads import HeadLocalizer, HeadReport, head_ablation_em_drop
+    from memlens.analyses.head_ablation import HeadAblation
+    from memlens.analyses.heads import HeadLocalizer, HeadReport
 
     cfg = ctx.config.heads
     mem, non = _splits(ctx, cfg.max_paragraphs)
@@ -151,8 +152,8 @@ def heads_stage(ctx: "RunContext") -> dict[str, Any]:
         if cfg.ablation:
             patched = ~report.columns["patching"].isnan() if "patching" in report.columns else None
             heads = None if patched is None or bool(patched.all()) else [tuple(x) for x in patched.nonzero().tolist()]
-            report = report.with_columns(ablation_em_drop=head_ablation_em_drop(
-                ctx.model, mem, heads=heads, batch_size=cfg.batch_size, progress=ctx.progress))
+            report = report.with_columns(ablation_em_drop=HeadAblation(
+                ctx.model, batch_size=cfg.batch_size, progress=ctx.progress).run(mem, heads=heads).em_drop)
         return report
 
     report = saved(ctx.folder.file("heads"), HeadReport, localize)

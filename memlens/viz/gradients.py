@@ -50,3 +50,18 @@ def plot_layer_profiles(results: Sequence[GradientMapLike], labels: Sequence[str
     fig.update_layout(title="Gradient per layer", xaxis_title="layer", yaxis_title="sum of component scores",
                       xaxis={"dtick": 1})
     return fig
+
+
+def plot_em_range_profiles(rows: Sequence[dict[str, Any]]) -> "go.Figure":
+    """Share of the gradient per layer, one line per EM range (rows with ``em_range``, ``n`` and
+    ``layer_<i>`` keys, as in :class:`memlens.EMRangeProfiles`)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for r in rows:
+        layers = sorted(int(k.split("_")[1]) for k in r if k.startswith("layer_"))
+        fig.add_trace(go.Scatter(x=layers, y=[r[f"layer_{i}"] for i in layers], mode="lines+markers",
+                                 name=f"EM {r['em_range']} (n={r['n']})"))
+    fig.update_layout(title="Share of the gradient per layer, by EM range", xaxis_title="layer",
+                      yaxis_title="share of total |gradient|", xaxis={"dtick": 1})
+    return fig

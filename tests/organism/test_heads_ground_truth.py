@@ -21,8 +21,9 @@ def splits(organism):
 def test_the_most_costly_head_to_ablate_ranks_in_the_top_3(organism, splits):
     mem, non = splits
     drop = head_ablation_em_drop(organism, mem, progress=False)
-    layer, head = divmod(int(drop.argmax()), organism.n_heads)
-    assert float(drop.max()) > 5  # ablating it really costs the memorized paragraphs
+    layer, head = drop.top_head()
+    assert drop.drop(layer, head) > 5  # ablating it really costs the memorized paragraphs
+    assert drop.to_dataframe().iloc[0][["layer", "head"]].tolist() == [layer, head]
     report = HeadLocalizer(organism).localize(mem, non, progress=False)
     assert report.where(layer, head)["combined"] <= 3, report.evidence_text(layer, head)
     assert report.agreement["z_noising"] > 0.5  # attribution tracks exact patching here

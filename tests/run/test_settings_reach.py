@@ -80,22 +80,22 @@ def test_gradient_settings_reach_the_maps_and_the_profiles(fake_run, monkeypatch
 
 
 def test_head_settings_reach_patching_and_ablation(fake_run, monkeypatch):
-    from memlens.analyses import heads
+    from memlens.analyses import head_ablation, heads
     from memlens.run.stages import heads_stage
 
     sizes: dict[str, list[int]] = {"exact": [], "ablation": []}
-    real_exact, real_ablation = heads.exact_patching, heads.head_ablation_em_drop
+    real_exact, real_run = heads.exact_patching, head_ablation.HeadAblation.run
 
     def exact(*args, batch_size=64, **kwargs):
         sizes["exact"].append(batch_size)
         return real_exact(*args, batch_size=batch_size, **kwargs)
 
-    def ablation(*args, batch_size=16, **kwargs):
-        sizes["ablation"].append(batch_size)
-        return real_ablation(*args, batch_size=batch_size, **kwargs)
+    def ablation(self, *args, **kwargs):
+        sizes["ablation"].append(self.batch_size)
+        return real_run(self, *args, **kwargs)
 
     monkeypatch.setattr(heads, "exact_patching", exact)
-    monkeypatch.setattr(heads, "head_ablation_em_drop", ablation)
+    monkeypatch.setattr(head_ablation.HeadAblation, "run", ablation)
     ctx = fake_run(**{"heads.batch_size": 5, "heads.max_paragraphs": 2, "heads.patch_kinds": ["z"]})
     heads_stage(ctx)
     assert sizes["exact"] and set(sizes["exact"]) == {5}
