@@ -29,10 +29,13 @@ from memlens import viz  # noqa: F401
 from memlens.analyses.activation_gradients import ActivationGradientResult, activation_gradients
 from memlens.analyses.attention_views import activation_gradient_view, head_views
 from memlens.analyses.frequency import UnigramCounts
+from memlens.analyses.duplication import DuplicationResult, duplication_profile
+from memlens.analyses.gradient_similarity import GradientSimilarity, GradientSimilarityResult
 from memlens.analyses.gradients import GradientMap, GradientMapComparison, GradientMapResult
 from memlens.analyses.head_ablation import HeadAblation, HeadAblationResult, head_ablation_em_drop
 from memlens.analyses.heads import HeadLocalizer, HeadReport
 from memlens.analyses.mask_comparison import MaskComparison, MaskTradeoff, compare_masks, mask_tradeoff
+from memlens.analyses.noise import NoiseIntervention, NoiseResult
 from memlens.analyses.patching import PatchingResult, PatchPair, attribution_patching, exact_patching, make_patch_pairs
 from memlens.analyses.perturb import PerturbationComparison, PerturbationResult, PrefixPerturber
 from memlens.analyses.profiles import EMRangeProfiles, profiles_by_em_range
@@ -66,11 +69,14 @@ __all__ = [
     "ContinuationScores",
     "EMRangeProfiles",
     "FilterReport",
+    "DuplicationResult",
     "FineTuneResult",
     "FineTuneSettings",
     "GradientMap",
     "GradientMapComparison",
     "GradientMapResult",
+    "GradientSimilarity",
+    "GradientSimilarityResult",
     "GradientsConfig",
     "GroundTruth",
     "HeadAblation",
@@ -86,6 +92,8 @@ __all__ = [
     "MaskTradeoff",
     "MemlensError",
     "ModelLoadError",
+    "NoiseIntervention",
+    "NoiseResult",
     "OrganismInfo",
     "Paragraph",
     "ParagraphSet",
@@ -115,6 +123,7 @@ __all__ = [
     "activation_gradients",
     "attribution_patching",
     "compare_masks",
+    "duplication_profile",
     "exact_patching",
     "greedy_decode",
     "head_ablation_em_drop",

@@ -192,13 +192,47 @@ def test_profiles_by_em_range_reuse_maps_already_computed(neo, paras, nll_map, m
     result = ScanResult(paragraphs=paras, em=torch.tensor([0, 0, 0, 20, 20, 20]), nll=torch.zeros(6),
                         memorized_min_em=20)
     fresh = profiles_by_em_range(neo, result, bins=((0, 10), (11, 20)), progress=False)
-    low = GradientMap(neo).compute(paras[:3], keep_weight_grads=False, progress=False)
+    low = GradientMap(neo).compute(paras[:3], keep_weight_grads=False, signed_weight_grads=True, progress=False)
     calls = []
     compute = GradientMap.compute
     monkeypatch.setattr(GradientMap, "compute", lambda self, *a, **k: calls.append(1) or compute(self, *a, **k))
     reused = profiles_by_em_range(neo, result, bins=((0, 10), (11, 20)), progress=False, maps=[low])
     assert len(calls) == 1  # only the 11-20 range
     assert reused.rows[0]["n"] == 3 and reused.rows[0]["total"] == pytest.approx(fresh.rows[0]["total"], rel=1e-5)
+    assert reused.rows[0]["W_in_sum"] == pytest.approx(fresh.rows[0]["W_in_sum"], rel=1e-5)
+    # a map without signed weight gradients cannot give the component statistics: computed again
+    calls.clear()
+    profiles_by_em_range(neo, result, bins=((0, 10),), progress=False,
+                         maps=[GradientMap(neo).compute(paras[:3], keep_weight_grads=False, progress=False)])
+    assert len(calls) == 2  # the map passed in, then the range itself
+
+
+def test_em_range_component_statistics_equal_a_hand_computation(neo, paras):
+    """Fig. 9 as the code computes it: per kind sum |g|, var g, max g, |min g| over all its weights;
+    per layer the attention and MLP |g| sums; from one backward pass of the range's mean NLL."""
+    from memlens import ScanResult, profiles_by_em_range
+    from memlens.core.objectives import continuation_nll
+
+    result = ScanResult(paragraphs=paras, em=torch.tensor([0, 0, 0, 20, 20, 20]), nll=torch.zeros(6),
+                        memorized_min_em=20)
+    row = profiles_by_em_range(neo, result, bins=((0, 10),), progress=False).rows[0]
+    params = {sl.param_name: sl.param for c in neo.components for sl in c.slices}
+    for p in neo.tl_model.parameters():
+        p.grad = None
+    continuation_nll(neo, paras[:3].tokens, paras.prefix_len).backward()
+    grads = {n: p.grad.detach().clone() for n, p in params.items()}
+    for p in neo.tl_model.parameters():
+        p.grad = None
+    for kind in ("W_Q", "W_O", "W_in"):
+        g = torch.cat([sl.of(grads[sl.param_name]).flatten() for c in neo.components if c.key.kind == kind
+                       for sl in c.slices])
+        assert row[f"{kind}_sum"] == pytest.approx(float(g.abs().sum()), rel=1e-4)
+        assert row[f"{kind}_var"] == pytest.approx(float(g.var()), rel=1e-3)
+        assert (row[f"{kind}_max"], row[f"{kind}_min"]) == pytest.approx((float(g.max()), float(g.min().abs())), rel=1e-4)
+    attn0 = sum(float(sl.of(grads[sl.param_name]).abs().sum()) for c in neo.components
+                if c.key.layer == 0 and c.key.kind in ("W_Q", "W_K", "W_V", "W_O") for sl in c.slices)
+    assert row["attn_0"] == pytest.approx(attn0, rel=1e-4)
+    assert row["score_var"] > 0
 
 
 def test_activation_gradients_of_the_first_continuation_token(neo, paras):

@@ -79,6 +79,7 @@ def check_table(path, ref) -> None:
     assert df["em"].tolist() == ref["em"].tolist() and df["split"].tolist() == ref["split"].tolist()
     assert df["nll"].tolist() == pytest.approx(ref["nll"].tolist(), abs=1e-6)
     assert df["extraction_logprob"].tolist() == pytest.approx(ref["extraction_logprob"].tolist(), rel=1e-6)
+    assert df["min_k_nll"].tolist() == pytest.approx(ref["min_k_nll"].tolist(), abs=1e-6)
 
 
 def test_ray_table_equals_the_local_scan(organism_file, organism_cache, tmp_path):

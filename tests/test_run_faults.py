@@ -40,7 +40,7 @@ def hostile_run(organism, organism_cache, tmp_path_factory):
 
 def test_copies_without_a_group_column_gets_its_figure(hostile_run):
     body = (hostile_run / "report.html").read_text().split("<body>", 1)[1]
-    assert "EM vs duplication count" in body and '"name":"paragraphs"' in body.replace(" ", "")
+    assert "Memorization against duplication" in body and "EM vs copies" in body and "Spearman EM vs copies" in body
 
 
 def test_report_rebuilds_from_the_folder_alone(hostile_run, capsys):

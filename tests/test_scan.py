@@ -171,3 +171,29 @@ def test_extraction_probability_is_the_product_of_token_probabilities(neo, plant
     assert df["extraction_prob"].tolist() == pytest.approx(token_p.prod(-1).tolist(), rel=1e-4)
     res.save(tmp_path / "r.safetensors")  # kept by save/load, and by a resumed scan
     assert torch.equal(ScanResult.load(tmp_path / "r.safetensors").extraction_logprob, res.extraction_logprob)
+
+
+def test_min_k_column_equals_a_hand_computation(neo, planted_set, tmp_path):
+    """The min-K% NLL column: the mean of the k = round(min_k x continuation) largest token NLLs
+    of each continuation, from the same pass; the share is a setting and is checked."""
+    import torch.nn.functional as F
+
+    from memlens.analyses.scan import check_min_k
+
+    ps, _ = planted_set
+    res = scan(neo, ps, min_k=0.3, progress=False)
+    with torch.no_grad():
+        logits = neo(ps.tokens)[:, ps.prefix_len - 1 : -1]
+    token_nll = -F.log_softmax(logits.float(), -1).gather(-1, ps.continuations[..., None]).squeeze(-1)
+    k = round(0.3 * ps.continuation_len)
+    hand = token_nll.sort(dim=-1, descending=True).values[:, :k].mean(-1)
+    assert torch.allclose(res.min_k_nll, hand, atol=1e-4)
+    assert bool((res.min_k_nll >= res.nll - 1e-5).all())  # the hardest tokens' mean is at least the mean
+    assert res.to_dataframe()["min_k_nll"].tolist() == pytest.approx(hand.tolist(), abs=1e-4)
+    back = ScanResult.load(res.save(tmp_path / "r.safetensors"))
+    assert back.min_k == 0.3 and torch.equal(back.min_k_nll, res.min_k_nll)
+    every = scan(neo, ps, min_k=1.0, progress=False)
+    assert torch.allclose(every.min_k_nll, every.nll, atol=1e-5)
+    for bad in (0, 1.5, True, "0.2"):
+        with pytest.raises(InputError, match="min_k"):
+            check_min_k(bad)

@@ -57,7 +57,8 @@ def test_table_equals_the_in_memory_scan(neo, random_file, tmp_path):
         assert df["em"].tolist() == ref.em.tolist() and df["split"].tolist() == ref.split_of()
         torch.testing.assert_close(torch.tensor(df["nll"].values), ref.nll.double())
         torch.testing.assert_close(torch.tensor(df["extraction_logprob"].values), ref.extraction_logprob)
-        assert table.header["n"] == 23 and not (tmp_path / f"{out}.parts").exists()
+        torch.testing.assert_close(torch.tensor(df["min_k_nll"].values), ref.min_k_nll.double())
+        assert table.header["n"] == 23 and table.header["min_k"] == ref.min_k and not (tmp_path / f"{out}.parts").exists()
 
 
 def test_parquet_input_reads_like_jsonl(neo, random_file, tmp_path):

@@ -73,7 +73,7 @@ class GradientMapResult(Result):
         scores: aggregated |gradient| per component (units of the objective per unit weight).
         signed: the signed counterpart (see :func:`aggregate`).
         weight_grads: |gradient| of every weight of the trainable set, by parameter name (for
-            masks); None when not kept.
+            masks), or the signed gradient when ``weight_grads_signed``; None when not kept.
         objective, aggregation, n_paragraphs, paragraph_ids: how it was computed.
         loss: the objective's value at the model's weights.
         label: a name for the paragraph set (``memorized``), used in tables and legends.
@@ -90,6 +90,7 @@ class GradientMapResult(Result):
     loss: float
     weight_grads: dict[str, Tensor] | None = field(default=None, repr=False)
     label: str = ""
+    weight_grads_signed: bool = False
     provenance: Provenance = field(default_factory=Provenance)
 
     def summary(self) -> dict[str, Any]:
@@ -161,6 +162,8 @@ class GradientMapResult(Result):
         masks = {}
         for names in groups.values():
             flat = torch.cat([self.weight_grads[n].flatten() for n in names])
+            if self.weight_grads_signed:
+                flat = flat.abs()
             k = count if scope == "global" else max(1, int(round(count * flat.numel() / total)))
             k = min(k, flat.numel())
             chosen = torch.zeros(flat.numel(), dtype=torch.bool)
@@ -291,6 +294,7 @@ class GradientMap:
         components: Sequence[ComponentKey | tuple] | None = None,
         progress: bool | None = None,
         label: str = "",
+        signed_weight_grads: bool = False,
     ) -> GradientMapResult:
         """The gradient map of ``objective`` over ``paragraphs``.
 
@@ -307,6 +311,8 @@ class GradientMap:
             components: restrict the map to these components (all by default).
             progress: show a progress bar.
             label: a name for the set (``"memorized"``), shown in tables and legends.
+            signed_weight_grads: keep the signed gradient of every weight instead of its
+                magnitude (for :class:`~memlens.analyses.gradient_similarity.GradientSimilarity`).
 
         Returns:
             A :class:`GradientMapResult` (scores in units of the objective per unit weight).
@@ -336,11 +342,11 @@ class GradientMap:
                     warnings.warn(f"out of memory; retrying the gradient map with batch_size={batch_size}", stacklevel=2)
                     if ref_logits is not None:
                         ref_logits = [t for r in ref_logits for t in r.split(batch_size)]
-            result = self._reduce(keys, params, aggregation, keep_weight_grads)
+            result = self._reduce(keys, params, aggregation, keep_weight_grads or signed_weight_grads, signed_weight_grads)
         return GradientMapResult(
             keys=keys, scores=result[0], signed=result[1], n_layers=self.model.n_layers, n_heads=self.model.n_heads,
             objective=objective, aggregation=aggregation, paragraph_ids=list(paragraphs.ids), loss=loss_total,
-            weight_grads=result[2], label=label,
+            weight_grads=result[2], label=label, weight_grads_signed=signed_weight_grads,
             provenance=Provenance.capture(self.model, objective=objective, aggregation=aggregation, kl_weight=kl_weight,
                                           trainable=self.trainable, n_paragraphs=len(paragraphs)),
         )
@@ -418,7 +424,7 @@ class GradientMap:
             yield owned
 
     def _reduce(self, keys: list[ComponentKey], params: dict[str, nn.Parameter], aggregation: str,
-                keep: bool) -> tuple[Tensor, Tensor, dict[str, Tensor] | None]:
+                keep: bool, signed: bool = False) -> tuple[Tensor, Tensor, dict[str, Tensor] | None]:
         scores, signed = [], []
         for key in keys:
             comp = self.registry[key]
@@ -431,7 +437,8 @@ class GradientMap:
             a, s = aggregate(grads, aggregation)
             scores.append(a)
             signed.append(s)
-        kept = {name: p.grad.detach().abs().float().clone() for name, p in params.items()} if keep else None
+        kept = {name: (p.grad.detach() if signed else p.grad.detach().abs()).float().clone()
+                for name, p in params.items()} if keep else None
         return torch.tensor(scores), torch.tensor(signed), kept
 
     def _check_finite(self, nll: Tensor, ids: list[str]) -> None:

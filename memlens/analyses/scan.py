@@ -21,7 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from memlens.core.data import ParagraphSet
-from memlens.core.defaults import NON_MEMORIZED_MAX_EM
+from memlens.core.defaults import MIN_K, NON_MEMORIZED_MAX_EM
 from memlens.core.errors import InputError
 from memlens.core.io import check_output_file, remove_stray_temporaries, write_text_atomic
 from memlens.core.metrics import teacher_forced_scores
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import plotly.graph_objects as go
 
+    from memlens.analyses.duplication import DuplicationResult
     from memlens.core.model import HookedModel
 
 
@@ -46,6 +47,9 @@ class ScanResult(Result):
         extraction_logprob: log of the probability that the model produces the whole true
             continuation (the sum of its tokens' log-probabilities, nats; from the same pass).
             :attr:`extraction_prob` is its exponential. None in results saved before it existed.
+        min_k_nll: mean NLL (nats/token) of the ``min_k`` share of continuation tokens with the
+            highest NLL (Min-K% Prob); None in results saved before it existed.
+        min_k: that share (e.g. 0.2).
         memorized_min_em: EM at or above which a paragraph counts as memorized (default: all).
         non_memorized_max_em: EM at or below which a paragraph counts as non-memorized (paper: 10).
         provenance: model, versions and settings.
@@ -55,6 +59,8 @@ class ScanResult(Result):
     em: Int[Tensor, " n"] = field(repr=False)
     nll: Float[Tensor, " n"] = field(repr=False)
     extraction_logprob: Float[Tensor, " n"] | None = field(default=None, repr=False)
+    min_k_nll: Float[Tensor, " n"] | None = field(default=None, repr=False)
+    min_k: float | None = None
     memorized_min_em: int | None = None
     non_memorized_max_em: int = NON_MEMORIZED_MAX_EM
     provenance: Provenance = field(default_factory=Provenance)
@@ -114,6 +120,8 @@ class ScanResult(Result):
         if self.extraction_logprob is not None:
             df["extraction_logprob"] = self.extraction_logprob.tolist()
             df["extraction_prob"] = self.extraction_prob.tolist()
+        if self.min_k_nll is not None:
+            df["min_k_nll"] = self.min_k_nll.tolist()
         for key, col in self.paragraphs.metadata.items():
             df[f"reference_{key}" if key in df.columns else key] = col
         return df
@@ -133,6 +141,12 @@ class ScanResult(Result):
             }
         return out
 
+    def duplication(self, count_column: str | None = None) -> "DuplicationResult":
+        """EM and NLL beside each paragraph's duplication count (:func:`memlens.duplication_profile`)."""
+        from memlens.analyses.duplication import duplication_profile
+
+        return duplication_profile(self, count_column)
+
     def plot(self) -> "go.Figure":
         """Histogram of EM over paragraphs (plotly)."""
         from memlens.viz.scan import plot_em_histogram
@@ -150,6 +164,7 @@ def scan(
     batch_size: int = 16,
     non_memorized_max_em: int = NON_MEMORIZED_MAX_EM,
     memorized_min_em: int | None = None,
+    min_k: float = MIN_K,
     out: str | Path | None = None,
     progress: bool = True,
 ) -> ScanResult:
@@ -162,6 +177,8 @@ def scan(
         batch_size: paragraphs per forward pass.
         non_memorized_max_em: EM at or below which a paragraph counts as non-memorized (paper: 10).
         memorized_min_em: EM at or above which it counts as memorized (default: the whole continuation).
+        min_k: the share of continuation tokens in the min-K% NLL column (0.2: the 20% of tokens
+            with the highest NLL).
         out: with a path, finished batches are appended to ``<out>.partial`` and a later call with
             the same ``out`` skips the paragraphs already there; ``out`` itself (a result envelope)
             is written, atomically, only when every paragraph is done.
@@ -174,8 +191,9 @@ def scan(
         raise InputError("scan got an empty ParagraphSet")
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    check_min_k(min_k)
     paragraphs.validate(model.vocab_size, model.n_ctx)
-    done: dict[str, tuple[int, float, float]] = {}
+    done: dict[str, tuple[int, float, float, float]] = {}
     partial = Path(str(out) + ".partial") if out is not None else None
     if out is not None:
         check_output_file(out, "scan result file")
@@ -183,7 +201,7 @@ def scan(
             remove_stray_temporaries(Path(out).parent, Path(out).name)  # of a save killed midway
     non_max, mem_min = split_thresholds(paragraphs.continuation_len, non_memorized_max_em, memorized_min_em)
     fingerprint = {"model": model.name, "prefix_len": paragraphs.prefix_len,
-                   "continuation_len": paragraphs.continuation_len}
+                   "continuation_len": paragraphs.continuation_len, "min_k": min_k}
     if partial is not None and partial.exists():
         done = _read_partial(partial, fingerprint, dict(zip(paragraphs.ids, content_hashes(paragraphs.tokens))))
     todo = [i for i, pid in enumerate(paragraphs.ids) if pid not in done]
@@ -193,12 +211,12 @@ def scan(
     bar = tqdm(total=len(paragraphs), initial=len(paragraphs) - len(todo), desc="scan", disable=not progress)
     for s in range(0, len(todo), batch_size):
         idx = todo[s : s + batch_size]
-        scored = score_batch(model, paragraphs[idx], batch_size, non_max, mem_min)
+        scored = score_batch(model, paragraphs[idx], batch_size, non_max, mem_min, min_k)
         rows = []
         for row in scored.rows():
-            done[row["id"]] = (row["em"], row["nll"], row["extraction_logprob"])
+            done[row["id"]] = (row["em"], row["nll"], row["extraction_logprob"], row["min_k_nll"])
             rows.append(json.dumps({"id": row["id"], "sha": row["sha"], "em": row["em"], "nll": row["nll"],
-                                    "logprob": row["extraction_logprob"]}))
+                                    "logprob": row["extraction_logprob"], "min_k_nll": row["min_k_nll"]}))
         if partial is not None:
             with partial.open("a", encoding="utf-8") as f:
                 f.write("\n".join(rows) + "\n")
@@ -208,11 +226,12 @@ def scan(
     em = torch.tensor([done[pid][0] for pid in paragraphs.ids], dtype=torch.long)
     nll = torch.tensor([done[pid][1] for pid in paragraphs.ids], dtype=torch.float)
     logprob = torch.tensor([done[pid][2] for pid in paragraphs.ids], dtype=torch.float64)
-    result = ScanResult(paragraphs=paragraphs, em=em, nll=nll, extraction_logprob=logprob,
-                        memorized_min_em=memorized_min_em,
+    min_k_nll = torch.tensor([done[pid][3] for pid in paragraphs.ids], dtype=torch.float)
+    result = ScanResult(paragraphs=paragraphs, em=em, nll=nll, extraction_logprob=logprob, min_k_nll=min_k_nll,
+                        min_k=min_k, memorized_min_em=memorized_min_em,
                         non_memorized_max_em=non_memorized_max_em,
                         provenance=Provenance.capture(model, non_memorized_max_em=non_memorized_max_em,
-                                                      memorized_min_em=memorized_min_em))
+                                                      memorized_min_em=memorized_min_em, min_k=min_k))
     if out is not None:
         result.save(out)
         partial.unlink()
@@ -229,6 +248,7 @@ class ScoredBatch:
         em: exact match in tokens.
         nll: mean NLL of the continuation, nats per token.
         extraction_logprob: log P(whole continuation), float64 nats.
+        min_k_nll: mean NLL of the ``min_k`` share of continuation tokens with the highest NLL.
         split: ``memorized`` / ``partly`` / ``non_memorized``.
         sha: the content hash of each paragraph's tokens.
     """
@@ -237,27 +257,39 @@ class ScoredBatch:
     em: Int[Tensor, " n"]
     nll: Float[Tensor, " n"]
     extraction_logprob: Float[Tensor, " n"]
+    min_k_nll: Float[Tensor, " n"]
     split: list[str]
     sha: list[str]
 
     def rows(self) -> list[dict[str, Any]]:
         """One JSON-able dict per paragraph (the table columns)."""
-        return [{"id": pid, "em": int(e), "nll": float(n), "extraction_logprob": float(lp), "split": sp, "sha": sha}
-                for pid, e, n, lp, sp, sha in zip(self.ids, self.em.tolist(), self.nll.tolist(),
-                                                   self.extraction_logprob.tolist(), self.split, self.sha)]
+        return [{"id": pid, "em": int(e), "nll": float(n), "extraction_logprob": float(lp), "min_k_nll": float(mk),
+                 "split": sp, "sha": sha}
+                for pid, e, n, lp, mk, sp, sha in zip(self.ids, self.em.tolist(), self.nll.tolist(),
+                                                       self.extraction_logprob.tolist(), self.min_k_nll.tolist(),
+                                                       self.split, self.sha)]
 
 
 def score_batch(model: "HookedModel", paragraphs: ParagraphSet, batch_size: int, non_memorized_max_em: int,
-                memorized_min_em: int) -> ScoredBatch:
-    """The one scoring kernel of every scan engine: EM, NLL and extraction log-probability from
-    one teacher-forced pass per ``batch_size`` paragraphs, the split by the given thresholds
-    (already checked, see :func:`split_thresholds`) and the content hashes."""
-    scores = teacher_forced_scores(model, paragraphs.tokens, paragraphs.prefix_len, batch_size)
+                memorized_min_em: int, min_k: float = MIN_K) -> ScoredBatch:
+    """The one scoring kernel of every scan engine: EM, NLL, extraction log-probability and
+    min-K% NLL from one teacher-forced pass per ``batch_size`` paragraphs, the split by the given
+    thresholds (already checked, see :func:`split_thresholds`) and the content hashes."""
+    scores = teacher_forced_scores(model, paragraphs.tokens, paragraphs.prefix_len, batch_size, min_k=min_k)
     em = scores.em.cpu()
+    assert scores.min_k_nll is not None
     return ScoredBatch(ids=list(paragraphs.ids), em=em, nll=scores.nll.cpu().float(),
                        extraction_logprob=extraction_logprob(scores.token_nll).cpu(),
+                       min_k_nll=scores.min_k_nll.cpu().float(),
                        split=split_labels(em.tolist(), non_memorized_max_em, memorized_min_em),
                        sha=content_hashes(paragraphs.tokens))
+
+
+def check_min_k(min_k: Any) -> None:
+    """Refuse a min-K share outside (0, 1] with an :class:`InputError`."""
+    if isinstance(min_k, bool) or not isinstance(min_k, (int, float)) or not 0 < min_k <= 1:
+        raise InputError(f"min_k must be a share of the continuation in (0, 1] (0.2 = the 20% of tokens with the "
+                         f"highest NLL), got {min_k!r}")
 
 
 def split_thresholds(continuation_len: int, non_memorized_max_em: int | None = None,
@@ -290,7 +322,7 @@ def content_hashes(tokens: Int[Tensor, "n length"]) -> list[str]:
     return [hashlib.sha256(row.tobytes()).hexdigest()[:16] for row in rows]
 
 
-def _read_partial(path: Path, fingerprint: dict, wanted: dict[str, str]) -> dict[str, tuple[int, float, float]]:
+def _read_partial(path: Path, fingerprint: dict, wanted: dict[str, str]) -> dict[str, tuple[int, float, float, float]]:
     """The finished rows of an interrupted scan whose paragraph (id and content hash) is still
     wanted; the file is rewritten without the others and without a torn last line."""
     lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
@@ -300,18 +332,21 @@ def _read_partial(path: Path, fingerprint: dict, wanted: dict[str, str]) -> dict
         header = None
     if not isinstance(header, dict) or "model" not in header:
         raise InputError(f"{path} is damaged (its first line is not a scan header); delete it and scan again")
+    if "min_k" not in header:  # an older memlens's: its rows have no min-K column and are scored again
+        header = header | {"min_k": fingerprint["min_k"]}
     if header != fingerprint:
         raise InputError(
-            f"{path} holds a scan of another model or paragraph split ({str(header)[:200]}); "
+            f"{path} holds a scan of another model, paragraph split or min_k ({str(header)[:200]}); "
             "delete it or choose another output file"
         )
     done = {}
-    kept = [lines[0]]
+    kept = [json.dumps(fingerprint)]
     changed = 0
     for line in lines[1:]:
         try:
             row = json.loads(line)
             pid, em, nll, logprob = row["id"], int(row["em"]), float(row["nll"]), float(row["logprob"])
+            min_k_nll = float(row["min_k_nll"])
         except (ValueError, RecursionError, TypeError, KeyError):
             continue  # the last line of an interrupted write, or a damaged one: scored again
         if pid not in wanted:
@@ -319,7 +354,7 @@ def _read_partial(path: Path, fingerprint: dict, wanted: dict[str, str]) -> dict
         if row.get("sha") != wanted[pid]:
             changed += "sha" in row  # a row without a hash (an older memlens) is scored again quietly
             continue
-        done[pid] = (em, nll, logprob)
+        done[pid] = (em, nll, logprob, min_k_nll)
         kept.append(line)
     if changed:
         warnings.warn(f"{path}: {changed} paragraph(s) changed since the interrupted scan (same id, other "

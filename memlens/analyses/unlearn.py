@@ -419,8 +419,8 @@ def selective_mask(
         lam = torch.maximum(lam, positive.min())
     else:
         lam = torch.ones(())
-    scores = {n: g / (sensitivity[n] + lam).sqrt() for n, g in objective_map.weight_grads.items()}
-    return replace(objective_map, weight_grads=scores).mask(fraction=fraction)
+    scores = {n: g.abs() / (sensitivity[n] + lam).sqrt() for n, g in objective_map.weight_grads.items()}
+    return replace(objective_map, weight_grads=scores, weight_grads_signed=False).mask(fraction=fraction)
 
 
 def _cache_key(paragraphs: ParagraphSet) -> tuple:

@@ -14,6 +14,9 @@ NON_MEMORIZED_MAX_EM = 10
 FRACTION = 0.001
 #: replacement tokens drawn per prefix position by a perturbation sweep.
 N_SAMPLES = 4
+#: the share of continuation tokens, those with the highest NLL, whose mean NLL is a scan's min-K%
+#: column (Min-K% Prob, Shi et al. 2023; the paper's code explores K = 20%).
+MIN_K = 0.2
 
 MaskKind = Literal["all", "topk", "selective", "random"]
 #: the masks of sparse fine-tuning: every weight, the top fraction by |gradient|, the top
@@ -80,6 +83,22 @@ WeightsForm = Literal["raw", "processed"]
 #: ``processed`` = TransformerLens's default processing (LayerNorm folded, writing weights centred,
 #: value biases folded), as the paper's code loaded GPT-Neo.
 WEIGHTS_FORMS: tuple[WeightsForm, ...] = get_args(WeightsForm)
+
+NoiseRelativeTo = Literal["parameter_std", "absolute"]
+#: what a noise-intervention scale multiplies: the standard deviation of each parameter tensor (the
+#: official code's ``torch.std(param) * std_fac``) or 1 (the scale is the noise's std itself).
+NOISE_RELATIVE_TO: tuple[NoiseRelativeTo, ...] = get_args(NoiseRelativeTo)
+
+NoiseReference = Literal["greedy", "true"]
+#: what the noise intervention's EM and NLL are measured against: the unperturbed model's greedy
+#: continuation (memlens's default, as in unlearning) or the paragraph's true continuation (the code's).
+NOISE_REFERENCES: tuple[NoiseReference, ...] = get_args(NoiseReference)
+
+#: the official code's noise grid, ``torch.linspace(0.0, 0.0075, 6)`` (factors of each parameter's std)
+PAPER_NOISE_SCALES: tuple[float, ...] = (0.0, 0.0015, 0.003, 0.0045, 0.006, 0.0075)
+#: memlens's default noise grid (factors of each parameter's std): wide enough that 0.1% of the
+#: weights breaks a memorized paragraph on the organisms (docs/editing-figures.md)
+NOISE_SCALES: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 PatchKind = Literal["z", "q", "k", "v"]
 #: the per-head activations activation patching swaps.

@@ -133,8 +133,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if paras.skipped:
         print(f"memlens: skipped {len(paras.skipped)} paragraph(s) shorter than "
               f"{args.prefix_len + args.continuation_len} tokens", file=sys.stderr)
-    result = scan(model, paras, batch_size=cfg.scan.batch_size, non_memorized_max_em=cfg.scan.non_memorized_max_em,
-                  memorized_min_em=cfg.scan.memorized_min_em, out=out, progress=not args.quiet)
+    result = scan(model, paras, **cfg.scan.scan_kwargs(), out=out, progress=not args.quiet)
     summary = result.summary() | ({"skipped_short": len(paras.skipped)} if paras.skipped else {})
     write_json_atomic(out.with_name(out.name.removesuffix(".safetensors") + ".summary.json"), summary)
     print(json.dumps(summary, indent=2))
@@ -168,8 +167,7 @@ def cmd_scan_table(args: argparse.Namespace, cfg: Any, path: Path) -> int:
         return _print_table(scan_with_ray(
             cfg.model, path, out, workers=args.workers, num_gpus=args.num_gpus, ray_address=args.ray_address,
             seed=cfg.seed, cache_dir=args.cache_dir, device=cfg.device, dtype=cfg.dtype, prefix_len=args.prefix_len,
-            continuation_len=args.continuation_len, batch_size=cfg.scan.batch_size,
-            non_memorized_max_em=cfg.scan.non_memorized_max_em, memorized_min_em=cfg.scan.memorized_min_em))
+            continuation_len=args.continuation_len, **cfg.scan.scan_kwargs()))
     device = cfg.device
     if device == "cuda" and shard.world > 1 and "LOCAL_RANK" in os.environ:
         device = f"cuda:{os.environ['LOCAL_RANK']}"  # one GPU per process under torchrun
@@ -177,8 +175,7 @@ def cmd_scan_table(args: argparse.Namespace, cfg: Any, path: Path) -> int:
                        device=device, dtype=cfg.dtype)
     return _print_table(scan_to_table(
         model, path, out, prefix_len=args.prefix_len, continuation_len=args.continuation_len,
-        batch_size=cfg.scan.batch_size, chunk_size=args.chunk_size, shard=shard, skip_short=bool(cfg.skip_short),
-        non_memorized_max_em=cfg.scan.non_memorized_max_em, memorized_min_em=cfg.scan.memorized_min_em,
+        chunk_size=args.chunk_size, shard=shard, skip_short=bool(cfg.skip_short), **cfg.scan.scan_kwargs(),
         progress=not args.quiet))
 
 

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from memlens.core.defaults import AGGREGATIONS, FRACTION, KL_DIRECTIONS, KL_REDUCTIONS, MASK_KINDS, N_SAMPLES, \
-    NON_MEMORIZED_MAX_EM, PATCH_KINDS, RANDOM_MASK_DRAWS, RANK_REDUCES, RANK_TIES, RARE_SETUPS, RETAIN_DESIGNS, \
+    MIN_K, NOISE_REFERENCES, NOISE_SCALES, NON_MEMORIZED_MAX_EM, PATCH_KINDS, RANDOM_MASK_DRAWS, RANK_REDUCES, RANK_TIES, \
+    RARE_SETUPS, RETAIN_DESIGNS, \
     STRATEGIES, WEIGHTS_FORMS, WORST_TIES, one_of
 from memlens.core.errors import InputError
 from memlens.run.presets import PAPER_SETTINGS, PRESETS  # noqa: F401 (PAPER_SETTINGS re-exported)
@@ -113,17 +114,28 @@ class ScanConfig(StageConfig):
         batch_size: paragraphs per forward pass (runtime).
         non_memorized_max_em: EM at or below which a paragraph is non-memorized (paper: 10).
         memorized_min_em: EM at or above which it is memorized (default: the whole continuation).
+        min_k: the share of continuation tokens (those with the highest NLL) in the min-K% NLL
+            column of every scan.
     """
 
     section: ClassVar[str] = "scan"
     batch_size: int = _runtime(16)
     non_memorized_max_em: int = NON_MEMORIZED_MAX_EM
     memorized_min_em: int | None = None
+    min_k: float = MIN_K
+
+    def scan_kwargs(self) -> dict[str, Any]:
+        """The settings every scan engine (:func:`memlens.scan`, ``scan_to_table``, the Ray
+        engine) takes: batch size, split thresholds, min-K share."""
+        return dict(batch_size=self.batch_size, non_memorized_max_em=self.non_memorized_max_em,
+                    memorized_min_em=self.memorized_min_em, min_k=self.min_k)
 
     def validate(self) -> None:
         self._positive_int("batch_size")
         self._require("non_memorized_max_em", isinstance(self.non_memorized_max_em, int) and self.non_memorized_max_em >= 0,
                       "must be an integer >= 0")
+        self._require("min_k", isinstance(self.min_k, (int, float)) and not isinstance(self.min_k, bool)
+                      and 0 < self.min_k <= 1, "must be a share in (0, 1]")
         if self.memorized_min_em is not None:
             self._require("memorized_min_em", isinstance(self.memorized_min_em, int)
                           and self.memorized_min_em > self.non_memorized_max_em,
@@ -138,6 +150,8 @@ class GradientsConfig(StageConfig):
         max_paragraphs: memorized and non-memorized paragraphs mapped (at most, each).
         aggregation: component score: ``max`` (the paper's), ``l1``, ``l2`` or ``mean``.
         max_per_em_bin: paragraphs per EM range in the profiles by EM (the paper's Fig. 9).
+        similarity: also map the cosine similarity of memorized vs non-memorized gradients per
+            component (:class:`memlens.GradientSimilarity`, the code's cosine notebook).
         batch_size: paragraphs per backward pass (runtime).
     """
 
@@ -145,6 +159,7 @@ class GradientsConfig(StageConfig):
     max_paragraphs: int = 32
     aggregation: str = "max"
     max_per_em_bin: int = 32
+    similarity: bool = True
     batch_size: int = _runtime(8)
 
     def validate(self) -> None:
@@ -254,6 +269,11 @@ class UnlearnConfig(StageConfig):
         edit: also edit each target to its perturbed continuation (needs the perturb stage).
         edit_masks: masks compared for editing.
         edit_steps, edit_lr: Adam steps and learning rate of editing.
+        noise_scales: the noise intervention's scales (factors of each parameter's std); empty:
+            no noise intervention (the code's grid: ``PAPER_NOISE_SCALES``).
+        noise_masks: masks noised (``topk``, ``selective``, ``random``; same size).
+        noise_draws: noise draws per scale.
+        noise_reference: ``greedy`` (the model's own continuation) or ``true`` (the code's).
     """
 
     section: ClassVar[str] = "unlearn"
@@ -276,6 +296,10 @@ class UnlearnConfig(StageConfig):
     edit_masks: tuple[str, ...] = ("all", "topk", "random")
     edit_steps: int = 30
     edit_lr: float = 1e-2
+    noise_scales: tuple[float, ...] = NOISE_SCALES
+    noise_masks: tuple[str, ...] = ("topk", "selective", "random")
+    noise_draws: int = 3
+    noise_reference: str = "greedy"
 
     def validate(self) -> None:
         self._positive_int("n_targets", "retain_paragraphs", "steps", "edit_steps")
@@ -295,6 +319,13 @@ class UnlearnConfig(StageConfig):
         for name in ("masks", "edit_masks"):
             self._require(name, bool(getattr(self, name)) and set(getattr(self, name)) <= set(MASK_KINDS),
                           f"must be a non-empty list of {one_of(MASK_KINDS)}")
+        self._require("noise_scales", all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                                          and x >= 0 for x in self.noise_scales), "must be a list of numbers >= 0")
+        sparse = tuple(k for k in MASK_KINDS if k != "all")
+        self._require("noise_masks", bool(self.noise_masks) and set(self.noise_masks) <= set(sparse),
+                      f"must be a non-empty list of {one_of(sparse)}")
+        self._positive_int("noise_draws")
+        self._require("noise_reference", self.noise_reference in NOISE_REFERENCES, f"must be {one_of(NOISE_REFERENCES)}")
 
     def retain_set(self, non_memorized: Any) -> Any:
         """The ``retain`` argument of :func:`memlens.compare_masks` for these settings: every

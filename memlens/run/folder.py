@@ -29,6 +29,8 @@ FILES: dict[str, str] = {
     "unlearn": "unlearn.safetensors",
     "unlearn_checkpoint": "unlearn.runs.partial",
     "unlearn_tradeoff": "unlearn_tradeoff.safetensors",
+    "gradient_similarity": "gradient_similarity.safetensors",
+    "noise": "noise.safetensors",
 }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from memlens.core.defaults import NON_MEMORIZED_MAX_EM
+from memlens.core.defaults import NON_MEMORIZED_MAX_EM, PAPER_NOISE_SCALES
 
 #: The paper's values of every setting it (or its official code, where the text is silent or
 #: differs) fixes; docs/paper-fidelity.md gives the source of each and memlens's default beside it.
@@ -37,6 +37,11 @@ PAPER_SETTINGS: dict[str, Any] = {
     "unlearn.edit_masks": ["all", "topk", "random"], "unlearn.edit_steps": 5, "unlearn.edit_lr": 1e-5,
     # memlens's addition: the masks compared at equal forgetting over a small lr grid
     "unlearn.tradeoff_lrs": [1e-5, 1e-4, 1e-3, 1e-2],
+    # noise intervention.ipynb: Gaussian noise, std = factor x std(parameter), factors
+    # linspace(0, 0.0075, 6), on the top 0.1% weights (and a random 0.1% as the baseline); EM and
+    # NLL against the true continuation
+    "unlearn.noise_scales": list(PAPER_NOISE_SCALES), "unlearn.noise_masks": ["topk", "random"],
+    "unlearn.noise_reference": "true",
 }
 
 #: named settings a run can start from (``memlens run --preset NAME``)

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from memlens.core.errors import InputError
 from memlens.core.io import read_json, write_text_atomic
 from memlens.run.folder import RunFolder
 from memlens.run.stage import Stage, stages as stage_table
@@ -74,7 +75,6 @@ def _what_was_run(rb: ReportBuilder, parts: list[str], folder: RunFolder, run: d
 
 
 def scan_section(rb: ReportBuilder, parts: list[str], folder: RunFolder, s: dict[str, Any]) -> None:
-    import plotly.graph_objects as go
 
     from memlens.analyses.scan import ScanResult
 
@@ -83,28 +83,18 @@ def scan_section(rb: ReportBuilder, parts: list[str], folder: RunFolder, s: dict
     result = ScanResult.load(folder.file("scan"))
     parts.append(rb.figure(result.plot(), "EM = tokens of the 50-token continuation reproduced exactly by greedy decoding; "
                                           "memorized paragraphs pile up at the right edge."))
-    df = result.to_dataframe()
-    if "copies" in df.columns:
-        import pandas as pd
+    from memlens.analyses.duplication import COUNT_COLUMNS, duplication_profile
 
-        df["copies"] = pd.to_numeric(df["copies"], errors="coerce")  # a user's file may hold anything there
-        df = df.dropna(subset=["copies"])
-    if "copies" in df.columns and len(df):
-        df["copies"] = df["copies"].astype(int) if (df["copies"] % 1 == 0).all() else df["copies"]
-        groups = df.groupby("group", sort=False) if "group" in df.columns else [("paragraphs", df)]
-        fig = go.Figure()
-        for group, g in groups:
-            fig.add_trace(go.Box(x=g["copies"].astype(str), y=g["em"], name=str(group), boxpoints="all", jitter=0.3))
-        order = [str(c) for c in sorted(df["copies"].unique())]
-        fig.update_layout(title="EM vs duplication count", xaxis_title="copies in the training stream (0 = held out)",
-                          yaxis_title="exact match (tokens)", xaxis={"categoryorder": "array", "categoryarray": order})
-        rho = s.get("ground_truth", {}).get("spearman_em_vs_copies")
-        if rho is None:
-            from memlens.core.stats import spearman
-
-            rho = round(spearman(df["copies"].tolist(), df["em"].tolist()), 3)
-        parts.append(rb.figure(fig, f"Each point is a paragraph; a model memorizes what it saw often "
-                                    f"(Spearman EM vs copies {rho})."))
+    if any(c in result.paragraphs.metadata for c in COUNT_COLUMNS):
+        try:
+            dup = duplication_profile(result)
+        except InputError:  # a user's file may hold anything in its count column
+            return
+        d = dup.summary()
+        parts.append(rb.figure(dup.plot(), f"Each point is a paragraph (the paper's Fig. 2 / 8): a model memorizes what "
+                                           f"it saw often (Spearman EM vs {d['count_column']} "
+                                           f"{d['spearman_em_vs_count']}, NLL vs {d['count_column']} "
+                                           f"{d['spearman_nll_vs_count']})."))
 
 
 def gradients_section(rb: ReportBuilder, parts: list[str], folder: RunFolder, s: dict[str, Any]) -> None:
@@ -123,6 +113,29 @@ def gradients_section(rb: ReportBuilder, parts: list[str], folder: RunFolder, s:
         parts.append(rb.figure(gm.plot(title=f"Gradient map, {name.replace('_', '-')} paragraphs"),
                                "Each cell is one component (head matrix or MLP) of one layer; brighter = larger "
                                "max |dNLL/dW|."))
+    if folder.file("gradient_profiles").exists():
+        from memlens.analyses.profiles import EMRangeProfiles
+
+        profiles = EMRangeProfiles.load(folder.file("gradient_profiles"))
+        if profiles.rows:
+            parts.append(table([{k: r[k] for k in ("em_range", "n", "mean_nll", "total", "score_var") if k in r}
+                                for r in profiles.rows]))
+            parts.append(rb.figure(profiles.plot(), "The paper's Fig. 9: where in depth the gradient of paragraphs "
+                                                    "with a given EM sits (share of the total per layer)."))
+            if any("attn_0" in r for r in profiles.rows):
+                parts.append(rb.figure(profiles.plot_components(), "Fig. 9 as the official code draws it: per EM "
+                                       "range, the |gradient| of each layer's attention and MLP weights, and per "
+                                       "component kind the |gradient| sum and the variance of the gradient."))
+    if "similarity" in s and folder.file("gradient_similarity").exists():
+        from memlens.analyses.gradient_similarity import GradientSimilarityResult
+
+        sim = GradientSimilarityResult.load(folder.file("gradient_similarity"))
+        low = s["similarity"]["least_similar"]
+        where = f"; least similar: L{low['layer']} {low['component']}" + (f" H{low['head']}" if low["head"] >= 0 else "") \
+            + f" ({low['cosine']:.2f})" if low else ""
+        parts.append(rb.figure(sim.plot(), "Cosine similarity between the NLL gradients of memorized and non-memorized "
+                                           f"paragraphs per component (mean {s['similarity']['mean']:.2f}{where}): red "
+                                           "= the two sets pull the weights the same way, blue = opposite ways."))
 
 
 def heads_section(rb: ReportBuilder, parts: list[str], folder: RunFolder, s: dict[str, Any]) -> None:
@@ -208,4 +221,15 @@ def unlearn_section(rb: ReportBuilder, parts: list[str], folder: RunFolder, s: d
         fig = MaskTradeoff.load(folder.file("unlearn_tradeoff")).plot()
         parts.append(rb.figure(fig, "Masks at equal forgetting: one point per learning rate; at the same target EM "
                                     "(x), the mask whose curve lies higher spares the retain set better."))
+    if s.get("noise") and folder.file("noise").exists():
+        from memlens.analyses.noise import NoiseResult
+
+        noise = NoiseResult.load(folder.file("noise"))
+        rows = [{"mask": m, "weights": v["weights"], **{k: v2 for k, v2 in v.items() if k != "weights"}}
+                for m, v in s["noise"]["masks"].items()]
+        parts.append(table(rows))
+        parts.append(rb.figure(noise.plot(), "Noise intervention: Gaussian noise (std = scale x each parameter's std) "
+                                             "on one mask's weights; a mask that holds the memorized paragraphs "
+                                             "breaks them (red) at a noise that spares the non-memorized ones (blue). "
+                                             "Error bars: min-max over noise draws."))
 

@@ -30,8 +30,7 @@ def scan_stage(ctx: "RunContext") -> dict[str, Any]:
     from memlens.analyses.scan import scan
 
     cfg = ctx.config.scan
-    result = scan(ctx.model, ctx.paragraphs(), batch_size=cfg.batch_size, non_memorized_max_em=cfg.non_memorized_max_em,
-                  memorized_min_em=cfg.memorized_min_em, out=ctx.folder.file("scan"), progress=ctx.progress)
+    result = scan(ctx.model, ctx.paragraphs(), **cfg.scan_kwargs(), out=ctx.folder.file("scan"), progress=ctx.progress)
     summary: dict[str, Any] = {"scan": result.summary()}
     if ctx.model.dtype != torch.float32:
         summary["greedy_check"] = greedy_check(ctx.model, result)
@@ -84,9 +83,16 @@ def gradients_stage(ctx: "RunContext") -> dict[str, Any]:
                      lambda: profiles_by_em_range(ctx.model, ctx.scan_result(), max_per_bin=cfg.max_per_em_bin,
                                                   progress=ctx.progress, maps=list(maps.values()),
                                                   aggregation=cfg.aggregation, batch_size=cfg.batch_size))
-    return {"memorized_vs_non_memorized": maps["memorized"].compare(maps["non_memorized"]).summary(),
-            "top_memorized": maps["memorized"].top(5).to_dict(orient="records"),
-            "by_em_range": profiles.rows}
+    out = {"memorized_vs_non_memorized": maps["memorized"].compare(maps["non_memorized"]).summary(),
+           "top_memorized": maps["memorized"].top(5).to_dict(orient="records"),
+           "by_em_range": profiles.rows}
+    if cfg.similarity:
+        from memlens.analyses.gradient_similarity import GradientSimilarity, GradientSimilarityResult
+
+        sim = saved(ctx.folder.file("gradient_similarity"), GradientSimilarityResult,
+                    lambda: GradientSimilarity(ctx.model, batch_size=cfg.batch_size).compute(mem, non, progress=ctx.progress))
+        out["similarity"] = sim.summary()
+    return out
 
 
 def perturb_stage(ctx: "RunContext") -> dict[str, Any]:
@@ -206,10 +212,12 @@ def _paper_rare_attention(ctx: "RunContext") -> dict[str, Any]:
 def unlearn_stage(ctx: "RunContext") -> dict[str, Any]:
     """Sparse unlearning and editing, one target per trial (objective x masks, the paper's Fig. 5)
     -> ``unlearn.safetensors``; with ``tradeoff_lrs``, the masks' trade-off curves ->
-    ``unlearn_tradeoff.safetensors``. Editing (to the continuation that follows the target's worst
+    ``unlearn_tradeoff.safetensors``; with ``noise_scales``, the noise intervention on the targets'
+    masks -> ``noise.safetensors``. Editing (to the continuation that follows the target's worst
     prefix perturbation) needs more movement than unlearning: it runs ``edit_steps`` at ``edit_lr``."""
     from memlens.core.data import ParagraphSet
     from memlens.analyses.mask_comparison import MaskComparison, MaskTradeoff, compare_masks, mask_tradeoff
+    from memlens.analyses.noise import NoiseResult
 
     cfg = ctx.config.unlearn
     res = ctx.scan_result()
@@ -256,7 +264,27 @@ def unlearn_stage(ctx: "RunContext") -> dict[str, Any]:
             steps=cfg.steps, checkpoint=ctx.folder.file("unlearn_checkpoint"),
             **{k: v for k, v in common.items() if k != "other_memorized"}))
         summary["tradeoff"] = tradeoff.summary()["table"]
+    if cfg.noise_scales:
+        noise = saved(ctx.folder.file("noise"), NoiseResult,
+                      lambda: _noise_intervention(ctx, targets, pool[: cfg.retain_paragraphs], cfg))
+        summary["noise"] = noise.summary()
     return summary
+
+
+def _noise_intervention(ctx: "RunContext", targets: Any, retain: Any, cfg: Any) -> Any:
+    """Noise on the top-k / selective / random masks of the targets' contrastive gradient."""
+    from memlens.analyses.gradients import GradientMap
+    from memlens.analyses.noise import NoiseIntervention
+    from memlens.analyses.unlearn import SparseFineTuner
+
+    gmap = GradientMap(ctx.model, progress=ctx.progress).compute(targets, contrast=retain, progress=False)
+    tuner = SparseFineTuner(ctx.model, progress=ctx.progress)
+    masks = {kind: tuner.make_mask(kind, cfg.fraction, gmap, seed=ctx.config.seed, random_draw=cfg.random_mask,
+                                   selectivity_floor=cfg.selectivity_floor,
+                                   sensitivity=tuner.retain_sensitivity(retain) if kind == "selective" else None)
+             for kind in cfg.noise_masks}
+    return NoiseIntervention(ctx.model).run(targets, retain, masks, cfg.noise_scales, draws=cfg.noise_draws,
+                                            seed=ctx.config.seed, reference=cfg.noise_reference, progress=ctx.progress)
 
 
 def _view_dict(view) -> dict[str, Any]:
@@ -279,7 +307,7 @@ for _row in (
           files=_files("scan"), title="Scan: which paragraphs are memorized", section=scan_section),
     Stage("gradients", gradients_stage,
           "gradient maps of memorized vs non-memorized paragraphs -> gradients_*.safetensors", config=GradientsConfig,
-          files=_files("gradient_map", "gradient_profiles"), title="Gradient maps: memorized vs non-memorized", section=gradients_section, needs=("scan",)),
+          files=_files("gradient_map", "gradient_profiles", "gradient_similarity"), title="Gradient maps: memorized vs non-memorized", section=gradients_section, needs=("scan",)),
     Stage("perturb", perturb_stage,
           "single-token prefix perturbations -> perturbation_*.safetensors, perturbed_memorized.jsonl",
           config=PerturbConfig, files=_files("perturbation", "perturbed_memorized", "perturb_views"), title="Prefix perturbation", section=perturb_section, needs=("scan",)),
@@ -289,7 +317,7 @@ for _row in (
           needs=("scan",)),
     Stage("unlearn", unlearn_stage,
           "sparse unlearning/editing, all vs top-k vs random weights -> unlearn.safetensors", config=UnlearnConfig,
-          files=_files("unlearn", "unlearn_checkpoint", "unlearn_tradeoff"), title="Sparse unlearning and editing", section=unlearn_section, needs=("scan",)),
+          files=_files("unlearn", "unlearn_checkpoint", "unlearn_tradeoff", "noise"), title="Sparse unlearning and editing", section=unlearn_section, needs=("scan",)),
     Stage("report", report_stage, "the offline HTML report of a run folder -> report.html"),
 ):
     register_stage(_row)

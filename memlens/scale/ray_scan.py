@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from memlens.core.defaults import NON_MEMORIZED_MAX_EM
+from memlens.core.defaults import MIN_K, NON_MEMORIZED_MAX_EM
 from memlens.core.errors import InputError
 from memlens.scale.scan_table import COLUMNS, TABLE_KIND, TABLE_VERSION, ScanTable, split_summary, write_table
 from memlens.scale.stream import table_target
@@ -26,15 +26,15 @@ from memlens.scale.stream import table_target
 
 class ScanWorker:
     """A Ray Data actor: loads the model once, then scores batches of paragraphs (EM, NLL,
-    extraction log-probability) in one teacher-forced pass each."""
+    extraction log-probability, min-K% NLL) in one teacher-forced pass each."""
 
     def __init__(self, model: str, seed: int = 0, cache_dir: str | None = None, device: str | None = None,
                  dtype: str | None = None, prefix_len: int = 50, continuation_len: int = 50, batch_size: int = 16,
                  non_memorized_max_em: int | None = None, memorized_min_em: int | None = None,
-                 threads: int | None = None) -> None:
+                 min_k: float = MIN_K, threads: int | None = None) -> None:
         import torch
 
-        from memlens.analyses.scan import split_thresholds
+        from memlens.analyses.scan import check_min_k, split_thresholds
         from memlens.loading import load_model
 
         if threads:
@@ -42,6 +42,8 @@ class ScanWorker:
         self.model = load_model(model, seed=seed, cache_dir=cache_dir, progress=False, device=device, dtype=dtype)
         self.prefix_len, self.continuation_len, self.batch_size = prefix_len, continuation_len, batch_size
         self.non_max, self.mem_min = split_thresholds(continuation_len, non_memorized_max_em, memorized_min_em)
+        check_min_k(min_k)
+        self.min_k = min_k
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
@@ -60,10 +62,11 @@ class ScanWorker:
             raise InputError(f"paragraph {short[0]!r} has fewer than {need} tokens; drop short paragraphs first")
         paras = ParagraphSet.from_tokens(tokens, self.prefix_len, self.continuation_len, ids=ids)
         paras.validate(self.model.vocab_size, self.model.n_ctx)
-        scored = score_batch(self.model, paras, self.batch_size, self.non_max, self.mem_min)
+        scored = score_batch(self.model, paras, self.batch_size, self.non_max, self.mem_min, self.min_k)
         return {"index": np.full(len(ids), -1, dtype=np.int64), "id": np.array(scored.ids, dtype=object),
                 "em": scored.em.numpy().astype(np.int32), "nll": scored.nll.double().numpy(),
-                "extraction_logprob": scored.extraction_logprob.numpy(), "split": np.array(scored.split, dtype=object),
+                "extraction_logprob": scored.extraction_logprob.numpy(), "min_k_nll": scored.min_k_nll.double().numpy(),
+                "split": np.array(scored.split, dtype=object),
                 "sha": np.array(scored.sha, dtype=object)}
 
 
@@ -86,6 +89,7 @@ def scan_with_ray(
     rows_per_call: int = 64,
     non_memorized_max_em: int = NON_MEMORIZED_MAX_EM,
     memorized_min_em: int | None = None,
+    min_k: float = MIN_K,
 ) -> ScanTable:
     """Scan a JSONL or Parquet paragraph file with Ray Data into the table ``out``.
 
@@ -104,6 +108,7 @@ def scan_with_ray(
         prefix_len, continuation_len: the split of each paragraph (tokens).
         batch_size: paragraphs per forward pass; ``rows_per_call``: rows per actor call.
         non_memorized_max_em, memorized_min_em: the split thresholds.
+        min_k: the share of continuation tokens in the ``min_k_nll`` column.
 
     Returns:
         The :class:`~memlens.scale.stream.ScanTable` written.
@@ -116,7 +121,7 @@ def scan_with_ray(
     except ImportError:
         raise InputError("--engine ray needs Ray Data: pip install 'memlens[ray]'") from None
     from memlens.core.results import versions
-    from memlens.analyses.scan import split_thresholds
+    from memlens.analyses.scan import check_min_k, split_thresholds
 
     source, target = Path(source), Path(out)
     if not source.is_file():
@@ -127,6 +132,7 @@ def scan_with_ray(
     if workers < 1:
         raise InputError(f"workers must be >= 1, got {workers}")
     non_max, mem_min = split_thresholds(continuation_len, non_memorized_max_em, memorized_min_em)
+    check_min_k(min_k)
     blocks, checkpoint = target.with_name(target.name + ".ray"), target.with_name(target.name + ".ray-checkpoint")
     started_here = not ray.is_initialized()
     if started_here:
@@ -144,7 +150,7 @@ def scan_with_ray(
         ds = read(str(source.resolve()))
         kwargs = dict(model=model, seed=seed, cache_dir=cache_dir, device=device or ("cuda" if num_gpus else None),
                       dtype=dtype, prefix_len=prefix_len, continuation_len=continuation_len, batch_size=batch_size,
-                      non_memorized_max_em=non_max, memorized_min_em=mem_min, threads=None if num_gpus else 1)
+                      non_memorized_max_em=non_max, memorized_min_em=mem_min, min_k=min_k, threads=None if num_gpus else 1)
         ds = ds.map_batches(ScanWorker, fn_constructor_kwargs=kwargs, compute=ActorPoolStrategy(size=workers),
                             batch_size=rows_per_call, batch_format="numpy",
                             **({"num_gpus": num_gpus} if num_gpus else {"num_cpus": 1}))
@@ -158,7 +164,7 @@ def scan_with_ray(
     n, splits = split_summary((r["split"], r["em"], r["nll"]) for r in rows)
     header = {"memlens": TABLE_KIND, "version": TABLE_VERSION, "model": model, "source": str(source.resolve()),
               "prefix_len": prefix_len, "continuation_len": continuation_len, "chunk_size": None,
-              "shard": [0, 1], "non_memorized_max_em": non_max, "memorized_min_em": mem_min, "engine": "ray",
+              "shard": [0, 1], "non_memorized_max_em": non_max, "memorized_min_em": mem_min, "min_k": min_k, "engine": "ray",
               "workers": workers, "versions": versions(), "seconds": round(seconds, 2),
               "paragraphs_per_second": round(n / seconds, 2) if seconds > 0 else None, "n": n,
               "skipped_short": 0, "splits": splits}

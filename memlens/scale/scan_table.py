@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 TABLE_KIND = "ScanTable"
 TABLE_VERSION = 1
 TABLE_SUFFIXES = (".parquet", ".jsonl")
-COLUMNS = ("index", "id", "em", "nll", "extraction_logprob", "split", "sha")
+COLUMNS = ("index", "id", "em", "nll", "extraction_logprob", "min_k_nll", "split", "sha")
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,8 @@ def write_table(target: Path, header: dict[str, Any], batches: Iterator[list[dic
 
             pq = pyarrow_parquet()
             schema = pa.schema([("index", pa.int64()), ("id", pa.string()), ("em", pa.int32()), ("nll", pa.float64()),
-                                ("extraction_logprob", pa.float64()), ("split", pa.string()), ("sha", pa.string())],
+                                ("extraction_logprob", pa.float64()), ("min_k_nll", pa.float64()), ("split", pa.string()),
+                                ("sha", pa.string())],
                                metadata={"memlens": json.dumps(header)})
             with pq.ParquetWriter(str(tmp), schema) as writer:
                 for rows in batches:

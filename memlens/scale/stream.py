@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from tqdm.auto import tqdm
 
+from memlens.core.defaults import MIN_K
 from memlens.core.data import DEFAULT_CONTINUATION_LEN, DEFAULT_PREFIX_LEN, ParagraphSet
 from memlens.core.errors import InputError
 from memlens.core.io import check_output_file, parse_json, write_text_atomic
@@ -166,6 +167,7 @@ def scan_to_table(
     skip_short: bool = False,
     non_memorized_max_em: int | None = None,
     memorized_min_em: int | None = None,
+    min_k: float = MIN_K,
     progress: bool = True,
 ) -> ScanTable:
     """Scan a JSONL or Parquet paragraph file of any size into a table (``out`` ending in
@@ -182,6 +184,7 @@ def scan_to_table(
         shard: this process's part (``Shard``, ``"k/N"``, ``"auto"``); default: the whole input.
         skip_short: leave out (and count) paragraphs shorter than the split instead of failing.
         non_memorized_max_em, memorized_min_em: the split thresholds (paper: 10, and all).
+        min_k: the share of continuation tokens in the ``min_k_nll`` column.
         progress: show a progress bar.
 
     Returns:
@@ -189,7 +192,7 @@ def scan_to_table(
         log-probability in nats).
     """
     from memlens.core.results import versions
-    from memlens.analyses.scan import score_batch, split_thresholds
+    from memlens.analyses.scan import check_min_k, score_batch, split_thresholds
 
     source = Path(source)
     shard = Shard.parse(shard) if isinstance(shard, str) else (shard or Shard())
@@ -197,9 +200,11 @@ def scan_to_table(
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     non_max, mem_min = split_thresholds(continuation_len, non_memorized_max_em, memorized_min_em)
+    check_min_k(min_k)
     header = {"memlens": TABLE_KIND, "version": TABLE_VERSION, "model": model.name, "source": str(source.resolve()),
               "prefix_len": prefix_len, "continuation_len": continuation_len, "chunk_size": chunk_size,
-              "shard": [shard.rank, shard.world], "non_memorized_max_em": non_max, "memorized_min_em": mem_min}
+              "shard": [shard.rank, shard.world], "non_memorized_max_em": non_max, "memorized_min_em": mem_min,
+              "min_k": min_k}
     parts = target.with_name(target.name + ".parts")
     _open_parts(parts, header)
     t0, n_new = time.perf_counter(), 0
@@ -217,7 +222,7 @@ def scan_to_table(
         if chunk.paragraphs is not None:
             paras = chunk.paragraphs
             paras.validate(model.vocab_size, model.n_ctx)
-            for index, row in zip(chunk.indices, score_batch(model, paras, batch_size, non_max, mem_min).rows()):
+            for index, row in zip(chunk.indices, score_batch(model, paras, batch_size, non_max, mem_min, min_k).rows()):
                 lines.append(json.dumps({"index": index} | row))
             n_new += len(paras)
         write_text_atomic(part, "\n".join(lines) + "\n")

@@ -67,13 +67,16 @@ def test_gradient_settings_reach_the_maps_and_the_profiles(fake_run, monkeypatch
     real = gradients.GradientMap.compute
 
     def spy(self, paragraphs, *args, **kwargs):
-        seen.append((kwargs.get("aggregation"), kwargs.get("batch_size") or self.batch_size))
+        similarity = "aggregation" not in kwargs  # the similarity's maps: signed gradients, no component scores
+        seen.append((kwargs.get("aggregation"), kwargs.get("batch_size") or self.batch_size, similarity))
         return real(self, paragraphs, *args, **kwargs)
 
     monkeypatch.setattr(gradients.GradientMap, "compute", spy)
     ctx = fake_run(**{"gradients.aggregation": "l1", "gradients.batch_size": 3, "gradients.max_per_em_bin": 2})
     gradients_stage(ctx)
-    assert seen and all(s == ("l1", 3) for s in seen), seen  # the profiles' maps too (they were computed with max)
+    maps = [s for s in seen if not s[2]]
+    assert maps and all(s[:2] == ("l1", 3) for s in maps), seen  # the profiles' maps too (they were computed with max)
+    assert [s[1:] for s in seen if s[2]] == [(3, True), (3, True)]  # the similarity's two sets, at the batch size
     profiles = ml.EMRangeProfiles.load(ctx.folder.file("gradient_profiles"))
     assert profiles.provenance.config["aggregation"] == "l1"
     assert ml.GradientMapResult.load(ctx.folder.file("gradient_map", "memorized")).aggregation == "l1"
