@@ -27,7 +27,7 @@ from memlens.organism import InjectionResult, OrganismInfo, inject
 from memlens import viz  # noqa: F401
 
 from memlens.analyses.activation_gradients import ActivationGradientResult, activation_gradients
-from memlens.analyses.attention_views import activation_gradient_view, head_views
+from memlens.analyses.attention_views import activation_gradient_view, head_attention_views, head_views
 from memlens.analyses.frequency import UnigramCounts
 from memlens.analyses.duplication import DuplicationResult, duplication_profile
 from memlens.analyses.gradient_similarity import GradientSimilarity, GradientSimilarityResult
@@ -127,6 +127,7 @@ __all__ = [
     "exact_patching",
     "greedy_decode",
     "head_ablation_em_drop",
+    "head_attention_views",
     "head_views",
     "inject",
     "load_model",

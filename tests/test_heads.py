@@ -156,3 +156,38 @@ def test_head_ablation_equals_a_hand_ablated_forward(neo, tmp_path):
         HeadAblation(neo).run(mem, mode="half")  # type: ignore[arg-type]
     with pytest.raises(InputError):
         HeadAblation(neo).run(mem, heads=[(0, neo.n_heads)])
+
+
+def test_head_attention_views_over_many_paragraphs(neo, sets):
+    """Fig. 6 bottom / Fig. 12: one view per paragraph whose values are the head's attention from
+    the first continuation token, as a hand-captured pattern gives it."""
+    from memlens.analyses.attention_views import head_attention_views
+
+    clean, _, other = sets
+    views = head_attention_views(neo, clean, 1, 2, max_paragraphs=3, batch_size=2)
+    assert len(views) == 3 and all(v.component == "ColoredTokens" for v in views)
+    P = clean.prefix_len
+    _, acts, _ = neo.capture(clean.tokens[:3, : P + 1], ["blocks.1.attn.hook_pattern"])
+    for i, v in enumerate(views):
+        expected = acts["blocks.1.attn.hook_pattern"][i, 2, P, :P].tolist()
+        assert v.props["values"] == pytest.approx(expected, abs=1e-6)
+        assert len(v.props["tokens"]) == P and clean.ids[i] in v.title
+    with pytest.raises(InputError):
+        head_attention_views(neo, clean, neo.n_layers, 0)
+    with pytest.raises(InputError, match="max_paragraphs"):
+        head_attention_views(neo, clean, 0, 0, max_paragraphs=0)
+
+
+def test_localizer_patches_only_the_perturbed_positions_when_asked(neo, sets):
+    from memlens.analyses.patching import exact_patching, make_patch_pairs
+
+    clean, pert, _ = sets
+    report = HeadLocalizer(neo).localize(clean, perturbed=pert, evidence=["patching"], patch_kinds=["z"],
+                                         patch_positions="perturbed", progress=False)
+    pairs = make_patch_pairs(clean, pert)
+    expected = sum(exact_patching(neo, p, kinds=("z",), positions="perturbed").noising[:, 0] for p in pairs) / len(pairs)
+    torch.testing.assert_close(report.columns["patching"], expected.float(), atol=1e-5, rtol=1e-4)
+    assert report.provenance.config["patch_positions"] == "perturbed"
+    with pytest.raises(InputError, match="patch_positions"):
+        HeadLocalizer(neo).localize(clean, perturbed=pert, evidence=["patching"], patch_positions="first",
+                                    progress=False)

@@ -19,7 +19,7 @@ def _pair(model, P: int = 10, seed: int = 0) -> PatchPair:
 
 
 @torch.no_grad()
-def _manual_noising(model, pair: PatchPair, layer: int, head: int, position: int | None) -> float:
+def _manual_noising(model, pair: PatchPair, layer: int, head: int, position: int | list[int] | None) -> float:
     """Patch head ``head``'s slice of the out-projection input (= its z) in the plain HF twin,
     without any TransformerLens hook, and return NLL(patched) - NLL(clean)."""
     plain = model.plain_model()
@@ -64,6 +64,42 @@ def test_exact_patching_equals_manual_recomputation(neo):
     # patching before the perturbed position changes nothing: activations there are identical
     assert per_pos.noising[0, 0, :, :3].abs().max() < 1e-5
     assert res.noising.abs().max() > 1e-3
+
+
+def test_patching_only_some_positions_equals_manual_recomputation(neo):
+    """Appendix A.3: a head patched only at the perturbed position, or at a range of positions at
+    once (the code's 40-49), equals a hand-patched forward; per position, unlisted cells are NaN."""
+    pair = _pair(neo)
+    at = exact_patching(neo, pair, kinds=("z",), positions="perturbed")
+    span = exact_patching(neo, pair, kinds=("z",), positions=[3, 5, 7])
+    cells = exact_patching(neo, pair, kinds=("z",), per_position=True, positions=[3, 6])
+    for layer, head in [(0, 1), (1, 2), (1, 3)]:
+        assert at.noising[layer, 0, head] == pytest.approx(_manual_noising(neo, pair, layer, head, 3), abs=1e-4)
+        assert span.noising[layer, 0, head] == pytest.approx(_manual_noising(neo, pair, layer, head, [3, 5, 7]), abs=1e-4)
+        assert cells.noising[layer, 0, head, 6] == pytest.approx(_manual_noising(neo, pair, layer, head, 6), abs=1e-4)
+    assert torch.isnan(cells.noising[:, :, :, [0, 1, 2, 4, 5, 7, 8, 9]]).all()
+    assert at.provenance.config["positions"] == [3]
+    with pytest.raises(InputError, match="0..9"):
+        exact_patching(neo, pair, kinds=("z",), positions=[10])
+    with pytest.raises(InputError, match="perturbed"):
+        exact_patching(neo, pair, kinds=("z",), positions="first")
+
+
+def test_a_patching_metric_given_as_a_callable(neo):
+    """TransformerLens's patching_metric convention: logits -> one number per run."""
+    pair = _pair(neo, seed=2)
+
+    def target_logit(logits):
+        return logits[:, -1, pair.target]
+
+    res = exact_patching(neo, pair, kinds=("z",), metric=target_logit)
+    with torch.no_grad():
+        clean = float(neo(pair.clean[None])[0, -1, pair.target])
+    assert res.clean_nll == pytest.approx(clean, abs=1e-4) and res.provenance.config["metric"] == "target_logit"
+    default = exact_patching(neo, pair, kinds=("z",))
+    assert not torch.allclose(res.noising, default.noising)
+    with pytest.raises(InputError, match="one number per run"):
+        exact_patching(neo, pair, kinds=("z",), metric=lambda logits: logits.sum())
 
 
 def test_patching_directions_and_shapes(neo):

@@ -55,6 +55,44 @@ def head_views(
     return views
 
 
+def head_attention_views(
+    model: "HookedModel", paragraphs: ParagraphSet, layer: int, head: int, max_paragraphs: int = 8,
+    unigram: "UnigramCounts | None" = None, batch_size: int = 16,
+) -> list[CircuitsView]:
+    """The paper's Fig. 6 bottom / Fig. 12: one head's attention from the first continuation token
+    onto the prefix, one view per paragraph (the first ``max_paragraphs``), each prefix shaded on
+    the same 0..1 scale; with ``unigram``, each caption names the prefix's rarest token and the
+    attention it gets. One forward pass per ``batch_size`` paragraphs, only the layer's pattern kept."""
+    from memlens.core.components import check_head
+
+    check_head(layer, head, model.n_layers, model.n_heads)
+    if max_paragraphs < 1:
+        raise InputError(f"max_paragraphs must be >= 1, got {max_paragraphs}")
+    chosen = paragraphs[: max_paragraphs]
+    if len(chosen) == 0:
+        raise InputError("no paragraphs to view")
+    P = chosen.prefix_len
+    name = f"blocks.{layer}.attn.hook_pattern"
+    rows = []
+    with torch.no_grad():
+        for batch in chosen.tokens[:, : P + 1].split(batch_size):
+            _, acts, _ = model.capture(batch.to(model.device), [name])
+            rows.append(acts[name][:, head, P, :P].float().cpu())
+    attention = torch.cat(rows)
+    views = []
+    for i, pid in enumerate(chosen.ids):
+        strs = model.to_str_tokens(chosen.tokens[i, :P])
+        note = ""
+        if unigram is not None:
+            rarest = int(torch.argmin(unigram.log_frequency(chosen.tokens[i, :P]).float()))
+            note = f" Rarest prefix token: {strs[rarest]!r} at {rarest}, attention {float(attention[i, rarest]):.2f}."
+        views.append(colored_tokens_view(
+            strs, attention[i], min_value=0.0, max_value=1.0,
+            title=f"L{layer}H{head} on paragraph {pid}: attention from the first continuation token",
+            caption=f"Darker = more attention (0..1, the same scale for every paragraph).{note}"))
+    return views
+
+
 def activation_gradient_view(
     model: "HookedModel", result: "ActivationGradientResult", paragraph: int, layer: int, head: int, kind: str = "v",
 ) -> CircuitsView:

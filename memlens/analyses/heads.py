@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from memlens.core.data import ParagraphSet
 from memlens.core.components import check_head
-from memlens.core.defaults import N_SAMPLES
+from memlens.core.defaults import N_SAMPLES, PATCH_POSITIONS, one_of
 from memlens.core.errors import HookError, InputError
 from memlens.core.results import Provenance, Result
 from memlens.analyses.patching import PATCH_KINDS, attribution_patching, exact_patching, make_patch_pairs
@@ -225,6 +225,7 @@ class HeadLocalizer:
         self.model = model
         self.batch_size = batch_size or 8
         self.progress = progress
+        self._positions: str | None = None
 
     def localize(
         self,
@@ -239,6 +240,7 @@ class HeadLocalizer:
         causal_share: float = 0.5,
         progress: bool | None = None,
         exact_top: int = 0,
+        patch_positions: str = "all",
     ) -> HeadReport:
         """Compute every kind of ``evidence`` on (at most ``max_paragraphs`` of) ``memorized``.
 
@@ -260,6 +262,8 @@ class HeadLocalizer:
             exact_top: screen every head with attribution patching and patch exactly only the
                 ``exact_top`` it ranks highest (for models with hundreds of heads); 0 (default):
                 patch every head exactly (``None`` is read as 0).
+            patch_positions: ``all`` (a head's activation at every position, memlens's default)
+                or ``perturbed`` (only at the perturbed prefix position(s), the paper's Appendix A.3).
 
         Returns:
             A :class:`HeadReport`: one ``[layer, head]`` column per evidence kind and detail, the
@@ -281,6 +285,9 @@ class HeadLocalizer:
         if methods:
             pairs = self._pairs(mem, perturbed, notes, progress)
             n_pairs = len(pairs)
+            if patch_positions not in PATCH_POSITIONS:
+                raise InputError(f"patch_positions must be {one_of(PATCH_POSITIONS)}, got {patch_positions!r}")
+            self._positions = None if patch_positions == "all" else patch_positions
             cols, agreement = self._patching(pairs, methods, self._usable_kinds(patch_kinds, notes), progress,
                                              exact_top, notes)
             columns.update(cols)
@@ -299,6 +306,7 @@ class HeadLocalizer:
             weights=combined_weights(combined, causal_share),
             provenance=Provenance.capture(model, evidence=evidence, combine=list(combine), max_paragraphs=max_paragraphs,
                                           patch_kinds=list(patch_kinds), causal_share=causal_share,
+                                          patch_positions=patch_positions,
                                           exact_top=exact_top))
 
     def _check_localize(self, memorized: ParagraphSet, non_memorized: ParagraphSet | None, evidence: Sequence[str],
@@ -420,9 +428,10 @@ class HeadLocalizer:
         for pair in tqdm(pairs, desc=f"{'exact' if method == 'patching' else 'attribution'} patching",
                          disable=not progress):
             if method == "patching":
-                res = exact_patching(self.model, pair, kinds=kinds, heads=heads, batch_size=self.batch_size)
+                res = exact_patching(self.model, pair, kinds=kinds, heads=heads, batch_size=self.batch_size,
+                                     positions=self._positions)
             else:
-                res = attribution_patching(self.model, pair, kinds=kinds)
+                res = attribution_patching(self.model, pair, kinds=kinds, positions=self._positions)
             for direction in ("noising", "denoising"):
                 for ki, k in enumerate(kinds):
                     key = f"{method}_{k}_{direction}"

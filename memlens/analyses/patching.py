@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -180,10 +180,37 @@ def _target_nll(logits: Float[Tensor, "batch pos vocab"], target: int) -> Float[
     return -torch.log_softmax(logits[:, -1].float(), dim=-1)[:, target]
 
 
+#: a patching metric (TransformerLens's ``patching_metric`` convention): logits ``[batch, pos,
+#: vocab]`` of the patched runs -> one number per run ``[batch]``
+PatchingMetric = Callable[[Tensor], Tensor]
+
+
+def paper_metric(pair: PatchPair) -> PatchingMetric:
+    """The paper's metric (Appendix A.3): the NLL (nats) of the clean token at the first changed
+    continuation position, predicted from the last position of the cut pair."""
+    return lambda logits: _target_nll(logits, pair.target)
+
+
+def pair_positions(pair: PatchPair, positions: Sequence[int] | str | None) -> list[int] | None:
+    """Positions of a pair to patch: ``None`` = every position; ``"perturbed"`` = where the clean
+    and corrupt tokens differ (the perturbed prefix token(s)); or the given positions, checked."""
+    if positions is None:
+        return None
+    if isinstance(positions, str):
+        if positions != "perturbed":
+            raise InputError(f"positions must be 'perturbed', a list of positions or None, got {positions!r}")
+        return (pair.clean != pair.corrupt).nonzero().flatten().tolist()
+    out = sorted({int(p) for p in positions})
+    if not out or out[0] < 0 or out[-1] >= pair.length:
+        raise InputError(f"patch positions must lie in 0..{pair.length - 1} (the pair's length), got {list(positions)!r}")
+    return out
+
+
 @torch.no_grad()
 def exact_patching(
     model: "HookedModel", pair: PatchPair, kinds: Sequence[str] = PATCH_KINDS, per_position: bool = False,
     batch_size: int = 64, heads: Sequence[tuple[int, int]] | None = None,
+    positions: Sequence[int] | str | None = None, metric: PatchingMetric | None = None,
 ) -> PatchingResult:
     """Exact activation patching of every head (and, with ``per_position``, every position).
 
@@ -195,34 +222,47 @@ def exact_patching(
         batch_size: patched forward passes per batch.
         heads: only these ``(layer, head)`` query heads (e.g. the top candidates of an
             attribution screen); the others' effects are NaN.
+        positions: patch only these positions: ``"perturbed"`` (where the pair differs, the
+            paper's Appendix A.3), a list (e.g. ``range(40, 50)``, the code's full-prefix range),
+            or None (every position). With ``per_position`` each listed position is its own cell
+            (the others NaN); without, a head is patched at all of them at once.
+        metric: logits ``[batch, pos, vocab]`` -> ``[batch]`` (TransformerLens's
+            ``patching_metric``); default :func:`paper_metric` (NLL of the first changed token).
 
     Returns:
-        A :class:`PatchingResult` (``method="exact"``); effects in nats. One forward pass per
+        A :class:`PatchingResult` (``method="exact"``); effects in the metric's units (nats). One forward pass per
         cell; a grouped-query key/value head is patched once and its effect shown for each query
         head of its group.
     """
     _check_kinds(kinds)
+    chosen = pair_positions(pair, positions)
+    if chosen is not None and not chosen:
+        raise InputError(f"pair {pair.id!r}: the clean and corrupt tokens do not differ; no perturbed position to patch")
+    measure = metric or paper_metric(pair)
     names = [_hook_name(L, k) for L in range(model.n_layers) for k in kinds]
     clean, corrupt = pair.clean[None].to(model.device), pair.corrupt[None].to(model.device)
     clean_logits, clean_acts, _ = model.capture(clean, names)
     corrupt_logits, corrupt_acts, _ = model.capture(corrupt, names)
-    base = {"clean": float(_target_nll(clean_logits, pair.target)), "corrupt": float(_target_nll(corrupt_logits, pair.target))}
+    base = {"clean": _metric_value(measure, clean_logits, 1)[0], "corrupt": _metric_value(measure, corrupt_logits, 1)[0]}
     T = pair.length
     # one cell per head of each activation: under grouped-query attention k and v have fewer
     # (shared) heads, patched once each and then shown for every query head that reads them
     width = {ki: clean_acts[_hook_name(0, k)].shape[2] for ki, k in enumerate(kinds)}
     wanted = None if heads is None else {(int(L), int(h)) for L, h in heads}
-    positions = list(range(T)) if per_position else [None]
+    grid_positions: list[Any] = list(range(T)) if per_position else [None if chosen is None else tuple(chosen)]
+    allowed = None if chosen is None or not per_position else set(chosen)
 
-    def cell(L: int, ki: int, h: int, p: int | None) -> tuple:
+    def cell(L: int, ki: int, h: int, p: Any) -> tuple:
         return (L, ki, h // (model.n_heads // width[ki]), p)
 
+    def patched(c: tuple) -> bool:
+        return (wanted is None or (c[0], c[2]) in wanted) and (allowed is None or c[3] in allowed)
+
     every = [(L, ki, h, p) for L in range(model.n_layers) for ki in range(len(kinds)) for h in range(model.n_heads)
-             for p in positions]
-    cells = list(dict.fromkeys(cell(*c) for c in every if wanted is None or (c[0], c[2]) in wanted))
+             for p in grid_positions]
+    cells = list(dict.fromkeys(cell(*c) for c in every if patched(c)))
     index = {c: i for i, c in enumerate(cells)}
-    full = [index.get(cell(*c), len(cells)) if wanted is None or (c[0], c[2]) in wanted else len(cells)
-            for c in every]
+    full = [index[cell(*c)] if patched(c) else len(cells) for c in every]
     out: dict[str, Any] = {}
     for direction, run, source in (("noising", clean, corrupt_acts), ("denoising", corrupt, clean_acts)):
         nll = torch.full((len(cells) + 1,), float("nan"))  # the last entry: heads not patched
@@ -230,7 +270,7 @@ def exact_patching(
             batch = cells[s : s + batch_size]
             with model.hooks(fwd_hooks=_patch_hooks(batch, kinds, source)):
                 logits = model(run.expand(len(batch), -1))
-            nll[s : s + len(batch)] = _target_nll(logits, pair.target).cpu()
+            nll[s : s + len(batch)] = torch.tensor(_metric_value(measure, logits, len(batch)))
         shape = (model.n_layers, len(kinds), model.n_heads) + ((T,) if per_position else ())
         nll = nll[torch.tensor(full)].reshape(shape)
         out[direction] = nll - base["clean"] if direction == "noising" else base["corrupt"] - nll
@@ -238,14 +278,27 @@ def exact_patching(
                           clean_nll=base["clean"], corrupt_nll=base["corrupt"], per_position=per_position,
                           provenance=Provenance.capture(model, method="exact", kinds=list(kinds),
                                                         per_position=per_position,
-                                                        heads=None if heads is None else sorted(wanted)), **out)
+                                                        heads=None if heads is None else sorted(wanted),
+                                                        positions=chosen, metric="paper" if metric is None else
+                                                        getattr(metric, "__name__", "custom")), **out)
+
+
+def _metric_value(metric: PatchingMetric, logits: Tensor, n: int) -> list[float]:
+    """``metric(logits)`` as ``n`` floats; a metric of another shape gets an error that says so."""
+    value = metric(logits)
+    value = torch.as_tensor(value).float().detach().cpu().reshape(-1)
+    if value.numel() != n:
+        raise InputError(f"the patching metric must return one number per run (shape [{n}]), got "
+                         f"{value.numel()} numbers; reduce over positions, not over the batch")
+    return value.tolist()
 
 
 def _patch_hooks(cells: list[tuple], kinds: Sequence[str], source: dict[str, Tensor]) -> list[tuple[str, Any]]:
     """One forward hook per hook point touched by ``cells``; row ``r`` of the batch gets cell ``r``'s
     head (and position) replaced by the source activation. A cell's head indexes the activation's
-    own head axis (key/value heads for grouped-query k and v)."""
-    by_name: dict[str, list[tuple[int, int, int | None]]] = {}
+    own head axis (key/value heads for grouped-query k and v); its position is None (every
+    position), one position, or a tuple of positions patched together."""
+    by_name: dict[str, list[tuple[int, int, Any]]] = {}
     for r, (L, ki, h, p) in enumerate(cells):
         by_name.setdefault(_hook_name(L, kinds[ki]), []).append((r, h, p))
     hooks = []
@@ -253,13 +306,17 @@ def _patch_hooks(cells: list[tuple], kinds: Sequence[str], source: dict[str, Ten
         src = source[name][0]
         r_idx = torch.tensor([r for r, _, _ in rows])
         h_idx = torch.tensor([h for _, h, _ in rows])
-        per_pos = rows[0][2] is not None
-        p_idx = torch.tensor([p for _, _, p in rows]) if per_pos else None
+        first = rows[0][2]
+        p_idx = torch.tensor([p for _, _, p in rows]) if isinstance(first, int) else None
+        p_set = torch.tensor(first) if isinstance(first, tuple) else None
 
         def hook(act: Tensor, hook: Any, r_idx: Tensor = r_idx, h_idx: Tensor = h_idx, p_idx: Tensor | None = p_idx,
-                 src: Tensor = src) -> Tensor:
+                 p_set: Tensor | None = p_set, src: Tensor = src) -> Tensor:
             act = act.clone()
-            if p_idx is None:
+            if p_set is not None:
+                for r, h in zip(r_idx.tolist(), h_idx.tolist()):
+                    act[r, p_set, h] = src[p_set, h].to(act.dtype)
+            elif p_idx is None:
                 act[r_idx, :, h_idx] = src[:, h_idx].transpose(0, 1).to(act.dtype)
             else:
                 act[r_idx, p_idx, h_idx] = src[p_idx, h_idx].to(act.dtype)
@@ -271,6 +328,7 @@ def _patch_hooks(cells: list[tuple], kinds: Sequence[str], source: dict[str, Ten
 
 def attribution_patching(
     model: "HookedModel", pair: PatchPair, kinds: Sequence[str] = PATCH_KINDS, per_position: bool = False,
+    positions: Sequence[int] | str | None = None,
 ) -> PatchingResult:
     """Attribution patching: the first-order estimate of :func:`exact_patching` from two
     forward+backward passes. noising ~ grad_clean . (a_corrupt - a_clean); denoising ~
@@ -282,11 +340,20 @@ def attribution_patching(
         pair: a clean/corrupt pair from :func:`make_patch_pairs`.
         kinds: activations to estimate, per head.
         per_position: one estimate per (head, position).
+        positions: estimate patching only these positions (as for :func:`exact_patching`): the
+            sum runs over them; per position, the others are NaN.
 
     Returns:
         A :class:`PatchingResult` (``method="attribution"``), shaped as :func:`exact_patching`'s.
     """
     _check_kinds(kinds)
+    chosen = pair_positions(pair, positions)
+    if chosen is not None and not chosen:
+        raise InputError(f"pair {pair.id!r}: the clean and corrupt tokens do not differ; no perturbed position to patch")
+    keep = None
+    if chosen is not None:
+        keep = torch.zeros(pair.length, dtype=torch.bool)
+        keep[chosen] = True
     names = [_hook_name(L, k) for L in range(model.n_layers) for k in kinds]
     runs = {}
     for which, toks in (("clean", pair.clean), ("corrupt", pair.corrupt)):
@@ -299,6 +366,8 @@ def attribution_patching(
             for k in kinds:
                 n = _hook_name(L, k)
                 prod = per_query_head((grads[n][0] * (runs[other][1][n][0] - acts[n][0])).sum(-1), model.n_heads, 1)  # [pos, head]
+                if keep is not None:
+                    prod = prod.float().masked_fill(~keep[:, None].to(prod.device), float("nan") if per_position else 0.0)
                 per.append(prod.T if per_position else prod.sum(0))
         shape = (model.n_layers, len(kinds), model.n_heads) + ((pair.length,) if per_position else ())
         out[direction] = sign * torch.stack(per).reshape(shape).float().cpu()
@@ -306,4 +375,4 @@ def attribution_patching(
                           clean_nll=float(runs["clean"][0]), corrupt_nll=float(runs["corrupt"][0]),
                           per_position=per_position,
                           provenance=Provenance.capture(model, method="attribution", kinds=list(kinds),
-                                                        per_position=per_position), **out)
+                                                        per_position=per_position, positions=chosen), **out)

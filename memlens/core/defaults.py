@@ -100,6 +100,11 @@ PAPER_NOISE_SCALES: tuple[float, ...] = (0.0, 0.0015, 0.003, 0.0045, 0.006, 0.00
 #: weights breaks a memorized paragraph on the organisms (docs/editing-figures.md)
 NOISE_SCALES: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 
+PatchPositions = Literal["all", "perturbed"]
+#: where a head is patched: at every position (memlens's default) or only at the perturbed prefix
+#: position(s) (the paper's Appendix A.3).
+PATCH_POSITIONS: tuple[PatchPositions, ...] = get_args(PatchPositions)
+
 PatchKind = Literal["z", "q", "k", "v"]
 #: the per-head activations activation patching swaps.
 PATCH_KINDS: tuple[PatchKind, ...] = get_args(PatchKind)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from memlens.core.defaults import AGGREGATIONS, FRACTION, KL_DIRECTIONS, KL_REDUCTIONS, MASK_KINDS, N_SAMPLES, \
-    MIN_K, NOISE_REFERENCES, NOISE_SCALES, NON_MEMORIZED_MAX_EM, PATCH_KINDS, RANDOM_MASK_DRAWS, RANK_REDUCES, RANK_TIES, \
+    MIN_K, NOISE_REFERENCES, PATCH_POSITIONS, NOISE_SCALES, NON_MEMORIZED_MAX_EM, PATCH_KINDS, RANDOM_MASK_DRAWS, RANK_REDUCES, RANK_TIES, \
     RARE_SETUPS, RETAIN_DESIGNS, \
     STRATEGIES, WEIGHTS_FORMS, WORST_TIES, one_of
 from memlens.core.errors import InputError
@@ -218,6 +218,10 @@ class HeadsConfig(StageConfig):
         rare_paragraphs: paragraphs of the ``paper`` setup (the paper's 1,000).
         rare_ranks: ``ordinal`` or ``dense`` (the paper's) rarity ranks of the ``paper`` setup.
         rare_reduce: ``mean`` or ``sum`` (the paper's) of attention per rank over paragraphs.
+        patch_positions: ``all`` positions of a head are patched, or only the ``perturbed`` one(s)
+            (the paper's Appendix A.3).
+        view_paragraphs: memorized paragraphs in the top head's attention views (the paper's
+            Fig. 6 bottom / Fig. 12); 0: none.
         batch_size: paragraphs per pass (runtime).
     """
 
@@ -231,11 +235,16 @@ class HeadsConfig(StageConfig):
     rare_paragraphs: int = 1000
     rare_ranks: str = "ordinal"
     rare_reduce: str = "mean"
+    view_paragraphs: int = 8
+    patch_positions: str = "all"
     batch_size: int = _runtime(8)
 
     def validate(self) -> None:
         self._positive_int("max_paragraphs", "batch_size", "rare_paragraphs")
-        for name, options in (("rare_setup", RARE_SETUPS), ("rare_ranks", RANK_TIES), ("rare_reduce", RANK_REDUCES)):
+        self._require("view_paragraphs", isinstance(self.view_paragraphs, int) and not isinstance(self.view_paragraphs, bool)
+                      and self.view_paragraphs >= 0, "must be an integer >= 0")
+        for name, options in (("rare_setup", RARE_SETUPS), ("rare_ranks", RANK_TIES), ("rare_reduce", RANK_REDUCES),
+                              ("patch_positions", PATCH_POSITIONS)):
             self._require(name, getattr(self, name) in options, f"must be {one_of(options)}")
         self._require("exact_top", isinstance(self.exact_top, int) and self.exact_top >= 0, "must be an integer >= 0")
         self._require("causal_share", isinstance(self.causal_share, (int, float)) and 0 <= self.causal_share < 1,

@@ -27,6 +27,8 @@ PAPER_SETTINGS: dict[str, Any] = {
     # counts over both, dense ranks with ties, attention summed over paragraphs
     "heads.rare_setup": "paper", "heads.rare_paragraphs": 1000, "heads.rare_ranks": "dense",
     "heads.rare_reduce": "sum",
+    # Appendix A.3: a head is patched at the perturbed position; NLL of the first changed token
+    "heads.patch_positions": "perturbed",
     # Section 5.3 / fine-tuning.ipynb: 20 trials of 1 memorized + a fresh batch of 10 non-memorized
     # paragraphs; Adam lr 1e-5, coupled weight decay 1.0, 5 steps (the text says 10); 0.1 x NLL +
     # KLDivLoss(batchmean)(log p_theta, p_theta0); top 0.1% / Bernoulli random 0.1% / all weights

@@ -154,7 +154,7 @@ def heads_stage(ctx: "RunContext") -> dict[str, Any]:
         report = HeadLocalizer(ctx.model, batch_size=cfg.batch_size).localize(
             mem, non, perturbed=perturbed, unigram=unigram, max_paragraphs=cfg.max_paragraphs,
             patch_kinds=cfg.patch_kinds, causal_share=cfg.causal_share, progress=ctx.progress,
-            exact_top=cfg.exact_top)
+            exact_top=cfg.exact_top, patch_positions=cfg.patch_positions)
         if cfg.ablation:
             patched = ~report.columns["patching"].isnan() if "patching" in report.columns else None
             heads = None if patched is None or bool(patched.all()) else [tuple(x) for x in patched.nonzero().tolist()]
@@ -166,9 +166,14 @@ def heads_stage(ctx: "RunContext") -> dict[str, Any]:
     top = report.top(1).iloc[0]
     L, H = int(top["layer"]), int(top["head"])
     if not views_path.exists():
+        from memlens.analyses.attention_views import head_attention_views
+
         views = []
         for i in range(min(2, len(mem))):
             views += report.attention_view(ctx.model, mem, L, H, paragraph=i, unigram=unigram)
+        if cfg.view_paragraphs:
+            views += head_attention_views(ctx.model, mem, L, H, max_paragraphs=cfg.view_paragraphs, unigram=unigram,
+                                          batch_size=cfg.batch_size)
         write_json_atomic(views_path, [_view_dict(v) for v in views])
     drop = report.columns.get("ablation_em_drop")
     out = report.summary()
