@@ -14,7 +14,7 @@ from memlens.run.pipeline import STAGES, run_pipeline
 FILES = ["run.json", "scan.safetensors", "gradients_memorized.safetensors", "gradients_non_memorized.safetensors",
          "gradient_profiles_by_em.safetensors", "perturbation_memorized.safetensors", "perturbed_memorized.jsonl",
          "perturb_views.json", "heads.safetensors", "head_views.json", "unlearn.safetensors", "report.html",
-         "summary.json"]
+         "summary.json", "gradient_similarity.safetensors", "noise.safetensors"]
 
 
 def test_every_stage_writes_its_files(tiny_run):
@@ -46,14 +46,23 @@ def test_summary_reproduces_the_findings(tiny_run):
     sel = rows[("unlearn", "selective")]
     assert sel["mask_size"] == rows[("unlearn", "topk")]["mask_size"]
     assert sel["retain_top1_changed"] <= rows[("unlearn", "topk")]["retain_top1_changed"]
+    # noise on the top-k weights erases the memorized targets more than the same noise on random weights
+    noise = s["unlearn"]["noise"]["masks"]
+    assert noise["topk"]["memorized_em_at_min"] == noise["random"]["memorized_em_at_min"] == 50
+    assert noise["topk"]["memorized_em_at_max"] + 10 < noise["random"]["memorized_em_at_max"]
+    # memorized paragraphs' gradients point elsewhere than non-memorized ones': cosines well below 1
+    assert s["gradients"]["similarity"]["mean"] < 0.9
+    assert {"W_in_sum", "attn_0", "mlp_0", "score_var"} <= set(s["gradients"]["by_em_range"][0])
 
 
 def test_report_is_self_contained(tiny_run):
     html = (tiny_run / "report.html").read_text()
     assert html.count('data-memlens="plotly"') == 1 and html.count('data-memlens="circuitsvis"') == 1
     assert "https://" not in html.split("</head>", 1)[1].replace("https://plotly.com", "")
-    for title in ("What was run", "Scan", "Gradient maps", "Heads", "Prefix perturbation", "Sparse unlearning"):
-        assert title in html
+    for title in ("What was run", "Scan", "Gradient maps", "Heads", "Prefix perturbation", "Sparse unlearning",
+                  "Memorization against duplication", "Cosine similarity", "Noise intervention",
+                  "attention from the first continuation token", "Fig. 9 as the official code draws it"):
+        assert title in html, title
     assert html.count('class="guide"') >= html.count('class="figure plotly-figure"')
 
 
