@@ -36,6 +36,7 @@ from memlens.analyses.head_ablation import HeadAblation, HeadAblationResult, hea
 from memlens.analyses.heads import HeadLocalizer, HeadReport
 from memlens.analyses.mask_comparison import MaskComparison, MaskTradeoff, compare_masks, mask_tradeoff
 from memlens.analyses.noise import NoiseIntervention, NoiseResult
+from memlens.analyses.pair_gradients import PairGradientResult, pair_activation_gradients
 from memlens.analyses.patching import PatchingResult, PatchPair, attribution_patching, exact_patching, make_patch_pairs
 from memlens.analyses.perturb import PerturbationComparison, PerturbationResult, PrefixPerturber
 from memlens.analyses.profiles import EMRangeProfiles, profiles_by_em_range
@@ -95,6 +96,7 @@ __all__ = [
     "NoiseIntervention",
     "NoiseResult",
     "OrganismInfo",
+    "PairGradientResult",
     "Paragraph",
     "ParagraphSet",
     "PatchPair",
@@ -135,6 +137,7 @@ __all__ = [
     "make_patch_pairs",
     "mask_tradeoff",
     "merge_scan_tables",
+    "pair_activation_gradients",
     "paper_filters",
     "paper_rare_token_setup",
     "paragraph_min_k_nll",

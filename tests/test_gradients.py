@@ -258,3 +258,51 @@ def test_activation_gradients_of_the_first_continuation_token(neo, paras):
     assert res.values[:, :, :, :, 20:].abs().sum() == 0 and res.values[:, :, :, :, :20].sum() > 0
     with pytest.raises(InputError, match="loss_tokens"):
         activation_gradients(neo, paras[:1], loss_tokens=0, progress=False)
+
+
+def test_mlp_activation_gradients_beside_the_heads(neo, paras):
+    """Fig. 10's MLP columns: |dNLL/d mlp.hook_post| max over d_mlp per token, as a hand capture."""
+    from memlens.analyses.activation_gradients import activation_gradients
+
+    res = activation_gradients(neo, paras[:2], mlp_kinds=("pre", "post"), progress=False)
+    assert res.mlp_values.shape == (2, neo.n_layers, 2, paras.tokens.shape[1] - 1)
+    P = paras.prefix_len
+
+    def loss_fn(logits):
+        import torch.nn.functional as F
+        return F.cross_entropy(logits[:, P - 1 :].transpose(1, 2).float(), paras.tokens[:2, P:], reduction="none").mean(-1).sum()
+
+    _, _, grads = neo.capture(paras.tokens[:2, :-1], ["blocks.1.mlp.hook_post"], loss_fn=loss_fn)
+    torch.testing.assert_close(res.mlp_values[:, 1, 1], grads["blocks.1.mlp.hook_post"].abs().amax(-1).float(), rtol=1e-4, atol=1e-7)
+    assert res.mlp_scores("post").shape == (neo.n_layers,)
+    assert set(res.to_dataframe()["kind"]) >= {"mlp_pre", "mlp_post"} and "mlp_post" in res.summary()
+    with pytest.raises(InputError, match="MLP activation"):
+        activation_gradients(neo, paras[:1], mlp_kinds=("mid",), progress=False)
+
+
+def test_pair_activation_gradients_equal_a_hand_backward(neo):
+    """Fig. 10: each run's own token NLL at the first changed position, read at the perturbed
+    prefix token and at the last position, averaged over pairs."""
+    from memlens import ParagraphSet, greedy_decode, make_patch_pairs, pair_activation_gradients
+    from memlens.testing import random_tokens
+
+    prefixes = random_tokens(3, 10, neo.vocab_size, seed=71)
+    clean = ParagraphSet.from_tokens(torch.cat([prefixes, greedy_decode(neo, prefixes, 8)], 1), prefix_len=10)
+    pert = prefixes.clone()
+    pert[:, 4] = (pert[:, 4] + 11) % neo.vocab_size
+    cont = greedy_decode(neo, prefixes, 8)
+    cont[:, 3:] = (cont[:, 3:] + 5) % neo.vocab_size  # the perturbed paragraph's continuation changes at index 3
+    perturbed = ParagraphSet.from_tokens(torch.cat([pert, cont], 1), prefix_len=10)
+    pairs = make_patch_pairs(clean, perturbed)
+    assert [p.continuation_index for p in pairs] == [3, 3, 3] and pairs[0].corrupt_target == int(cont[0, 3])
+    res = pair_activation_gradients(neo, pairs, kinds=("v", "z"), mlp_kinds=("post",), progress=False)
+    expected = torch.zeros(neo.n_heads)
+    for pair in pairs:
+        def loss(logits, t=pair.corrupt_target):
+            return -torch.log_softmax(logits[0, -1].float(), -1)[t]
+        _, _, g = neo.capture(pair.corrupt[None], ["blocks.0.attn.hook_v"], loss_fn=loss)
+        expected += g["blocks.0.attn.hook_v"][0, 4].abs().amax(-1).float() / len(pairs)
+    torch.testing.assert_close(res.grid("perturbed", "perturbed_token", "v")[0], expected, rtol=1e-4, atol=1e-8)
+    assert res.heads.shape == (2, 2, neo.n_layers, 2, neo.n_heads) and res.mlp.shape == (2, 2, neo.n_layers, 1)
+    assert float(res.heads[0, 0].abs().sum()) > 0 and len(res.plot("z").data) == 4
+    assert {"clean@perturbed_token", "perturbed@changed_token"} <= set(res.summary())

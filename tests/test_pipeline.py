@@ -14,7 +14,7 @@ from memlens.run.pipeline import STAGES, run_pipeline
 FILES = ["run.json", "scan.safetensors", "gradients_memorized.safetensors", "gradients_non_memorized.safetensors",
          "gradient_profiles_by_em.safetensors", "perturbation_memorized.safetensors", "perturbed_memorized.jsonl",
          "perturb_views.json", "heads.safetensors", "head_views.json", "unlearn.safetensors", "report.html",
-         "summary.json", "gradient_similarity.safetensors", "noise.safetensors"]
+         "summary.json", "gradient_similarity.safetensors", "noise.safetensors", "pair_gradients.safetensors"]
 
 
 def test_every_stage_writes_its_files(tiny_run):
@@ -61,7 +61,8 @@ def test_report_is_self_contained(tiny_run):
     assert "https://" not in html.split("</head>", 1)[1].replace("https://plotly.com", "")
     for title in ("What was run", "Scan", "Gradient maps", "Heads", "Prefix perturbation", "Sparse unlearning",
                   "Memorization against duplication", "Cosine similarity", "Noise intervention",
-                  "attention from the first continuation token", "Fig. 9 as the official code draws it"):
+                  "attention from the first continuation token", "Fig. 9 as the official code draws it",
+                  "Fig. 10 over"):
         assert title in html, title
     assert html.count('class="guide"') >= html.count('class="figure plotly-figure"')
 

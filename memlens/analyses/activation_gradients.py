@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from memlens.core.model import HookedModel
 
 ACTIVATION_KINDS = ("q", "k", "v", "z")
+#: MLP activations: the input of the nonlinearity (``pre``) and its output (``post``), per layer
+MLP_ACTIVATION_KINDS = ("pre", "post")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +35,8 @@ class ActivationGradientResult(Result):
         values: ``[paragraph, layer, kind, head, position]`` for kinds ``q, k, v, z``; positions
             are those of the model input (prefix + continuation minus the last token).
         tokens: the paragraphs' tokens ``[paragraph, length]``; ids: their ids.
+        mlp_values: ``[paragraph, layer, mlp_kind, position]``: the same for the MLP's
+            ``hook_pre`` / ``hook_post`` (max over d_mlp), when asked for; mlp_kinds: their kinds.
     """
 
     values: Float[Tensor, "paragraph layer kind head pos"] = field(repr=False)
@@ -40,16 +44,27 @@ class ActivationGradientResult(Result):
     tokens: Int[Tensor, "paragraph length"] = field(repr=False)
     ids: list[str]
     prefix_len: int
+    mlp_values: Float[Tensor, "paragraph layer mlp_kind pos"] | None = field(default=None, repr=False)
+    mlp_kinds: tuple[str, ...] = ()
     provenance: Provenance = field(default_factory=Provenance)
 
     def summary(self) -> dict[str, Any]:
-        """Per kind, the head with the largest mean activation gradient."""
+        """Per kind, the head (or MLP layer) with the largest mean activation gradient."""
         out: dict[str, Any] = {}
         for kind in self.kinds:
             s = self.head_scores(kind)
             layer, head = divmod(int(s.argmax()), s.shape[1])
             out[kind] = {"layer": layer, "head": head, "score": float(s.max())}
+        for kind in self.mlp_kinds:
+            s = self.mlp_scores(kind)
+            out[f"mlp_{kind}"] = {"layer": int(s.argmax()), "score": float(s.max())}
         return out
+
+    def mlp_scores(self, kind: str = "post") -> Float[Tensor, " layer"]:
+        """One score per layer's MLP: the per-token values averaged over paragraphs and positions."""
+        if self.mlp_values is None or kind not in self.mlp_kinds:
+            raise InputError(f"MLP activation {kind!r} was not computed; pass mlp_kinds=({kind!r},)")
+        return self.mlp_values[:, :, self.mlp_kinds.index(kind)].mean(dim=(0, 2))
 
     def head_scores(self, kind: str = "v", reduce: str = "mean") -> Float[Tensor, "layer head"]:
         """One score per head: the per-token values averaged (or maxed) over paragraphs and positions."""
@@ -70,6 +85,12 @@ class ActivationGradientResult(Result):
             for L in range(v.shape[1]):
                 for h in range(v.shape[2]):
                     rows.append({"layer": L, "head": h, "kind": kind, "mean": float(mean[L, h]), "max": float(mx[L, h])})
+        for k, kind in enumerate(self.mlp_kinds):
+            assert self.mlp_values is not None
+            v = self.mlp_values[:, :, k]
+            for L in range(v.shape[1]):
+                rows.append({"layer": L, "head": -1, "kind": f"mlp_{kind}", "mean": float(v[:, L].mean()),
+                             "max": float(v[:, L].max())})
         return pd.DataFrame(rows)
 
     def plot(self, kind: str = "v") -> "go.Figure":
@@ -91,6 +112,7 @@ class ActivationGradientResult(Result):
 def activation_gradients(
     model: "HookedModel", paragraphs: ParagraphSet, kinds: Sequence[str] = ACTIVATION_KINDS,
     batch_size: int = 8, progress: bool = True, loss_tokens: int | None = None,
+    mlp_kinds: Sequence[str] = (),
 ) -> ActivationGradientResult:
     """Gradients of each paragraph's continuation NLL w.r.t. per-head activations (q, k, v, z),
     max-pooled over d_head. One backward pass per batch: the loss is the sum of per-paragraph
@@ -104,6 +126,8 @@ def activation_gradients(
         progress: show a progress bar.
         loss_tokens: the loss is the NLL of the first ``loss_tokens`` continuation tokens only
             (the paper's Fig. 6 top panel: 1, the code's ``I_range=[49, 50]``); None: all of them.
+        mlp_kinds: also the MLP activations ``pre`` / ``post`` (max over d_mlp; the code's
+            Fig. 10 columns beside q, k, v, z).
 
     Returns:
         An :class:`ActivationGradientResult` (nats per unit activation, per token).
@@ -114,12 +138,16 @@ def activation_gradients(
     for k in kinds:
         if k not in ACTIVATION_KINDS:
             raise InputError(f"unknown activation kind {k!r}; choose from {ACTIVATION_KINDS}")
+    for k in mlp_kinds:
+        if k not in MLP_ACTIVATION_KINDS:
+            raise InputError(f"unknown MLP activation {k!r}; choose from {MLP_ACTIVATION_KINDS}")
     if len(paragraphs) == 0:
         raise InputError("activation_gradients got an empty ParagraphSet")
     paragraphs.validate(model.vocab_size, model.n_ctx)
     names = [f"blocks.{L}.attn.hook_{k}" for L in range(model.n_layers) for k in kinds]
+    mlp_names = [f"blocks.{L}.mlp.hook_{k}" for L in range(model.n_layers) for k in mlp_kinds]
     P = paragraphs.prefix_len
-    out = []
+    out, mlp_out = [], []
     for s in tqdm(range(0, len(paragraphs), batch_size), desc="activation gradients", disable=not progress, leave=False):
         chunk = paragraphs.tokens[s : s + batch_size].to(model.device)
 
@@ -127,16 +155,21 @@ def activation_gradients(
             end = chunk.shape[1] if loss_tokens is None else P + loss_tokens
             return _summed_continuation_nll(logits[:, P - 1 : end - 1], chunk[:, P:end])
 
-        _, _, grads = model.capture(chunk[:, :-1], names, loss_fn=loss_fn)
+        _, _, grads = model.capture(chunk[:, :-1], names + mlp_names, loss_fn=loss_fn)
         per = torch.stack([
             torch.stack([per_query_head(grads[f"blocks.{L}.attn.hook_{k}"].abs().amax(dim=-1), model.n_heads, 2).transpose(1, 2)
                          for k in kinds], dim=1)
             for L in range(model.n_layers)
         ], dim=1)  # [batch, layer, kind, head, pos]
         out.append(per.cpu())
+        if mlp_kinds:
+            mlp_out.append(torch.stack([torch.stack([grads[f"blocks.{L}.mlp.hook_{k}"].abs().amax(dim=-1) for k in mlp_kinds],
+                                                    dim=1) for L in range(model.n_layers)], dim=1).float().cpu())
     return ActivationGradientResult(values=torch.cat(out), kinds=tuple(kinds), tokens=paragraphs.tokens,
                                     ids=list(paragraphs.ids), prefix_len=P,
-                                    provenance=Provenance.capture(model, kinds=list(kinds), loss_tokens=loss_tokens))
+                                    mlp_values=torch.cat(mlp_out) if mlp_kinds else None, mlp_kinds=tuple(mlp_kinds),
+                                    provenance=Provenance.capture(model, kinds=list(kinds), loss_tokens=loss_tokens,
+                                                                  mlp_kinds=list(mlp_kinds)))
 
 
 def per_query_head(x: Tensor, n_heads: int, dim: int) -> Tensor:

@@ -46,6 +46,7 @@ class PatchPair:
         clean, corrupt: ``[length]`` token ids, equal except at perturbed prefix positions.
         target: the clean token whose NLL is the metric; predicted from position ``length - 1``.
         id: the clean paragraph's id; continuation_index: where in the continuation it sits.
+        corrupt_target: the perturbed paragraph's own token there (-1 when not known).
     """
 
     id: str
@@ -53,6 +54,7 @@ class PatchPair:
     corrupt: Int[Tensor, " length"]
     target: int
     continuation_index: int
+    corrupt_target: int = -1
 
     @property
     def length(self) -> int:
@@ -156,7 +158,7 @@ def make_patch_pairs(paragraphs: ParagraphSet, perturbed: ParagraphSet) -> list[
             unchanged.append(perturbed.ids[k])
             continue
         j = int(diff[0])
-        pairs.append(PatchPair(str(oid), x[: P + j].clone(), y[: P + j].clone(), int(x[P + j]), j))
+        pairs.append(PatchPair(str(oid), x[: P + j].clone(), y[: P + j].clone(), int(x[P + j]), j, int(y[P + j])))
     if unchanged:
         warnings.warn(f"{len(unchanged)} perturbed paragraph(s) keep the original continuation and are not "
                       f"patched: {unchanged[:5]}", stacklevel=2)

@@ -220,6 +220,8 @@ class HeadsConfig(StageConfig):
         rare_reduce: ``mean`` or ``sum`` (the paper's) of attention per rank over paragraphs.
         patch_positions: ``all`` positions of a head are patched, or only the ``perturbed`` one(s)
             (the paper's Appendix A.3).
+        pair_gradients: also the activation gradients of each memorized paragraph and its
+            perturbed version at the perturbed and the first changed token (the paper's Fig. 10).
         view_paragraphs: memorized paragraphs in the top head's attention views (the paper's
             Fig. 6 bottom / Fig. 12); 0: none.
         batch_size: paragraphs per pass (runtime).
@@ -237,6 +239,7 @@ class HeadsConfig(StageConfig):
     rare_reduce: str = "mean"
     view_paragraphs: int = 8
     patch_positions: str = "all"
+    pair_gradients: bool = True
     batch_size: int = _runtime(8)
 
     def validate(self) -> None:

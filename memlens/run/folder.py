@@ -31,6 +31,7 @@ FILES: dict[str, str] = {
     "unlearn_tradeoff": "unlearn_tradeoff.safetensors",
     "gradient_similarity": "gradient_similarity.safetensors",
     "noise": "noise.safetensors",
+    "pair_gradients": "pair_gradients.safetensors",
 }
 
 

@@ -175,6 +175,14 @@ def heads_section(rb: ReportBuilder, parts: list[str], folder: RunFolder, s: dic
         rare = RareAttentionResult.load(folder.file("rare_attention"))
         parts.append(rb.figure(rare.plot(r["layer"], r["head"]), "The paper's Fig. 7 curve: attention summed over "
                                                                   "paragraphs per dense rarity rank."))
+    if "pair_gradients" in s and folder.file("pair_gradients").exists():
+        from memlens.analyses.pair_gradients import PairGradientResult
+
+        pg = PairGradientResult.load(folder.file("pair_gradients"))
+        parts.append(rb.figure(pg.plot("v"), f"The paper's Fig. 10 over {len(pg.pair_ids)} memorized paragraphs and their "
+                                             "perturbed versions: |dNLL/dv| of each head at the perturbed prefix token "
+                                             "and at the position predicting the first changed token, for each run's "
+                                             "own token (each panel scaled to [0, 1])."))
     parts.extend(_views(folder, "head_views", "heads"))
 
 

@@ -187,7 +187,35 @@ def heads_stage(ctx: "RunContext") -> dict[str, Any]:
         out["rare_token_head"] = {"layer": rl, "head": rh, "kendall_tau": round(float(tau[rl, rh]), 3), "ranks": report.where(rl, rh)}
     if cfg.rare_setup == "paper":
         out["rare_attention_paper"] = _paper_rare_attention(ctx)
+    if cfg.pair_gradients and ctx.folder.file("perturbed_memorized").exists():
+        pairs = _pairs_or_none(mem, ParagraphSet.load(ctx.folder.file("perturbed_memorized")))
+        if pairs:
+            from memlens.analyses.pair_gradients import PairGradientResult, pair_activation_gradients
+
+            pg = saved(ctx.folder.file("pair_gradients"), PairGradientResult,
+                       lambda: pair_activation_gradients(ctx.model, pairs, progress=ctx.progress))
+            out["pair_gradients"] = pg.summary()
     return out
+
+
+def _pairs_or_none(mem: "ParagraphSet", perturbed: "ParagraphSet") -> list | None:
+    """The patch pairs of the memorized paragraphs whose perturbed version is in ``perturbed``
+    and changes the continuation; None when there is none."""
+    import warnings
+
+    from memlens.analyses.patching import make_patch_pairs
+    from memlens.core.errors import InputError
+
+    wanted = {str(o) for o in perturbed.metadata.get("original", [])} & set(mem.ids)
+    keep = [i for i, o in enumerate(perturbed.metadata.get("original", [])) if str(o) in wanted]
+    if not keep:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unchanged continuations are left out, as in patching
+        try:
+            return make_patch_pairs(mem, perturbed[keep])
+        except InputError:
+            return None
 
 
 def _paper_rare_attention(ctx: "RunContext") -> dict[str, Any]:
@@ -318,7 +346,7 @@ for _row in (
           config=PerturbConfig, files=_files("perturbation", "perturbed_memorized", "perturb_views"), title="Prefix perturbation", section=perturb_section, needs=("scan",)),
     Stage("heads", heads_stage,
           "HeadLocalizer: per-head evidence and combined rank -> heads.safetensors, head_views.json",
-          config=HeadsConfig, files=_files("heads", "head_views", "rare_attention"), title="Heads: the memorization head and its evidence", section=heads_section,
+          config=HeadsConfig, files=_files("heads", "head_views", "rare_attention", "pair_gradients"), title="Heads: the memorization head and its evidence", section=heads_section,
           needs=("scan",)),
     Stage("unlearn", unlearn_stage,
           "sparse unlearning/editing, all vs top-k vs random weights -> unlearn.safetensors", config=UnlearnConfig,
