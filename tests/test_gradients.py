@@ -258,6 +258,13 @@ def test_activation_gradients_of_the_first_continuation_token(neo, paras):
     assert res.values[:, :, :, :, 20:].abs().sum() == 0 and res.values[:, :, :, :, :20].sum() > 0
     with pytest.raises(InputError, match="loss_tokens"):
         activation_gradients(neo, paras[:1], loss_tokens=0, progress=False)
+    first = activation_gradients(neo, paras[:2], loss_position=0, progress=False)
+    torch.testing.assert_close(first.values, res.values)  # one token at index 0 = the first token
+    third = activation_gradients(neo, paras[:2], loss_position=2, progress=False)
+    P = paras.prefix_len
+    assert third.values[..., P + 2 :].abs().sum() == 0 and third.values[..., P + 1].sum() > 0  # predicted from P+1
+    with pytest.raises(InputError, match="not both"):
+        activation_gradients(neo, paras[:1], loss_tokens=1, loss_position=0, progress=False)
 
 
 def test_mlp_activation_gradients_beside_the_heads(neo, paras):

@@ -112,7 +112,7 @@ class ActivationGradientResult(Result):
 def activation_gradients(
     model: "HookedModel", paragraphs: ParagraphSet, kinds: Sequence[str] = ACTIVATION_KINDS,
     batch_size: int = 8, progress: bool = True, loss_tokens: int | None = None,
-    mlp_kinds: Sequence[str] = (),
+    mlp_kinds: Sequence[str] = (), loss_position: int | None = None,
 ) -> ActivationGradientResult:
     """Gradients of each paragraph's continuation NLL w.r.t. per-head activations (q, k, v, z),
     max-pooled over d_head. One backward pass per batch: the loss is the sum of per-paragraph
@@ -126,12 +126,18 @@ def activation_gradients(
         progress: show a progress bar.
         loss_tokens: the loss is the NLL of the first ``loss_tokens`` continuation tokens only
             (the paper's Fig. 6 top panel: 1, the code's ``I_range=[49, 50]``); None: all of them.
+        loss_position: the loss is the NLL of this one continuation token (0 = the first; the
+            paper's Fig. 6 top is ``loss_position=0``, the same as ``loss_tokens=1``).
         mlp_kinds: also the MLP activations ``pre`` / ``post`` (max over d_mlp; the code's
             Fig. 10 columns beside q, k, v, z).
 
     Returns:
         An :class:`ActivationGradientResult` (nats per unit activation, per token).
     """
+    if loss_tokens is not None and loss_position is not None:
+        raise InputError("give loss_tokens= (the first k continuation tokens) or loss_position= (one token), not both")
+    if loss_position is not None and not 0 <= loss_position < paragraphs.continuation_len:
+        raise InputError(f"loss_position must be between 0 and {paragraphs.continuation_len - 1}, got {loss_position}")
     if loss_tokens is not None and not 1 <= loss_tokens <= paragraphs.continuation_len:
         raise InputError(f"loss_tokens must be between 1 and the continuation length {paragraphs.continuation_len}, "
                          f"got {loss_tokens}")
@@ -152,8 +158,11 @@ def activation_gradients(
         chunk = paragraphs.tokens[s : s + batch_size].to(model.device)
 
         def loss_fn(logits: Tensor, chunk: Tensor = chunk) -> Tensor:
+            start = P if loss_position is None else P + loss_position
             end = chunk.shape[1] if loss_tokens is None else P + loss_tokens
-            return _summed_continuation_nll(logits[:, P - 1 : end - 1], chunk[:, P:end])
+            if loss_position is not None:
+                end = start + 1
+            return _summed_continuation_nll(logits[:, start - 1 : end - 1], chunk[:, start:end])
 
         _, _, grads = model.capture(chunk[:, :-1], names + mlp_names, loss_fn=loss_fn)
         per = torch.stack([
@@ -169,6 +178,7 @@ def activation_gradients(
                                     ids=list(paragraphs.ids), prefix_len=P,
                                     mlp_values=torch.cat(mlp_out) if mlp_kinds else None, mlp_kinds=tuple(mlp_kinds),
                                     provenance=Provenance.capture(model, kinds=list(kinds), loss_tokens=loss_tokens,
+                                                                  loss_position=loss_position,
                                                                   mlp_kinds=list(mlp_kinds)))
 
 
