@@ -19,7 +19,9 @@ if TYPE_CHECKING:
     import pandas as pd
     import plotly.graph_objects as go
 
-    from memlens.analyses.scan import ScanResult
+# a memlens.ScanResult (scan.py calls this module; reading its paragraphs, em, nll and splits
+# needs no import of it)
+ScanLike = Any
 
 #: the metadata columns read as a duplication count, in order of preference
 COUNT_COLUMNS = ("count", "copies")
@@ -73,7 +75,7 @@ class DuplicationResult(Result):
         return plot_duplication(self.to_dataframe(), self.count_column)
 
 
-def duplication_profile(result: "ScanResult", count_column: str | None = None) -> DuplicationResult:
+def duplication_profile(result: ScanLike, count_column: str | None = None) -> DuplicationResult:
     """EM and NLL of a scan's paragraphs beside their duplication count.
 
     Args:
