@@ -178,7 +178,7 @@ def test_min_k_column_equals_a_hand_computation(neo, planted_set, tmp_path):
     of each continuation, from the same pass; the share is a setting and is checked."""
     import torch.nn.functional as F
 
-    from memlens.analyses.scan import check_min_k
+    from memlens.core.metrics import check_min_k
 
     ps, _ = planted_set
     res = scan(neo, ps, min_k=0.3, progress=False)

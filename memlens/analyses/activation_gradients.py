@@ -141,17 +141,10 @@ def activation_gradients(
     if loss_tokens is not None and not 1 <= loss_tokens <= paragraphs.continuation_len:
         raise InputError(f"loss_tokens must be between 1 and the continuation length {paragraphs.continuation_len}, "
                          f"got {loss_tokens}")
-    for k in kinds:
-        if k not in ACTIVATION_KINDS:
-            raise InputError(f"unknown activation kind {k!r}; choose from {ACTIVATION_KINDS}")
-    for k in mlp_kinds:
-        if k not in MLP_ACTIVATION_KINDS:
-            raise InputError(f"unknown MLP activation {k!r}; choose from {MLP_ACTIVATION_KINDS}")
+    names, mlp_names = activation_hook_names(model, kinds, mlp_kinds)
     if len(paragraphs) == 0:
         raise InputError("activation_gradients got an empty ParagraphSet")
     paragraphs.validate(model.vocab_size, model.n_ctx)
-    names = [f"blocks.{L}.attn.hook_{k}" for L in range(model.n_layers) for k in kinds]
-    mlp_names = [f"blocks.{L}.mlp.hook_{k}" for L in range(model.n_layers) for k in mlp_kinds]
     P = paragraphs.prefix_len
     out, mlp_out = [], []
     for s in tqdm(range(0, len(paragraphs), batch_size), desc="activation gradients", disable=not progress, leave=False):
@@ -180,6 +173,19 @@ def activation_gradients(
                                     provenance=Provenance.capture(model, kinds=list(kinds), loss_tokens=loss_tokens,
                                                                   loss_position=loss_position,
                                                                   mlp_kinds=list(mlp_kinds)))
+
+
+def activation_hook_names(model: "HookedModel", kinds: Sequence[str], mlp_kinds: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The hook names of per-head activations ``kinds`` and MLP activations ``mlp_kinds`` in every
+    layer; an unknown kind gets an :class:`InputError` listing the choices."""
+    for k in kinds:
+        if k not in ACTIVATION_KINDS:
+            raise InputError(f"unknown activation kind {k!r}; choose from {ACTIVATION_KINDS}")
+    for k in mlp_kinds:
+        if k not in MLP_ACTIVATION_KINDS:
+            raise InputError(f"unknown MLP activation {k!r}; choose from {MLP_ACTIVATION_KINDS}")
+    return ([f"blocks.{L}.attn.hook_{k}" for L in range(model.n_layers) for k in kinds],
+            [f"blocks.{L}.mlp.hook_{k}" for L in range(model.n_layers) for k in mlp_kinds])
 
 
 def per_query_head(x: Tensor, n_heads: int, dim: int) -> Tensor:

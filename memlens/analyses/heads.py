@@ -225,7 +225,6 @@ class HeadLocalizer:
         self.model = model
         self.batch_size = batch_size or 8
         self.progress = progress
-        self._positions: str | None = None
 
     def localize(
         self,
@@ -287,9 +286,8 @@ class HeadLocalizer:
             n_pairs = len(pairs)
             if patch_positions not in PATCH_POSITIONS:
                 raise InputError(f"patch_positions must be {one_of(PATCH_POSITIONS)}, got {patch_positions!r}")
-            self._positions = None if patch_positions == "all" else patch_positions
             cols, agreement = self._patching(pairs, methods, self._usable_kinds(patch_kinds, notes), progress,
-                                             exact_top, notes)
+                                             exact_top, notes, None if patch_positions == "all" else patch_positions)
             columns.update(cols)
         if "rare_attention" in evidence:
             rare = self._rare(mem, unigram, notes, progress)
@@ -387,7 +385,8 @@ class HeadLocalizer:
         return pairs
 
     def _patching(self, pairs: list, wanted: list[str], kinds: list[str], progress: bool,
-                  exact_top: int = 0, notes: list[str] | None = None) -> tuple[dict[str, Tensor], dict[str, float]]:
+                  exact_top: int = 0, notes: list[str] | None = None,
+                  positions: str | None = None) -> tuple[dict[str, Tensor], dict[str, float]]:
         """Mean patching effects over pairs, per method, activation and direction. With
         ``exact_top``, attribution patching (two passes per pair) screens every head first and
         exact patching runs only on the ``exact_top`` heads it ranks highest (others: NaN)."""
@@ -407,7 +406,7 @@ class HeadLocalizer:
                 if notes is not None:
                     notes.append(f"exact patching on the {exact_top} heads that attribution patching ranks highest "
                                  f"(of {len(screen_col)}); the others' patching columns are NaN and rank last")
-            cols |= self._mean_effects(pairs, method, kinds, progress, heads)
+            cols |= self._mean_effects(pairs, method, kinds, progress, heads, positions)
         for method in wanted:
             cols[method] = cols[f"{method}_{out_kind}_noising"]
         if "attribution" not in wanted:
@@ -422,16 +421,16 @@ class HeadLocalizer:
         return cols, agreement
 
     def _mean_effects(self, pairs: list, method: str, kinds: list[str], progress: bool,
-                      heads: list[tuple[int, int]] | None) -> dict[str, Tensor]:
+                      heads: list[tuple[int, int]] | None, positions: str | None) -> dict[str, Tensor]:
         L, H = self.model.n_layers, self.model.n_heads
         sums: dict[str, Tensor] = {}
         for pair in tqdm(pairs, desc=f"{'exact' if method == 'patching' else 'attribution'} patching",
                          disable=not progress):
             if method == "patching":
                 res = exact_patching(self.model, pair, kinds=kinds, heads=heads, batch_size=self.batch_size,
-                                     positions=self._positions)
+                                     positions=positions)
             else:
-                res = attribution_patching(self.model, pair, kinds=kinds, positions=self._positions)
+                res = attribution_patching(self.model, pair, kinds=kinds, positions=positions)
             for direction in ("noising", "denoising"):
                 for ki, k in enumerate(kinds):
                     key = f"{method}_{k}_{direction}"

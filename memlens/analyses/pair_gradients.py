@@ -14,8 +14,9 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from memlens.analyses.activation_gradients import ACTIVATION_KINDS, MLP_ACTIVATION_KINDS, per_query_head
-from memlens.analyses.patching import PatchPair
+from memlens.analyses.activation_gradients import (ACTIVATION_KINDS, MLP_ACTIVATION_KINDS, activation_hook_names,
+                                                   per_query_head)
+from memlens.analyses.patching import PatchPair, pair_positions
 from memlens.core.errors import InputError
 from memlens.core.results import Provenance, Result
 
@@ -106,24 +107,14 @@ def pair_activation_gradients(
     """
     if not pairs:
         raise InputError("pair_activation_gradients needs at least one pair (memlens.make_patch_pairs)")
-    for k in kinds:
-        if k not in ACTIVATION_KINDS:
-            raise InputError(f"unknown activation kind {k!r}; choose from {ACTIVATION_KINDS}")
-    for k in mlp_kinds:
-        if k not in MLP_ACTIVATION_KINDS:
-            raise InputError(f"unknown MLP activation {k!r}; choose from {MLP_ACTIVATION_KINDS}")
-    names = [f"blocks.{L}.attn.hook_{k}" for L in range(model.n_layers) for k in kinds]
-    mlp_names = [f"blocks.{L}.mlp.hook_{k}" for L in range(model.n_layers) for k in mlp_kinds]
+    names, mlp_names = activation_hook_names(model, kinds, mlp_kinds)
     heads = torch.zeros(len(RUNS), len(WHERE), model.n_layers, len(kinds), model.n_heads)
     mlp = torch.zeros(len(RUNS), len(WHERE), model.n_layers, len(mlp_kinds))
     for pair in tqdm(pairs, desc="pair activation gradients", disable=not progress):
         if pair.corrupt_target < 0:
             raise InputError(f"pair {pair.id!r} does not know the perturbed paragraph's own token; build the pairs "
                              "with memlens.make_patch_pairs")
-        diff = (pair.clean != pair.corrupt).nonzero().flatten()
-        if len(diff) == 0:
-            raise InputError(f"pair {pair.id!r}: the clean and perturbed tokens do not differ")
-        positions = (int(diff[0]), pair.length - 1)
+        positions = (pair_positions(pair, "perturbed")[0], pair.length - 1)
         for r, (tokens, target) in enumerate(((pair.clean, pair.target), (pair.corrupt, pair.corrupt_target))):
             def loss_fn(logits: Tensor, target: int = target) -> Tensor:
                 return -torch.log_softmax(logits[0, -1].float(), dim=-1)[target]

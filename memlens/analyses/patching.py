@@ -201,7 +201,10 @@ def pair_positions(pair: PatchPair, positions: Sequence[int] | str | None) -> li
     if isinstance(positions, str):
         if positions != "perturbed":
             raise InputError(f"positions must be 'perturbed', a list of positions or None, got {positions!r}")
-        return (pair.clean != pair.corrupt).nonzero().flatten().tolist()
+        differ = (pair.clean != pair.corrupt).nonzero().flatten().tolist()
+        if not differ:
+            raise InputError(f"pair {pair.id!r}: the clean and corrupt tokens do not differ; no perturbed position to patch")
+        return differ
     out = sorted({int(p) for p in positions})
     if not out or out[0] < 0 or out[-1] >= pair.length:
         raise InputError(f"patch positions must lie in 0..{pair.length - 1} (the pair's length), got {list(positions)!r}")
@@ -238,8 +241,6 @@ def exact_patching(
     """
     _check_kinds(kinds)
     chosen = pair_positions(pair, positions)
-    if chosen is not None and not chosen:
-        raise InputError(f"pair {pair.id!r}: the clean and corrupt tokens do not differ; no perturbed position to patch")
     measure = metric or paper_metric(pair)
     names = [_hook_name(L, k) for L in range(model.n_layers) for k in kinds]
     clean, corrupt = pair.clean[None].to(model.device), pair.corrupt[None].to(model.device)
@@ -350,8 +351,6 @@ def attribution_patching(
     """
     _check_kinds(kinds)
     chosen = pair_positions(pair, positions)
-    if chosen is not None and not chosen:
-        raise InputError(f"pair {pair.id!r}: the clean and corrupt tokens do not differ; no perturbed position to patch")
     keep = None
     if chosen is not None:
         keep = torch.zeros(pair.length, dtype=torch.bool)

@@ -24,7 +24,7 @@ from memlens.core.data import ParagraphSet
 from memlens.core.defaults import MIN_K, NON_MEMORIZED_MAX_EM
 from memlens.core.errors import InputError
 from memlens.core.io import check_output_file, remove_stray_temporaries, write_text_atomic
-from memlens.core.metrics import teacher_forced_scores
+from memlens.core.metrics import check_min_k, teacher_forced_scores
 from memlens.core.results import Provenance, Result
 
 if TYPE_CHECKING:
@@ -283,13 +283,6 @@ def score_batch(model: "HookedModel", paragraphs: ParagraphSet, batch_size: int,
                        min_k_nll=scores.min_k_nll.cpu().float(),
                        split=split_labels(em.tolist(), non_memorized_max_em, memorized_min_em),
                        sha=content_hashes(paragraphs.tokens))
-
-
-def check_min_k(min_k: Any) -> None:
-    """Refuse a min-K share outside (0, 1] with an :class:`InputError`."""
-    if isinstance(min_k, bool) or not isinstance(min_k, (int, float)) or not 0 < min_k <= 1:
-        raise InputError(f"min_k must be a share of the continuation in (0, 1] (0.2 = the 20% of tokens with the "
-                         f"highest NLL), got {min_k!r}")
 
 
 def split_thresholds(continuation_len: int, non_memorized_max_em: int | None = None,

@@ -9,7 +9,7 @@ cache (:func:`greedy_decode`) is the reference and shows the text a model recite
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,13 @@ def exact_match(generated: Int[Tensor, "batch k"], targets: Int[Tensor, "batch k
     return (generated == targets).long().cumprod(dim=-1).sum(dim=-1)
 
 
+def check_min_k(min_k: Any) -> None:
+    """Refuse a min-K share outside (0, 1] with an :class:`InputError`."""
+    if isinstance(min_k, bool) or not isinstance(min_k, (int, float)) or not 0 < min_k <= 1:
+        raise InputError(f"min_k must be a share of the continuation in (0, 1] (0.2 = the 20% of tokens with the "
+                         f"highest NLL), got {min_k!r}")
+
+
 def score_logits(
     logits: Float[Tensor, "batch continuation vocab"],
     targets: Int[Tensor, "batch continuation"],
@@ -73,8 +80,7 @@ def score_logits(
     em = exact_match_from_logits(logits, targets)
     mk = None
     if min_k is not None:
-        if not 0 < min_k <= 1:
-            raise InputError(f"min_k must be a fraction in (0, 1], got {min_k}")
+        check_min_k(min_k)
         k = max(1, int(round(min_k * targets.shape[1])))
         mk = token_nll.topk(k, dim=-1).values.mean(dim=-1)
     top1 = margin = None

@@ -148,9 +148,10 @@ def heads_stage(ctx: "RunContext") -> dict[str, Any]:
     views_path = ctx.folder.file("head_views")
     unigram = UnigramCounts.default_for(ctx.model, ctx.paragraphs())
 
+    perturbed_path = ctx.folder.file("perturbed_memorized")
+    perturbed = ParagraphSet.load(perturbed_path) if perturbed_path.exists() else None
+
     def localize() -> HeadReport:
-        perturbed_path = ctx.folder.file("perturbed_memorized")
-        perturbed = ParagraphSet.load(perturbed_path) if perturbed_path.exists() else None
         report = HeadLocalizer(ctx.model, batch_size=cfg.batch_size).localize(
             mem, non, perturbed=perturbed, unigram=unigram, max_paragraphs=cfg.max_paragraphs,
             patch_kinds=cfg.patch_kinds, causal_share=cfg.causal_share, progress=ctx.progress,
@@ -187,8 +188,8 @@ def heads_stage(ctx: "RunContext") -> dict[str, Any]:
         out["rare_token_head"] = {"layer": rl, "head": rh, "kendall_tau": round(float(tau[rl, rh]), 3), "ranks": report.where(rl, rh)}
     if cfg.rare_setup == "paper":
         out["rare_attention_paper"] = _paper_rare_attention(ctx)
-    if cfg.pair_gradients and ctx.folder.file("perturbed_memorized").exists():
-        pairs = _pairs_or_none(mem, ParagraphSet.load(ctx.folder.file("perturbed_memorized")))
+    if cfg.pair_gradients and perturbed is not None:
+        pairs = _pairs_or_none(mem, perturbed)
         if pairs:
             from memlens.analyses.pair_gradients import PairGradientResult, pair_activation_gradients
 
@@ -206,8 +207,8 @@ def _pairs_or_none(mem: "ParagraphSet", perturbed: "ParagraphSet") -> list | Non
     from memlens.analyses.patching import make_patch_pairs
     from memlens.core.errors import InputError
 
-    wanted = {str(o) for o in perturbed.metadata.get("original", [])} & set(mem.ids)
-    keep = [i for i, o in enumerate(perturbed.metadata.get("original", [])) if str(o) in wanted]
+    ids = set(mem.ids)
+    keep = [i for i, o in enumerate(perturbed.metadata.get("original", [])) if str(o) in ids]
     if not keep:
         return None
     with warnings.catch_warnings():

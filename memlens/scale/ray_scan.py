@@ -34,7 +34,8 @@ class ScanWorker:
                  min_k: float = MIN_K, threads: int | None = None) -> None:
         import torch
 
-        from memlens.analyses.scan import check_min_k, split_thresholds
+        from memlens.analyses.scan import split_thresholds
+        from memlens.core.metrics import check_min_k
         from memlens.loading import load_model
 
         if threads:
@@ -121,7 +122,8 @@ def scan_with_ray(
     except ImportError:
         raise InputError("--engine ray needs Ray Data: pip install 'memlens[ray]'") from None
     from memlens.core.results import versions
-    from memlens.analyses.scan import check_min_k, split_thresholds
+    from memlens.analyses.scan import split_thresholds
+    from memlens.core.metrics import check_min_k
 
     source, target = Path(source), Path(out)
     if not source.is_file():

@@ -192,7 +192,8 @@ def scan_to_table(
         log-probability in nats).
     """
     from memlens.core.results import versions
-    from memlens.analyses.scan import check_min_k, score_batch, split_thresholds
+    from memlens.analyses.scan import score_batch, split_thresholds
+    from memlens.core.metrics import check_min_k
 
     source = Path(source)
     shard = Shard.parse(shard) if isinstance(shard, str) else (shard or Shard())
