@@ -20,10 +20,11 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from memlens.core.data import ParagraphSet
+from memlens.core.data import ParagraphSet, as_paragraph_set
 from memlens.core.defaults import MIN_K, NON_MEMORIZED_MAX_EM
 from memlens.core.errors import InputError
 from memlens.core.io import check_output_file, remove_stray_temporaries, write_text_atomic
+from memlens.core.lock import file_lock_path, locked
 from memlens.core.metrics import check_min_k, teacher_forced_scores
 from memlens.core.results import Provenance, Result
 
@@ -159,7 +160,7 @@ class ScanResult(Result):
 
 def scan(
     model: "HookedModel",
-    paragraphs: ParagraphSet,
+    paragraphs: ParagraphSet | Sequence[str] | Tensor,
     *,
     batch_size: int = 16,
     non_memorized_max_em: int = NON_MEMORIZED_MAX_EM,
@@ -173,7 +174,8 @@ def scan(
 
     Args:
         model: the model.
-        paragraphs: the paragraphs (prefix + continuation).
+        paragraphs: the paragraphs (prefix + continuation); a list of texts (tokenized with the
+            model's tokenizer, 50 + 50 tokens) or a ``[n, length]`` token tensor is turned into one.
         batch_size: paragraphs per forward pass.
         non_memorized_max_em: EM at or below which a paragraph counts as non-memorized (paper: 10).
         memorized_min_em: EM at or above which it counts as memorized (default: the whole continuation).
@@ -187,18 +189,26 @@ def scan(
     Returns:
         A :class:`ScanResult`: EM in tokens (0..continuation_len), NLL in nats per token.
     """
+    paragraphs = as_paragraph_set(paragraphs, model, "scan")
     if len(paragraphs) == 0:
         raise InputError("scan got an empty ParagraphSet")
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     check_min_k(min_k)
     paragraphs.validate(model.vocab_size, model.n_ctx)
-    done: dict[str, tuple[int, float, float, float]] = {}
-    partial = Path(str(out) + ".partial") if out is not None else None
-    if out is not None:
-        check_output_file(out, "scan result file")
+    if out is None:
+        return _scan(model, paragraphs, batch_size, non_memorized_max_em, memorized_min_em, min_k, None, progress)
+    check_output_file(out, "scan result file")
+    with locked(file_lock_path(Path(out)), f"the scan result file {out}"):
         if Path(out).parent.is_dir():
             remove_stray_temporaries(Path(out).parent, Path(out).name)  # of a save killed midway
+        return _scan(model, paragraphs, batch_size, non_memorized_max_em, memorized_min_em, min_k, Path(out), progress)
+
+
+def _scan(model: "HookedModel", paragraphs: ParagraphSet, batch_size: int, non_memorized_max_em: int,
+          memorized_min_em: int | None, min_k: float, out: Path | None, progress: bool) -> ScanResult:
+    done: dict[str, tuple[int, float, float, float]] = {}
+    partial = Path(str(out) + ".partial") if out is not None else None
     non_max, mem_min = split_thresholds(paragraphs.continuation_len, non_memorized_max_em, memorized_min_em)
     fingerprint = {"model": model.name, "prefix_len": paragraphs.prefix_len,
                    "continuation_len": paragraphs.continuation_len, "min_k": min_k}
@@ -232,7 +242,7 @@ def scan(
                         non_memorized_max_em=non_memorized_max_em,
                         provenance=Provenance.capture(model, non_memorized_max_em=non_memorized_max_em,
                                                       memorized_min_em=memorized_min_em, min_k=min_k))
-    if out is not None:
+    if out is not None and partial is not None:
         result.save(out)
         partial.unlink()
     return result

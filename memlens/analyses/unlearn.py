@@ -16,12 +16,12 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from memlens.core.data import Paragraph, ParagraphSet
+from memlens.core.data import Paragraph, ParagraphSet, as_paragraph_set
 from memlens.core.defaults import (
     FRACTION, MASK_KINDS, RANDOM_MASK_DRAWS, KLDirection, KLReduction, RandomMaskDraw,
     one_of,
@@ -81,20 +81,33 @@ class SparseFineTuner:
             self._original = {n: p.detach().clone() for n, p in self.params.items()}
 
     def restore(self) -> None:
-        """Put back the exact weights the model had before the first run of this tuner."""
+        """Put back the exact weights the model had before the first run of this tuner (a
+        change made to the weights outside the tuner since then is undone too; :meth:`restored`
+        keeps it)."""
         if self._original is None:
             return
+        self._put_back(self._original)
+
+    def _put_back(self, weights: dict[str, Tensor]) -> None:
         with torch.no_grad():
             for n, p in self.params.items():
-                p.copy_(self._original[n])
+                p.copy_(weights[n])
 
     @contextlib.contextmanager
     def restored(self) -> Iterator["SparseFineTuner"]:
-        """Runs inside the block are undone when it ends (also on error)."""
+        """The weights as they are when the block starts come back, bit for bit, when it ends
+        (also on error): runs inside the block are undone, changes made before it are kept."""
+        params = self.params
+        if self._original is not None and all(torch.equal(p.detach(), self._original[n]) for n, p in params.items()):
+            entry = self._original  # unchanged since the first snapshot: no second copy
+        else:
+            entry = {n: p.detach().clone() for n, p in params.items()}
+            if self._original is None:
+                self._original = entry
         try:
             yield self
         finally:
-            self.restore()
+            self._put_back(entry)
 
     def weights_changed(self) -> int:
         """Scalar weights of the trainable set that differ from the original."""
@@ -200,7 +213,7 @@ class SparseFineTuner:
 
     # --- objectives --------------------------------------------------------------------------
     def unlearn(
-        self, target: Paragraph | ParagraphSet, retain: ParagraphSet, mask: MaskSpec = "topk",
+        self, target: Paragraph | ParagraphSet | Sequence[str], retain: ParagraphSet | Sequence[str], mask: MaskSpec = "topk",
         fraction: float = FRACTION, steps: int = 10, lr: float = 1e-3, kl_weight: float = 1.0,
         other_memorized: ParagraphSet | None = None, seed: int = 0, selectivity_floor: float = SELECTIVITY_FLOOR,
         *, nll_scale: float = 1.0, kl_direction: KLDirection = "model||original", kl_reduction: KLReduction = "mean",
@@ -210,7 +223,8 @@ class SparseFineTuner:
         original model (KL), through the weights of ``mask``.
 
         Args:
-            target: the memorized paragraph(s) to unlearn.
+            target: the memorized paragraph(s) to unlearn (texts are tokenized with the model's
+                tokenizer, 50 + 50 tokens).
             retain: non-memorized paragraphs kept close to the original model (KL term).
             mask: ``topk`` (largest |gradient| of the objective), ``selective``, ``random`` (same
                 size), ``all``, a :class:`GradientMapResult` (its top ``fraction``) or a dict of
@@ -234,7 +248,8 @@ class SparseFineTuner:
             the original model's own greedy continuations. The model keeps the new weights
             until :meth:`restore`.
         """
-        target_set = _as_set(target)
+        target_set = _as_set(target, self.model, "unlearn (target)")
+        retain = _as_set(retain, self.model, "unlearn (retain)")
         settings = FineTuneSettings(fraction=fraction, steps=steps, lr=lr, kl_weight=kl_weight, seed=seed,
                                     selectivity_floor=selectivity_floor, nll_scale=nll_scale,
                                     kl_direction=kl_direction, kl_reduction=kl_reduction,
@@ -242,7 +257,7 @@ class SparseFineTuner:
         return self._run("unlearn", target_set, target_set, retain, mask, settings, other_memorized)
 
     def edit(
-        self, target: Paragraph | ParagraphSet, retain: ParagraphSet, new_continuation: Tensor | None = None,
+        self, target: Paragraph | ParagraphSet | Sequence[str], retain: ParagraphSet | Sequence[str], new_continuation: Tensor | None = None,
         perturbed_paragraph: Paragraph | ParagraphSet | None = None, mask: MaskSpec = "topk",
         fraction: float = FRACTION, steps: int = 10, lr: float = 1e-3, kl_weight: float = 1.0,
         other_memorized: ParagraphSet | None = None, seed: int = 0, selectivity_floor: float = SELECTIVITY_FLOOR,
@@ -265,7 +280,8 @@ class SparseFineTuner:
             A :class:`FineTuneResult` whose target rows also score the new continuation
             (``em_new_before``, ``em_new_after``).
         """
-        target_set = _as_set(target)
+        target_set = _as_set(target, self.model, "edit (target)")
+        retain = _as_set(retain, self.model, "edit (retain)")
         if (new_continuation is None) == (perturbed_paragraph is None):
             raise InputError("edit needs exactly one of new_continuation= or perturbed_paragraph=")
         new = (torch.as_tensor(new_continuation) if new_continuation is not None
@@ -427,7 +443,8 @@ def _cache_key(paragraphs: ParagraphSet) -> tuple:
     return tuple(paragraphs.ids), paragraphs.tokens.numpy().tobytes()
 
 
-def _as_set(x: Paragraph | ParagraphSet) -> ParagraphSet:
-    if isinstance(x, ParagraphSet):
-        return x
-    return ParagraphSet(x.tokens[None], x.prefix_len, len(x.tokens) - x.prefix_len, [x.id])
+def _as_set(x: Any, model: Any = None, what: str = "SparseFineTuner") -> ParagraphSet:
+    """A Paragraph as a one-paragraph set; anything else through :func:`as_paragraph_set`."""
+    if isinstance(x, Paragraph):
+        return ParagraphSet(x.tokens[None], x.prefix_len, len(x.tokens) - x.prefix_len, [x.id])
+    return as_paragraph_set(x, model, what)

@@ -26,6 +26,40 @@ if TYPE_CHECKING:
 
 DEFAULT_PREFIX_LEN = 50
 DEFAULT_CONTINUATION_LEN = 50
+INT64_MAX = 2**63 - 1
+
+
+def _header_split(header: dict[str, Any], path: Path) -> tuple[int, int]:
+    """The (prefix_len, continuation_len) of a ParagraphSet header line, checked: both present
+    and positive integers."""
+    values = []
+    for key in ("prefix_len", "continuation_len"):
+        v = header.get(key)
+        if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            got = "missing" if key not in header else f"{v!r}"
+            raise InputError(f"{path}:1: the ParagraphSet header's {key} is {got}, not an integer >= 1; fix the "
+                             "header line (as ParagraphSet.save writes it) or delete it and pass the lengths")
+        values.append(v)
+    return values[0], values[1]
+
+
+def as_paragraph_set(value: Any, model: "HookedModel | None" = None, what: str = "this analysis") -> "ParagraphSet":
+    """``value`` as a :class:`ParagraphSet`: a ParagraphSet as it is, a list of texts tokenized with
+    ``model``'s tokenizer (:meth:`ParagraphSet.from_texts`, default split), a 2-D token tensor
+    (:meth:`ParagraphSet.from_tokens`); anything else is an :class:`InputError` that says what to pass."""
+    if isinstance(value, ParagraphSet):
+        return value
+    if isinstance(value, Tensor) and value.dim() == 2 and not value.is_floating_point() and value.dtype != torch.bool:
+        return ParagraphSet.from_tokens(value)
+    if (isinstance(value, (list, tuple)) and value and all(isinstance(t, str) for t in value)
+            and model is not None and getattr(model, "tokenizer", None) is not None):
+        return ParagraphSet.from_texts(list(value), model)
+    got = type(value).__name__
+    if isinstance(value, (list, tuple)):
+        got += f" of {len(value)} {type(value[0]).__name__ if value else 'items'}"
+    raise InputError(f"{what} expects a ParagraphSet, got a {got}; build one with "
+                     "ParagraphSet.from_texts(texts, model), ParagraphSet.from_tokens(tokens, prefix_len) or "
+                     "ParagraphSet.from_file(path, model)")
 
 
 @dataclass
@@ -202,7 +236,7 @@ class ParagraphSet:
         path = Path(path)
         rows, header = readers.jsonl_rows(path)
         if header is not None and (prefix_len, continuation_len) == (DEFAULT_PREFIX_LEN, DEFAULT_CONTINUATION_LEN):
-            prefix_len, continuation_len = int(header["prefix_len"]), int(header["continuation_len"])
+            prefix_len, continuation_len = _header_split(header, path)
         return cls._from_rows(rows, path, model, prefix_len, continuation_len, skip_short=skip_short)
 
     @classmethod
@@ -274,6 +308,10 @@ class ParagraphSet:
                 toks = row["tokens"]
                 if not isinstance(toks, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in toks):
                     raise InputError(f"{loc}: 'tokens' must be a list of integers")
+                big = next((t for t in toks if not 0 <= t <= INT64_MAX), None)
+                if big is not None:
+                    raise InputError(f"{loc}: token id {big} is not a token id (ids are integers from 0 to the "
+                                     "vocabulary size); were these ids made with another tokenizer?")
                 text = row.get("text")
             else:
                 text = row.get("text")

@@ -113,3 +113,17 @@ PATCH_KINDS: tuple[PatchKind, ...] = get_args(PatchKind)
 def one_of(options: tuple[str, ...]) -> str:
     """``a, b or c``: an option list for help texts and error messages."""
     return options[0] if len(options) == 1 else ", ".join(options[:-1]) + f" or {options[-1]}"
+
+
+#: the largest seed memlens accepts (torch and numpy take 64-bit seeds)
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed: object, where: str = "seed") -> int:
+    """``seed`` if it is an integer from 0 to :data:`MAX_SEED`; else a ValueError-derived
+    :class:`~memlens.core.errors.InputError` saying so (before any work is done)."""
+    from memlens.core.errors import InputError
+
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise InputError(f"{where} {seed!r}: must be an integer from 0 to 2**63 - 1")
+    return seed

@@ -21,11 +21,13 @@ written to a temporary name and renamed, so a reader never sees half of it.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import json
 import math
 import platform
 import time
+import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
 
 ENVELOPE_FORMAT = "memlens.result"
 ENVELOPE_VERSION = 1
+#: paragraph texts longer than this in total (characters) are saved as a tensor, not in the header
+TEXTS_IN_HEADER_MAX = 1_000_000
 _METADATA_KEY = "memlens"
 _KINDS: dict[str, type["Result"]] = {}
 
@@ -124,6 +128,7 @@ class Result:
         Returns:
             The path written.
         """
+        from safetensors import SafetensorError
         from safetensors.torch import save_file
 
         tensors: dict[str, Tensor] = {}
@@ -131,8 +136,11 @@ class Result:
         doc = {"format": ENVELOPE_FORMAT, "version": ENVELOPE_VERSION, "kind": self.kind,
                "provenance": dataclasses.asdict(self.provenance), "fields": fields}
         path = Path(path)
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={_METADATA_KEY: json.dumps(doc)})
+        try:
+            with atomic_path(path) as tmp:
+                save_file(tensors, str(tmp), metadata={_METADATA_KEY: json.dumps(doc)})
+        except SafetensorError as e:  # safetensors' own error for a failed write (disk full, ...)
+            raise OSError(errno.EIO, f"could not write the result ({e})", str(path)) from None
         return path
 
     @classmethod
@@ -153,7 +161,7 @@ class Result:
         kind = doc.get("kind")
         if cls is not Result and kind != cls.kind:
             raise InputError(f"{path}: holds a {kind}, not a {cls.kind}; load it with memlens.load_result")
-        return _decode(doc["fields"] | {"provenance": doc.get("provenance", {})}, tensors, kind, path)  # type: ignore[return-value]
+        return _decode(doc["fields"] | {"provenance": doc["provenance"]}, tensors, kind, path)  # type: ignore[return-value]
 
 
 def load_result(path: str | Path) -> Result:
@@ -189,7 +197,8 @@ def _encode(value: Any, tensors: dict[str, Tensor], name: str) -> Any:
     if isinstance(value, ParagraphSet):
         return {"$paragraphs": {
             "tokens": _encode(value.tokens, tensors, f"{name}.tokens"), "prefix_len": value.prefix_len,
-            "continuation_len": value.continuation_len, "ids": list(value.ids), "texts": list(value.texts),
+            "continuation_len": value.continuation_len, "ids": list(value.ids),
+            "texts": _encode_texts(list(value.texts), tensors, f"{name}.texts"),
             "metadata": _encode(value.metadata, tensors, f"{name}.metadata")}}
     if isinstance(value, Result):
         return {"$result": value.kind, "fields": _encode_fields(value, tensors, f"{name}."),
@@ -211,18 +220,113 @@ def _encode(value: Any, tensors: dict[str, Tensor], name: str) -> Any:
     raise InputError(f"cannot save {name}: values of type {type(value).__name__} are not supported")
 
 
+def _encode_texts(texts: list[str | None], tensors: dict[str, Tensor], name: str) -> Any:
+    """Paragraph texts as they are saved: in the JSON header while they are small, else (over
+    :data:`TEXTS_IN_HEADER_MAX` characters) as a uint8 tensor of their UTF-8 JSON, since the
+    safetensors header is limited to 100 MB."""
+    if sum(len(t) for t in texts if t) <= TEXTS_IN_HEADER_MAX:
+        return texts
+    import torch
+
+    data = json.dumps(texts).encode("utf-8")
+    tensors[name] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return {"$json": name}
+
+
+def _decode_texts(value: Any, tensors: dict[str, Tensor], path: Any) -> list[str | None]:
+    if isinstance(value, dict) and "$json" in value:
+        key = value["$json"]
+        if key not in tensors:
+            raise InputError(f"{path}: tensor {key!r} is missing from the file")
+        return json.loads(bytes(tensors[key].numpy()).decode("utf-8"))
+    return value
+
+
 def _decode(fields: dict[str, Any], tensors: dict[str, Tensor], kind: str | None, path: Any) -> Result:
     cls = _KINDS.get(str(kind))
     if cls is None:
         raise InputError(f"{path}: unknown result kind {kind!r} (known: {', '.join(sorted(_KINDS))}); a result "
                          "defined outside memlens loads once the module that defines it is imported")
-    values = {k: _decode_value(v, tensors, path) for k, v in fields.items() if k != "provenance"}
-    values["provenance"] = Provenance(**fields.get("provenance", {}))
-    names = {f.name for f in dataclasses.fields(cls)}
+    try:
+        values = {k: _decode_value(v, tensors, path) for k, v in fields.items() if k != "provenance"}
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise InputError(f"{path}: a damaged {kind} (a field could not be read: {type(e).__name__} {e}); "
+                         "compute it again") from None
+    values["provenance"] = _provenance(fields.get("provenance", {}), path)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = set(values) - names
     if unknown:
         raise InputError(f"{path}: a {kind} has no field(s) {sorted(unknown)}; was it written by a newer memlens?")
-    return cls(**values)
+    required = {f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+                if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    missing = sorted(required - set(values))
+    if missing:
+        raise InputError(f"{path}: a damaged {kind}: field(s) {missing} are missing; compute it again")
+    for name, expected in _field_types(cls).items():
+        if name in values and not _is_instance(values[name], expected):
+            raise InputError(f"{path}: a damaged {kind}: field {name!r} is {_describe(values[name])}, expected "
+                             f"{getattr(expected, '__name__', expected)}; compute it again")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as e:
+        raise InputError(f"{path}: a damaged {kind} ({type(e).__name__}: {e}); compute it again") from None
+
+
+def _provenance(data: Any, path: Any) -> Provenance:
+    """A :class:`Provenance` from its saved dict, checked: a dict of the known keys."""
+    known = {f.name for f in dataclasses.fields(Provenance)}
+    if not isinstance(data, dict) or not set(data) <= known:
+        raise InputError(f"{path}: a damaged provenance (expected an object with keys {sorted(known)}); compute it "
+                         "again")
+    if not isinstance(data.get("model", ""), str) or not all(isinstance(data.get(k, {}), dict)
+                                                             for k in ("versions", "config")):
+        raise InputError(f"{path}: a damaged provenance (model must be a string, versions and config objects); "
+                         "compute it again")
+    return Provenance(**data)
+
+
+@functools.lru_cache(maxsize=None)
+def _field_types(cls: type) -> dict[str, Any]:
+    """The fields of a result class whose annotation can be checked on load: tensors with a
+    jaxtyping shape (dtype and rank), and plain ``int`` / ``float`` / ``str`` / ``bool`` (each
+    possibly ``| None``). Annotations that cannot be evaluated are left out."""
+    import sys
+    import typing
+
+    scope = vars(sys.modules[cls.__module__])
+    out = {}
+    for f in dataclasses.fields(cls):
+        try:
+            hint = eval(f.type, scope) if isinstance(f.type, str) else f.type  # noqa: S307 (our own annotations)
+        except Exception:
+            continue
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        args = [a for a in typing.get_args(hint) if a is not type(None)] if union else [hint]
+        if len(args) == 1 and (hasattr(args[0], "dims") or args[0] in (int, float, str, bool)):
+            out[f.name] = hint
+    return out
+
+
+def _is_instance(value: Any, expected: Any) -> bool:
+    import typing
+
+    options = typing.get_args(expected) or (expected,)
+    for t in options:
+        if value is None and t is type(None):
+            return True
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if t is int and isinstance(value, bool):
+            continue
+        if t is not type(None) and isinstance(value, t):
+            return True
+    return False
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"a {value.dim()}-D {str(value.dtype).replace('torch.', '')} tensor {tuple(value.shape)}"
+    return f"a {type(value).__name__} ({value!r:.40})"
 
 
 def _decode_value(value: Any, tensors: dict[str, Tensor], path: Any) -> Any:
@@ -241,7 +345,7 @@ def _decode_value(value: Any, tensors: dict[str, Tensor], path: Any) -> Any:
     if "$paragraphs" in value:
         p = value["$paragraphs"]
         return ParagraphSet(_decode_value(p["tokens"], tensors, path), p["prefix_len"], p["continuation_len"],
-                            p["ids"], p["texts"], _decode_value(p["metadata"], tensors, path))
+                            p["ids"], _decode_texts(p["texts"], tensors, path), _decode_value(p["metadata"], tensors, path))
     if "$result" in value:
         return _decode(value["fields"] | {"provenance": value.get("provenance", {})}, tensors, value["$result"], path)
     if "$key" in value:
@@ -269,10 +373,25 @@ def _read(path: Path, with_tensors: bool = True) -> tuple[dict[str, Any], dict[s
     if not isinstance(doc, dict) or doc.get("format") != ENVELOPE_FORMAT:
         raise InputError(f"{path}: not a memlens result envelope (format "
                          f"{doc.get('format') if isinstance(doc, dict) else type(doc).__name__!r})")
-    if int(doc.get("version", 0)) > ENVELOPE_VERSION:
-        raise InputError(f"{path}: envelope version {doc['version']} is newer than this memlens reads "
-                         f"({ENVELOPE_VERSION}); upgrade memlens")
+    check_envelope(doc, path)
     return doc, tensors
+
+
+def check_envelope(doc: dict[str, Any], path: Any) -> None:
+    """Check an envelope's schema once, on every load: ``version`` an integer this memlens reads,
+    ``kind`` a string, ``provenance`` and ``fields`` objects. An :class:`InputError` says which
+    key is wrong."""
+    version = doc.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise InputError(f"{path}: a damaged result envelope: version is {version!r}, not an integer; compute it again")
+    if version > ENVELOPE_VERSION:
+        raise InputError(f"{path}: envelope version {version} is newer than this memlens reads "
+                         f"({ENVELOPE_VERSION}); upgrade memlens")
+    for key, kind in (("kind", str), ("provenance", dict), ("fields", dict)):
+        if not isinstance(doc.get(key), kind):
+            what = "missing" if key not in doc else f"a {type(doc[key]).__name__}"
+            raise InputError(f"{path}: a damaged result envelope: {key!r} is {what}, expected "
+                             f"{'a string' if kind is str else 'an object'}; compute it again")
 
 
 def _jsonable(value: Any) -> Any:

@@ -12,6 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
+from memlens.core.defaults import check_seed
 from memlens.core.errors import CacheError
 from memlens.core.io import share_permissions
 from memlens.organism.cache import default_cache_root, discard, organism_key, seal, verify
@@ -37,6 +38,7 @@ def build(
     The build runs in ``<folder>.building`` (resumable from its checkpoint) and is renamed into
     place only once sealed, so a reader never sees a partial organism.
     """
+    check_seed(seed, "organism seed")
     cfg = get_config(size)
     if cfg.extra.get("base") == "smollm2":
         from memlens.organism.smollm2 import build_smollm2_organism as build_organism

@@ -222,9 +222,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    """One stage alone, into a run folder (run again even if done; earlier stages it needs run
+    """One stage alone, into a run folder (every file computed again even if done; earlier stages it needs run
     first). A folder made by ``memlens run`` keeps its settings unless flags change them."""
-    from memlens.run.pipeline import RunContext, claim_folder, read_run_config, run_stage, write_summary
+    from memlens.run.pipeline import RunContext, claim_folder, hold_folder, read_run_config, run_stage, write_summary
 
     out = Path(args.out or "memlens-run")
     existing = read_run_config(out)
@@ -235,9 +235,11 @@ def cmd_stage(args: argparse.Namespace) -> int:
         ctx = RunContext(out, existing, args.cache_dir, progress=not args.quiet)
     else:
         ctx = RunContext(out, run_config(args, existing), args.cache_dir, progress=not args.quiet)
-        claim_folder(ctx)
-    summary = run_stage(ctx, args.command)
-    write_summary(ctx)
+    with hold_folder(ctx):
+        if args.command != "report":
+            claim_folder(ctx)
+        summary = run_stage(ctx, args.command, fresh=True)
+        write_summary(ctx)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -308,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         if row.name == "scan":  # `memlens scan` also scans a paragraph file: its parser is above
             continue
         p = sub.add_parser(row.name, help=row.help, description=f"{row.help}. Runs this stage alone into the run "
-                                                                "folder --out (again, if it ran before); stages it "
+                                                                "folder --out (every file computed again, if it ran before); stages it "
                                                                 "needs run first.")
         if row.name == "report":
             p.add_argument("--out", default="memlens-run", help="run folder (default: memlens-run)")

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 from memlens.core.defaults import AGGREGATIONS, FRACTION, KL_DIRECTIONS, KL_REDUCTIONS, MASK_KINDS, N_SAMPLES, \
     MIN_K, NOISE_REFERENCES, PATCH_POSITIONS, NOISE_SCALES, NON_MEMORIZED_MAX_EM, PATCH_KINDS, RANDOM_MASK_DRAWS, RANK_REDUCES, RANK_TIES, \
     RARE_SETUPS, RETAIN_DESIGNS, \
-    STRATEGIES, WEIGHTS_FORMS, WORST_TIES, one_of
+    STRATEGIES, WEIGHTS_FORMS, WORST_TIES, MAX_SEED, one_of
 from memlens.core.errors import InputError
 from memlens.run.presets import PAPER_SETTINGS, PRESETS  # noqa: F401 (PAPER_SETTINGS re-exported)
 
@@ -51,7 +51,8 @@ class StageConfig:
 
     def _require(self, name: str, ok: bool, what: str) -> None:
         if not ok:
-            where = f"{self.section}.{name}" if self.section else name
+            section = self.section if isinstance(self.section, str) else ""  # RunConfig's is a method
+            where = f"{section}.{name}" if section else name
             raise InputError(f"setting {where} = {getattr(self, name)!r}: {what}")
 
     def _positive_int(self, *names: str) -> None:
@@ -96,6 +97,8 @@ class StageConfig:
         kwargs = {}
         for name, value in data.items():
             sub = _SECTIONS.get(name) if cls is RunConfig else None
+            if sub is None:
+                _check_type(cls, name, value, fields[name].type, source)
             if sub is not None:
                 value = sub.from_dict(value, source)
             elif isinstance(value, list):
@@ -450,7 +453,8 @@ class RunConfig(StageConfig):
     def validate(self) -> None:
         self._require("model", isinstance(self.model, str) and bool(self.model), "must be a non-empty string")
         self._require("preset", self.preset == "" or self.preset in PRESETS, f"must be empty or {one_of(tuple(PRESETS))}")
-        self._require("seed", isinstance(self.seed, int) and not isinstance(self.seed, bool), "must be an integer")
+        self._require("seed", isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed <= MAX_SEED,
+                      "must be an integer from 0 to 2**63 - 1")
         self._require("paragraphs", self.paragraphs is None or isinstance(self.paragraphs, str), "must be a path")
         self._require("dtype", self.dtype in ("float32", "bfloat16", "float16"), "must be float32, bfloat16 or float16")
         self._require("weights", self.weights in WEIGHTS_FORMS, f"must be {one_of(WEIGHTS_FORMS)}")
@@ -529,6 +533,43 @@ class RunConfig(StageConfig):
         """``key: this -> other`` for every result-affecting setting that differs."""
         a, b = _flatten(self.to_dict(include_runtime=False)), _flatten(other.to_dict(include_runtime=False))
         return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+_TYPE_NAMES = {"bool": "true or false (a TOML boolean, without quotes)", "int": "an integer", "float": "a number",
+               "str": "a string (in quotes)"}
+
+
+def _matches(value: Any, type_name: str) -> bool:
+    if type_name == "bool":
+        return isinstance(value, bool)
+    if type_name == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if type_name == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, str)
+
+
+def _check_type(cls: type, name: str, value: Any, annotation: Any, source: str) -> None:
+    """Refuse a setting whose value is not exactly of its field's type (``"false"`` for a
+    boolean, ``true`` for an integer, a nested list for a list of names): an :class:`InputError`
+    naming the setting and the type it needs. Annotations other than ``bool``, ``int``,
+    ``float``, ``str`` (optionally ``| None``) and ``tuple[<one of those>, ...]`` are not checked."""
+    ann = str(annotation).replace(" ", "")
+    optional = ann.endswith("|None")
+    base = ann.removesuffix("|None")
+    if value is None and optional:
+        return
+    section = getattr(cls, "section", "")
+    where = f"[{section}] {name}" if isinstance(section, str) and section else name
+    if base.startswith("tuple[") and base.endswith(",...]") and base[6:-5] in _TYPE_NAMES:
+        elem = base[6:-5]
+        if not isinstance(value, (list, tuple)) or not all(_matches(v, elem) for v in value):
+            raise InputError(f"{source}: setting {where} = {value!r}: must be a list of "
+                             f"{_TYPE_NAMES[elem].split(' (')[0].removeprefix('a ').removeprefix('an ')}s")
+        return
+    if base in _TYPE_NAMES and not _matches(value, base):
+        raise InputError(f"{source}: setting {where} = {value!r}: must be {_TYPE_NAMES[base]}"
+                         + (" or left out" if optional else ""))
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

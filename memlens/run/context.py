@@ -25,6 +25,8 @@ class RunContext:
         cache_dir: where embedded models are cached.
         progress: show progress bars.
         load_seconds: seconds spent loading the model (excluded from stage timings).
+        stage: the stage running now (set by :func:`memlens.run.pipeline.run_stage`).
+        fresh: whether that stage computes every file again instead of reusing saved ones.
     """
 
     out: Path
@@ -35,6 +37,8 @@ class RunContext:
     _paragraphs: ParagraphSet | None = field(default=None, repr=False)
     _scan: ScanResult | None = field(default=None, repr=False)
     load_seconds: float = 0.0
+    stage: str = ""
+    fresh: bool = False
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -51,10 +55,12 @@ class RunContext:
             from memlens.loading import load_model
 
             t0 = time.perf_counter()
-            self._model = load_model(self.config.model, seed=self.config.seed, cache_dir=self.cache_dir,
-                                     progress=self.progress, device=self.config.device, dtype=self.config.dtype,
-                                     weights=self.config.weights)
+            model = load_model(self.config.model, seed=self.config.seed, cache_dir=self.cache_dir,
+                               progress=self.progress, device=self.config.device, dtype=self.config.dtype,
+                               weights=self.config.weights)
             self.load_seconds = round(time.perf_counter() - t0, 1)
+            self.folder.record_model_name(model.name)
+            self._model = model
         return self._model
 
     def paragraphs(self) -> ParagraphSet:
@@ -77,7 +83,8 @@ class RunContext:
             if not self.folder.is_done("scan") or not path.exists():
                 raise InputError(f"{self.out} has no finished scan; run `memlens scan --out {self.out}` first")
             try:
-                self._scan = ScanResult.load(path)
+                result = ScanResult.load(path)
             except InputError as e:
-                raise InputError(f"{e}; delete it and run `memlens scan --out {self.out}` again") from None
+                raise InputError(f"{e}; run `memlens scan --out {self.out}` again") from None
+            self._scan = self.folder.check_provenance(result, path, "scan")
         return self._scan

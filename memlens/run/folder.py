@@ -126,9 +126,67 @@ class RunFolder:
         if not isinstance(data, dict):
             raise InputError(f"{self.manifest} is not a run manifest (a JSON object); delete the folder or choose "
                              "another --out")
+        problem = _manifest_problem(data)
+        if problem:
+            raise InputError(f"{self.manifest} is damaged ({problem}); restore it, or delete the folder (or choose "
+                             "another --out) and run again")
         return data
+
+    def model_name(self) -> str | None:
+        """The name of the model this folder's results were computed on (``run.json``'s
+        ``model_name``, recorded when the model first loads), or None before that."""
+        have = self.read_manifest()
+        return None if have is None else have.get("model_name")
+
+    def record_model_name(self, name: str) -> None:
+        """Record the loaded model's name in ``run.json`` on first load; refuse a model whose name
+        differs from the one recorded (the folder's results were computed on that one)."""
+        have = self.read_manifest()
+        if have is None:
+            return
+        recorded = have.get("model_name")
+        if recorded is None:
+            write_json_atomic(self.manifest, have | {"model_name": name})
+        elif recorded != name:
+            raise InputError(f"{self.path} holds results of the model {recorded!r}; the model loaded now is {name!r}; "
+                             "choose another --out for this model")
+
+    def check_provenance(self, result: Any, path: Path, stage: str) -> Any:
+        """``result`` if it was computed on this folder's model (its provenance against
+        ``run.json``); an :class:`InputError` naming both models and the command that redoes
+        the stage otherwise."""
+        expected = self.model_name()
+        got = getattr(getattr(result, "provenance", None), "model", "")
+        if expected is not None and got and got != expected:
+            raise InputError(f"{path} was computed on the model {got!r}, but this run folder's model is {expected!r} "
+                             f"(run.json); it comes from another run: {self.redo_hint(stage)}")
+        return result
+
+    def load(self, key: str, result_type: type, stage: str, name: str = "") -> Any:
+        """The result file of a stage by key, loaded and checked against this folder's model
+        (:meth:`check_provenance`)."""
+        path = self.file(key, name)
+        return self.check_provenance(result_type.load(path), path, stage)
 
     def read_json_file(self, key: str, stage: str) -> Any:
         """A JSON file of a stage by key (None if absent); a damaged one says which stage to redo."""
         path = self.file(key)
         return read_json(path, self.redo_hint(stage)) if path.exists() else None
+
+
+def _manifest_problem(data: dict[str, Any]) -> str:
+    """What is wrong with a parsed ``run.json`` (empty if nothing): the keys a reader uses must
+    have their types (model a string, paragraphs null or an object with a path, seed an integer,
+    config an object)."""
+    if "model" in data and not isinstance(data["model"], str):
+        return f"model is {data['model']!r}, not a string"
+    para = data.get("paragraphs")
+    if para is not None and not (isinstance(para, dict) and isinstance(para.get("path"), str)):
+        return f"paragraphs is {para!r:.60}, not null or an object with a path"
+    if "seed" in data and (not isinstance(data["seed"], int) or isinstance(data["seed"], bool)):
+        return f"seed is {data['seed']!r}, not an integer"
+    if "config" in data and not isinstance(data["config"], dict):
+        return f"config is a {type(data['config']).__name__}, not an object"
+    if "model_name" in data and not isinstance(data["model_name"], str):
+        return f"model_name is {data['model_name']!r}, not a string"
+    return ""

@@ -11,16 +11,18 @@ settings): a folder that holds another run is refused rather than mixed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from memlens.core.errors import InputError
-from memlens.core.io import check_output_folder, read_json, remove_stray_temporaries, write_json_atomic
+from memlens.core.io import check_output_folder, remove_stray_temporaries, write_json_atomic
+from memlens.core.lock import folder_lock_path, locked
 from memlens.core.results import versions
 from memlens.run.config import RunConfig
 from memlens.run.context import RunContext
@@ -28,7 +30,7 @@ from memlens.run.folder import RunFolder
 from memlens.run.stage import StageSkipped, get_stage, stage_names
 from memlens.run import stages as _builtin_stages  # noqa: F401  (registers the built-in rows of the Stage table)
 
-__all__ = ["RunContext", "claim_folder", "read_run_config", "read_stage_summary", "run_pipeline", "run_stage",
+__all__ = ["RunContext", "claim_folder", "hold_folder", "read_run_config", "read_stage_summary", "run_pipeline", "run_stage",
            "write_summary"]
 
 
@@ -38,18 +40,23 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'memlens.run.pipeline' has no attribute {name!r}")
 
 
-def run_stage(ctx: RunContext, stage: str) -> dict[str, Any]:
-    """Run one stage now (whether or not it ran before) and write its summary; the stages it
-    needs run first when they have not finished in the folder."""
+def run_stage(ctx: RunContext, stage: str, fresh: bool = False) -> dict[str, Any]:
+    """Run one stage now and write its summary; the stages it needs run first when they have
+    not finished in the folder. With ``fresh``, every file of the stage is computed again and
+    replaces the earlier one atomically (``memlens <stage> --out D``; the earlier files stay until
+    then, so a failed redo loses nothing); without, files an interrupted attempt saved are reused."""
     row = get_stage(stage)
     for need in row.needs:
         if not ctx.folder.is_done(need):
             run_stage(ctx, need)
     t0, loading = time.perf_counter(), ctx.load_seconds
+    ctx.stage, ctx.fresh = stage, fresh
     try:
         summary = row.run(ctx)
     except StageSkipped as e:
         summary = {"skipped": str(e)}
+    finally:
+        ctx.stage, ctx.fresh = "", False
     summary["seconds"] = round(time.perf_counter() - t0 - (ctx.load_seconds - loading), 1)  # model loading apart
     ctx.folder.write_stage_summary(stage, summary)
     return summary
@@ -123,7 +130,7 @@ def claim_folder(ctx: RunContext) -> dict[str, Any]:
             raise InputError(f"{ctx.out} was run with other settings ({'; '.join(changed)}); resume it with the "
                              "same settings (drop those flags or that --config), or choose another --out")
         return have
-    if ctx.out.exists() and any(ctx.out.iterdir()):
+    if ctx.out.exists() and any(p != folder_lock_path(ctx.out) for p in ctx.out.iterdir()):
         raise InputError(f"{ctx.out} is not empty and holds no memlens run (no run.json); choose another --out")
     ctx.paragraphs()  # a model or paragraph file that cannot be read fails here, before the folder is claimed
     try:
@@ -131,7 +138,25 @@ def claim_folder(ctx: RunContext) -> dict[str, Any]:
     except OSError as e:
         raise InputError(f"cannot create the run folder {ctx.out} ({e.strerror or e}); choose another --out") from None
     write_json_atomic(folder.manifest, want | {"versions": versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    if ctx._model is not None:  # loaded above (the paragraphs need its tokenizer or ground truth)
+        folder.record_model_name(ctx._model.name)
     return want
+
+
+@contextlib.contextmanager
+def hold_folder(ctx: RunContext) -> Iterator[None]:
+    """Lock the run folder for this process for the block (``<folder>/.memlens.lock``): a second
+    ``memlens run`` or stage command on the same folder is refused while this one lives, and a
+    lock left by a killed process is taken over with a warning. A folder the lock created and
+    nothing else filled is removed again."""
+    check_output_folder(ctx.out, "the run folder (--out)")
+    existed = ctx.out.exists()
+    try:
+        with locked(folder_lock_path(ctx.out), f"the run folder {ctx.out}"):
+            yield
+    finally:
+        if not existed and ctx.out.is_dir() and not any(ctx.out.iterdir()):
+            ctx.out.rmdir()
 
 
 def run_pipeline(config: RunConfig | str = "organism", out: str | Path = "memlens-run", *,
@@ -158,20 +183,21 @@ def run_pipeline(config: RunConfig | str = "organism", out: str | Path = "memlen
     if isinstance(config, str):
         config = RunConfig.recommended(config)
     ctx = RunContext(Path(out), config, cache_dir, progress)
-    claim_folder(ctx)
-    bar = tqdm(list(names), desc="memlens run", disable=not progress, unit="stage")
-    for stage in bar:
-        bar.set_postfix_str(stage)
-        if stage == "report":
-            write_summary(ctx)
-        if redo or not ctx.folder.is_done(stage):
-            run_stage(ctx, stage)
-    return write_summary(ctx)
+    with hold_folder(ctx):
+        claim_folder(ctx)
+        bar = tqdm(list(names), desc="memlens run", disable=not progress, unit="stage")
+        for stage in bar:
+            bar.set_postfix_str(stage)
+            if stage == "report":
+                write_summary(ctx)
+            if redo or not ctx.folder.is_done(stage):
+                run_stage(ctx, stage, fresh=redo)
+        return write_summary(ctx)
 
 
 def write_summary(ctx: RunContext) -> dict[str, Any]:
     """Gather the run manifest and every stage summary into ``summary.json``; return it."""
-    summary: dict[str, Any] = {"run": read_json(ctx.folder.manifest)}
+    summary: dict[str, Any] = {"run": ctx.folder.read_manifest()}
     seconds: dict[str, float] = {}
     if ctx.load_seconds:
         seconds["load_model"] = ctx.load_seconds

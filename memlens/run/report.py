@@ -80,7 +80,7 @@ def scan_section(rb: ReportBuilder, parts: list[str], folder: RunFolder, s: dict
 
     sc = s["scan"]
     parts.append(table([{"split": k, **sc[k]} for k in ("memorized", "partly", "non_memorized")]))
-    result = ScanResult.load(folder.file("scan"))
+    result = folder.load("scan", ScanResult, "scan")
     parts.append(rb.figure(result.plot(), "EM = tokens of the 50-token continuation reproduced exactly by greedy decoding; "
                                           "memorized paragraphs pile up at the right edge."))
     from memlens.analyses.duplication import COUNT_COLUMNS, duplication_profile
@@ -101,7 +101,7 @@ def gradients_section(rb: ReportBuilder, parts: list[str], folder: RunFolder, s:
     from memlens.analyses.gradients import GradientMapResult
     from memlens.viz.gradients import plot_layer_profiles
 
-    maps = {n: GradientMapResult.load(folder.file("gradient_map", n)) for n in ("memorized", "non_memorized")}
+    maps = {n: folder.load("gradient_map", GradientMapResult, "gradients", n) for n in ("memorized", "non_memorized")}
     cmp = s["memorized_vs_non_memorized"]
     parts.append(table([{"set": label.replace("_", "-"), "total gradient": cmp["total"][label],
                          "share in the lower half of the layers": cmp["lower_half_share"][label]}
@@ -116,7 +116,7 @@ def gradients_section(rb: ReportBuilder, parts: list[str], folder: RunFolder, s:
     if folder.file("gradient_profiles").exists():
         from memlens.analyses.profiles import EMRangeProfiles
 
-        profiles = EMRangeProfiles.load(folder.file("gradient_profiles"))
+        profiles = folder.load("gradient_profiles", EMRangeProfiles, "gradients")
         if profiles.rows:
             parts.append(table([{k: r[k] for k in ("em_range", "n", "mean_nll", "total", "score_var") if k in r}
                                 for r in profiles.rows]))
@@ -129,7 +129,7 @@ def gradients_section(rb: ReportBuilder, parts: list[str], folder: RunFolder, s:
     if "similarity" in s and folder.file("gradient_similarity").exists():
         from memlens.analyses.gradient_similarity import GradientSimilarityResult
 
-        sim = GradientSimilarityResult.load(folder.file("gradient_similarity"))
+        sim = folder.load("gradient_similarity", GradientSimilarityResult, "gradients")
         low = s["similarity"]["least_similar"]
         where = f"; least similar: L{low['layer']} {low['component']}" + (f" H{low['head']}" if low["head"] >= 0 else "") \
             + f" ({low['cosine']:.2f})" if low else ""
@@ -141,7 +141,7 @@ def gradients_section(rb: ReportBuilder, parts: list[str], folder: RunFolder, s:
 def heads_section(rb: ReportBuilder, parts: list[str], folder: RunFolder, s: dict[str, Any]) -> None:
     from memlens.analyses.heads import HeadReport
 
-    report = HeadReport.load(folder.file("heads"))
+    report = folder.load("heads", HeadReport, "heads")
     df = report.to_dataframe().head(10)
     cols = ["layer", "head", "combined_rank", *report.evidence] + (["ablation_em_drop"] if "ablation_em_drop" in df else [])
     parts.append(table(df[cols].to_dict(orient="records"), cols))
@@ -172,13 +172,13 @@ def heads_section(rb: ReportBuilder, parts: list[str], folder: RunFolder, s: dic
                      f"over both, dense ranks, attention summed): L{r['layer']}H{r['head']} has the most negative "
                      f"rank tau, {r['kendall_tau']:.2f} (the paper: -0.97 for L1H2), attention entropy "
                      f"{r['entropy']:.2f} nats; token-level tau by count set: {html.escape(taus)}.</p>")
-        rare = RareAttentionResult.load(folder.file("rare_attention"))
+        rare = folder.load("rare_attention", RareAttentionResult, "heads")
         parts.append(rb.figure(rare.plot(r["layer"], r["head"]), "The paper's Fig. 7 curve: attention summed over "
                                                                   "paragraphs per dense rarity rank."))
     if "pair_gradients" in s and folder.file("pair_gradients").exists():
         from memlens.analyses.pair_gradients import PairGradientResult
 
-        pg = PairGradientResult.load(folder.file("pair_gradients"))
+        pg = folder.load("pair_gradients", PairGradientResult, "heads")
         parts.append(rb.figure(pg.plot("v"), f"The paper's Fig. 10 over {len(pg.pair_ids)} memorized paragraphs and their "
                                              "perturbed versions: |dNLL/dv| of each head at the perturbed prefix token "
                                              "and at the position predicting the first changed token, for each run's "
@@ -189,8 +189,8 @@ def heads_section(rb: ReportBuilder, parts: list[str], folder: RunFolder, s: dic
 def perturb_section(rb: ReportBuilder, parts: list[str], folder: RunFolder, s: dict[str, Any]) -> None:
     from memlens.analyses.perturb import PerturbationResult
 
-    mem = PerturbationResult.load(folder.file("perturbation", "memorized"))
-    non = PerturbationResult.load(folder.file("perturbation", "non_memorized"))
+    mem = folder.load("perturbation", PerturbationResult, "perturb", "memorized")
+    non = folder.load("perturbation", PerturbationResult, "perturb", "non_memorized")
     parts.append(table([{"set": "memorized", "mean EM drop": s["mean_em_drop_memorized"]},
                         {"set": "non-memorized", "mean EM drop": s["mean_em_drop_non_memorized"]}]))
     parts.append(rb.figure(mem.plot(non, labels=("memorized", "non-memorized")),
@@ -222,17 +222,17 @@ def unlearn_section(rb: ReportBuilder, parts: list[str], folder: RunFolder, s: d
                  "success = share of targets with EM >= 40 on their new continuation. Top-1 changed = continuation "
                  "positions (of each paragraph's 50) whose teacher-forced top-1 token moved: unlike EM, one flip at a "
                  "near-tie does not count every later token.</p>")
-    fig = MaskComparison.load(folder.file("unlearn")).plot()
+    fig = folder.load("unlearn", MaskComparison, "unlearn").plot()
     parts.append(rb.figure(fig, "Every trial is a point: unlearning should push the target's EM down and leave the "
                                 "retain batch's EM near 50 (the paper's Fig. 5 violins)."))
     if s.get("tradeoff") and folder.file("unlearn_tradeoff").exists():
-        fig = MaskTradeoff.load(folder.file("unlearn_tradeoff")).plot()
+        fig = folder.load("unlearn_tradeoff", MaskTradeoff, "unlearn").plot()
         parts.append(rb.figure(fig, "Masks at equal forgetting: one point per learning rate; at the same target EM "
                                     "(x), the mask whose curve lies higher spares the retain set better."))
     if s.get("noise") and folder.file("noise").exists():
         from memlens.analyses.noise import NoiseResult
 
-        noise = NoiseResult.load(folder.file("noise"))
+        noise = folder.load("noise", NoiseResult, "unlearn")
         rows = [{"mask": m, "weights": v["weights"], **{k: v2 for k, v2 in v.items() if k != "weights"}}
                 for m, v in s["noise"]["masks"].items()]
         parts.append(table(rows))

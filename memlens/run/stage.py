@@ -107,14 +107,18 @@ def unregister_stage(name: str) -> None:
     RunFolder.undeclare(dict(stage.files))
 
 
-def saved(path: "Path", result_type: type[R], compute: Callable[[], R]) -> R:
-    """The result saved at ``path`` by an interrupted earlier attempt, else ``compute()`` saved
-    there. A saved result that cannot be read (damaged) is computed again, with a warning."""
-    if path.exists():
+def saved(ctx: "RunContext", path: "Path", result_type: type[R], compute: Callable[[], R]) -> R:
+    """The result saved at ``path`` by an interrupted earlier attempt of this stage, else
+    ``compute()`` saved there (always ``compute()`` when the stage runs ``fresh``: a stage
+    command). A saved result that cannot be read (damaged) is computed again, with a warning; one
+    computed on another model than the run folder's is refused (:meth:`RunFolder.check_provenance`)."""
+    if path.exists() and not ctx.fresh:
         try:
-            return result_type.load(path)
+            result = result_type.load(path)
         except InputError as e:
             warnings.warn(f"{e}; computing it again", stacklevel=2)
+        else:
+            return ctx.folder.check_provenance(result, path, ctx.stage or "run")
     result = compute()
     result.save(path)
     return result

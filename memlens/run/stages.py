@@ -74,12 +74,12 @@ def gradients_stage(ctx: "RunContext") -> dict[str, Any]:
 
     cfg = ctx.config.gradients
     mem, non = _splits(ctx, cfg.max_paragraphs)
-    maps = {name: saved(ctx.folder.file("gradient_map", name), GradientMapResult,
+    maps = {name: saved(ctx, ctx.folder.file("gradient_map", name), GradientMapResult,
                          lambda group=group, name=name: GradientMap(ctx.model).compute(
                              group, aggregation=cfg.aggregation, batch_size=cfg.batch_size, keep_weight_grads=False,
                              progress=ctx.progress, label=name))
             for name, group in (("memorized", mem), ("non_memorized", non))}
-    profiles = saved(ctx.folder.file("gradient_profiles"), EMRangeProfiles,
+    profiles = saved(ctx, ctx.folder.file("gradient_profiles"), EMRangeProfiles,
                      lambda: profiles_by_em_range(ctx.model, ctx.scan_result(), max_per_bin=cfg.max_per_em_bin,
                                                   progress=ctx.progress, maps=list(maps.values()),
                                                   aggregation=cfg.aggregation, batch_size=cfg.batch_size))
@@ -89,7 +89,7 @@ def gradients_stage(ctx: "RunContext") -> dict[str, Any]:
     if cfg.similarity:
         from memlens.analyses.gradient_similarity import GradientSimilarity, GradientSimilarityResult
 
-        sim = saved(ctx.folder.file("gradient_similarity"), GradientSimilarityResult,
+        sim = saved(ctx, ctx.folder.file("gradient_similarity"), GradientSimilarityResult,
                     lambda: GradientSimilarity(ctx.model, batch_size=cfg.batch_size).compute(mem, non, progress=ctx.progress))
         out["similarity"] = sim.summary()
     return out
@@ -106,7 +106,7 @@ def perturb_stage(ctx: "RunContext") -> dict[str, Any]:
     cfg = ctx.config.perturb
     mem, non = _splits(ctx, cfg.max_paragraphs)
     pert = PrefixPerturber(ctx.model, batch_size=cfg.batch_size)
-    res = {name: saved(ctx.folder.file("perturbation", name), PerturbationResult,
+    res = {name: saved(ctx, ctx.folder.file("perturbation", name), PerturbationResult,
                         lambda group=group: pert.sweep(group, strategy=cfg.strategy, n_samples=cfg.n_samples,
                                                        seed=ctx.config.seed, progress=ctx.progress,
                                                        skip_position_0=cfg.skip_position_0,
@@ -163,7 +163,7 @@ def heads_stage(ctx: "RunContext") -> dict[str, Any]:
                 ctx.model, batch_size=cfg.batch_size, progress=ctx.progress).run(mem, heads=heads).em_drop)
         return report
 
-    report = saved(ctx.folder.file("heads"), HeadReport, localize)
+    report = saved(ctx, ctx.folder.file("heads"), HeadReport, localize)
     top = report.top(1).iloc[0]
     L, H = int(top["layer"]), int(top["head"])
     if not views_path.exists():
@@ -193,7 +193,7 @@ def heads_stage(ctx: "RunContext") -> dict[str, Any]:
         if pairs:
             from memlens.analyses.pair_gradients import PairGradientResult, pair_activation_gradients
 
-            pg = saved(ctx.folder.file("pair_gradients"), PairGradientResult,
+            pg = saved(ctx, ctx.folder.file("pair_gradients"), PairGradientResult,
                        lambda: pair_activation_gradients(ctx.model, pairs, progress=ctx.progress))
             out["pair_gradients"] = pg.summary()
     return out
@@ -229,7 +229,7 @@ def _paper_rare_attention(ctx: "RunContext") -> dict[str, Any]:
     res = ctx.scan_result()
     paragraphs, counts = paper_rare_token_setup(res.memorized(), res.non_memorized(), ctx.model.vocab_size,
                                                 n=cfg.rare_paragraphs)
-    result = saved(ctx.folder.file("rare_attention"), RareAttentionResult, lambda: rare_token_attention(
+    result = saved(ctx, ctx.folder.file("rare_attention"), RareAttentionResult, lambda: rare_token_attention(
         ctx.model, paragraphs, counts, batch_size=cfg.batch_size, progress=ctx.progress, ranks=cfg.rare_ranks,
         reduce=cfg.rare_reduce))
     layer, head = result.rarest_head()
@@ -283,7 +283,7 @@ def unlearn_stage(ctx: "RunContext") -> dict[str, Any]:
         return MaskComparison(rows=[r for t in tables for r in t.rows], targets=tables[0].targets,
                               trials=[r for t in tables for r in t.trials], provenance=tables[0].provenance)
 
-    table = saved(ctx.folder.file("unlearn"), MaskComparison, compare)
+    table = saved(ctx, ctx.folder.file("unlearn"), MaskComparison, compare)
     ctx.folder.file("unlearn_checkpoint").unlink(missing_ok=True)
     settings = {"unlearn": {"steps": cfg.steps, "lr": cfg.lr}}
     if any(r["objective"] == "edit" for r in table.rows):
@@ -293,13 +293,13 @@ def unlearn_stage(ctx: "RunContext") -> dict[str, Any]:
         "objective": f"-{cfg.nll_scale:g} NLL + {cfg.kl_weight:g} KL({cfg.kl_direction}, {cfg.kl_reduction})",
         "weight_decay": cfg.weight_decay}}
     if cfg.tradeoff_lrs:
-        tradeoff = saved(ctx.folder.file("unlearn_tradeoff"), MaskTradeoff, lambda: mask_tradeoff(
+        tradeoff = saved(ctx, ctx.folder.file("unlearn_tradeoff"), MaskTradeoff, lambda: mask_tradeoff(
             ctx.model, targets, pool, cfg.tradeoff_lrs, masks=[m for m in cfg.masks if m != "selective"] or cfg.masks,
             steps=cfg.steps, checkpoint=ctx.folder.file("unlearn_checkpoint"),
             **{k: v for k, v in common.items() if k != "other_memorized"}))
         summary["tradeoff"] = tradeoff.summary()["table"]
     if cfg.noise_scales:
-        noise = saved(ctx.folder.file("noise"), NoiseResult,
+        noise = saved(ctx, ctx.folder.file("noise"), NoiseResult,
                       lambda: _noise_intervention(ctx, targets, pool[: cfg.retain_paragraphs], cfg))
         summary["noise"] = noise.summary()
     return summary

@@ -21,7 +21,8 @@ from typing import Any
 from memlens.core.defaults import MIN_K, NON_MEMORIZED_MAX_EM
 from memlens.core.errors import InputError
 from memlens.scale.scan_table import COLUMNS, TABLE_KIND, TABLE_VERSION, ScanTable, split_summary, write_table
-from memlens.scale.stream import table_target
+from memlens.core.lock import file_lock_path, locked
+from memlens.scale.stream import check_records, file_sha256, table_target
 
 
 class ScanWorker:
@@ -131,49 +132,51 @@ def scan_with_ray(
     if source.suffix.lower() not in (".jsonl", ".parquet"):
         raise InputError(f"{source}: the Ray engine reads JSONL or Parquet")
     table_target(source, target)
+    check_records(source)  # the local engine's checks (ids unique, integer token ids), before Ray starts
     if workers < 1:
         raise InputError(f"workers must be >= 1, got {workers}")
     non_max, mem_min = split_thresholds(continuation_len, non_memorized_max_em, memorized_min_em)
     check_min_k(min_k)
-    blocks, checkpoint = target.with_name(target.name + ".ray"), target.with_name(target.name + ".ray-checkpoint")
-    started_here = not ray.is_initialized()
-    if started_here:
-        if ray_address:
-            ray.init(address=ray_address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=num_cpus or workers + 1, include_dashboard=False, log_to_driver=False)
-    t0 = time.perf_counter()
-    try:
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.checkpoint_config = CheckpointConfig(id_column="id", checkpoint_path=str(checkpoint.resolve()),
-                                                 delete_checkpoint_on_success=False)
-        read = ray.data.read_parquet if source.suffix.lower() == ".parquet" else ray.data.read_json
-        ds = read(str(source.resolve()))
-        kwargs = dict(model=model, seed=seed, cache_dir=cache_dir, device=device or ("cuda" if num_gpus else None),
-                      dtype=dtype, prefix_len=prefix_len, continuation_len=continuation_len, batch_size=batch_size,
-                      non_memorized_max_em=non_max, memorized_min_em=mem_min, min_k=min_k, threads=None if num_gpus else 1)
-        ds = ds.map_batches(ScanWorker, fn_constructor_kwargs=kwargs, compute=ActorPoolStrategy(size=workers),
-                            batch_size=rows_per_call, batch_format="numpy",
-                            **({"num_gpus": num_gpus} if num_gpus else {"num_cpus": 1}))
-        ds.write_parquet(str(blocks.resolve()))
-    finally:
-        ray.data.DataContext.get_current().checkpoint_config = None
+    with locked(file_lock_path(target), f"the scan table {target}"):
+        blocks, checkpoint = target.with_name(target.name + ".ray"), target.with_name(target.name + ".ray-checkpoint")
+        started_here = not ray.is_initialized()
         if started_here:
-            ray.shutdown()
-    seconds = time.perf_counter() - t0
-    rows = read_ray_output(blocks)
-    n, splits = split_summary((r["split"], r["em"], r["nll"]) for r in rows)
-    header = {"memlens": TABLE_KIND, "version": TABLE_VERSION, "model": model, "source": str(source.resolve()),
-              "prefix_len": prefix_len, "continuation_len": continuation_len, "chunk_size": None,
-              "shard": [0, 1], "non_memorized_max_em": non_max, "memorized_min_em": mem_min, "min_k": min_k, "engine": "ray",
-              "workers": workers, "versions": versions(), "seconds": round(seconds, 2),
-              "paragraphs_per_second": round(n / seconds, 2) if seconds > 0 else None, "n": n,
-              "skipped_short": 0, "splits": splits}
-    write_table(target, header, iter([rows]))
-    shutil.rmtree(blocks, ignore_errors=True)
-    shutil.rmtree(checkpoint, ignore_errors=True)
-    return ScanTable(target, header)
+            if ray_address:
+                ray.init(address=ray_address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=num_cpus or workers + 1, include_dashboard=False, log_to_driver=False)
+        t0 = time.perf_counter()
+        try:
+            ctx = ray.data.DataContext.get_current()
+            ctx.enable_progress_bars = False
+            ctx.checkpoint_config = CheckpointConfig(id_column="id", checkpoint_path=str(checkpoint.resolve()),
+                                                     delete_checkpoint_on_success=False)
+            read = ray.data.read_parquet if source.suffix.lower() == ".parquet" else ray.data.read_json
+            ds = read(str(source.resolve()))
+            kwargs = dict(model=model, seed=seed, cache_dir=cache_dir, device=device or ("cuda" if num_gpus else None),
+                          dtype=dtype, prefix_len=prefix_len, continuation_len=continuation_len, batch_size=batch_size,
+                          non_memorized_max_em=non_max, memorized_min_em=mem_min, min_k=min_k, threads=None if num_gpus else 1)
+            ds = ds.map_batches(ScanWorker, fn_constructor_kwargs=kwargs, compute=ActorPoolStrategy(size=workers),
+                                batch_size=rows_per_call, batch_format="numpy",
+                                **({"num_gpus": num_gpus} if num_gpus else {"num_cpus": 1}))
+            ds.write_parquet(str(blocks.resolve()))
+        finally:
+            ray.data.DataContext.get_current().checkpoint_config = None
+            if started_here:
+                ray.shutdown()
+        seconds = time.perf_counter() - t0
+        rows = read_ray_output(blocks)
+        n, splits = split_summary((r["split"], r["em"], r["nll"]) for r in rows)
+        header = {"memlens": TABLE_KIND, "version": TABLE_VERSION, "model": model, "source": str(source.resolve()),
+                  "source_sha256": file_sha256(source), "prefix_len": prefix_len, "continuation_len": continuation_len, "chunk_size": None,
+                  "shard": [0, 1], "non_memorized_max_em": non_max, "memorized_min_em": mem_min, "min_k": min_k, "engine": "ray",
+                  "workers": workers, "versions": versions(), "seconds": round(seconds, 2),
+                  "paragraphs_per_second": round(n / seconds, 2) if seconds > 0 else None, "n": n,
+                  "skipped_short": 0, "splits": splits}
+        write_table(target, header, iter([rows]))
+        shutil.rmtree(blocks, ignore_errors=True)
+        shutil.rmtree(checkpoint, ignore_errors=True)
+        return ScanTable(target, header)
 
 
 def read_ray_output(blocks: str | Path) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from memlens.core.errors import InputError
 from memlens.core.io import atomic_path, check_output_file, parse_json
+from memlens.core.lock import file_lock_path, locked
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -70,11 +71,26 @@ class ScanTable:
         import pandas as pd
 
         if self.path.suffix.lower() == ".parquet":
-            df = pyarrow_parquet().read_table(str(self.path)).to_pandas()
+            try:
+                df = pyarrow_parquet().read_table(str(self.path)).to_pandas()
+            except Exception as e:  # pyarrow's errors for a torn or damaged file
+                raise InputError(f"{self.path}: a damaged Parquet table ({e}); scan it again") from None
         else:
-            with self.path.open(encoding="utf-8") as f:
+            rows = []
+            with self.path.open(encoding="utf-8", errors="replace") as f:
                 next(f)
-                df = pd.DataFrame([json.loads(line) for line in f if line.strip()], columns=list(COLUMNS))
+                for lineno, line in enumerate(f, start=2):
+                    if line.strip():
+                        row = parse_json(line, f"{self.path}:{lineno}", "the table is torn or damaged; scan it again")
+                        if not isinstance(row, dict) or not set(COLUMNS) - {"min_k_nll"} <= set(row):
+                            raise InputError(f"{self.path}:{lineno}: not a scan table row; the table is damaged, scan "
+                                             "it again")
+                        rows.append(row)
+            df = pd.DataFrame(rows, columns=list(COLUMNS))
+        n = self.header.get("n")
+        if isinstance(n, int) and len(df) != n:
+            raise InputError(f"{self.path}: holds {len(df)} rows, its header says {n}; the table is truncated or "
+                             "damaged, scan it again")
         df["extraction_prob"] = np.exp(df["extraction_logprob"].astype("float64"))
         return df
 
@@ -143,14 +159,22 @@ def merge_scan_tables(inputs: Sequence[str | Path], out: str | Path) -> ScanTabl
     if any(target.resolve() == t.path.resolve() for t in tables):
         raise InputError(f"--out {target} is one of the shards; choose another output file")
     check_output_file(target, "merged scan table")
-    same = ("model", "source", "prefix_len", "continuation_len", "chunk_size", "non_memorized_max_em",
-            "memorized_min_em")
+    same = ("model", "source", "source_sha256", "prefix_len", "continuation_len", "chunk_size",
+            "non_memorized_max_em", "memorized_min_em")
     first = tables[0]
     for t in tables[1:]:
         diff = [k for k in same if t.header.get(k) != first.header.get(k)]
+        if diff == ["source_sha256"]:
+            raise InputError(f"{t.path} and {first.path} scanned different versions of {first.header.get('source')} "
+                             "(the file changed between the shards' scans); scan every shard of the current file again")
         if diff:
             raise InputError(f"{t.path} is not a shard of the same scan as {first.path} (differs in "
                              f"{', '.join(diff)})")
+    worlds = {t.path: t.shard.world for t in tables}
+    if len(set(worlds.values())) > 1:
+        said = "; ".join(f"{path} is {'a whole table' if w == 1 else f'a shard of {w}'}" for path, w in worlds.items())
+        raise InputError(f"these tables are not the shards of one sharded scan ({said}); merge the shards of one "
+                         "--shard k/N scan, all with the same N")
     world = first.shard.world
     ranks = sorted(t.shard.rank for t in tables)
     if any(t.shard.world != world for t in tables) or ranks != list(range(world)):
@@ -168,8 +192,9 @@ def merge_scan_tables(inputs: Sequence[str | Path], out: str | Path) -> ScanTabl
                "n": len(df), "skipped_short": sum(int(t.header.get("skipped_short", 0)) for t in tables)}
     _, header["splits"] = split_summary(zip(df["split"], df["em"].astype(int), df["nll"].astype(float)))
     rows = df[list(COLUMNS)].to_dict("records")
-    write_table(target, header, iter([[{k: (int(v) if k in ("index", "em") else v) for k, v in r.items()}
-                                        for r in rows]]))
+    with locked(file_lock_path(target), f"the merged scan table {target}"):
+        write_table(target, header, iter([[{k: (int(v) if k in ("index", "em") else v) for k, v in r.items()}
+                                            for r in rows]]))
     return ScanTable(target, header)
 
 

@@ -43,9 +43,13 @@ class Shard:
         for rank, world in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
             if rank in env and world in env:
                 try:
-                    return cls(int(env[rank]), int(env[world]))
+                    k, n = int(env[rank]), int(env[world])
                 except ValueError:
                     raise InputError(f"{rank}={env[rank]!r}, {world}={env[world]!r}: not integers") from None
+                if n < 1 or not 0 <= k < n:
+                    raise InputError(f"{rank}={k}, {world}={n}: the rank must be from 0 to {world} - 1; check the "
+                                     "launcher's environment (or give --shard k/N)")
+                return cls(k, n)
         return None
 
     def owns(self, chunk: int) -> bool:

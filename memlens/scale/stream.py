@@ -26,6 +26,7 @@ from memlens.core.defaults import MIN_K
 from memlens.core.data import DEFAULT_CONTINUATION_LEN, DEFAULT_PREFIX_LEN, ParagraphSet
 from memlens.core.errors import InputError
 from memlens.core.io import check_output_file, parse_json, write_text_atomic
+from memlens.core.lock import file_lock_path, locked
 from memlens.scale.shard import Shard
 from memlens.scale.scan_table import (
     TABLE_KIND, TABLE_SUFFIXES, TABLE_VERSION, ScanTable, pyarrow_parquet, split_summary, write_table,
@@ -85,20 +86,65 @@ def iter_records(path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[t
     if suffix == ".csv":
         raise InputError(f"{path}: a streaming scan reads JSONL or Parquet; scan a CSV in memory (an --out "
                          "ending in .safetensors, no --shard) or convert it to JSONL")
-    with path.open(encoding="utf-8", errors="strict") as f:
-        try:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                rec = parse_json(line, f"{path}:{lineno}", "fix or remove the line")
-                if isinstance(rec, dict) and rec.get("memlens") == "ParagraphSet":
-                    continue
-                if not isinstance(rec, dict) or ("tokens" not in rec and "text" not in rec):
-                    raise InputError(f"{path}:{lineno}: each line must be a JSON object with a 'tokens' list or a "
-                                     "'text' string")
-                yield lineno, rec
-        except UnicodeDecodeError as e:
-            raise InputError(f"{path}: not UTF-8 text (byte {e.start} of a line); convert the file to UTF-8") from None
+    with path.open("rb") as f:
+        offset = 0
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{lineno}: not UTF-8 text (byte {offset + e.start} of the file, column "
+                                 f"{e.start + 1} of the line); convert the file to UTF-8") from None
+            offset += len(raw)
+            if not line.strip():
+                continue
+            rec = parse_json(line, f"{path}:{lineno}", "fix or remove the line")
+            if isinstance(rec, dict) and rec.get("memlens") == "ParagraphSet":
+                continue
+            if not isinstance(rec, dict) or ("tokens" not in rec and "text" not in rec):
+                raise InputError(f"{path}:{lineno}: each line must be a JSON object with a 'tokens' list or a "
+                                 "'text' string")
+            yield lineno, rec
+
+
+def check_records(path: Path) -> int:
+    """Read every record of a JSONL or Parquet paragraph file once and check what the local
+    engine checks chunk by chunk: ``tokens`` a list of integer ids in range (or ``text`` a
+    string) and ids unique (by 64-bit hashes). Returns the number of records; an
+    :class:`InputError` names the line or row of the first bad one."""
+    from memlens.core.data import INT64_MAX
+
+    seen: dict[int, int] = {}
+    n = 0
+    for lineno, rec in iter_records(path):
+        n += 1
+        pid = str(rec.get("id", n - 1))
+        where = f"{path}:{lineno} (paragraph {pid!r})"
+        toks = rec.get("tokens")
+        if toks is not None and not isinstance(toks, str):
+            if not isinstance(toks, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in toks):
+                raise InputError(f"{where}: 'tokens' must be a list of integers")
+            if any(not 0 <= t <= INT64_MAX for t in toks):
+                raise InputError(f"{where}: a token id outside 0..2**63-1; were these ids made with another tokenizer?")
+        elif not isinstance(rec.get("text"), str):
+            raise InputError(f"{where}: 'text' must be a string")
+        key = int.from_bytes(hashlib.blake2b(pid.encode(), digest_size=8).digest(), "little")
+        if key in seen:
+            raise InputError(f"{where}: paragraph id {pid!r} occurs more than once (first at line or row "
+                             f"{seen[key]}); ids must be unique")
+        seen[key] = lineno
+    if n == 0:
+        raise InputError(f"{path}: the file holds no paragraphs")
+    return n
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes (read in 1 MiB blocks): what a scan table records of its
+    source, so that shards of different versions of a file are not merged."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def iter_chunks(
@@ -191,8 +237,7 @@ def scan_to_table(
         The :class:`ScanTable` written (EM in tokens, NLL in nats per token, extraction
         log-probability in nats).
     """
-    from memlens.core.results import versions
-    from memlens.analyses.scan import score_batch, split_thresholds
+    from memlens.analyses.scan import split_thresholds
     from memlens.core.metrics import check_min_k
 
     source = Path(source)
@@ -202,12 +247,35 @@ def scan_to_table(
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     non_max, mem_min = split_thresholds(continuation_len, non_memorized_max_em, memorized_min_em)
     check_min_k(min_k)
+    if model.n_ctx is not None and prefix_len + continuation_len > model.n_ctx:
+        raise InputError(f"paragraphs of {prefix_len} + {continuation_len} tokens exceed the model's context of "
+                         f"{model.n_ctx}; use shorter lengths")
     header = {"memlens": TABLE_KIND, "version": TABLE_VERSION, "model": model.name, "source": str(source.resolve()),
               "prefix_len": prefix_len, "continuation_len": continuation_len, "chunk_size": chunk_size,
               "shard": [shard.rank, shard.world], "non_memorized_max_em": non_max, "memorized_min_em": mem_min,
               "min_k": min_k}
     parts = target.with_name(target.name + ".parts")
-    _open_parts(parts, header)
+    with locked(file_lock_path(target), f"the scan table {target}"):
+        fresh = not parts.exists()
+        _open_parts(parts, header)
+        try:
+            table = _score_chunks(model, source, target, shard, parts, header, batch_size, chunk_size, skip_short,
+                                  non_max, mem_min, min_k, progress)
+        except InputError:
+            if fresh and not any(parts.glob("part-*.jsonl")):
+                shutil.rmtree(parts, ignore_errors=True)  # a refused input leaves nothing that blocks the corrected command
+            raise
+        shutil.rmtree(parts, ignore_errors=True)
+        return table
+
+
+def _score_chunks(model: "HookedModel", source: Path, target: Path, shard: Shard, parts: Path, header: dict[str, Any],
+                  batch_size: int, chunk_size: int, skip_short: bool, non_max: int, mem_min: int, min_k: float,
+                  progress: bool) -> ScanTable:
+    from memlens.analyses.scan import score_batch
+    from memlens.core.results import versions
+
+    prefix_len, continuation_len = header["prefix_len"], header["continuation_len"]
     t0, n_new = time.perf_counter(), 0
     bar = tqdm(desc=f"scan {shard.tag}" if shard.world > 1 else "scan", unit="para", disable=not progress)
     skipped = 0
@@ -230,11 +298,9 @@ def scan_to_table(
         bar.update(len(chunk.indices))
     bar.close()
     seconds = time.perf_counter() - t0
-    header |= {"versions": versions(), "seconds": round(seconds, 2),
+    header |= {"source_sha256": file_sha256(source), "versions": versions(), "seconds": round(seconds, 2),
                "paragraphs_per_second": round(n_new / seconds, 2) if n_new and seconds > 0 else None}
-    table = _assemble(parts, target, header)
-    shutil.rmtree(parts, ignore_errors=True)
-    return table
+    return _assemble(parts, target, header)
 
 
 def _open_parts(parts: Path, header: dict[str, Any]) -> None:
