@@ -36,41 +36,65 @@ def tiny_tokenizer(vocab_size: int = TINY_VOCAB) -> Any:
     return AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir(vocab_size)))
 
 
+#: the architectures random_hf_model builds (every row of memlens.core.architectures.ARCHITECTURES)
+RANDOM_ARCHS: tuple[str, ...] = ("gpt_neo", "gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2",
+                                 "gemma", "gemma2", "stablelm", "opt", "phi", "gptj")
+#: architectures the TransformerBridge boots that have no component registry (fused q/k/v and MLP
+#: weights the bridge splits into copies): every analysis that needs no registry runs on them
+BRIDGE_ONLY_ARCHS: tuple[str, ...] = ("phi3", "bloom")
+
+
+def _hf_config(arch: str, vocab_size: int, d_model: int, n_layers: int, n_heads: int, n_ctx: int,
+               window_size: int) -> Any:
+    """A tiny HuggingFace config of ``arch`` (grouped-query where the family has it)."""
+    import transformers as T
+
+    common: dict[str, Any] = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=0)
+    kv = max(1, n_heads // 2)
+    decoder = dict(max_position_embeddings=n_ctx, hidden_size=d_model, num_hidden_layers=n_layers,
+                   num_attention_heads=n_heads, **common)
+    if arch == "gpt_neo":
+        layers = [[["global", "local"], n_layers // 2]] if n_layers % 2 == 0 else [[["global"], n_layers]]
+        return T.GPTNeoConfig(max_position_embeddings=n_ctx, hidden_size=d_model, num_layers=n_layers,
+                              num_heads=n_heads, attention_types=layers, window_size=window_size,
+                              intermediate_size=4 * d_model, **common)
+    if arch == "gpt2":
+        return T.GPT2Config(n_positions=n_ctx, n_embd=d_model, n_layer=n_layers, n_head=n_heads, **common)
+    if arch == "gpt_neox":
+        return T.GPTNeoXConfig(intermediate_size=4 * d_model, **decoder)
+    if arch == "gptj":
+        return T.GPTJConfig(n_positions=n_ctx, n_embd=d_model, n_layer=n_layers, n_head=n_heads,
+                            rotary_dim=d_model // n_heads // 2, **common)
+    if arch == "opt":
+        return T.OPTConfig(ffn_dim=4 * d_model, word_embed_proj_dim=d_model, pad_token_id=1, **decoder)
+    if arch == "phi":
+        return T.PhiConfig(intermediate_size=4 * d_model, num_key_value_heads=kv, **decoder)
+    if arch == "phi3":
+        return T.Phi3Config(intermediate_size=2 * d_model, num_key_value_heads=kv, pad_token_id=0, **decoder)
+    if arch == "bloom":
+        return T.BloomConfig(hidden_size=d_model, n_layer=n_layers, n_head=n_heads, **common)
+    gated = dict(intermediate_size=2 * d_model, num_key_value_heads=kv, **decoder)
+    classes = {"llama": T.LlamaConfig, "mistral": T.MistralConfig, "qwen2": T.Qwen2Config, "qwen3": T.Qwen3Config,
+               "olmo": T.OlmoConfig, "olmo2": T.Olmo2Config, "gemma": T.GemmaConfig, "gemma2": T.Gemma2Config,
+               "stablelm": T.StableLmConfig}
+    if arch not in classes:
+        raise ValueError(f"unknown architecture {arch!r}; random_hf_model builds {', '.join(RANDOM_ARCHS + BRIDGE_ONLY_ARCHS)}")
+    if arch in ("qwen3", "gemma", "gemma2"):
+        gated["head_dim"] = d_model // n_heads
+    return classes[arch](**gated)
+
+
 def random_hf_model(
     arch: str = "gpt_neo", *, vocab_size: int = TINY_VOCAB, d_model: int = 64, n_layers: int = 2,
     n_heads: int = 4, n_ctx: int = 128, seed: int = 0, window_size: int = 16,
 ) -> torch.nn.Module:
-    """A random HuggingFace causal LM: ``gpt_neo``, ``gpt2``, ``gpt_neox`` or ``llama`` (grouped-query)."""
+    """A random HuggingFace causal LM of one of :data:`RANDOM_ARCHS` or :data:`BRIDGE_ONLY_ARCHS`
+    (grouped-query where the family has it), with sharpened output logits so that greedy decoding is far from ties."""
     import transformers as T
 
-    common = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=0)
-    if arch == "gpt_neo":
-        layers = [[["global", "local"], n_layers // 2]] if n_layers % 2 == 0 else [[["global"], n_layers]]
-        cfg = T.GPTNeoConfig(
-            max_position_embeddings=n_ctx, hidden_size=d_model, num_layers=n_layers, num_heads=n_heads,
-            attention_types=layers, window_size=window_size, intermediate_size=4 * d_model, **common,
-        )
-        cls = T.GPTNeoForCausalLM
-    elif arch == "gpt2":
-        cfg = T.GPT2Config(n_positions=n_ctx, n_embd=d_model, n_layer=n_layers, n_head=n_heads, **common)
-        cls = T.GPT2LMHeadModel
-    elif arch == "gpt_neox":
-        cfg = T.GPTNeoXConfig(
-            max_position_embeddings=n_ctx, hidden_size=d_model, num_hidden_layers=n_layers,
-            num_attention_heads=n_heads, intermediate_size=4 * d_model, **common,
-        )
-        cls = T.GPTNeoXForCausalLM
-    elif arch == "llama":
-        cfg = T.LlamaConfig(
-            max_position_embeddings=n_ctx, hidden_size=d_model, num_hidden_layers=n_layers,
-            num_attention_heads=n_heads, num_key_value_heads=max(1, n_heads // 2),
-            intermediate_size=2 * d_model, **common,
-        )
-        cls = T.LlamaForCausalLM
-    else:
-        raise ValueError(f"unknown architecture {arch!r}")
+    cfg = _hf_config(arch, vocab_size, d_model, n_layers, n_heads, n_ctx, window_size)
     torch.manual_seed(seed)
-    model = cls(cfg).eval()
+    model = T.AutoModelForCausalLM.from_config(cfg).eval()
     # random init gives near-uniform logits; sharpen them so greedy decoding is far from ties
     with torch.no_grad():
         for p in model.get_output_embeddings().parameters():

@@ -9,7 +9,7 @@ import torch
 
 from memlens.core.data import ParagraphSet
 from memlens.core.errors import InputError
-from memlens.viz.circuits import CircuitsView, attention_heads_view, colored_tokens_view
+from memlens.viz.circuits import CircuitsView, ViewList, attention_heads_view, colored_tokens_view
 
 if TYPE_CHECKING:
     from memlens.analyses.activation_gradients import ActivationGradientResult
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 def head_views(
     model: "HookedModel", paragraphs: ParagraphSet, layer: int, head: int, paragraph: int = 0,
     unigram: "UnigramCounts | None" = None,
-) -> list[CircuitsView]:
+) -> ViewList:
     """Three views of head ``(layer, head)`` on one paragraph (prefix + first continuation token):
 
     1. ``AttentionHeads`` of every head of the layer, the chosen one named with a star;
@@ -40,13 +40,13 @@ def head_views(
     strs = model.to_str_tokens(toks)
     pid = paragraphs.ids[paragraph]
     names = [f"L{layer}H{h}" + (" *" if h == head else "") for h in range(model.n_heads)]
-    views = [attention_heads_view(
+    views = ViewList([attention_heads_view(
         strs, pattern, names, title=f"Layer {layer} heads on paragraph {pid} (prefix + first continuation token)",
         caption=f"Each thumbnail is one head's attention (row: from, column: to); click one to show it. "
                 f"L{layer}H{head} is starred."),
         colored_tokens_view(
         strs[:P], pattern[head, P, :P], title=f"L{layer}H{head}: attention from the first continuation token",
-        caption="Darker = more attention from the first continuation token onto that prefix token.")]
+        caption="Darker = more attention from the first continuation token onto that prefix token.")])
     if unigram is not None:
         rarity = -unigram.log_frequency(toks[:P]).float()
         views.append(colored_tokens_view(
@@ -58,7 +58,7 @@ def head_views(
 def head_attention_views(
     model: "HookedModel", paragraphs: ParagraphSet, layer: int, head: int, max_paragraphs: int = 8,
     unigram: "UnigramCounts | None" = None, batch_size: int = 16,
-) -> list[CircuitsView]:
+) -> ViewList:
     """The paper's Fig. 6 bottom / Fig. 12: one head's attention from the first continuation token
     onto the prefix, one view per paragraph (the first ``max_paragraphs``), each prefix shaded on
     the same 0..1 scale; with ``unigram``, each caption names the prefix's rarest token and the
@@ -79,7 +79,7 @@ def head_attention_views(
             _, acts, _ = model.capture(batch.to(model.device), [name])
             rows.append(acts[name][:, head, P, :P].float().cpu())
     attention = torch.cat(rows)
-    views = []
+    views = ViewList()
     for i, pid in enumerate(chosen.ids):
         strs = model.to_str_tokens(chosen.tokens[i, :P])
         note = ""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from memlens.core.progress import tqdm
 
 from memlens.core.components import ComponentKey, ComponentRegistry, layer_of
 from memlens.core.data import ParagraphSet

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
+from memlens.core.progress import tqdm
 
 from memlens.core.components import check_head
 from memlens.core.data import ParagraphSet

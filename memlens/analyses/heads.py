@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
+from memlens.core.progress import tqdm
 
 from memlens.core.data import ParagraphSet
 from memlens.core.components import check_head
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
     from memlens.core.model import HookedModel
     from memlens.analyses.rare_attention import RareAttentionResult
-    from memlens.viz.circuits import CircuitsView
+    from memlens.viz.circuits import ViewList
 
 EVIDENCE = ("gradient", "contrastive", "activation_gradient", "patching", "attribution", "rare_attention")
 COMBINED = ("gradient", "activation_gradient", "patching", "rare_attention")
@@ -181,14 +181,46 @@ class HeadReport(Result):
         panels["combined"] = self.n_layers * self.n_heads + 1 - self.combined_rank
         return plot_head_panels(panels, "Evidence per head (each panel scaled to [0, 1]; bright = implicated)")
 
-    def attention_view(self, model: "HookedModel", paragraphs: ParagraphSet, layer: int, head: int,
-                       paragraph: int = 0, unigram: UnigramCounts | None = None) -> list["CircuitsView"]:
+    def attention_view(self, model: "HookedModel | None" = None, paragraphs: ParagraphSet | None = None,
+                       layer: int | None = None, head: int | None = None, paragraph: int = 0,
+                       unigram: UnigramCounts | None = None, *, k: int = 1) -> "ViewList":
         """circuitsvis views of one head on one paragraph: every head of its layer (click a
         thumbnail to show it), the chosen head's attention from the first continuation token, and
-        the prefix coloured by rarity. See :func:`memlens.analyses.attention_views.head_views`."""
+        the prefix coloured by rarity. See :func:`memlens.analyses.attention_views.head_views`.
+
+        Args:
+            model, paragraphs: default: the model and memorized paragraphs this report was
+                computed on (kept by :meth:`HeadLocalizer.localize`; a report loaded from a file
+                needs them passed).
+            layer, head: default: the ``k``-th most implicated head (``k=1``: the top head).
+            paragraph: which paragraph (index into ``paragraphs``).
+            unigram: corpus counts for the rarity view.
+            k: rank of the head shown when ``layer``/``head`` are not given.
+
+        Returns:
+            A :class:`~memlens.viz.circuits.ViewList` (shown as the views in a notebook).
+        """
         from memlens.analyses.attention_views import head_views
 
+        model = model if model is not None else getattr(self, "_model", None)
+        paragraphs = paragraphs if paragraphs is not None else getattr(self, "_paragraphs", None)
+        if model is None or paragraphs is None:
+            raise InputError("this report does not hold its model and paragraphs (it was loaded from a file); pass "
+                             "attention_view(model, paragraphs)")
+        if (layer is None) != (head is None):
+            raise InputError("give both layer and head, or neither (the k-th top head)")
+        if layer is None:
+            if not 1 <= k <= self.n_layers * self.n_heads:
+                raise InputError(f"k must be from 1 to {self.n_layers * self.n_heads}, got {k}")
+            row = self.top(k).iloc[k - 1]
+            layer, head = int(row["layer"]), int(row["head"])
         return head_views(model, paragraphs, layer, head, paragraph, unigram)
+
+    def _keep_inputs(self, model: "HookedModel", paragraphs: ParagraphSet) -> "HeadReport":
+        """Remember (not saved) the model and paragraphs for :meth:`attention_view`."""
+        object.__setattr__(self, "_model", model)
+        object.__setattr__(self, "_paragraphs", paragraphs)
+        return self
 
     def _repr_html_(self) -> str:
         return self.top(10).to_html(index=False, float_format=lambda x: f"{x:.3g}")
@@ -298,7 +330,7 @@ class HeadLocalizer:
         combined = [k for k in combine if k in evidence]
         if not combined:
             raise InputError(f"none of combine={list(combine)} was computed (evidence: {evidence})")
-        return HeadReport(
+        report = HeadReport(
             n_layers=model.n_layers, n_heads=model.n_heads, columns=columns, evidence=evidence, combined_from=combined,
             agreement=agreement, notes=notes, n_paragraphs=len(mem), n_patch_pairs=n_pairs, rare=rare,
             weights=combined_weights(combined, causal_share),
@@ -306,6 +338,7 @@ class HeadLocalizer:
                                           patch_kinds=list(patch_kinds), causal_share=causal_share,
                                           patch_positions=patch_positions,
                                           exact_top=exact_top))
+        return report._keep_inputs(model, mem)
 
     def _check_localize(self, memorized: ParagraphSet, non_memorized: ParagraphSet | None, evidence: Sequence[str],
                         max_paragraphs: int, causal_share: float) -> tuple[ParagraphSet, list[str], list[str]]:

@@ -184,7 +184,7 @@ def compare_masks(
         A :class:`MaskComparison` with every trial and the means with bootstrap 95% intervals.
     """
     import pandas as pd
-    from tqdm.auto import tqdm
+    from memlens.core.progress import tqdm
 
     if len(targets) == 0:
         raise InputError("compare_masks needs at least one target paragraph")

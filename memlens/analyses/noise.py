@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from memlens.core.progress import tqdm
 
 from memlens.analyses.sparse_mask import SparseMask
 from memlens.core.data import ParagraphSet

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
+from memlens.core.progress import tqdm
 
 from memlens.analyses.activation_gradients import (ACTIVATION_KINDS, MLP_ACTIVATION_KINDS, activation_hook_names,
                                                    per_query_head)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
+from memlens.core.progress import tqdm
 
 from memlens.core.data import ParagraphSet
 from memlens.core.defaults import N_SAMPLES, STRATEGIES, WORST_TIES, WorstTies, one_of

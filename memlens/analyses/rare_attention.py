@@ -10,7 +10,7 @@ import einops
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
+from memlens.core.progress import tqdm
 
 from memlens.core.data import ParagraphSet
 from memlens.core.defaults import RANK_REDUCES, RankReduce, RankTies, one_of

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
+from memlens.core.progress import tqdm
 
 from memlens.core.data import ParagraphSet, as_paragraph_set
 from memlens.core.defaults import MIN_K, NON_MEMORIZED_MAX_EM
@@ -163,7 +163,7 @@ def scan(
     paragraphs: ParagraphSet | Sequence[str] | Tensor,
     *,
     batch_size: int = 16,
-    non_memorized_max_em: int = NON_MEMORIZED_MAX_EM,
+    non_memorized_max_em: int | None = None,
     memorized_min_em: int | None = None,
     min_k: float = MIN_K,
     out: str | Path | None = None,
@@ -177,7 +177,9 @@ def scan(
         paragraphs: the paragraphs (prefix + continuation); a list of texts (tokenized with the
             model's tokenizer, 50 + 50 tokens) or a ``[n, length]`` token tensor is turned into one.
         batch_size: paragraphs per forward pass.
-        non_memorized_max_em: EM at or below which a paragraph counts as non-memorized (paper: 10).
+        non_memorized_max_em: EM at or below which a paragraph counts as non-memorized (default:
+            the paper's 10, or just below ``memorized_min_em`` when that is lower; see
+            :func:`split_thresholds`).
         memorized_min_em: EM at or above which it counts as memorized (default: the whole continuation).
         min_k: the share of continuation tokens in the min-K% NLL column (0.2: the 20% of tokens
             with the highest NLL).
@@ -205,7 +207,7 @@ def scan(
         return _scan(model, paragraphs, batch_size, non_memorized_max_em, memorized_min_em, min_k, Path(out), progress)
 
 
-def _scan(model: "HookedModel", paragraphs: ParagraphSet, batch_size: int, non_memorized_max_em: int,
+def _scan(model: "HookedModel", paragraphs: ParagraphSet, batch_size: int, non_memorized_max_em: int | None,
           memorized_min_em: int | None, min_k: float, out: Path | None, progress: bool) -> ScanResult:
     done: dict[str, tuple[int, float, float, float]] = {}
     partial = Path(str(out) + ".partial") if out is not None else None
@@ -239,8 +241,8 @@ def _scan(model: "HookedModel", paragraphs: ParagraphSet, batch_size: int, non_m
     min_k_nll = torch.tensor([done[pid][3] for pid in paragraphs.ids], dtype=torch.float)
     result = ScanResult(paragraphs=paragraphs, em=em, nll=nll, extraction_logprob=logprob, min_k_nll=min_k_nll,
                         min_k=min_k, memorized_min_em=memorized_min_em,
-                        non_memorized_max_em=non_memorized_max_em,
-                        provenance=Provenance.capture(model, non_memorized_max_em=non_memorized_max_em,
+                        non_memorized_max_em=non_max,
+                        provenance=Provenance.capture(model, non_memorized_max_em=non_max,
                                                       memorized_min_em=memorized_min_em, min_k=min_k))
     if out is not None and partial is not None:
         result.save(out)
@@ -298,11 +300,17 @@ def score_batch(model: "HookedModel", paragraphs: ParagraphSet, batch_size: int,
 def split_thresholds(continuation_len: int, non_memorized_max_em: int | None = None,
                      memorized_min_em: int | None = None) -> tuple[int, int]:
     """The split's thresholds (EM in tokens) with their defaults, the paper's 10 and the whole
-    continuation, checked: ``0 <= non_memorized_max_em < memorized_min_em <= continuation_len``."""
-    non_max = NON_MEMORIZED_MAX_EM if non_memorized_max_em is None else non_memorized_max_em
+    continuation, checked: ``-1 <= non_memorized_max_em < memorized_min_em <= continuation_len``.
+    Any ordered thresholds are allowed: a ``memorized_min_em`` at or below the default 10 lowers
+    the default ``non_memorized_max_em`` to just below it (``memorized_min_em=0``: every paragraph
+    is memorized; ``non_memorized_max_em=-1``: none is non-memorized)."""
     mem_min = continuation_len if memorized_min_em is None else memorized_min_em
-    if not 0 <= non_max < mem_min <= continuation_len:
-        raise InputError(f"thresholds must satisfy 0 <= non_memorized_max_em ({non_max}) < memorized_min_em "
+    if non_memorized_max_em is None:
+        non_max = min(NON_MEMORIZED_MAX_EM, mem_min - 1)
+    else:
+        non_max = non_memorized_max_em
+    if not -1 <= non_max < mem_min <= continuation_len:
+        raise InputError(f"thresholds must satisfy -1 <= non_memorized_max_em ({non_max}) < memorized_min_em "
                          f"({mem_min}) <= continuation_len ({continuation_len})")
     return non_max, mem_min
 

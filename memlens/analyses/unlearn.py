@@ -347,6 +347,9 @@ class SparseFineTuner:
     def _check_run(self, target: ParagraphSet, retain: ParagraphSet, other: ParagraphSet | None,
                    st: "FineTuneSettings") -> dict[str, ParagraphSet]:
         """Validate a run's arguments; return the sets it scores by name."""
+        if len(target) == 0:
+            raise InputError("no target paragraphs: the target set is empty (e.g. a scan found no memorized "
+                             "paragraph); pass at least one paragraph to unlearn or edit")
         if len(retain) == 0:
             raise InputError("the retain set is empty")
         target.check_compatible(retain, "the target and the retain set")

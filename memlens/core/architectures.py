@@ -55,6 +55,14 @@ def _llama_like(model_type: str) -> Architecture:
                         mlp_out=f"{m}.down_proj.weight", grouped_query=True)
 
 
+def _plain(model_type: str, attn: str, q: str, k: str, v: str, o: str, mlp_in: str, mlp_out: str,
+           grouped_query: bool = False) -> Architecture:
+    """An architecture with separate q/k/v/o projections and one MLP input matrix."""
+    return Architecture(model_type=model_type, q=f"{attn}.{q}.weight", k=f"{attn}.{k}.weight", v=f"{attn}.{v}.weight",
+                        o=f"{attn}.{o}.weight", mlp_in=(f"{mlp_in}.weight",), mlp_out=f"{mlp_out}.weight",
+                        grouped_query=grouped_query)
+
+
 _NEO_ATTN, _NEO_MLP = "transformer.h.{layer}.attn.attention", "transformer.h.{layer}.mlp"
 _GPT2_ATTN, _GPT2_MLP = "transformer.h.{layer}.attn", "transformer.h.{layer}.mlp"
 _NEOX_ATTN, _NEOX_MLP = "gpt_neox.layers.{layer}.attention", "gpt_neox.layers.{layer}.mlp"
@@ -74,7 +82,14 @@ ARCHITECTURES: dict[str, Architecture] = {
         o=f"{_NEOX_ATTN}.o.weight", mlp_in=(f"{_NEOX_MLP}.dense_h_to_4h.weight",),
         mlp_out=f"{_NEOX_MLP}.dense_4h_to_h.weight", fused_qkv=True, fused_layout="per_head",
         bridge_renames=((".attention.qkv.", ".attention.query_key_value."), (".attention.o.", ".attention.dense."))),
-    **{t: _llama_like(t) for t in ("llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2")},
+    **{t: _llama_like(t) for t in ("llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "gemma", "gemma2",
+                                   "stablelm")},
+    "opt": _plain("opt", "model.decoder.layers.{layer}.self_attn", "q_proj", "k_proj", "v_proj", "out_proj",
+                  "model.decoder.layers.{layer}.fc1", "model.decoder.layers.{layer}.fc2"),
+    "phi": _plain("phi", "model.layers.{layer}.self_attn", "q_proj", "k_proj", "v_proj", "dense",
+                  "model.layers.{layer}.mlp.fc1", "model.layers.{layer}.mlp.fc2", grouped_query=True),
+    "gptj": _plain("gptj", "transformer.h.{layer}.attn", "q_proj", "k_proj", "v_proj", "out_proj",
+                   "transformer.h.{layer}.mlp.fc_in", "transformer.h.{layer}.mlp.fc_out"),
 }
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(ARCHITECTURES)
@@ -86,8 +101,10 @@ def architecture(model_type: str) -> Architecture:
     try:
         return ARCHITECTURES[model_type]
     except KeyError:
-        raise ModelLoadError(f"model type {model_type!r} is not supported; memlens supports "
-                             f"{', '.join(SUPPORTED_MODEL_TYPES)}") from None
+        raise ModelLoadError(f"model type {model_type!r} has no component registry (the weights of each head and "
+                             "MLP that gradient maps, masks, unlearning and editing need); memlens has one for "
+                             f"{', '.join(SUPPORTED_MODEL_TYPES)}. Scans, prefix perturbation, activation patching "
+                             "and attention views work on any model the TransformerBridge boots") from None
 
 
 def all_bridge_renames() -> tuple[tuple[str, str], ...]:

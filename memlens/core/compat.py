@@ -142,10 +142,10 @@ def sync_fused_qkv(hf_model: nn.Module, n_heads: int) -> None:
     """Copy the bridge's split q/k/v weights (what its forward uses and what training changes)
     into the fused QKV weight that the plain twin uses (GPT-2 ``c_attn``, NeoX
     ``query_key_value``); a no-op for architectures without fused QKV."""
-    from memlens.core.architectures import architecture
+    from memlens.core.architectures import ARCHITECTURES
 
-    arch = architecture(hf_model.config.model_type)
-    if not arch.fused_qkv:
+    arch = ARCHITECTURES.get(hf_model.config.model_type)
+    if arch is None or not arch.fused_qkv:  # an unlisted type is not trained by memlens (no registry)
         return
     params = {strip_bridge_name(n): p for n, p in hf_model.named_parameters()}
     for name, fused in params.items():

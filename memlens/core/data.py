@@ -167,19 +167,31 @@ class ParagraphSet:
         prefix_len: int = DEFAULT_PREFIX_LEN,
         continuation_len: int = DEFAULT_CONTINUATION_LEN,
         ids: Sequence[str] | None = None,
-        **metadata: Sequence[Any],
+        skip_short: bool = False,
+        **metadata: Any,
     ) -> "ParagraphSet":
         """Tokenize ``texts`` with the model's tokenizer (no BOS unless the model prepends one)
-        and keep each text's first ``prefix_len + continuation_len`` tokens."""
+        and keep each text's first ``prefix_len + continuation_len`` tokens. ``skip_short`` leaves
+        out texts with fewer tokens (their ids in :attr:`skipped`); every other keyword is a
+        metadata column with one value per text."""
+        if isinstance(texts, str):
+            raise InputError("from_texts takes a list of texts, got one string; wrap it: [text]")
+        texts = list(texts)
+        for key, col in metadata.items():
+            if isinstance(col, (str, bytes)) or not hasattr(col, "__len__") or len(col) != len(texts):
+                raise InputError(f"from_texts got {key}={col!r:.40}: an unknown keyword argument, or a metadata column "
+                                 f"without one value per text ({len(texts)}); keywords are prefix_len, "
+                                 "continuation_len, ids, skip_short and metadata columns")
         ids = [str(i) for i in (ids if ids is not None else range(len(texts)))]
         return cls._from_token_lists(
             [model.to_tokens(t)[0].tolist() for t in texts],
             ids,
             prefix_len,
             continuation_len,
-            texts=list(texts),
+            texts=texts,
             metadata=metadata,
             where=[f"paragraph {i!r}" for i in ids],
+            skip_short=skip_short,
         )
 
     @classmethod

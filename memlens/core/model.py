@@ -399,9 +399,10 @@ class HookedModel:
         return _loader("from_gguf")(path, **kwargs)
 
     @classmethod
-    def wrap(cls, tl_model: nn.Module, **kwargs: Any) -> "HookedModel":
-        """An already built TransformerLens model (see :func:`memlens.loading.wrap`)."""
-        return _loader("wrap")(tl_model, **kwargs)
+    def wrap(cls, tl_model: nn.Module, tokenizer: Any = None, **kwargs: Any) -> "HookedModel":
+        """An already built TransformerLens model (see :func:`memlens.loading.wrap`), with its
+        tokenizer (the model's own when None)."""
+        return _loader("wrap")(tl_model, tokenizer, **kwargs)
 
     @classmethod
     def organism(cls, size: str = "default", seed: int = 0, cache_dir: str | None = None,

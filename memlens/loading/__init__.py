@@ -134,12 +134,24 @@ def from_hf(
     from transformer_lens.model_bridge import TransformerBridge
 
     model_type = getattr(getattr(hf_model, "config", None), "model_type", None)
-    architecture(str(model_type))
     tokenizer = _with_name_or_path(tokenizer)
     name = name or getattr(hf_model.config, "_name_or_path", None) or f"memlens/{model_type}"
-    with quiet_transformers():
-        bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer)
+    try:
+        with quiet_transformers():
+            bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer)
+    except ValueError as e:
+        if "supported architecture" not in str(e):
+            raise
+        raise ModelLoadError(f"TransformerLens {_tl_version()} cannot boot model type {model_type!r} "
+                             f"({type(hf_model).__name__}); memlens runs on the models its TransformerBridge boots "
+                             f"(fully, with the component registry: {', '.join(SUPPORTED_MODEL_TYPES)})") from None
     return HookedModel(bridge, tokenizer, name=name, prepend_bos=prepend_bos, ground_truth=ground_truth)
+
+
+def _tl_version() -> str:
+    from importlib.metadata import version
+
+    return version("transformer-lens")
 
 
 def wrap(tl_model: nn.Module, tokenizer: Any = None, *, name: str | None = None, prepend_bos: bool = False) -> HookedModel:
@@ -246,10 +258,46 @@ def load_tokenizer(folder: Path) -> Any:
 
     try:
         with quiet_transformers():
-            return AutoTokenizer.from_pretrained(str(folder))
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except Exception as e:
         raise ModelLoadError(f"{folder}: its tokenizer could not be loaded ({type(e).__name__}: {e}); save the "
                              "tokenizer into the folder too (tokenizer.save_pretrained)") from None
+    return _saved_tokenizer_if_different(tokenizer, folder)
+
+
+#: texts a folder's tokenizer is checked on: digits, runs of spaces, newlines, tabs, accents, quotes
+TOKENIZER_SAMPLE = ("In 2024, 12345 tokens  and   spaces\n\n\ttabs; naïve café — “quotes” don't I'll WE'RE "
+                    "def f(x):\n    return x**2  # ok")
+
+
+def _saved_tokenizer_if_different(tokenizer: Any, folder: Path) -> Any:
+    """``tokenizer`` (what transformers built for ``folder``), unless it tokenizes
+    :data:`TOKENIZER_SAMPLE` differently from the folder's own ``tokenizer.json`` (transformers 5
+    builds a model family's tokenizer class, e.g. ``Qwen2Tokenizer``, and ignores the saved
+    ``tokenizer_class``): then the saved tokenizer, with a warning that says so."""
+    import warnings
+
+    saved = folder / "tokenizer.json"
+    if not saved.is_file():
+        return tokenizer
+    try:
+        from tokenizers import Tokenizer
+
+        want = Tokenizer.from_file(str(saved)).encode(TOKENIZER_SAMPLE, add_special_tokens=False).ids
+        got = tokenizer(TOKENIZER_SAMPLE, add_special_tokens=False)["input_ids"]
+    except Exception:  # a tokenizer.json the tokenizers library cannot read: keep transformers' choice
+        return tokenizer
+    if list(got) == list(want):
+        return tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    with quiet_transformers():
+        own = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    warnings.warn(f"{folder}: transformers built a {type(tokenizer).__name__} for this folder, which tokenizes text "
+                  "differently from the folder's saved tokenizer.json; memlens uses the saved tokenizer "
+                  f"({type(own).__name__} from tokenizer.json), so texts tokenize as they did when it was saved",
+                  stacklevel=3)
+    return own
 
 
 def _gguf_cache_folder(path: Path, dtype: torch.dtype) -> Path:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Int
 from torch import Tensor
-from tqdm.auto import tqdm
+from memlens.core.progress import tqdm
 
 from memlens.core.components import ComponentKey
 from memlens.core.data import ParagraphSet

@@ -56,7 +56,7 @@ def unrecited_windows(hf: torch.nn.Module, windows: list[list[int]], need: int, 
                       progress: bool) -> list[list[int]]:
     """``need`` windows (in a seeded random order) whose continuation the base model does not
     recite (teacher-forced EM <= BASE_RECITES_MAX_EM)."""
-    from tqdm.auto import tqdm
+    from memlens.core.progress import tqdm
 
     order = list(range(len(windows)))
     random.Random(seed).shuffle(order)

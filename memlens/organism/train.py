@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from tqdm.auto import tqdm
+from memlens.core.progress import tqdm
 
 from memlens.core.data import ParagraphSet
 

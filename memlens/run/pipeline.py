@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
-from tqdm.auto import tqdm
+from memlens.core.progress import tqdm
 
 from memlens.core.errors import InputError
 from memlens.core.io import check_output_folder, remove_stray_temporaries, write_json_atomic

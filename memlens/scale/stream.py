@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from tqdm.auto import tqdm
+from memlens.core.progress import tqdm
 
 from memlens.core.defaults import MIN_K
 from memlens.core.data import DEFAULT_CONTINUATION_LEN, DEFAULT_PREFIX_LEN, ParagraphSet

@@ -66,10 +66,12 @@ class CircuitsView:
     def fragment(self) -> str:
         head = f"<h4>{html.escape(self.title)}</h4>" if self.title else ""
         cap = f'<p class="guide">{html.escape(self.caption)}</p>' if self.caption else ""
+        # rendered once window.CircuitsVis exists: the bundle may come in an earlier output of the page
         return (
             f'{head}{cap}<div id="{self.div_id}" class="memlens-cv" data-component="{self.component}"></div>\n'
-            f"<script>CircuitsVis.render({json.dumps(self.div_id)}, CircuitsVis.{self.component}, "
-            f"{_json_for_script(self.props)});</script>"
+            f"<script>(function draw(){{if(!window.CircuitsVis){{return setTimeout(draw, 50);}}"
+            f"CircuitsVis.render({json.dumps(self.div_id)}, CircuitsVis.{self.component}, "
+            f"{_json_for_script(self.props)});}})();</script>"
         )
 
     def page(self) -> str:
@@ -79,7 +81,42 @@ class CircuitsView:
         write_text_atomic(Path(path), self.page())
 
     def _repr_html_(self) -> str:
-        return bundle_script() + self.fragment()
+        return notebook_html([self])
+
+
+class ViewList(list):
+    """A list of :class:`CircuitsView` that a notebook shows as the views themselves (not as a
+    list's text); ``page()`` / ``save()`` make one standalone page of them."""
+
+    def page(self, title: str = "memlens views") -> str:
+        return standalone_page(title, self)
+
+    def save(self, path: str | Path, title: str = "memlens views") -> None:
+        write_text_atomic(Path(path), self.page(title))
+
+    def _repr_html_(self) -> str:
+        return notebook_html(self)
+
+
+_BUNDLE_SHOWN = {"done": False}
+
+
+def notebook_html(views: Sequence[CircuitsView]) -> str:
+    """The HTML a notebook shows for ``views``: the circuitsvis bundle (about 1.3 MB) only with
+    the first views this Python session shows, every later output only its views (each draws
+    once the page has ``window.CircuitsVis``). :func:`reset_notebook_bundle` sends it again (a
+    fresh page)."""
+    body = "\n".join(v.fragment() for v in views)
+    if _BUNDLE_SHOWN["done"]:
+        return body
+    _BUNDLE_SHOWN["done"] = True
+    return bundle_script() + "\n" + body
+
+
+def reset_notebook_bundle() -> None:
+    """Make the next notebook output carry the circuitsvis bundle again (after the page was
+    reloaded without the output that held it)."""
+    _BUNDLE_SHOWN["done"] = False
 
 
 def standalone_page(title: str, views: Sequence[CircuitsView]) -> str:

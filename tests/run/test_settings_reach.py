@@ -21,7 +21,12 @@ def _default(fn, name):
 def test_each_setting_has_one_default():
     assert ml.UnlearnConfig().fraction == defaults.FRACTION == _default(ml.SparseFineTuner.unlearn, "fraction") \
         == _default(ml.SparseFineTuner.edit, "fraction") == _default(ml.compare_masks, "fraction")
-    assert ml.ScanConfig().non_memorized_max_em == defaults.NON_MEMORIZED_MAX_EM == _default(ml.scan, "non_memorized_max_em")
+    from memlens.analyses.scan import split_thresholds
+
+    # scan's None resolves (split_thresholds) to the one default, or below a lower memorized_min_em
+    assert _default(ml.scan, "non_memorized_max_em") is None
+    assert ml.ScanConfig().non_memorized_max_em == defaults.NON_MEMORIZED_MAX_EM == split_thresholds(50)[0]
+    assert split_thresholds(50, None, 5) == (4, 5)
     assert ml.PerturbConfig().n_samples == defaults.N_SAMPLES == _default(ml.PrefixPerturber.sweep, "n_samples")
     assert ml.HeadsConfig().exact_top == 0 == _default(ml.HeadLocalizer.localize, "exact_top")  # 0: off, everywhere
     assert set(ml.UnlearnConfig().masks) == set(defaults.MASK_KINDS)

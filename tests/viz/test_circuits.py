@@ -15,7 +15,7 @@ def test_tokens_cannot_break_the_page():
     frag = view.fragment()
     assert "</script><script>alert" not in frag
     assert frag.count("<script>") == 1 and frag.count("</script>") == 1
-    props = json.loads(re.search(r"ColoredTokens, (.*)\);</script>", frag).group(1))
+    props = json.loads(re.search(r"ColoredTokens, (.*)\);}\)\(\);</script>", frag).group(1))
     assert props["tokens"][1] == "&lt;b&gt;bold&lt;/b&gt;"  # escaped: circuitsvis inserts tokens as HTML
 
 
@@ -47,6 +47,6 @@ def test_canvas_token_labels_are_not_escaped_twice():
     """AttentionHeads draws labels on a canvas: escaping them would show &quot; literally."""
     toks = ['say "hi"', "</script>"]
     view = attention_heads_view(toks, [[[1, 0], [0.5, 0.5]]], ["L0H0"])
-    props = json.loads(re.search(r"AttentionHeads, (.*)\);</script>", view.fragment()).group(1))
+    props = json.loads(re.search(r"AttentionHeads, (.*)\);}\)\(\);</script>", view.fragment()).group(1))
     assert props["tokens"] == toks
     assert "</script>" not in view.fragment().split("<script>", 1)[1].rsplit("</script>", 1)[0]
