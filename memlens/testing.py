@@ -38,10 +38,7 @@ def tiny_tokenizer(vocab_size: int = TINY_VOCAB) -> Any:
 
 #: the architectures random_hf_model builds (every row of memlens.core.architectures.ARCHITECTURES)
 RANDOM_ARCHS: tuple[str, ...] = ("gpt_neo", "gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2",
-                                 "gemma", "gemma2", "stablelm", "opt", "phi", "gptj")
-#: architectures the TransformerBridge boots that have no component registry (fused q/k/v and MLP
-#: weights the bridge splits into copies): every analysis that needs no registry runs on them
-BRIDGE_ONLY_ARCHS: tuple[str, ...] = ("phi3", "bloom")
+                                 "gemma", "gemma2", "stablelm", "opt", "phi", "gptj", "bloom", "phi3")
 
 
 def _hf_config(arch: str, vocab_size: int, d_model: int, n_layers: int, n_heads: int, n_ctx: int,
@@ -78,7 +75,7 @@ def _hf_config(arch: str, vocab_size: int, d_model: int, n_layers: int, n_heads:
                "olmo": T.OlmoConfig, "olmo2": T.Olmo2Config, "gemma": T.GemmaConfig, "gemma2": T.Gemma2Config,
                "stablelm": T.StableLmConfig}
     if arch not in classes:
-        raise ValueError(f"unknown architecture {arch!r}; random_hf_model builds {', '.join(RANDOM_ARCHS + BRIDGE_ONLY_ARCHS)}")
+        raise ValueError(f"unknown architecture {arch!r}; random_hf_model builds {', '.join(RANDOM_ARCHS)}")
     if arch in ("qwen3", "gemma", "gemma2"):
         gated["head_dim"] = d_model // n_heads
     return classes[arch](**gated)
@@ -88,8 +85,8 @@ def random_hf_model(
     arch: str = "gpt_neo", *, vocab_size: int = TINY_VOCAB, d_model: int = 64, n_layers: int = 2,
     n_heads: int = 4, n_ctx: int = 128, seed: int = 0, window_size: int = 16,
 ) -> torch.nn.Module:
-    """A random HuggingFace causal LM of one of :data:`RANDOM_ARCHS` or :data:`BRIDGE_ONLY_ARCHS`
-    (grouped-query where the family has it), with sharpened output logits so that greedy decoding is far from ties."""
+    """A random HuggingFace causal LM of one of :data:`RANDOM_ARCHS` (grouped-query where the
+    family has it), with sharpened output logits so that greedy decoding is far from ties."""
     import transformers as T
 
     cfg = _hf_config(arch, vocab_size, d_model, n_layers, n_heads, n_ctx, window_size)

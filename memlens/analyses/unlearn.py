@@ -26,6 +26,7 @@ from memlens.core.defaults import (
     FRACTION, MASK_KINDS, RANDOM_MASK_DRAWS, KLDirection, KLReduction, RandomMaskDraw,
     one_of,
 )
+from memlens.core.compat import sync_fused_qkv
 from memlens.core.errors import InputError
 from memlens.analyses.gradients import GradientMap, GradientMapResult
 from memlens.core.metrics import greedy_decode, teacher_forced_scores
@@ -92,6 +93,8 @@ class SparseFineTuner:
         with torch.no_grad():
             for n, p in self.params.items():
                 p.copy_(weights[n])
+        if self.model.hf_model is not None:  # the fused q/k/v copy greedy decoding syncs from them, too
+            sync_fused_qkv(self.model.hf_model, self.model.n_heads)
 
     @contextlib.contextmanager
     def restored(self) -> Iterator["SparseFineTuner"]:

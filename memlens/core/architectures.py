@@ -26,8 +26,11 @@ class Architecture:
         o_head_dim: the dimension of ``o`` that runs over heads x d_head.
         fused_qkv: the HF model stores q/k/v fused and the bridge splits them into the ``q``/``k``/
             ``v`` names above (the plain twin needs them copied back, see ``compat.sync_fused_qkv``).
-        fused_layout: how the fused weight interleaves them: ``concat`` (GPT-2 Conv1D ``[in, 3d]``)
-            or ``per_head`` (NeoX ``[heads * 3 * d_head, in]``).
+        fused_layout: how the fused weight interleaves them: ``concat`` (GPT-2 Conv1D ``[in, 3d]``),
+            ``per_head`` (NeoX, BLOOM ``[heads * 3 * d_head, in]``) or ``rows`` (Phi-3 ``[q; k; v]``
+            rows of an ``nn.Linear``, key/value rows fewer under grouped-query attention).
+        fused_mlp: the HF model stores gate and up projection fused (Phi-3 ``gate_up_proj``) and the
+            bridge splits them into the ``mlp_in`` names (the plain twin needs them copied back).
         bridge_renames: ``(booted, huggingface)`` substrings the bridge renames in parameter names.
         grouped_query: key/value heads may be fewer than query heads (``num_key_value_heads``).
         pattern_edits: whether patching ``hook_pattern`` changes the output under the bridge.
@@ -46,6 +49,7 @@ class Architecture:
     bridge_renames: tuple[tuple[str, str], ...] = ()
     grouped_query: bool = False
     pattern_edits: bool = True
+    fused_mlp: bool = False
 
 
 def _llama_like(model_type: str) -> Architecture:
@@ -88,6 +92,20 @@ ARCHITECTURES: dict[str, Architecture] = {
                   "model.decoder.layers.{layer}.fc1", "model.decoder.layers.{layer}.fc2"),
     "phi": _plain("phi", "model.layers.{layer}.self_attn", "q_proj", "k_proj", "v_proj", "dense",
                   "model.layers.{layer}.mlp.fc1", "model.layers.{layer}.mlp.fc2", grouped_query=True),
+    "bloom": Architecture(
+        model_type="bloom", q="transformer.h.{layer}.self_attention.q.weight",
+        k="transformer.h.{layer}.self_attention.k.weight", v="transformer.h.{layer}.self_attention.v.weight",
+        o="transformer.h.{layer}.self_attention.o.weight", mlp_in=("transformer.h.{layer}.mlp.dense_h_to_4h.weight",),
+        mlp_out="transformer.h.{layer}.mlp.dense_4h_to_h.weight", fused_qkv=True, fused_layout="per_head",
+        bridge_renames=((".self_attention.qkv.", ".self_attention.query_key_value."),
+                        (".self_attention.o.", ".self_attention.dense."))),
+    "phi3": Architecture(
+        model_type="phi3", q="model.layers.{layer}.self_attn.q.weight", k="model.layers.{layer}.self_attn.k.weight",
+        v="model.layers.{layer}.self_attn.v.weight", o="model.layers.{layer}.self_attn.o.weight",
+        mlp_in=("model.layers.{layer}.mlp.gate.weight", "model.layers.{layer}.mlp.in.weight"),
+        mlp_out="model.layers.{layer}.mlp.down_proj.weight", fused_qkv=True, fused_layout="rows", fused_mlp=True,
+        grouped_query=True,
+        bridge_renames=((".self_attn.qkv.", ".self_attn.qkv_proj."), (".self_attn.o.", ".self_attn.o_proj."))),
     "gptj": _plain("gptj", "transformer.h.{layer}.attn", "q_proj", "k_proj", "v_proj", "out_proj",
                    "transformer.h.{layer}.mlp.fc_in", "transformer.h.{layer}.mlp.fc_out"),
 }

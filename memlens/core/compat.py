@@ -150,6 +150,9 @@ def sync_fused_qkv(hf_model: nn.Module, n_heads: int) -> None:
     params = {strip_bridge_name(n): p for n, p in hf_model.named_parameters()}
     for name, fused in params.items():
         for kind in ("weight", "bias"):
+            if name.endswith(f".mlp.gate_up_proj.{kind}") and arch.fused_mlp:  # [gate; up] rows
+                base = name[: -len(f"gate_up_proj.{kind}")]
+                _copy_rows(fused, [params[f"{base}{x}.{kind}"] for x in ("gate", "in")])
             if not name.endswith(f".qkv.{kind}"):
                 continue
             base = name[: -len(f"qkv.{kind}")]
@@ -158,10 +161,20 @@ def sync_fused_qkv(hf_model: nn.Module, n_heads: int) -> None:
             if arch.fused_layout == "concat":
                 for i, s in enumerate(split):
                     fused.narrow(-1, i * d, d).copy_(s.T if kind == "weight" else s)
+            elif arch.fused_layout == "rows":
+                _copy_rows(fused, split)
             else:
                 view = fused.view(n_heads, 3, d // n_heads, *fused.shape[1:])
                 for i, s in enumerate(split):
                     view[:, i].copy_(s.view(n_heads, d // n_heads, *s.shape[1:]))
+
+
+def _copy_rows(fused: torch.Tensor, parts: list[torch.Tensor]) -> None:
+    """Copy ``parts`` one after another into the rows (dim 0) of ``fused``."""
+    offset = 0
+    for part in parts:
+        fused.narrow(0, offset, part.shape[0]).copy_(part)
+        offset += part.shape[0]
 
 
 def _set(root: nn.Module, dotted: str, value: Any, is_param: bool) -> None:
