@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
-from memlens.core.progress import tqdm
 
+from memlens.analyses.per_example_grads import captured_linear_io, linear_owners, per_example_weight_grads
+from memlens.core.progress import tqdm
 from memlens.core.components import ComponentKey, ComponentRegistry, layer_of
 from memlens.core.data import ParagraphSet
 from memlens.core.errors import InputError
@@ -389,7 +390,7 @@ class GradientMap:
         progress = self.progress if progress is None else progress
         self._check(paragraphs, None, "nll", aggregation)
         keys = self._keys(components)
-        owners = self._linear_owners()
+        owners = linear_owners(self.model, self.registry)
         if owners is None:
             return [self.compute(paragraphs[[i]], aggregation=aggregation, keep_weight_grads=False,
                                  components=keys, progress=False)
@@ -446,71 +447,32 @@ class GradientMap:
         if bad.any():
             raise InputError(f"non-finite NLL for paragraph {ids[int(bad.nonzero()[0])]!r}")
 
-    def _linear_owners(self) -> dict[int, nn.Module] | None:
-        """For each component parameter, the Linear/Conv1D module whose weight it is, or None."""
-        hf = self.model.hf_model
-        if hf is None:
-            return None
-        by_param: dict[int, nn.Module] = {}
-        for mod in hf.modules():
-            w = getattr(mod, "weight", None)
-            if isinstance(w, nn.Parameter) and (isinstance(mod, nn.Linear) or type(mod).__name__ == "Conv1D"):
-                by_param[id(w)] = mod
-        params = {id(s.param) for c in self.registry for s in c.slices}
-        if not params <= set(by_param):
-            return None
-        return {i: by_param[i] for i in params}
-
     def _per_paragraph_linear(self, paragraphs: ParagraphSet, keys: list[ComponentKey], owners: dict[int, nn.Module],
                               aggregation: str, progress: bool, batch_size: int) -> list[GradientMapResult]:
-        inputs: dict[int, Tensor] = {}
-        out_grads: dict[int, Tensor] = {}
-        handles = []
-
-        def keep(pid: int) -> Callable:
-            def hook(mod: nn.Module, args: tuple, out: Tensor) -> None:
-                inputs[pid] = args[0].detach()
-                out.register_hook(lambda g: out_grads.__setitem__(pid, g.detach()))
-
-            return hook
-
-        for pid, mod in owners.items():
-            handles.append(mod.register_forward_hook(keep(pid)))
         comps = [self.registry[k] for k in keys]
         results = []
         prov = Provenance.capture(self.model, objective="nll", aggregation=aggregation, per_paragraph=True)
-        try:
-            with self._trainable_params():
-                for s in tqdm(range(0, len(paragraphs), batch_size), desc="per-paragraph gradient maps",
-                              disable=not progress, leave=False):
-                    chunk = paragraphs.tokens[s : s + batch_size]
-                    inputs.clear()
-                    out_grads.clear()
-                    nll = continuation_nll(self.model, chunk, paragraphs.prefix_len, reduction="none")
-                    self._check_finite(nll, paragraphs.ids[s : s + batch_size])
-                    nll.sum().backward()
-                    per_example: dict[int, Tensor] = {}
-                    for pid, mod in owners.items():
-                        x, g = inputs[pid], out_grads[pid]
-                        # Linear: W [out, in] -> G^T X;  Conv1D: W [in, out] -> X^T G
-                        if isinstance(mod, nn.Linear):
-                            per_example[pid] = torch.einsum("bto,bti->boi", g, x)
-                        else:
-                            per_example[pid] = torch.einsum("bti,bto->bio", x, g)
-                    for i in range(len(chunk)):
-                        sc, sg = [], []
-                        for c in comps:
-                            a, b = aggregate([sl.of(per_example[id(sl.param)][i]) for sl in c.slices], aggregation)
-                            sc.append(a)
-                            sg.append(b)
-                        results.append(GradientMapResult(
-                            keys=keys, scores=torch.tensor(sc), signed=torch.tensor(sg), n_layers=self.model.n_layers,
-                            n_heads=self.model.n_heads, objective="nll", aggregation=aggregation,
-                            paragraph_ids=[paragraphs.ids[s + i]], loss=nll[i].item(), label=paragraphs.ids[s + i],
-                            provenance=prov))
-                    for p in self.model.tl_model.parameters():
-                        p.grad = None
-        finally:
-            for h in handles:
-                h.remove()
+        with self._trainable_params(), captured_linear_io(owners) as (inputs, out_grads):
+            for s in tqdm(range(0, len(paragraphs), batch_size), desc="per-paragraph gradient maps",
+                          disable=not progress, leave=False):
+                chunk = paragraphs.tokens[s : s + batch_size]
+                inputs.clear()
+                out_grads.clear()
+                nll = continuation_nll(self.model, chunk, paragraphs.prefix_len, reduction="none")
+                self._check_finite(nll, paragraphs.ids[s : s + batch_size])
+                nll.sum().backward()
+                per_example = per_example_weight_grads(owners, inputs, out_grads)
+                for i in range(len(chunk)):
+                    sc, sg = [], []
+                    for c in comps:
+                        a, b = aggregate([sl.of(per_example[id(sl.param)][i]) for sl in c.slices], aggregation)
+                        sc.append(a)
+                        sg.append(b)
+                    results.append(GradientMapResult(
+                        keys=keys, scores=torch.tensor(sc), signed=torch.tensor(sg), n_layers=self.model.n_layers,
+                        n_heads=self.model.n_heads, objective="nll", aggregation=aggregation,
+                        paragraph_ids=[paragraphs.ids[s + i]], loss=nll[i].item(), label=paragraphs.ids[s + i],
+                        provenance=prov))
+                for p in self.model.tl_model.parameters():
+                    p.grad = None
         return results
