@@ -25,7 +25,7 @@ PAPER = {"all": (26.90, 45.11), "topk": (26.75, 45.84), "random": (49.80, 44.86)
 
 
 def main() -> None:
-    from memlens import RunConfig, compare_masks, load_model, mask_tradeoff, scan
+    from memlens import RunConfig, compare_masks, load_model, scan
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="organism")
@@ -36,6 +36,8 @@ def main() -> None:
     ap.add_argument("--configs", nargs="*", default=None, help="memlens, paper, paper-raw (default: all)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--table-from", default=None, metavar="FILE.json", help="only print the tables of a saved run")
+    ap.add_argument("--tradeoff-only", action="store_true",
+                    help="run only the lr grid (a comparison at the preset's lr was measured before)")
     args = ap.parse_args()
     if args.table_from:
         print(markdown(json.loads(open(args.table_from).read())))
@@ -61,6 +63,10 @@ def main() -> None:
         retain = u.retain_set(non)
         for k, seed in enumerate(args.seeds):
             kw = u.compare_kwargs(seed=seed) | {"steps": u.steps}
+            if args.tradeoff_only:
+                if name == "paper" and k < args.tradeoff_seeds:
+                    _tradeoff(out, args, model, targets, retain, mem, u, kw, seed)
+                continue
             t0 = time.perf_counter()
             table = compare_masks(model, targets, retain, other_memorized=mem[:16], masks=("all", "topk", "random"),
                                   lr=u.lr, progress=False, **kw)
@@ -70,14 +76,21 @@ def main() -> None:
             save(args.out, out)  # after every comparison: an interrupted measurement keeps what it has
             print(json.dumps({"config": name, "seed": seed, "seconds": row["seconds"]}), flush=True)
             if name == "paper" and k < args.tradeoff_seeds:
-                lrs = args.lrs if args.lrs is not None else list(u.tradeoff_lrs)
-                t0 = time.perf_counter()
-                curves = mask_tradeoff(model, targets, retain, lrs, masks=("all", "topk", "random"), progress=False,
-                                       other_memorized=mem[:16], **{k2: v for k2, v in kw.items()})
-                out.setdefault("tradeoff", []).append({"seed": seed, "seconds": round(time.perf_counter() - t0, 1),
-                                                       "table": curves.summary()["table"]})
-                save(args.out, out)
+                _tradeoff(out, args, model, targets, retain, mem, u, kw, seed)
     print(markdown(out))
+
+
+def _tradeoff(out: dict, args: argparse.Namespace, model, targets, retain, mem, u, kw: dict, seed: int) -> None:
+    """The masks' trade-off curves over the lr grid (the preset's, or --lrs) for one seed, saved."""
+    from memlens import mask_tradeoff
+
+    lrs = args.lrs if args.lrs is not None else list(u.tradeoff_lrs)
+    t0 = time.perf_counter()
+    curves = mask_tradeoff(model, targets, retain, lrs, masks=("all", "topk", "random"), progress=False,
+                           other_memorized=mem[:16], **kw)
+    out.setdefault("tradeoff", []).append({"seed": seed, "seconds": round(time.perf_counter() - t0, 1),
+                                           "table": curves.summary()["table"]})
+    save(args.out, out)
 
 
 def save(path: str | None, out: dict) -> None:
