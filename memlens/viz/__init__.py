@@ -13,8 +13,8 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from memlens.viz.circuits import (CircuitsView, attention_heads_view, bundle_script, colored_tokens_view,
-                                  standalone_page)
+from memlens.viz.circuits import (CircuitsView, ViewList, attention_heads_view, bundle_script, colored_tokens_view,
+                                  reset_notebook_bundle, standalone_page)
 from memlens.viz.gradients import plot_em_range_profiles, plot_gradient_map, plot_layer_profiles
 from memlens.viz.heads import plot_head_grid, plot_head_panels, plot_rank_curve
 from memlens.viz.masks import plot_mask_layers
@@ -26,6 +26,7 @@ from memlens.viz.unlearning import plot_finetune, plot_mask_comparison, plot_tra
 
 __all__ = [
     "CircuitsView",
+    "ViewList",
     "attention_heads_view",
     "bundle_script",
     "colored_tokens_view",
@@ -38,6 +39,7 @@ __all__ = [
     "plot_gradient_map",
     "plot_head_grid",
     "plot_head_panels",
+    "reset_notebook_bundle",
     "plot_layer_profiles",
     "plot_mask_comparison",
     "plot_mask_layers",
