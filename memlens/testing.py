@@ -126,3 +126,51 @@ class Interrupted:
         if len(self.calls) == self.fail_at:
             raise self.error
         return self.fn(model, tokens, *args, **kwargs)
+
+
+def write_paragraph_jsonl(path: Path, paragraphs: Any, **extra: Any) -> Path:
+    """Write ``paragraphs`` as a JSONL paragraph file (``id`` and ``tokens`` per line, plus any
+    ``extra`` keys on every line); returns ``path``."""
+    import json
+
+    with Path(path).open("w", encoding="utf-8") as f:
+        for r in paragraphs.to_records():
+            f.write(json.dumps({"id": r["id"], "tokens": r["tokens"], **extra}) + "\n")
+    return Path(path)
+
+
+@torch.no_grad()
+def hand_patched_nll_change(hf_model: torch.nn.Module, out_proj: torch.nn.Module, pair: Any, head: int, d_head: int,
+                            position: int | list[int] | None = None) -> float:
+    """Activation patching by hand, without any TransformerLens hook: run ``pair.corrupt``
+    through a HuggingFace model, keep the input of the out-projection ``out_proj`` (the heads'
+    z, concatenated), then run ``pair.clean`` with head ``head``'s slice of that input replaced
+    by the corrupted one (at ``position``, or at every position) and return NLL(patched) -
+    NLL(clean) of ``pair.target`` after the last token, in nats."""
+    sl = slice(head * d_head, (head + 1) * d_head)
+    saved = {}
+
+    def keep(mod: torch.nn.Module, args: tuple) -> None:
+        saved["z"] = args[0].clone()
+
+    def put(mod: torch.nn.Module, args: tuple) -> tuple:
+        x = args[0].clone()
+        if position is None:
+            x[..., sl] = saved["z"][..., sl]
+        else:
+            x[:, position, sl] = saved["z"][:, position, sl]
+        return (x,)
+
+    def nll(tokens: torch.Tensor) -> float:
+        logits = hf_model(tokens[None]).logits[0, -1]
+        return float(-torch.log_softmax(logits.float(), -1)[pair.target])
+
+    handle = out_proj.register_forward_pre_hook(keep)
+    hf_model(pair.corrupt[None])
+    handle.remove()
+    handle = out_proj.register_forward_pre_hook(put)
+    try:
+        patched = nll(pair.clean)
+    finally:
+        handle.remove()
+    return patched - nll(pair.clean)

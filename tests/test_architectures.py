@@ -16,7 +16,7 @@ from memlens.analyses.patching import PatchPair, exact_patching
 from memlens.core.architectures import ARCHITECTURES, architecture
 from memlens.core.compat import hf_parameter_name, strip_bridge_name
 from memlens.core.metrics import greedy_decode
-from memlens.testing import RANDOM_ARCHS, random_hf_model, random_tokens, tiny_tokenizer
+from memlens.testing import RANDOM_ARCHS, hand_patched_nll_change, random_hf_model, random_tokens, tiny_tokenizer
 
 
 def test_every_listed_architecture_is_tested_and_in_the_docs():
@@ -91,27 +91,8 @@ def test_patching_one_head_equals_a_hand_patched_huggingface_forward(family):
     layer, head = model.n_layers - 1, 1
     res = exact_patching(model, pair, kinds=("z",))
     module = hf.get_submodule(hf_parameter_name(architecture(model_type).o.format(layer=layer)).removesuffix(".weight"))
-    sl = slice(head * model.d_head, (head + 1) * model.d_head)
-    saved = {}
-
-    def keep(mod, args):
-        saved["z"] = args[0].clone()
-
-    def put(mod, args):
-        x = args[0].clone()
-        x[..., sl] = saved["z"][..., sl]
-        return (x,)
-
-    def nll(tokens):
-        return float(-torch.log_softmax(hf(tokens[None]).logits[0, -1].float(), -1)[pair.target])
-
-    handle = module.register_forward_pre_hook(keep)
-    hf(pair.corrupt[None])
-    handle.remove()
-    handle = module.register_forward_pre_hook(put)
-    patched = nll(pair.clean)
-    handle.remove()
-    assert float(res.noising[layer, 0, head]) == pytest.approx(patched - nll(pair.clean), abs=2e-4)
+    assert float(res.noising[layer, 0, head]) == pytest.approx(
+        hand_patched_nll_change(hf, module, pair, head, model.d_head), abs=2e-4)
 
 
 def test_unlearning_puts_every_weight_back_bit_for_bit(family):

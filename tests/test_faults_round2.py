@@ -23,21 +23,16 @@ from memlens.core.lock import file_lock_path, folder_lock_path
 from memlens.core.results import load_result
 from memlens.run.cli import main
 from memlens.scale.shard import Shard
-from memlens.testing import Interrupted, random_tokens
+from memlens.testing import Interrupted, random_tokens, write_paragraph_jsonl
 
 metrics = importlib.import_module("memlens.analyses.scan")  # the scan kernel calls teacher_forced_scores from there
-
-
-def write_jsonl(path, paragraphs: ParagraphSet):
-    path.write_text("".join(json.dumps({"id": r["id"], "tokens": r["tokens"]}) + "\n" for r in paragraphs.to_records()))
-    return path
 
 
 @pytest.fixture
 def random_file(neo, tmp_path):
     ps = ParagraphSet.from_tokens(random_tokens(12, 40, neo.vocab_size, seed=7), prefix_len=20,
                                   ids=[f"r{i}" for i in range(12)])
-    return ps, write_jsonl(tmp_path / "p.jsonl", ps)
+    return ps, write_paragraph_jsonl(tmp_path / "p.jsonl", ps)
 
 
 @pytest.fixture
@@ -172,7 +167,7 @@ def test_merge_refuses_shards_of_two_versions_of_the_source(neo, random_file, tm
     a = scan_to_table(neo, path, tmp_path / "s.parquet", shard=Shard(0, 2), **kw()).path
     edited = ps.tokens.clone()
     edited[5, 25] = (edited[5, 25] + 1) % neo.vocab_size  # r5 (shard 1's chunk) changes between the two scans
-    write_jsonl(path, ParagraphSet.from_tokens(edited, prefix_len=20, ids=ps.ids))
+    write_paragraph_jsonl(path, ParagraphSet.from_tokens(edited, prefix_len=20, ids=ps.ids))
     b = scan_to_table(neo, path, tmp_path / "s.parquet", shard=Shard(1, 2), **kw()).path
     with pytest.raises(InputError, match="scanned different versions of"):
         merge_scan_tables([a, b], tmp_path / "all.parquet")

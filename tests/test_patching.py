@@ -8,7 +8,7 @@ import torch
 
 from memlens import InputError, ParagraphSet
 from memlens.analyses.patching import PatchPair, attribution_patching, exact_patching, make_patch_pairs
-from memlens.testing import random_tokens
+from memlens.testing import hand_patched_nll_change, random_tokens
 
 
 def _pair(model, P: int = 10, seed: int = 0) -> PatchPair:
@@ -18,38 +18,12 @@ def _pair(model, P: int = 10, seed: int = 0) -> PatchPair:
     return PatchPair("p0", toks[:P].clone(), corrupt, int(toks[P]), 0)
 
 
-@torch.no_grad()
 def _manual_noising(model, pair: PatchPair, layer: int, head: int, position: int | list[int] | None) -> float:
     """Patch head ``head``'s slice of the out-projection input (= its z) in the plain HF twin,
     without any TransformerLens hook, and return NLL(patched) - NLL(clean)."""
     plain = model.plain_model()
-    out_proj = plain.transformer.h[layer].attn.attention.out_proj
-    dh = model.d_head
-    sl = slice(head * dh, (head + 1) * dh)
-    saved = {}
-
-    def keep(mod, args):
-        saved["z"] = args[0].clone()
-
-    def put(mod, args):
-        x = args[0].clone()
-        if position is None:
-            x[..., sl] = saved["z"][..., sl]
-        else:
-            x[:, position, sl] = saved["z"][:, position, sl]
-        return (x,)
-
-    def nll(tokens):
-        logits = plain(tokens[None]).logits[0, -1]
-        return float(-torch.log_softmax(logits.float(), -1)[pair.target])
-
-    h = out_proj.register_forward_pre_hook(keep)
-    plain(pair.corrupt[None])
-    h.remove()
-    h = out_proj.register_forward_pre_hook(put)
-    patched = nll(pair.clean)
-    h.remove()
-    return patched - nll(pair.clean)
+    return hand_patched_nll_change(plain, plain.transformer.h[layer].attn.attention.out_proj, pair, head,
+                                   model.d_head, position)
 
 
 def test_exact_patching_equals_manual_recomputation(neo):

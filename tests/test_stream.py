@@ -13,23 +13,16 @@ import torch
 from memlens import InputError, ParagraphSet, scan
 from memlens.run.cli import main
 from memlens import ScanTable, Shard, merge_scan_tables, scan_to_table
-from memlens.testing import Interrupted, random_tokens
+from memlens.testing import Interrupted, random_tokens, write_paragraph_jsonl
 
 metrics = importlib.import_module("memlens.analyses.scan")  # the scan kernel (score_batch) calls it from there
-
-
-def write_jsonl(path, paragraphs: ParagraphSet, **extra):
-    with path.open("w") as f:
-        for r in paragraphs.to_records():
-            f.write(json.dumps({"id": r["id"], "tokens": r["tokens"], **extra}) + "\n")
-    return path
 
 
 @pytest.fixture
 def random_file(neo, tmp_path):
     ps = ParagraphSet.from_tokens(random_tokens(23, 40, neo.vocab_size, seed=5), prefix_len=20,
                                   ids=[f"r{i}" for i in range(23)])
-    return ps, write_jsonl(tmp_path / "p.jsonl", ps)
+    return ps, write_paragraph_jsonl(tmp_path / "p.jsonl", ps)
 
 
 def test_shards_from_flags_and_from_the_environment():
@@ -122,7 +115,7 @@ def test_a_resumed_scan_rescores_a_chunk_whose_content_changed(neo, random_file,
     edited = ps.tokens.clone()
     edited[0, 20:] = edited[1, 20:]  # r0's continuation replaced under the same id
     changed = ParagraphSet.from_tokens(edited, prefix_len=20, ids=ps.ids)
-    write_jsonl(path, changed)
+    write_paragraph_jsonl(path, changed)
     df = scan_to_table(neo, path, out, prefix_len=20, continuation_len=20, chunk_size=5, progress=False).to_dataframe()
     ref = scan(neo, changed, progress=False)
     assert df["em"].tolist() == ref.em.tolist()
@@ -158,7 +151,7 @@ def test_cli_shards_and_merge(tmp_path, capsys):
     random_hf_model("gpt_neo", seed=2).save_pretrained(model)
     tiny_tokenizer().save_pretrained(model)
     ps = ParagraphSet.from_tokens(random_tokens(9, 100, seed=3), ids=[f"x{i}" for i in range(9)])
-    path = write_jsonl(tmp_path / "p.jsonl", ps)
+    path = write_paragraph_jsonl(tmp_path / "p.jsonl", ps)
     for k in (0, 1):
         assert main(["scan", str(path), "--model", str(model), "--out", str(tmp_path / "s.parquet"),
                      "--shard", f"{k}/2", "--chunk-size", "2", "--quiet"]) == 0
@@ -177,7 +170,7 @@ def test_sharded_table_of_the_organism_equals_its_local_scan(organism, tmp_path)
     """On organism-tiny: two shards merged give the local scan's EM, NLL, splits and extraction
     probabilities, and what they call memorized is planted paragraphs, the most copied first."""
     ps = organism.ground_truth.paragraph_set(n_background=64, n_held_out=16)
-    path = write_jsonl(tmp_path / "organism.jsonl", ps)
+    path = write_paragraph_jsonl(tmp_path / "organism.jsonl", ps)
     ref = scan(organism, ps, progress=False)
     shards = [scan_to_table(organism, path, tmp_path / "o.parquet", chunk_size=16, shard=Shard(k, 2), progress=False)
               for k in range(2)]

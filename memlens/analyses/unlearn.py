@@ -251,8 +251,8 @@ class SparseFineTuner:
             the original model's own greedy continuations. The model keeps the new weights
             until :meth:`restore`.
         """
-        target_set = _as_set(target, self.model, "unlearn (target)")
-        retain = _as_set(retain, self.model, "unlearn (retain)")
+        target_set = as_paragraph_set(target, self.model, "unlearn (target)")
+        retain = as_paragraph_set(retain, self.model, "unlearn (retain)")
         settings = FineTuneSettings(fraction=fraction, steps=steps, lr=lr, kl_weight=kl_weight, seed=seed,
                                     selectivity_floor=selectivity_floor, nll_scale=nll_scale,
                                     kl_direction=kl_direction, kl_reduction=kl_reduction,
@@ -283,12 +283,12 @@ class SparseFineTuner:
             A :class:`FineTuneResult` whose target rows also score the new continuation
             (``em_new_before``, ``em_new_after``).
         """
-        target_set = _as_set(target, self.model, "edit (target)")
-        retain = _as_set(retain, self.model, "edit (retain)")
+        target_set = as_paragraph_set(target, self.model, "edit (target)")
+        retain = as_paragraph_set(retain, self.model, "edit (retain)")
         if (new_continuation is None) == (perturbed_paragraph is None):
             raise InputError("edit needs exactly one of new_continuation= or perturbed_paragraph=")
         new = (torch.as_tensor(new_continuation) if new_continuation is not None
-               else _as_set(perturbed_paragraph).continuations)
+               else as_paragraph_set(perturbed_paragraph, self.model, "edit (perturbed_paragraph)").continuations)
         if new.ndim == 1:
             new = new[None]
         if new.shape != target_set.continuations.shape:
@@ -447,10 +447,3 @@ def selective_mask(
 
 def _cache_key(paragraphs: ParagraphSet) -> tuple:
     return tuple(paragraphs.ids), paragraphs.tokens.numpy().tobytes()
-
-
-def _as_set(x: Any, model: Any = None, what: str = "SparseFineTuner") -> ParagraphSet:
-    """A Paragraph as a one-paragraph set; anything else through :func:`as_paragraph_set`."""
-    if isinstance(x, Paragraph):
-        return ParagraphSet(x.tokens[None], x.prefix_len, len(x.tokens) - x.prefix_len, [x.id])
-    return as_paragraph_set(x, model, what)

@@ -43,12 +43,36 @@ def _header_split(header: dict[str, Any], path: Path) -> tuple[int, int]:
     return values[0], values[1]
 
 
+def check_token_ids(tokens: Any, where: str) -> None:
+    """Refuse a record's ``tokens`` unless it is a list of integer ids from 0 to 2**63 - 1 (what
+    a LongTensor holds): an :class:`InputError` naming ``where`` (file, line, paragraph id)."""
+    if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+        raise InputError(f"{where}: 'tokens' must be a list of integers")
+    big = next((t for t in tokens if not 0 <= t <= INT64_MAX), None)
+    if big is not None:
+        raise InputError(f"{where}: token id {big} is not a token id (ids are integers from 0 to the "
+                         "vocabulary size); were these ids made with another tokenizer?")
+
+
+def check_fits_context(prefix_len: int, continuation_len: int, n_ctx: int | None) -> None:
+    """Refuse paragraphs of ``prefix_len + continuation_len`` tokens that a model with context
+    ``n_ctx`` (None: unbounded) cannot read."""
+    if n_ctx is not None and prefix_len + continuation_len > n_ctx:
+        raise InputError(
+            f"paragraphs of {prefix_len + continuation_len} tokens ({prefix_len} prefix + {continuation_len} "
+            f"continuation) exceed the model's context of {n_ctx}; use shorter lengths"
+        )
+
+
 def as_paragraph_set(value: Any, model: "HookedModel | None" = None, what: str = "this analysis") -> "ParagraphSet":
-    """``value`` as a :class:`ParagraphSet`: a ParagraphSet as it is, a list of texts tokenized with
-    ``model``'s tokenizer (:meth:`ParagraphSet.from_texts`, default split), a 2-D token tensor
-    (:meth:`ParagraphSet.from_tokens`); anything else is an :class:`InputError` that says what to pass."""
+    """``value`` as a :class:`ParagraphSet`: a ParagraphSet as it is, one :class:`Paragraph` as a
+    set of one, a list of texts tokenized with ``model``'s tokenizer (:meth:`ParagraphSet.from_texts`,
+    default split), a 2-D token tensor (:meth:`ParagraphSet.from_tokens`); anything else is an
+    :class:`InputError` that says what to pass."""
     if isinstance(value, ParagraphSet):
         return value
+    if isinstance(value, Paragraph):
+        return ParagraphSet(value.tokens[None], value.prefix_len, len(value.tokens) - value.prefix_len, [value.id])
     if isinstance(value, Tensor) and value.dim() == 2 and not value.is_floating_point() and value.dtype != torch.bool:
         return ParagraphSet.from_tokens(value)
     if (isinstance(value, (list, tuple)) and value and all(isinstance(t, str) for t in value)
@@ -318,12 +342,7 @@ class ParagraphSet:
             loc = f"{path}:{lineno} (paragraph {pid!r})"
             if "tokens" in row and not isinstance(row["tokens"], str):
                 toks = row["tokens"]
-                if not isinstance(toks, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in toks):
-                    raise InputError(f"{loc}: 'tokens' must be a list of integers")
-                big = next((t for t in toks if not 0 <= t <= INT64_MAX), None)
-                if big is not None:
-                    raise InputError(f"{loc}: token id {big} is not a token id (ids are integers from 0 to the "
-                                     "vocabulary size); were these ids made with another tokenizer?")
+                check_token_ids(toks, loc)
                 text = row.get("text")
             else:
                 text = row.get("text")
@@ -458,11 +477,7 @@ class ParagraphSet:
 
     def validate(self, vocab_size: int, n_ctx: int | None = None) -> None:
         """Raise if a token id lies outside ``[0, vocab_size)`` or a paragraph exceeds ``n_ctx``."""
-        if n_ctx is not None and self.length > n_ctx:
-            raise InputError(
-                f"paragraphs of {self.length} tokens ({self.prefix_len} prefix + {self.continuation_len} "
-                f"continuation) exceed the model's context of {n_ctx}; use shorter lengths"
-            )
+        check_fits_context(self.prefix_len, self.continuation_len, n_ctx)
         bad = (self.tokens >= vocab_size).any(dim=1)
         if bad.any():
             i = int(bad.nonzero()[0])

@@ -177,7 +177,7 @@ def merge_scan_tables(inputs: Sequence[str | Path], out: str | Path) -> ScanTabl
                          "--shard k/N scan, all with the same N")
     world = first.shard.world
     ranks = sorted(t.shard.rank for t in tables)
-    if any(t.shard.world != world for t in tables) or ranks != list(range(world)):
+    if ranks != list(range(world)):
         missing = sorted(set(range(world)) - set(ranks))
         dup = sorted({r for r in ranks if ranks.count(r) > 1})
         raise InputError(f"the shards do not cover 0..{world - 1} exactly once (missing {missing}, twice {dup}); "

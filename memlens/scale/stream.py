@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 from memlens.core.progress import tqdm
 
 from memlens.core.defaults import MIN_K
-from memlens.core.data import DEFAULT_CONTINUATION_LEN, DEFAULT_PREFIX_LEN, ParagraphSet
+from memlens.core.data import (DEFAULT_CONTINUATION_LEN, DEFAULT_PREFIX_LEN, ParagraphSet, check_fits_context,
+                                check_token_ids)
 from memlens.core.errors import InputError
 from memlens.core.io import check_output_file, parse_json, write_text_atomic
 from memlens.core.lock import file_lock_path, locked
@@ -111,8 +112,6 @@ def check_records(path: Path) -> int:
     engine checks chunk by chunk: ``tokens`` a list of integer ids in range (or ``text`` a
     string) and ids unique (by 64-bit hashes). Returns the number of records; an
     :class:`InputError` names the line or row of the first bad one."""
-    from memlens.core.data import INT64_MAX
-
     seen: dict[int, int] = {}
     n = 0
     for lineno, rec in iter_records(path):
@@ -121,13 +120,10 @@ def check_records(path: Path) -> int:
         where = f"{path}:{lineno} (paragraph {pid!r})"
         toks = rec.get("tokens")
         if toks is not None and not isinstance(toks, str):
-            if not isinstance(toks, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in toks):
-                raise InputError(f"{where}: 'tokens' must be a list of integers")
-            if any(not 0 <= t <= INT64_MAX for t in toks):
-                raise InputError(f"{where}: a token id outside 0..2**63-1; were these ids made with another tokenizer?")
+            check_token_ids(toks, where)
         elif not isinstance(rec.get("text"), str):
             raise InputError(f"{where}: 'text' must be a string")
-        key = int.from_bytes(hashlib.blake2b(pid.encode(), digest_size=8).digest(), "little")
+        key = id_key(pid)
         if key in seen:
             raise InputError(f"{where}: paragraph id {pid!r} occurs more than once (first at line or row "
                              f"{seen[key]}); ids must be unique")
@@ -135,6 +131,12 @@ def check_records(path: Path) -> int:
     if n == 0:
         raise InputError(f"{path}: the file holds no paragraphs")
     return n
+
+
+def id_key(paragraph_id: str) -> int:
+    """A 64-bit hash of a paragraph id: how a streamed scan remembers the ids it has seen
+    (about 60 MB per million) to refuse duplicates."""
+    return int.from_bytes(hashlib.blake2b(paragraph_id.encode(), digest_size=8).digest(), "little")
 
 
 def file_sha256(path: Path) -> str:
@@ -247,9 +249,7 @@ def scan_to_table(
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     non_max, mem_min = split_thresholds(continuation_len, non_memorized_max_em, memorized_min_em)
     check_min_k(min_k)
-    if model.n_ctx is not None and prefix_len + continuation_len > model.n_ctx:
-        raise InputError(f"paragraphs of {prefix_len} + {continuation_len} tokens exceed the model's context of "
-                         f"{model.n_ctx}; use shorter lengths")
+    check_fits_context(prefix_len, continuation_len, model.n_ctx)  # before the parts folder exists
     header = {"memlens": TABLE_KIND, "version": TABLE_VERSION, "model": model.name, "source": str(source.resolve()),
               "prefix_len": prefix_len, "continuation_len": continuation_len, "chunk_size": chunk_size,
               "shard": [shard.rank, shard.world], "non_memorized_max_em": non_max, "memorized_min_em": mem_min,
@@ -354,7 +354,7 @@ def _assemble(parts: Path, target: Path, header: dict[str, Any]) -> ScanTable:
         for head, batch in _iter_parts(parts):
             skipped += int(head.get("skipped", 0))
             for r in batch:
-                key = int.from_bytes(hashlib.blake2b(r["id"].encode(), digest_size=8).digest(), "little")
+                key = id_key(r["id"])
                 if key in seen:
                     raise InputError(f"paragraph id {r['id']!r} occurs more than once in {header['source']}; "
                                      "ids must be unique")
