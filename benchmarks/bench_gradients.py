@@ -47,9 +47,9 @@ def run_one(mode: str, n: int, batch_size: int) -> dict:
         model = from_hf(hf, tiny_tokenizer(), name="gpt-neo-125M-random")
         paras = ParagraphSet.from_tokens(tokens, prefix_len=50)
         gm = GradientMap(model)
-        gm.compute(paras[:2], progress=False)
+        gm.run(paras[:2], progress=False)
         t0 = time.perf_counter()
-        res = gm.compute(paras, batch_size=batch_size, progress=False)
+        res = gm.run(paras, batch_size=batch_size, progress=False)
         seconds = time.perf_counter() - t0
         assert len(res.scores) == 12 * (4 * 12 + 2)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -43,7 +43,7 @@ def main() -> None:
 
     pert = PrefixPerturber(model, batch_size=64)
     t0 = time.perf_counter()
-    res = pert.sweep(paras, strategy="random", n_samples=args.samples, seed=0, reference="true", progress=False)
+    res = pert.run(paras, strategy="random", n_samples=args.samples, seed=0, reference="true", progress=False)
     t_ml = time.perf_counter() - t0
     n_total = len(res.em)
 

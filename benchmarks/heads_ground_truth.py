@@ -29,7 +29,7 @@ def ablation_study(size: str) -> dict:
     drop = head_ablation_em_drop(model, mem, progress=False)
     t_abl = time.perf_counter() - t0
     t0 = time.perf_counter()
-    report = HeadLocalizer(model).localize(mem, non, progress=False)
+    report = HeadLocalizer(model).run(mem, non, progress=False)
     t_loc = time.perf_counter() - t0
     L, H = drop.top_head()
     tau = report.columns["rare_tau"]
@@ -52,7 +52,7 @@ def injection_study(size: str, heads: list[tuple[int, int]]) -> dict:
     from memlens import HookedModel
     from memlens.analyses.heads import HeadLocalizer
     from memlens.core.model import preserved_weights
-    from memlens.organism import inject
+    from memlens.analyses.injection import inject
 
     model = HookedModel.organism(size=size, progress=False)
     targets = model.ground_truth.held_out[:4]
@@ -62,7 +62,7 @@ def injection_study(size: str, heads: list[tuple[int, int]]) -> dict:
             res = inject(model, targets, [(L, k, H) for k in ("W_Q", "W_K", "W_V", "W_O")], steps=400, lr=3e-3, progress=False)
             row = {"head": f"L{L}H{H}", "injected": f"{int((res.em_after >= 50).sum())}/{len(targets)}"}
             if res.success_rate == 1.0:
-                report = HeadLocalizer(model).localize(targets, progress=False)
+                report = HeadLocalizer(model).run(targets, progress=False)
                 row["ranks"] = report.where(L, H)
             rows.append(row)
     done = [r for r in rows if "ranks" in r]

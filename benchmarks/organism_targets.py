@@ -14,7 +14,8 @@ import time
 
 import memlens as ml
 from memlens.core.model import preserved_weights
-from memlens.organism import build, inject, organism_path
+from memlens.analyses.injection import inject
+from memlens.organism import build, organism_path
 
 
 def main() -> None:

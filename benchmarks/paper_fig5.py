@@ -6,7 +6,7 @@ For one organism: scan its ground-truth paragraphs, then for each trial seed run
 ``RunConfig.recommended`` (memlens's defaults), of ``RunConfig.paper`` (the official code's
 objective, optimizer, trial design and processed weights) and of the paper's settings on raw
 weights (``paper-raw``: what weight processing alone changes), and with the paper's settings the lr grid of
-``unlearn.tradeoff_lrs`` (:func:`memlens.mask_tradeoff`). The seed draws the retain batches and
+``tradeoff.lrs`` (:func:`memlens.mask_tradeoff`). The seed draws the retain batches and
 the random masks (the organism itself is the same). Prints a markdown table and writes JSON.
 
     python benchmarks/paper_fig5.py [--model organism] [--seeds 0 1 2] [--trials 20] [--out FILE.json]
@@ -62,29 +62,30 @@ def main() -> None:
         targets = mem[: u.n_targets]
         retain = u.retain_set(non)
         for k, seed in enumerate(args.seeds):
-            kw = u.compare_kwargs(seed=seed) | {"steps": u.steps}
+            kw = u.compare_kwargs(seed=seed)
             if args.tradeoff_only:
                 if name == "paper" and k < args.tradeoff_seeds:
-                    _tradeoff(out, args, model, targets, retain, mem, u, kw, seed)
+                    _tradeoff(out, args, model, targets, retain, mem, cfg, kw, seed)
                 continue
             t0 = time.perf_counter()
             table = compare_masks(model, targets, retain, other_memorized=mem[:16], masks=("all", "topk", "random"),
                                   lr=u.lr, progress=False, **kw)
             row = {"config": name, "weights": cfg.weights, "seed": seed, "lr": u.lr, "seconds": round(time.perf_counter() - t0, 1),
-                   "settings": {k2: v for k2, v in kw.items() if k2 != "seed"}, "table": table.summary()["table"]}
+                   "settings": kw["settings"].to_dict() | {k2: v for k2, v in kw.items() if k2 not in ("seed", "settings")},
+                   "table": table.summary()["table"]}
             out["runs"].append(row)
             save(args.out, out)  # after every comparison: an interrupted measurement keeps what it has
             print(json.dumps({"config": name, "seed": seed, "seconds": row["seconds"]}), flush=True)
             if name == "paper" and k < args.tradeoff_seeds:
-                _tradeoff(out, args, model, targets, retain, mem, u, kw, seed)
+                _tradeoff(out, args, model, targets, retain, mem, cfg, kw, seed)
     print(markdown(out))
 
 
-def _tradeoff(out: dict, args: argparse.Namespace, model, targets, retain, mem, u, kw: dict, seed: int) -> None:
+def _tradeoff(out: dict, args: argparse.Namespace, model, targets, retain, mem, cfg, kw: dict, seed: int) -> None:
     """The masks' trade-off curves over the lr grid (the preset's, or --lrs) for one seed, saved."""
     from memlens import mask_tradeoff
 
-    lrs = args.lrs if args.lrs is not None else list(u.tradeoff_lrs)
+    lrs = args.lrs if args.lrs is not None else list(cfg.tradeoff.lrs)
     t0 = time.perf_counter()
     curves = mask_tradeoff(model, targets, retain, lrs, masks=("all", "topk", "random"), progress=False,
                            other_memorized=mem[:16], **kw)

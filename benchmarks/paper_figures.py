@@ -55,13 +55,13 @@ def main() -> None:
     save()
 
     t0 = time.perf_counter()
-    sim = ml.GradientSimilarity(model).compute(mem[: args.max_paragraphs], non[: args.max_paragraphs], progress=False)
+    sim = ml.GradientSimilarity(model).run(mem[: args.max_paragraphs], non[: args.max_paragraphs], progress=False)
     out["similarity"] = sim.summary() | {"seconds": round(time.perf_counter() - t0, 1),
                                          "by_layer": sim.by_layer().round(3).to_dict(orient="index")}
     save()
 
     targets, retain = mem[: args.targets], non[:16]
-    gmap = ml.GradientMap(model).compute(targets, contrast=retain, progress=False)
+    gmap = ml.GradientMap(model).run(targets, contrast=retain, progress=False)
     tuner = ml.SparseFineTuner(model, progress=False)
     masks = {k: tuner.make_mask(k, 0.001, gmap, seed=0, sensitivity=tuner.retain_sensitivity(retain) if k == "selective" else None)
              for k in ("topk", "selective", "random")}

@@ -45,7 +45,7 @@ def main() -> None:
     for w, model in models.items():
         for name, ps in sets.items():
             t0 = time.perf_counter()
-            maps[w, name] = GradientMap(model, progress=False).compute(ps, keep_weight_grads=True)
+            maps[w, name] = GradientMap(model, progress=False).run(ps, keep_weight_grads=True)
             out["maps"][f"{w}/{name}"] = {"seconds": round(time.perf_counter() - t0, 1),
                                           "layer_profile": [round(float(x), 4) for x in maps[w, name].layer_profile()]}
     for name in sets:

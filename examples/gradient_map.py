@@ -14,12 +14,12 @@ mem, non = result.memorized(), result.non_memorized()
 print(f"{len(mem)} memorized, {len(non)} non-memorized paragraphs")
 
 gm = ml.GradientMap(model)
-mem_map = gm.compute(mem, progress=False, label="memorized")
-non_map = gm.compute(non[: max(len(mem), 8)], progress=False, label="non_memorized")
+mem_map = gm.run(mem, progress=False, label="memorized")
+non_map = gm.run(non[: max(len(mem), 8)], progress=False, label="non_memorized")
 print("top components (memorized):\n", mem_map.top(5))
 print("memorized vs non-memorized:", mem_map.compare(non_map).summary())
 
-contrastive = gm.compute(mem, contrast=non, progress=False)
+contrastive = gm.run(mem, contrast=non, progress=False)
 mask = contrastive.mask(fraction=0.001)
 print("top-0.1% mask:", sum(int(m.sum()) for m in mask.values()), "weights")
 

@@ -14,7 +14,7 @@ info = model.ground_truth
 scan = ml.scan(model, info.paragraph_set(n_background=64, n_held_out=0), progress=False)
 mem, non = scan.memorized(), scan.non_memorized()[:16]
 
-report = ml.HeadLocalizer(model).localize(mem, non, progress=False)
+report = ml.HeadLocalizer(model).run(mem, non, progress=False)
 print(report.top(5)[["layer", "head", "combined_rank", *report.evidence]].round(3))
 print("attribution vs exact patching (Spearman over heads):", report.agreement)
 

@@ -15,8 +15,8 @@ scan = ml.scan(model, info.paragraph_set(n_background=64, n_held_out=0), progres
 mem, non = scan.memorized()[:8], scan.non_memorized()[:8]
 
 pert = ml.PrefixPerturber(model)
-a = pert.sweep(mem, strategy="random", n_samples=4, seed=0, progress=False)
-b = pert.sweep(non, strategy="random", n_samples=4, seed=0, progress=False)
+a = pert.run(mem, strategy="random", n_samples=4, seed=0, progress=False)
+b = pert.run(non, strategy="random", n_samples=4, seed=0, progress=False)
 print(f"mean EM drop per perturbed position: memorized {a.mean_em_drop():.2f} vs non-memorized {b.mean_em_drop():.2f}")
 print("most fragile positions (memorized):\n", a.per_position().sort_values("em_drop", ascending=False).head(5))
 print("worst single perturbation per memorized paragraph:\n", a.worst()[["paragraph", "position", "token", "em"]])

@@ -19,10 +19,11 @@ from memlens.core.model import HookedModel
 from memlens.core.results import Provenance, Result, load_result
 from memlens.core.paper_data import FilterReport, paper_filters, read_carlini_arrays, read_token_tensor
 from memlens.loading.processed import process_weights
-from memlens.loading import load_model, register_model_source, smollm2_gguf_path
+from memlens.loading import load_model, register_model_source
 
 from memlens import organism as _organism  # noqa: F401  (registers the embedded models with load_model)
-from memlens.organism import InjectionResult, OrganismInfo, inject
+from memlens.organism import OrganismInfo
+from memlens.organism.smollm2 import smollm2_gguf_path
 
 from memlens import viz  # noqa: F401
 
@@ -34,6 +35,7 @@ from memlens.analyses.gradient_similarity import GradientSimilarity, GradientSim
 from memlens.analyses.gradients import GradientMap, GradientMapComparison, GradientMapResult
 from memlens.analyses.head_ablation import HeadAblation, HeadAblationResult, head_ablation_em_drop
 from memlens.analyses.heads import HeadLocalizer, HeadReport
+from memlens.analyses.injection import InjectionResult, inject
 from memlens.analyses.mask_comparison import MaskComparison, MaskTradeoff, compare_masks, mask_tradeoff
 from memlens.analyses.noise import NoiseIntervention, NoiseResult
 from memlens.analyses.pair_gradients import PairGradientResult, pair_activation_gradients
@@ -43,27 +45,36 @@ from memlens.analyses.profiles import EMRangeProfiles, profiles_by_em_range
 from memlens.analyses.rare_attention import RareAttentionResult, paper_rare_token_setup, rare_token_attention
 from memlens.analyses.scan import ScanResult, scan
 from memlens.analyses.sparse_mask import SparseMask
-from memlens.analyses.unlearn import FineTuneResult, FineTuneSettings, SparseFineTuner, selective_mask
+from memlens.analyses.base import Analysis
+from memlens.analyses.finetune import FineTuneResult, FineTuneSettings
+from memlens.analyses.unlearn import SparseFineTuner, selective_mask
 
 from memlens.scale.ray_scan import scan_with_ray
 from memlens.scale.scan_table import ScanTable, merge_scan_tables
 from memlens.scale.stream import Shard, scan_to_table
 
-from memlens.run.config import (GradientsConfig, HeadsConfig, PerturbConfig, RunConfig, ScanConfig, StageConfig,
-                                UnlearnConfig)
+from memlens.run.config import RunConfig
+from memlens.run.settings import StageConfig
+from memlens.run.stages.gradients import GradientsConfig
+from memlens.run.stages.head_ablation import HeadAblationConfig
+from memlens.run.stages.heads import HeadsConfig
+from memlens.run.stages.noise import NoiseConfig
+from memlens.run.stages.pair_gradients import PairGradientsConfig
+from memlens.run.stages.perturb import PerturbConfig
+from memlens.run.stages.rare_attention import RareAttentionConfig
+from memlens.run.stages.scan import ScanConfig
+from memlens.run.stages.tradeoff import TradeoffConfig
+from memlens.run.stages.unlearn import UnlearnConfig
 from memlens.run.folder import RunFolder
 from memlens.run.stage import Stage, StageSkipped, register_stage, stages, unregister_stage
 from memlens.run.pipeline import run_pipeline
 from memlens.run.report import write_report
 
-from memlens import _moved
-
-_moved.install()  # the modules' old paths (memlens.gradients, ...) still import, with a warning
-
 __version__ = "0.1.0"
 
 __all__ = [
     "ActivationGradientResult",
+    "Analysis",
     "CacheError",
     "ComponentKey",
     "ComponentRegistry",
@@ -81,6 +92,7 @@ __all__ = [
     "GradientsConfig",
     "GroundTruth",
     "HeadAblation",
+    "HeadAblationConfig",
     "HeadAblationResult",
     "HeadLocalizer",
     "HeadReport",
@@ -93,10 +105,12 @@ __all__ = [
     "MaskTradeoff",
     "MemlensError",
     "ModelLoadError",
+    "NoiseConfig",
     "NoiseIntervention",
     "NoiseResult",
     "OrganismInfo",
     "PairGradientResult",
+    "PairGradientsConfig",
     "Paragraph",
     "ParagraphSet",
     "PatchPair",
@@ -106,6 +120,7 @@ __all__ = [
     "PerturbationResult",
     "PrefixPerturber",
     "Provenance",
+    "RareAttentionConfig",
     "RareAttentionResult",
     "Result",
     "RunConfig",
@@ -119,6 +134,7 @@ __all__ = [
     "Stage",
     "StageConfig",
     "StageSkipped",
+    "TradeoffConfig",
     "UnigramCounts",
     "UnlearnConfig",
     "activation_gradient_view",

@@ -18,7 +18,7 @@ def test_hub_reachability_passes_its_timeout_and_answers_both_ways(monkeypatch):
     import contextlib
     import socket
 
-    import memlens.loading as loading
+    import memlens.loading.hf as loading
 
     seen = []
 
@@ -93,7 +93,7 @@ def test_gguf_smollm2(tmp_path, monkeypatch, capsys):
     draws no progress bar, and the cached copy is readable by other users."""
     import time
 
-    from memlens.loading import smollm2_gguf_path
+    from memlens.organism.smollm2 import smollm2_gguf_path
 
     try:
         path = smollm2_gguf_path()
@@ -150,7 +150,7 @@ def test_save_pretrained_round_trip(arch, tmp_path):
 
 def test_model_names_that_name_nothing_fail_before_the_hub(tmp_path, monkeypatch):
     """An unregistered embedded name or a missing local path is not looked up on the hub."""
-    import memlens.loading as loading
+    import memlens.loading.hf as loading
 
     monkeypatch.setattr(loading, "hub_reachable", lambda *a, **k: pytest.fail("asked the hub"))
     with pytest.raises(ModelLoadError, match="unknown model 'organism-small': did you mean 'organism-smollm2'"):

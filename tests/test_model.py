@@ -101,7 +101,7 @@ def test_dtype_and_device(tmp_path):
     """A model cast to bfloat16 still scans; the stage's greedy check compares teacher-forced EM
     with real greedy decoding (exact at float32); a device that is not there is a clear error."""
     from memlens import InputError, ParagraphSet, greedy_decode, scan
-    from memlens.run.stages import greedy_check
+    from memlens.run.stages.scan import greedy_check
     from memlens.testing import random_model, random_tokens
 
     model = random_model("gpt_neo", seed=9)

@@ -9,31 +9,32 @@ import shutil
 import pytest
 
 from memlens import InputError, RunConfig
-from memlens.run.pipeline import STAGES, run_pipeline
+from memlens.run.pipeline import run_pipeline
+from memlens.run.stage import stage_names
 
 FILES = ["run.json", "scan.safetensors", "gradients_memorized.safetensors", "gradients_non_memorized.safetensors",
          "gradient_profiles_by_em.safetensors", "perturbation_memorized.safetensors", "perturbed_memorized.jsonl",
          "perturb_views.json", "heads.safetensors", "head_views.json", "unlearn.safetensors", "report.html",
-         "summary.json", "gradient_similarity.safetensors", "noise.safetensors", "pair_gradients.safetensors"]
+         "summary.json", "gradient_similarity.safetensors", "noise.safetensors", "pair_gradients.safetensors",
+         "head_ablation.safetensors"]
 
 
 def test_every_stage_writes_its_files(tiny_run):
-    for name in FILES + [f"{s}.summary.json" for s in STAGES]:
+    for name in FILES + [f"{s}.summary.json" for s in stage_names()]:
         assert (tiny_run / name).exists(), name
     assert not list(tiny_run.glob("*.tmp*")) and not list(tiny_run.glob("*.partial"))
 
 
 def test_summary_reproduces_the_findings(tiny_run):
     s = json.loads((tiny_run / "summary.json").read_text())
-    assert set(s["seconds"]) >= set(STAGES)
+    assert set(s["seconds"]) >= set(stage_names())
     assert s["run"]["model"] == "organism-tiny" and s["run"]["versions"]["torch"].startswith("2.")
     g = s["gradients"]["memorized_vs_non_memorized"]
     assert g["labels"] == ["memorized", "non_memorized"]
     assert g["total"]["memorized"] < g["total"]["non_memorized"]  # memorized paragraphs: smaller gradients
     p = s["perturb"]
     assert p["mean_em_drop_memorized"] < p["mean_em_drop_non_memorized"]
-    h = s["heads"]
-    assert h["ablation_top_head"]["ranks"]["combined"] <= 3
+    assert s["head_ablation"]["top_head_ranks"]["combined"] <= 3
     rows = {(r["objective"], r["mask"]): r for r in s["unlearn"]["table"]}
     assert rows[("unlearn", "topk")]["target_em_after"] < rows[("unlearn", "random")]["target_em_after"]
     edit_top, edit_random = rows[("edit", "topk")], rows[("edit", "random")]
@@ -47,7 +48,7 @@ def test_summary_reproduces_the_findings(tiny_run):
     assert sel["mask_size"] == rows[("unlearn", "topk")]["mask_size"]
     assert sel["retain_top1_changed"] <= rows[("unlearn", "topk")]["retain_top1_changed"]
     # noise on the top-k weights erases the memorized targets more than the same noise on random weights
-    noise = s["unlearn"]["noise"]["masks"]
+    noise = s["noise"]["masks"]
     assert noise["topk"]["memorized_em_at_min"] == noise["random"]["memorized_em_at_min"] == 50
     assert noise["topk"]["memorized_em_at_max"] + 10 < noise["random"]["memorized_em_at_max"]
     # memorized paragraphs' gradients point elsewhere than non-memorized ones': cosines well below 1

@@ -67,9 +67,6 @@ def test_masks(neo, sets, tmp_path):
     loaded = type(top).load(top.save(tmp_path / "mask.safetensors"))
     assert all(torch.equal(loaded.masks[n], m) for n, m in top.masks.items()) and loaded.mask_kind == "topk"
     assert ft.make_mask(loaded, 0.5, None).n_selected == top.n_selected
-    with pytest.warns(DeprecationWarning):
-        masks, kind = top
-    assert kind == "topk" and masks is top.masks
     name = next(iter(ft.params))
     with pytest.raises(InputError, match="has shape"):
         ft.make_mask({name: torch.ones(3, dtype=torch.bool)}, 0.01, None)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from memlens.core.defaults import (
-    FRACTION, KL_DIRECTIONS, KL_REDUCTIONS, RANDOM_MASK_DRAWS, KLDirection, KLReduction, RandomMaskDraw, one_of,
+    FRACTION, KL_DIRECTIONS, KL_REDUCTIONS, RANDOM_MASK_DRAWS, SELECTIVITY_FLOOR, KLDirection, KLReduction,
+    SEED_REQUIREMENT, RandomMaskDraw, one_of, seed_problem,
 )
 from memlens.core.errors import InputError
 from memlens.core.results import Provenance, Result
@@ -16,16 +18,55 @@ if TYPE_CHECKING:
     import pandas as pd
     import plotly.graph_objects as go
 
-#: quantile of the retain sensitivity added before division in a selective mask
-SELECTIVITY_FLOOR = 0.1
+#: what a fine-tuning setting must be, by name: (test, requirement); the one place these are checked
+_REQUIREMENTS: dict[str, tuple[Any, str]] = {
+    "fraction": (lambda v: _number(v) and 0 < v <= 1, "must be in (0, 1]"),
+    "steps": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "must be an integer >= 1"),
+    "lr": (lambda v: _number(v) and 0 < v < math.inf, "must be a positive finite number"),
+    "kl_weight": (lambda v: _number(v) and 0 <= v < math.inf, "must be a finite number >= 0"),
+    "nll_scale": (lambda v: _number(v) and 0 <= v < math.inf, "must be a finite number >= 0"),
+    "weight_decay": (lambda v: _number(v) and 0 <= v < math.inf, "must be a finite number >= 0"),
+    "seed": (lambda v: seed_problem(v) is None, SEED_REQUIREMENT),
+    "selectivity_floor": (lambda v: _number(v) and 0 < v <= 1, "must be a quantile in (0, 1]"),
+    "kl_direction": (lambda v: v in KL_DIRECTIONS, f"must be {one_of(KL_DIRECTIONS)}"),
+    "kl_reduction": (lambda v: v in KL_REDUCTIONS, f"must be {one_of(KL_REDUCTIONS)}"),
+    "random_mask": (lambda v: v in RANDOM_MASK_DRAWS, f"must be {one_of(RANDOM_MASK_DRAWS)}"),
+}
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+
+
+def finetune_problem(name: str, value: Any) -> str | None:
+    """What is wrong with ``value`` for the fine-tuning setting ``name`` (``"must be ..."``), or
+    None when it is fine. :class:`FineTuneSettings` and the unlearn stage's settings both ask here."""
+    test, requirement = _REQUIREMENTS[name]
+    return None if test(value) else requirement
 
 
 @dataclass(frozen=True, kw_only=True)
 class FineTuneSettings:
-    """The hyperparameters of one sparse fine-tuning run (see :meth:`SparseFineTuner.unlearn`).
+    """The hyperparameters of one sparse fine-tuning run: the one place their defaults live
+    (:meth:`SparseFineTuner.unlearn`, :meth:`SparseFineTuner.edit`, :func:`memlens.compare_masks`
+    and the unlearn stage's settings all take or build one).
 
     memlens's defaults follow the paper's text where it fixes a value (10 steps, KL(model ||
     original)); :meth:`paper_code` gives the official code's values (docs/paper-fidelity.md).
+
+    Attributes:
+        fraction: share of the trainable weights a sparse mask selects (paper: 0.001).
+        steps: Adam steps.
+        lr: learning rate.
+        kl_weight: weight of the retain KL term.
+        seed: seed of a random mask.
+        selectivity_floor: quantile of the retain sensitivity added before division in a
+            selective mask (:func:`memlens.selective_mask`).
+        nll_scale: factor of the target's NLL term (the official code's ``c_set_norm``: 0.1).
+        kl_direction, kl_reduction: the retain KL's form (:func:`memlens.core.objectives.kl_to_reference`).
+        weight_decay: Adam's coupled L2 decay, on the masked weights only (the code's: 1.0).
+        random_mask: ``exact`` (the top-k count) or ``bernoulli`` (each weight with probability
+            ``fraction``, the code's draw).
     """
 
     fraction: float = FRACTION
@@ -40,31 +81,41 @@ class FineTuneSettings:
     weight_decay: float = 0.0
     random_mask: RandomMaskDraw = "exact"
 
+    #: the official code's values (notebooks/3 editing/fine-tuning.ipynb) of the settings it fixes:
+    #: Adam lr 1e-5, coupled weight decay 1.0, 5 steps, 0.1 x NLL +
+    #: KLDivLoss(batchmean)(log p_theta, p_theta0), Bernoulli random masks
+    PAPER_CODE: ClassVar[dict[str, Any]] = dict(lr=1e-5, weight_decay=1.0, steps=5, nll_scale=0.1,
+                                                 kl_direction="original||model", kl_reduction="batchmean",
+                                                 random_mask="bernoulli")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
     @classmethod
     def paper_code(cls, **changes: Any) -> "FineTuneSettings":
-        """The official code's fine-tuning (notebooks/3 editing/fine-tuning.ipynb): Adam lr 1e-5,
-        coupled weight decay 1.0, 5 steps, 0.1 x NLL + KLDivLoss(batchmean)(log p_theta, p_theta0),
-        Bernoulli random masks."""
-        base = dict(lr=1e-5, weight_decay=1.0, steps=5, nll_scale=0.1, kl_direction="original||model",
-                    kl_reduction="batchmean", random_mask="bernoulli")
-        return cls(**(base | changes))
+        """The official code's fine-tuning (:attr:`PAPER_CODE`), with ``changes``."""
+        return cls(**(cls.PAPER_CODE | changes))
+
+    @classmethod
+    def resolve(cls, settings: "FineTuneSettings | None", changes: dict[str, Any]) -> "FineTuneSettings":
+        """``settings`` (the defaults when None) with ``changes`` applied; a name that is not a
+        setting is refused with the list of settings."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(changes) - set(known))
+        if unknown:
+            raise InputError(f"unknown fine-tuning setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        if settings is not None and not isinstance(settings, cls):
+            raise InputError(f"settings must be a FineTuneSettings, got {type(settings).__name__}")
+        base = settings if settings is not None else cls()
+        return dataclasses.replace(base, **changes) if changes else base
 
     def validate(self) -> None:
         """Refuse a setting out of range with an :class:`InputError` that names it."""
-        if not (isinstance(self.steps, int) and self.steps >= 1):
-            raise InputError(f"steps must be an integer >= 1, got {self.steps!r}")
-        if not 0 < self.lr < float("inf"):
-            raise InputError(f"lr must be a positive finite number, got {self.lr}")
-        for name in ("kl_weight", "nll_scale", "weight_decay"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and 0 <= v < float("inf")):
-                raise InputError(f"{name} must be a finite number >= 0, got {v!r}")
-        if self.kl_direction not in KL_DIRECTIONS:
-            raise InputError(f"unknown kl_direction {self.kl_direction!r}; use {one_of(KL_DIRECTIONS)}")
-        if self.kl_reduction not in KL_REDUCTIONS:
-            raise InputError(f"unknown kl_reduction {self.kl_reduction!r}; use {one_of(KL_REDUCTIONS)}")
-        if self.random_mask not in RANDOM_MASK_DRAWS:
-            raise InputError(f"unknown random_mask {self.random_mask!r}; use {one_of(RANDOM_MASK_DRAWS)}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            problem = finetune_problem(f.name, value)
+            if problem is not None:
+                raise InputError(f"{f.name} {problem}, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -14,7 +14,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from memlens.analyses.gradients import GradientMap
+from memlens.analyses.base import Analysis
+from memlens.analyses.gradients import GradientMap, GradientMapResult
 from memlens.core.components import ComponentKey
 from memlens.core.data import ParagraphSet
 from memlens.core.errors import InputError
@@ -86,7 +87,7 @@ class GradientSimilarityResult(Result):
                                      zmin=-1.0, zmax=1.0, colorscale="RdBu")
 
 
-class GradientSimilarity:
+class GradientSimilarity(Analysis):
     """Per-component cosine similarity of two sets' parameter gradients.
 
     Example::
@@ -95,18 +96,18 @@ class GradientSimilarity:
         sim.plot(); sim.by_layer()
     """
 
+    DEFAULT_BATCH_SIZE = 8
+
     def __init__(self, model: "HookedModel", *, batch_size: int | None = None, progress: bool = True) -> None:
         """
         Args:
             model: the model.
-            batch_size: paragraphs per backward pass (default 8).
+            batch_size: paragraphs per backward pass (default :attr:`DEFAULT_BATCH_SIZE`).
             progress: show progress bars (a call's own ``progress`` wins).
         """
-        self.model = model
-        self.batch_size = batch_size or 8
-        self.progress = progress
+        super().__init__(model, batch_size=batch_size, progress=progress)
 
-    def compute(self, a: ParagraphSet, b: ParagraphSet, labels: tuple[str, str] = ("memorized", "non_memorized"),
+    def run(self, a: ParagraphSet, b: ParagraphSet, labels: tuple[str, str] = ("memorized", "non_memorized"),
                 progress: bool | None = None) -> GradientSimilarityResult:
         """The gradient of the mean continuation NLL of ``a`` and of ``b`` (one backward pass
         each, as the code's ``single_seq_metric`` over the continuation), then per component the
@@ -120,11 +121,18 @@ class GradientSimilarity:
         if len(a) == 0 or len(b) == 0:
             raise InputError(f"both sets need paragraphs (got {len(a)} and {len(b)})")
         a.check_compatible(b, "the two sets")
-        show = self.progress if progress is None else progress
+        show = self._progress(progress)
         gm = GradientMap(self.model, batch_size=self.batch_size, progress=show)
-        ga, gb = (gm.compute(s, objective="nll", signed_weight_grads=True, label=lab).weight_grads
-                  for s, lab in ((a, labels[0]), (b, labels[1])))
-        assert ga is not None and gb is not None
+        maps = [gm.run(s, objective="nll", signed_weight_grads=True, label=lab) for s, lab in ((a, labels[0]), (b, labels[1]))]
+        return self.from_maps(*maps)
+
+    def from_maps(self, a: GradientMapResult, b: GradientMapResult) -> GradientSimilarityResult:
+        """The same from two NLL maps already computed with ``signed_weight_grads=True`` (the
+        gradient stage's maps: no backward pass again)."""
+        for m in (a, b):
+            if m.weight_grads is None or not m.weight_grads_signed or m.objective != "nll":
+                raise InputError("from_maps needs NLL maps computed with signed_weight_grads=True")
+        ga, gb = a.weight_grads, b.weight_grads
         keys, cos = [], []
         for comp in self.model.components:
             va = torch.cat([sl.of(ga[sl.param_name]).flatten() for sl in comp.slices])
@@ -134,5 +142,8 @@ class GradientSimilarity:
             cos.append(float(va @ vb / denom) if denom > 0 else float("nan"))
         return GradientSimilarityResult(
             keys=keys, cosine=torch.tensor(cos), n_layers=self.model.n_layers, n_heads=self.model.n_heads,
-            labels=(str(labels[0]), str(labels[1])), n_paragraphs=(len(a), len(b)),
+            labels=(a.label or "a", b.label or "b"), n_paragraphs=(len(a.paragraph_ids), len(b.paragraph_ids)),
             provenance=Provenance.capture(self.model, objective="nll", batch_size=self.batch_size))
+
+    #: the verb of earlier versions (:meth:`run`)
+    compute = run

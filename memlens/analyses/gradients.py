@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from memlens.analyses.base import Analysis
 from memlens.analyses.per_example_grads import captured_linear_io, linear_owners, per_example_weight_grads
 from memlens.core.progress import tqdm
 from memlens.core.components import ComponentKey, ComponentRegistry, layer_of
@@ -253,15 +254,17 @@ def _lower_half(profile: Tensor) -> float:
     return round(float(profile[: n // 2].sum() + (profile[n // 2] / 2 if n % 2 else 0)), 4)
 
 
-class GradientMap:
+class GradientMap(Analysis):
     """Per-component gradient scores of a model on a set of paragraphs (the paper's Fig. 4 / 9).
 
     Example::
 
-        gmap = GradientMap(model).compute(memorized)                       # NLL objective
-        cmap = GradientMap(model).compute(memorized, contrast=non_memorized)   # contrastive
+        gmap = GradientMap(model).run(memorized)                       # NLL objective
+        cmap = GradientMap(model).run(memorized, contrast=non_memorized)   # contrastive
         gmap.top(10); gmap.plot(); gmap.mask(0.001)
     """
+
+    DEFAULT_BATCH_SIZE = 8
 
     def __init__(self, model: "HookedModel", *, trainable: str = "paper", batch_size: int | None = None,
                  progress: bool = True) -> None:
@@ -274,16 +277,14 @@ class GradientMap:
         """
         if trainable not in ("paper", "all"):
             raise InputError(f"trainable must be 'paper' (W_Q/W_K/W_V/W_O/W_in/W_out only) or 'all', got {trainable!r}")
-        self.model = model
+        super().__init__(model, batch_size=batch_size, progress=progress)
         self.trainable = trainable
-        self.batch_size = batch_size or 8
-        self.progress = progress
 
     @property
     def registry(self) -> ComponentRegistry:
         return self.model.components
 
-    def compute(
+    def run(
         self,
         paragraphs: ParagraphSet,
         contrast: ParagraphSet | None = None,
@@ -318,8 +319,8 @@ class GradientMap:
         Returns:
             A :class:`GradientMapResult` (scores in units of the objective per unit weight).
         """
-        batch_size = batch_size or self.batch_size
-        progress = self.progress if progress is None else progress
+        batch_size = self._batch_size(batch_size)
+        progress = self._progress(progress)
         objective = objective or ("contrastive" if contrast is not None else "nll")
         self._check(paragraphs, contrast, objective, aggregation)
         keys = self._keys(components)
@@ -351,6 +352,9 @@ class GradientMap:
             provenance=Provenance.capture(self.model, objective=objective, aggregation=aggregation, kl_weight=kl_weight,
                                           trainable=self.trainable, n_paragraphs=len(paragraphs)),
         )
+
+    #: the verb of earlier versions (:meth:`run`)
+    compute = run
 
     def _accumulate(self, paragraphs: ParagraphSet, contrast: ParagraphSet | None, objective: str,
                     kl_weight: float, ref_logits: list[Tensor] | None, batch_size: int, progress: bool) -> float:
@@ -387,7 +391,7 @@ class GradientMap:
         output gradient ``G_i``, reduced at once per component. Otherwise one backward pass per
         paragraph.
         """
-        progress = self.progress if progress is None else progress
+        progress = self._progress(progress)
         self._check(paragraphs, None, "nll", aggregation)
         keys = self._keys(components)
         owners = linear_owners(self.model, self.registry)

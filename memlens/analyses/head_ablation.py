@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from memlens.analyses.base import Analysis
 from memlens.core.progress import tqdm
 
 from memlens.core.components import check_head
@@ -94,7 +95,7 @@ class HeadAblationResult(Result):
                                             f"(baseline {self.baseline_em:.1f} tokens)", colorscale="Reds")
 
 
-class HeadAblation:
+class HeadAblation(Analysis):
     """Ablate every head (or chosen heads) in turn and measure the EM the paragraphs lose.
 
     Example::
@@ -103,16 +104,16 @@ class HeadAblation:
         result.top_head(); result.plot()
     """
 
+    DEFAULT_BATCH_SIZE = 16
+
     def __init__(self, model: "HookedModel", *, batch_size: int | None = None, progress: bool = True) -> None:
         """
         Args:
             model: the model.
-            batch_size: paragraphs per forward pass (default 16).
+            batch_size: paragraphs per forward pass (default :attr:`DEFAULT_BATCH_SIZE`).
             progress: show a progress bar over heads (a call's own ``progress`` wins).
         """
-        self.model = model
-        self.batch_size = batch_size or 16
-        self.progress = progress
+        super().__init__(model, batch_size=batch_size, progress=progress)
 
     @torch.no_grad()
     def run(self, paragraphs: ParagraphSet, *, mode: str = "zero",
@@ -138,7 +139,7 @@ class HeadAblation:
             check_head(L, h, model.n_layers, model.n_heads)
         base = float(teacher_forced_scores(model, paragraphs.tokens, paragraphs.prefix_len, bs).em.float().mean())
         out = torch.full((model.n_layers, model.n_heads), float("nan"))
-        show = self.progress if progress is None else progress
+        show = self._progress(progress)
         for L, h in tqdm(cells, desc="head ablation", disable=not show):
             with model.ablate(f"blocks.{L}.attn.hook_z", head=h, mode=mode):
                 em = teacher_forced_scores(model, paragraphs.tokens, paragraphs.prefix_len, bs).em.float().mean()

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from memlens.analyses.base import Analysis
 from memlens.core.progress import tqdm
 
 from memlens.core.data import ParagraphSet
@@ -238,7 +239,7 @@ def combined_weights(combined: Sequence[str], causal_share: float) -> dict[str, 
     return weights
 
 
-class HeadLocalizer:
+class HeadLocalizer(Analysis):
     """Find the memorization head(s) of a model.
 
     Example::
@@ -247,18 +248,18 @@ class HeadLocalizer:
         report.top(5); report.plot_all(); report.where(1, 2)
     """
 
+    DEFAULT_BATCH_SIZE = 8
+
     def __init__(self, model: "HookedModel", *, batch_size: int | None = None, progress: bool = True) -> None:
         """
         Args:
             model: the model.
-            batch_size: paragraphs per pass of every evidence kind (default 8).
+            batch_size: paragraphs per pass of every evidence kind (default :attr:`DEFAULT_BATCH_SIZE`).
             progress: show progress bars (a call's own ``progress`` wins).
         """
-        self.model = model
-        self.batch_size = batch_size or 8
-        self.progress = progress
+        super().__init__(model, batch_size=batch_size, progress=progress)
 
-    def localize(
+    def run(
         self,
         memorized: ParagraphSet,
         non_memorized: ParagraphSet | None = None,
@@ -300,7 +301,7 @@ class HeadLocalizer:
             A :class:`HeadReport`: one ``[layer, head]`` column per evidence kind and detail, the
             combined rank, the attribution/exact agreement and notes on what was skipped.
         """
-        progress = self.progress if progress is None else progress
+        progress = self._progress(progress)
         exact_top = exact_top or 0
         model = self.model
         mem, evidence, notes = self._check_localize(memorized, non_memorized, evidence, max_paragraphs, causal_share)
@@ -339,6 +340,9 @@ class HeadLocalizer:
                                           patch_positions=patch_positions,
                                           exact_top=exact_top))
         return report._keep_inputs(model, mem)
+
+    #: the verb of earlier versions (:meth:`run`)
+    localize = run
 
     def _check_localize(self, memorized: ParagraphSet, non_memorized: ParagraphSet | None, evidence: Sequence[str],
                         max_paragraphs: int, causal_share: float) -> tuple[ParagraphSet, list[str], list[str]]:

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from memlens.core.data import ParagraphSet
-from memlens.core.defaults import FRACTION, KLDirection, KLReduction, RandomMaskDraw
 from memlens.core.errors import InputError
 from memlens.core.results import Provenance, Result
 from memlens.core.stats import bootstrap_mean_ci
-from memlens.analyses.unlearn import SELECTIVITY_FLOOR, SparseFineTuner
+from memlens.analyses.finetune import FineTuneSettings
+from memlens.analyses.unlearn import SparseFineTuner
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -146,12 +146,9 @@ def retain_batches(retain: ParagraphSet, n_trials: int, per_trial: int | None, s
 def compare_masks(
     model: "HookedModel", targets: ParagraphSet, retain: ParagraphSet, other_memorized: ParagraphSet | None = None,
     objectives: Sequence[str] = ("unlearn",), masks: Sequence[str] = ("all", "topk", "random"),
-    perturbed: ParagraphSet | None = None, fraction: float = FRACTION, steps: int = 10,
-    lr: dict[str, float] | float = 1e-3, kl_weight: float = 1.0, progress: bool = True,
-    selectivity_floor: float = SELECTIVITY_FLOOR, checkpoint: str | Path | None = None, *,
-    n_trials: int | None = None, retain_per_trial: int | None = None, seed: int = 0, nll_scale: float = 1.0,
-    kl_direction: KLDirection = "model||original", kl_reduction: KLReduction = "mean", weight_decay: float = 0.0,
-    random_mask: RandomMaskDraw = "exact",
+    perturbed: ParagraphSet | None = None, *, settings: FineTuneSettings | None = None,
+    lr: dict[str, float] | float | None = None, progress: bool = True, checkpoint: str | Path | None = None,
+    n_trials: int | None = None, retain_per_trial: int | None = None, seed: int = 0, **changes: Any,
 ) -> MaskComparison:
     """The paper's Fig. 5: for each objective x mask, fine-tune one target per trial (weights
     restored in between) and score the target, its retain batch and the other memorized
@@ -166,19 +163,19 @@ def compare_masks(
         objectives: ``unlearn`` and/or ``edit``; ``edit`` needs ``perturbed`` (aligned with targets).
         masks: ``all``, ``topk``, ``selective`` (see :func:`selective_mask`), ``random``.
         perturbed: each target's perturbed paragraph (``PrefixPerturber.perturbed_paragraphs``).
-        fraction: share of the trainable weights a sparse mask selects.
-        steps, lr: Adam steps and learning rate (``lr`` may map mask -> rate).
-        kl_weight: weight of the retain KL term.
+        settings: the fine-tuning hyperparameters (:class:`FineTuneSettings`, e.g.
+            ``FineTuneSettings.paper_code()``); trial ``t``'s random mask uses seed ``seed + t``.
+        lr: a learning rate for every mask, or one per mask (``{"all": 1e-4, "topk": 1e-3}``);
+            default: the settings'.
         progress: show a progress bar.
-        selectivity_floor: see :func:`selective_mask`.
         checkpoint: a JSON-lines file each finished run is appended to; a later call with the
             same file skips the runs already there (an interrupted comparison resumes).
         n_trials: trials per objective and mask (default: one per target; the paper's code: 20).
         retain_per_trial: draw a fresh retain batch of this size per trial (the code's: 10); None
             keeps the whole ``retain`` set in every trial.
-        seed: seed of the retain batches; trial ``t``'s random mask uses ``seed + t``.
-        nll_scale, kl_direction, kl_reduction, weight_decay, random_mask: the objective and
-            optimizer (:meth:`SparseFineTuner.unlearn`; :meth:`FineTuneSettings.paper_code`).
+        seed: seed of the retain batches and (``seed + t``) of trial ``t``'s random mask.
+        changes: any other setting of :class:`FineTuneSettings` by name (``steps=5``), on top of
+            ``settings``.
 
     Returns:
         A :class:`MaskComparison` with every trial and the means with bootstrap 95% intervals.
@@ -196,9 +193,12 @@ def compare_masks(
             raise InputError(f"unknown objective {objective!r}; use 'unlearn' or 'edit'")
     if "edit" in objectives and perturbed is None:
         raise InputError("the edit objective needs perturbed= (e.g. PrefixPerturber.perturbed_paragraphs)")
+    base = FineTuneSettings.resolve(settings, changes)
+    if isinstance(lr, dict) and any(m not in lr for m in masks):
+        raise InputError(f"lr gives no learning rate for mask(s) {[m for m in masks if m not in lr]}")
+    per_mask = {m: base if lr is None else FineTuneSettings.resolve(base, {"lr": lr[m] if isinstance(lr, dict) else lr})
+                for m in masks}
     batches = retain_batches(retain, n_trials, retain_per_trial, seed)
-    extra = dict(nll_scale=nll_scale, kl_direction=kl_direction, kl_reduction=kl_reduction,
-                 weight_decay=weight_decay, random_mask=random_mask)
     ft = SparseFineTuner(model, progress=False)
     jobs = [(o, m, t) for o in objectives for m in masks for t in range(n_trials)]
     done = _read_runs(Path(checkpoint)) if checkpoint is not None else {}
@@ -207,12 +207,10 @@ def compare_masks(
     for objective, mask, t in tqdm(todo, desc="fine-tuning runs", disable=not progress, initial=len(trials),
                                    total=len(jobs)):
         i = t % len(targets)
-        rate = lr[mask] if isinstance(lr, dict) else lr
         others = None
         if other_memorized is not None:
             others = other_memorized.filter([pid != targets.ids[i] for pid in other_memorized.ids])
-        common = dict(mask=mask, fraction=fraction, steps=steps, lr=rate, kl_weight=kl_weight, other_memorized=others,
-                      seed=seed + t, selectivity_floor=selectivity_floor, **extra)
+        common = dict(mask=mask, settings=per_mask[mask], seed=seed + t, other_memorized=others)
         with ft.restored(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if objective == "unlearn":
@@ -228,9 +226,9 @@ def compare_masks(
     return MaskComparison(rows=_mean_rows(pd.DataFrame(trials), ["objective", "mask"]),
                           targets=[targets.ids[t % len(targets)] for t in range(n_trials)], trials=trials,
                           provenance=Provenance.capture(model, objectives=list(objectives), masks=list(masks),
-                                                        fraction=fraction, steps=steps, lr=lr, kl_weight=kl_weight,
-                                                        selectivity_floor=selectivity_floor, n_trials=n_trials,
-                                                        retain_per_trial=retain_per_trial, seed=seed, **extra))
+                                                        **(base.to_dict() | {"seed": seed, "lr": lr if lr is not None
+                                                                             else base.lr}),
+                                                        n_trials=n_trials, retain_per_trial=retain_per_trial))
 
 
 def mask_tradeoff(

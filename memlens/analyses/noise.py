@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+from memlens.analyses.base import Analysis
 from memlens.core.progress import tqdm
 
 from memlens.analyses.sparse_mask import SparseMask
@@ -87,7 +88,7 @@ class NoiseResult(Result):
         return plot_noise(self.means(), list(self.mask_sizes), self.relative_to)
 
 
-class NoiseIntervention:
+class NoiseIntervention(Analysis):
     """Gaussian noise on a mask's weights, scale by scale.
 
     Example::
@@ -99,16 +100,16 @@ class NoiseIntervention:
         result.plot()
     """
 
+    DEFAULT_BATCH_SIZE = 16
+
     def __init__(self, model: "HookedModel", *, batch_size: int | None = None, progress: bool = True) -> None:
         """
         Args:
             model: the model (its weights are changed during a run and restored bit for bit).
-            batch_size: paragraphs per forward pass (default 16).
+            batch_size: paragraphs per forward pass (default :attr:`DEFAULT_BATCH_SIZE`).
             progress: show a progress bar (a call's own ``progress`` wins).
         """
-        self.model = model
-        self.batch_size = batch_size or 16
-        self.progress = progress
+        super().__init__(model, batch_size=batch_size, progress=progress)
 
     def run(
         self, memorized: ParagraphSet, non_memorized: ParagraphSet, masks: Mapping[str, SparseMask | dict[str, Tensor]],
@@ -132,7 +133,7 @@ class NoiseIntervention:
         params = self._check(sets, masks, scales, draws, relative_to, reference)
         refs = {k: self._reference(v, reference) for k, v in sets.items()}
         resolved = {name: (m.masks if isinstance(m, SparseMask) else m) for name, m in masks.items()}
-        show = self.progress if progress is None else progress
+        show = self._progress(progress)
         jobs = [(name, float(s), d) for name in resolved for s in scales for d in range(draws)]
         rows: list[dict[str, Any]] = []
         for name, scale, draw in tqdm(jobs, desc="noise intervention", disable=not show):

@@ -331,7 +331,7 @@ def _patch_hooks(cells: list[tuple], kinds: Sequence[str], source: dict[str, Ten
 
 def attribution_patching(
     model: "HookedModel", pair: PatchPair, kinds: Sequence[str] = PATCH_KINDS, per_position: bool = False,
-    positions: Sequence[int] | str | None = None,
+    positions: Sequence[int] | str | None = None, metric: PatchingMetric | None = None,
 ) -> PatchingResult:
     """Attribution patching: the first-order estimate of :func:`exact_patching` from two
     forward+backward passes. noising ~ grad_clean . (a_corrupt - a_clean); denoising ~
@@ -345,6 +345,8 @@ def attribution_patching(
         per_position: one estimate per (head, position).
         positions: estimate patching only these positions (as for :func:`exact_patching`): the
             sum runs over them; per position, the others are NaN.
+        metric: logits ``[batch, pos, vocab]`` -> ``[batch]``, the same callable as
+            :func:`exact_patching` takes (differentiable); default :func:`paper_metric`.
 
     Returns:
         A :class:`PatchingResult` (``method="attribution"``), shaped as :func:`exact_patching`'s.
@@ -355,10 +357,19 @@ def attribution_patching(
     if chosen is not None:
         keep = torch.zeros(pair.length, dtype=torch.bool)
         keep[chosen] = True
+    measure = metric or paper_metric(pair)
     names = [_hook_name(L, k) for L in range(model.n_layers) for k in kinds]
+
+    def loss_fn(logits: Tensor) -> Tensor:
+        value = measure(logits)
+        if not isinstance(value, Tensor) or value.numel() != 1:
+            raise InputError("the patching metric must return one number per run as a tensor (shape [1] here); "
+                             "reduce over positions, not over the batch")
+        return value.sum()
+
     runs = {}
     for which, toks in (("clean", pair.clean), ("corrupt", pair.corrupt)):
-        runs[which] = model.capture(toks[None].to(model.device), names, loss_fn=lambda lg: _target_nll(lg, pair.target).sum())
+        runs[which] = model.capture(toks[None].to(model.device), names, loss_fn=loss_fn)
     out: dict[str, Any] = {}
     for direction, at, other, sign in (("noising", "clean", "corrupt", 1.0), ("denoising", "corrupt", "clean", -1.0)):
         acts, grads = runs[at][1], runs[at][2]
@@ -376,4 +387,6 @@ def attribution_patching(
                           clean_nll=float(runs["clean"][0]), corrupt_nll=float(runs["corrupt"][0]),
                           per_position=per_position,
                           provenance=Provenance.capture(model, method="attribution", kinds=list(kinds),
-                                                        per_position=per_position, positions=chosen), **out)
+                                                        per_position=per_position, positions=chosen,
+                                                        metric="paper" if metric is None else
+                                                        getattr(metric, "__name__", "custom")), **out)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from memlens.analyses.base import Analysis
 from memlens.core.progress import tqdm
 
 from memlens.core.data import ParagraphSet
@@ -208,7 +209,7 @@ class PerturbationComparison(Result):
         return self.this.plot_distribution(self.other, labels=self.labels)
 
 
-class PrefixPerturber:
+class PrefixPerturber(Analysis):
     """Replace one prefix token at a time and measure how much of the continuation survives.
 
     Example::
@@ -219,18 +220,18 @@ class PrefixPerturber:
         edited = pert.perturbed_paragraphs(memorized)      # for SparseFineTuner.edit
     """
 
+    DEFAULT_BATCH_SIZE = 64
+
     def __init__(self, model: "HookedModel", *, batch_size: int | None = None, progress: bool = True) -> None:
         """
         Args:
             model: the model.
-            batch_size: perturbed paragraphs per forward pass (default 64).
+            batch_size: perturbed paragraphs per forward pass (default :attr:`DEFAULT_BATCH_SIZE`).
             progress: show progress bars (a call's own ``progress`` wins).
         """
-        self.model = model
-        self.batch_size = batch_size or 64
-        self.progress = progress
+        super().__init__(model, batch_size=batch_size, progress=progress)
 
-    def sweep(
+    def run(
         self,
         paragraphs: ParagraphSet,
         positions: str | Sequence[int] = "all",
@@ -275,7 +276,7 @@ class PrefixPerturber:
         Returns:
             A :class:`PerturbationResult`, one row per perturbation; EM in tokens, NLL in nats/token.
         """
-        progress = self.progress if progress is None else progress
+        progress = self._progress(progress)
         model = self.model
         pos_list = self._check_sweep(paragraphs, positions, strategy, n_samples, reference, skip_position_0)
         P = paragraphs.prefix_len
@@ -307,6 +308,9 @@ class PrefixPerturber:
             provenance=Provenance.capture(model, strategy=name, n_samples=n_samples, seed=seed, reference=reference,
                                           positions=positions if positions == "all" else list(pos_list),
                                           skip_position_0=skip_position_0, allow_original=allow_original))
+
+    #: the verb of earlier versions (:meth:`run`)
+    sweep = run
 
     def _check_sweep(self, paragraphs: ParagraphSet, positions: str | Sequence[int], strategy: Strategy,
                      n_samples: int, reference: str, skip_position_0: bool = False) -> list[int]:

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 
 
+#: paragraphs per forward pass of a scan when the caller gives none
+DEFAULT_BATCH_SIZE = 16
+
 @dataclass(frozen=True, kw_only=True)
 class ScanResult(Result):
     """EM and NLL per paragraph, in the order of :attr:`paragraphs`.
@@ -162,7 +165,7 @@ def scan(
     model: "HookedModel",
     paragraphs: ParagraphSet | Sequence[str] | Tensor,
     *,
-    batch_size: int = 16,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     non_memorized_max_em: int | None = None,
     memorized_min_em: int | None = None,
     min_k: float = MIN_K,

@@ -3,9 +3,8 @@ with where they sit (per layer and parameter) and how two masks overlap."""
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Bool
@@ -47,12 +46,6 @@ class SparseMask(Result):
     def n_total(self) -> int:
         """Weights of the trainable set."""
         return sum(m.numel() for m in self.masks.values())
-
-    def __iter__(self) -> Iterator[Any]:
-        """``masks, kind = tuner.make_mask(...)``: the pair ``make_mask`` used to return (deprecated)."""
-        warnings.warn("make_mask returns a SparseMask; use .masks and .mask_kind instead of unpacking it",
-                      DeprecationWarning, stacklevel=2)
-        return iter((self.masks, self.mask_kind))
 
     def jaccard(self, other: "SparseMask") -> float:
         """|A and B| / |A or B| over all weights (1.0 for two empty masks)."""

@@ -21,17 +21,15 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from memlens.analyses.base import Analysis
 from memlens.core.data import Paragraph, ParagraphSet, as_paragraph_set
-from memlens.core.defaults import (
-    FRACTION, MASK_KINDS, RANDOM_MASK_DRAWS, KLDirection, KLReduction, RandomMaskDraw,
-    one_of,
-)
+from memlens.core.defaults import MASK_KINDS, RANDOM_MASK_DRAWS, SELECTIVITY_FLOOR, RandomMaskDraw, one_of
 from memlens.core.compat import sync_fused_qkv
 from memlens.core.errors import InputError
 from memlens.analyses.gradients import GradientMap, GradientMapResult
 from memlens.core.metrics import greedy_decode, teacher_forced_scores
 from memlens.core.objectives import continuation_logits, continuation_nll, kl_to_reference
-from memlens.analyses.finetune import SELECTIVITY_FLOOR, FineTuneResult, FineTuneSettings
+from memlens.analyses.finetune import FineTuneResult, FineTuneSettings
 from memlens.analyses.sparse_mask import SparseMask
 from memlens.core.results import Provenance
 from memlens.core.sparse import MaskedAdam, only_trainable
@@ -44,29 +42,30 @@ Mask = dict[str, Tensor]
 MaskSpec = str | Mask | GradientMapResult | SparseMask
 
 
-class SparseFineTuner:
+class SparseFineTuner(Analysis):
     """Fine-tune a few weights of a HookedModel to unlearn or edit memorized paragraphs; reversible.
 
     Example::
 
         ft = SparseFineTuner(model)
         res = ft.unlearn(mem[0], retain=nonmem, mask="topk", fraction=0.001, steps=10)
+        res = ft.unlearn(mem[0], retain=nonmem, settings=FineTuneSettings.paper_code())
         ft.restore()
         with ft.restored():          # or: every run inside is undone at the end
             ft.edit(mem[0], perturbed_paragraph=edited[0], retain=nonmem)
     """
+
+    DEFAULT_BATCH_SIZE = 16
 
     def __init__(self, model: "HookedModel", *, batch_size: int | None = None, progress: bool = True) -> None:
         """
         Args:
             model: the model whose weights are fine-tuned (and restored).
             batch_size: paragraphs per forward pass of the before/after scores and per backward
-                pass of the mask's gradient map (default 16).
+                pass of the mask's gradient map (default :attr:`DEFAULT_BATCH_SIZE`).
             progress: show progress bars.
         """
-        self.model = model
-        self.batch_size = batch_size or 16
-        self.progress = progress
+        super().__init__(model, batch_size=batch_size, progress=progress)
         self._original: dict[str, Tensor] | None = None
         self._references: dict[tuple, ParagraphSet] = {}
         self._sensitivities: dict[tuple, dict[str, Tensor]] = {}
@@ -215,12 +214,27 @@ class SparseFineTuner:
         return self._sensitivities[key]
 
     # --- objectives --------------------------------------------------------------------------
+    def run(
+        self, target: Paragraph | ParagraphSet | Sequence[str], retain: ParagraphSet | Sequence[str],
+        objective: str = "unlearn", mask: MaskSpec = "topk", *, settings: FineTuneSettings | None = None,
+        other_memorized: ParagraphSet | None = None, new_continuation: Tensor | None = None,
+        perturbed_paragraph: Paragraph | ParagraphSet | None = None, **changes: Any,
+    ) -> FineTuneResult:
+        """One fine-tuning run: :meth:`unlearn` (``objective="unlearn"``) or :meth:`edit`
+        (``objective="edit"``, with ``new_continuation`` or ``perturbed_paragraph``)."""
+        if objective == "unlearn":
+            if new_continuation is not None or perturbed_paragraph is not None:
+                raise InputError("unlearning takes no new continuation; use objective='edit'")
+            return self.unlearn(target, retain, mask, settings=settings, other_memorized=other_memorized, **changes)
+        if objective == "edit":
+            return self.edit(target, retain, new_continuation, perturbed_paragraph, mask, settings=settings,
+                             other_memorized=other_memorized, **changes)
+        raise InputError(f"unknown objective {objective!r}; use 'unlearn' or 'edit'")
+
     def unlearn(
-        self, target: Paragraph | ParagraphSet | Sequence[str], retain: ParagraphSet | Sequence[str], mask: MaskSpec = "topk",
-        fraction: float = FRACTION, steps: int = 10, lr: float = 1e-3, kl_weight: float = 1.0,
-        other_memorized: ParagraphSet | None = None, seed: int = 0, selectivity_floor: float = SELECTIVITY_FLOOR,
-        *, nll_scale: float = 1.0, kl_direction: KLDirection = "model||original", kl_reduction: KLReduction = "mean",
-        weight_decay: float = 0.0, random_mask: RandomMaskDraw = "exact",
+        self, target: Paragraph | ParagraphSet | Sequence[str], retain: ParagraphSet | Sequence[str],
+        mask: MaskSpec = "topk", *, settings: FineTuneSettings | None = None,
+        other_memorized: ParagraphSet | None = None, **changes: Any,
     ) -> FineTuneResult:
         """Raise the NLL of the target's continuation, keeping the retain set close to the
         original model (KL), through the weights of ``mask``.
@@ -232,19 +246,10 @@ class SparseFineTuner:
             mask: ``topk`` (largest |gradient| of the objective), ``selective``, ``random`` (same
                 size), ``all``, a :class:`GradientMapResult` (its top ``fraction``) or a dict of
                 boolean tensors by parameter name.
-            fraction: share of the trainable weights a sparse mask selects (paper: 0.001).
-            steps: Adam steps.
-            lr: learning rate.
-            kl_weight: weight of the KL term.
+            settings: the run's hyperparameters (:class:`FineTuneSettings`; its defaults when None).
             other_memorized: memorized paragraphs that should stay recited (scored, not trained).
-            seed: seed of a random mask.
-            selectivity_floor: see :func:`selective_mask`.
-            nll_scale: factor of the target's NLL term (the official code's ``c_set_norm``: 0.1).
-            kl_direction, kl_reduction: the retain KL's form (:func:`memlens.core.objectives.kl_to_reference`;
-                the official code's: ``original||model``, ``batchmean``).
-            weight_decay: Adam's coupled L2 decay, on the masked weights only (the code's: 1.0).
-            random_mask: ``exact`` (the top-k count) or ``bernoulli`` (each weight with probability
-                ``fraction``, the code's draw).
+            changes: any setting of :class:`FineTuneSettings` by name (``steps=5, lr=1e-2``),
+                applied on top of ``settings``.
 
         Returns:
             A :class:`FineTuneResult`: EM/NLL before and after per set and paragraph, against
@@ -253,19 +258,14 @@ class SparseFineTuner:
         """
         target_set = as_paragraph_set(target, self.model, "unlearn (target)")
         retain = as_paragraph_set(retain, self.model, "unlearn (retain)")
-        settings = FineTuneSettings(fraction=fraction, steps=steps, lr=lr, kl_weight=kl_weight, seed=seed,
-                                    selectivity_floor=selectivity_floor, nll_scale=nll_scale,
-                                    kl_direction=kl_direction, kl_reduction=kl_reduction,
-                                    weight_decay=weight_decay, random_mask=random_mask)
-        return self._run("unlearn", target_set, target_set, retain, mask, settings, other_memorized)
+        st = FineTuneSettings.resolve(settings, changes)
+        return self._run("unlearn", target_set, target_set, retain, mask, st, other_memorized)
 
     def edit(
-        self, target: Paragraph | ParagraphSet | Sequence[str], retain: ParagraphSet | Sequence[str], new_continuation: Tensor | None = None,
-        perturbed_paragraph: Paragraph | ParagraphSet | None = None, mask: MaskSpec = "topk",
-        fraction: float = FRACTION, steps: int = 10, lr: float = 1e-3, kl_weight: float = 1.0,
-        other_memorized: ParagraphSet | None = None, seed: int = 0, selectivity_floor: float = SELECTIVITY_FLOOR,
-        *, nll_scale: float = 1.0, kl_direction: KLDirection = "model||original", kl_reduction: KLReduction = "mean",
-        weight_decay: float = 0.0, random_mask: RandomMaskDraw = "exact",
+        self, target: Paragraph | ParagraphSet | Sequence[str], retain: ParagraphSet | Sequence[str],
+        new_continuation: Tensor | None = None, perturbed_paragraph: Paragraph | ParagraphSet | None = None,
+        mask: MaskSpec = "topk", *, settings: FineTuneSettings | None = None,
+        other_memorized: ParagraphSet | None = None, **changes: Any,
     ) -> FineTuneResult:
         """Teach the model to follow the target's prefix with a new continuation, keeping the
         retain set close to the original model (KL).
@@ -276,8 +276,7 @@ class SparseFineTuner:
             new_continuation: the new continuation tokens ``[continuation]`` or ``[n, continuation]``.
             perturbed_paragraph: or: a perturbed paragraph (``PrefixPerturber.perturbed_paragraphs``)
                 whose continuation becomes the new one.
-            mask, fraction, steps, lr, kl_weight, other_memorized, seed, selectivity_floor, nll_scale,
-                kl_direction, kl_reduction, weight_decay, random_mask: as for :meth:`unlearn`.
+            mask, settings, other_memorized, changes: as for :meth:`unlearn`.
 
         Returns:
             A :class:`FineTuneResult` whose target rows also score the new continuation
@@ -285,6 +284,7 @@ class SparseFineTuner:
         """
         target_set = as_paragraph_set(target, self.model, "edit (target)")
         retain = as_paragraph_set(retain, self.model, "edit (retain)")
+        st = FineTuneSettings.resolve(settings, changes)
         if (new_continuation is None) == (perturbed_paragraph is None):
             raise InputError("edit needs exactly one of new_continuation= or perturbed_paragraph=")
         new = (torch.as_tensor(new_continuation) if new_continuation is not None
@@ -296,11 +296,7 @@ class SparseFineTuner:
                              f"{tuple(target_set.continuations.shape)}")
         edited = ParagraphSet(torch.cat([target_set.prefixes, new.long()], 1), target_set.prefix_len,
                               target_set.continuation_len, [f"{i}~edit" for i in target_set.ids])
-        settings = FineTuneSettings(fraction=fraction, steps=steps, lr=lr, kl_weight=kl_weight, seed=seed,
-                                    selectivity_floor=selectivity_floor, nll_scale=nll_scale,
-                                    kl_direction=kl_direction, kl_reduction=kl_reduction,
-                                    weight_decay=weight_decay, random_mask=random_mask)
-        return self._run("edit", target_set, edited, retain, mask, settings, other_memorized)
+        return self._run("edit", target_set, edited, retain, mask, st, other_memorized)
 
     def _run(self, objective: str, target: ParagraphSet, train_on: ParagraphSet, retain: ParagraphSet,
              mask_kind: Any, st: "FineTuneSettings", other: ParagraphSet | None) -> FineTuneResult:
@@ -358,7 +354,6 @@ class SparseFineTuner:
         target.check_compatible(retain, "the target and the retain set")
         if other is not None:
             target.check_compatible(other, "the target and the other memorized set")
-        st.validate()
         sets = {"target": target, "retain": retain}
         if other is not None and len(other):  # an empty set (the only memorized paragraph is the target) scores nothing
             sets["other_memorized"] = other

@@ -18,14 +18,13 @@ from jaxtyping import Int
 from torch import Tensor
 
 from memlens.core import readers
+from memlens.core.defaults import DEFAULT_CONTINUATION_LEN, DEFAULT_PREFIX_LEN
 from memlens.core.errors import InputError
 from memlens.core.io import write_text_atomic
 
 if TYPE_CHECKING:
     from memlens.core.model import HookedModel
 
-DEFAULT_PREFIX_LEN = 50
-DEFAULT_CONTINUATION_LEN = 50
 INT64_MAX = 2**63 - 1
 
 

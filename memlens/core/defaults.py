@@ -8,10 +8,16 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
+#: tokens of a paragraph's prefix and of its continuation (the paper's 50 + 50)
+DEFAULT_PREFIX_LEN = 50
+DEFAULT_CONTINUATION_LEN = 50
 #: EM (tokens) at or below which a paragraph is non-memorized (the paper's 10).
 NON_MEMORIZED_MAX_EM = 10
 #: share of the trainable weights a sparse mask selects (the paper's 0.1%).
 FRACTION = 0.001
+#: quantile of the retain sensitivity added before division in a selective mask
+#: (:func:`memlens.selective_mask`)
+SELECTIVITY_FLOOR = 0.1
 #: replacement tokens drawn per prefix position by a perturbation sweep.
 N_SAMPLES = 4
 #: the share of continuation tokens, those with the highest NLL, whose mean NLL is a scan's min-K%
@@ -119,11 +125,24 @@ def one_of(options: tuple[str, ...]) -> str:
 MAX_SEED = 2**63 - 1
 
 
+#: what a seed must be
+SEED_REQUIREMENT = "must be an integer from 0 to 2**63 - 1"
+
+
+def seed_problem(seed: object) -> str | None:
+    """:data:`SEED_REQUIREMENT`, or None for an integer from 0 to :data:`MAX_SEED`: the one check
+    of a seed (the settings, the organism, fine-tuning)."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        return SEED_REQUIREMENT
+    return None
+
+
 def check_seed(seed: object, where: str = "seed") -> int:
-    """``seed`` if it is an integer from 0 to :data:`MAX_SEED`; else a ValueError-derived
+    """``seed`` if :func:`seed_problem` finds nothing; else a ValueError-derived
     :class:`~memlens.core.errors.InputError` saying so (before any work is done)."""
     from memlens.core.errors import InputError
 
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
-        raise InputError(f"{where} {seed!r}: must be an integer from 0 to 2**63 - 1")
+    problem = seed_problem(seed)
+    if problem is not None:
+        raise InputError(f"{where} {seed!r}: {problem}")
     return seed

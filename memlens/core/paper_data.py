@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from memlens.core.data import ParagraphSet
+from memlens.core.defaults import DEFAULT_CONTINUATION_LEN, DEFAULT_PREFIX_LEN
 from memlens.core.errors import InputError
 
 #: GPT-Neo's (and GPT-2's) end-of-text token, which the official code strips from keyword token sets
@@ -25,7 +26,7 @@ GPT2_EOS = 50256
 
 
 def read_carlini_arrays(
-    prompts: str | Path, counts: str | Path | None = None, prefix_len: int = 50, continuation_len: int = 50,
+    prompts: str | Path, counts: str | Path | None = None, prefix_len: int = DEFAULT_PREFIX_LEN, continuation_len: int = DEFAULT_CONTINUATION_LEN,
 ) -> ParagraphSet:
     """The released paragraphs of Carlini et al. (2022) as a ParagraphSet.
 
@@ -169,7 +170,8 @@ def paper_filters(
     return FilterReport(paragraphs=paragraphs.filter(keep), dropped=dropped, n_before=n)
 
 
-def read_token_tensor(path: str | Path, prefix_len: int = 50, length: int = 100) -> ParagraphSet:
+def read_token_tensor(path: str | Path, prefix_len: int = DEFAULT_PREFIX_LEN,
+                      length: int = DEFAULT_PREFIX_LEN + DEFAULT_CONTINUATION_LEN) -> ParagraphSet:
     """A token tensor released with the official code (``paragraphs/gpt-neo-125M/preds/*.pt``:
     prefix + the model's greedy continuation; ``perturbed/*.pt``: the PMPs and their originals),
     read safely (``torch.load(weights_only=True)``: no code runs) and checked to be ``[N, length]``

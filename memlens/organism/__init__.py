@@ -18,9 +18,8 @@ from memlens.core.io import share_permissions
 from memlens.organism.cache import default_cache_root, discard, organism_key, seal, verify
 from memlens.organism.config import PRESETS, OrganismConfig, get_config
 from memlens.organism.info import OrganismInfo
-from memlens.organism.inject import InjectionResult, inject
 
-__all__ = ["InjectionResult", "OrganismConfig", "OrganismInfo", "PRESETS", "build", "inject", "load_organism", "organism_path"]
+__all__ = ["OrganismConfig", "OrganismInfo", "PRESETS", "build", "load_organism", "organism_path"]
 
 
 def organism_path(size: str = "default", seed: int = 0, cache_dir: str | os.PathLike[str] | None = None) -> Path:

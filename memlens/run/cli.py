@@ -12,9 +12,11 @@ from typing import Any, Sequence
 
 from memlens.core.defaults import STRATEGIES, WEIGHTS_FORMS
 from memlens.core.errors import InputError, MemlensError
-from memlens.run.config import PRESETS
+from memlens.core.defaults import DEFAULT_CONTINUATION_LEN, DEFAULT_PREFIX_LEN
+from memlens.run.presets import PRESETS
 from memlens.run import stages as _builtin_stages  # noqa: F401  (registers the built-in rows of the Stage table)
 from memlens.run.stage import stage_names, stages
+from memlens.scale.stream import DEFAULT_CHUNK_SIZE
 
 # Flags for the most used settings: flag -> (dotted RunConfig key, type, help).
 SETTING_FLAGS: dict[str, tuple[str, type, str]] = {
@@ -289,15 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "or `merge SHARD... --out TABLE` to join shard tables")
     p.add_argument("more", nargs="*", help=argparse.SUPPRESS)
     _add_run_args(p, out_default=None)
-    p.add_argument("--prefix-len", type=int, default=50)
-    p.add_argument("--continuation-len", type=int, default=50)
+    p.add_argument("--prefix-len", type=int, default=DEFAULT_PREFIX_LEN)
+    p.add_argument("--continuation-len", type=int, default=DEFAULT_CONTINUATION_LEN)
     stream = p.add_argument_group("streaming and sharding (an --out ending in .parquet/.jsonl, a Parquet input, "
                                   "or --shard)")
     stream.add_argument("--shard", default=None, metavar="k/N",
                         help="scan only part k of N (from 0) into OUT.shard-k-of-N.parquet; `auto`: the rank and "
                              "world size of torchrun (RANK, WORLD_SIZE) or SLURM (SLURM_PROCID, SLURM_NTASKS)")
-    stream.add_argument("--chunk-size", type=int, default=1024,
-                        help="input records per chunk: the unit of resumption and of sharding (1024)")
+    stream.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
+                        help=f"input records per chunk: the unit of resumption and of sharding ({DEFAULT_CHUNK_SIZE})")
     stream.add_argument("--engine", choices=["local", "ray"], default="local",
                         help="local (this process, or one --shard of it) or ray (Ray Data, pip install 'memlens[ray]')")
     stream.add_argument("--workers", type=int, default=1, help="Ray actors, each holding the model (1)")

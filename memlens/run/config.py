@@ -21,41 +21,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memlens.core.defaults import MAX_SEED, WEIGHTS_FORMS, one_of
+from memlens.core.defaults import SEED_REQUIREMENT, WEIGHTS_FORMS, one_of, seed_problem
 from memlens.core.errors import InputError
-from memlens.run.presets import PAPER_SETTINGS, PRESETS  # noqa: F401 (PAPER_SETTINGS re-exported)
-from memlens.run.settings import StageConfig, _runtime, check_type  # noqa: F401 (re-exported)
-from memlens.run.stage_configs import (  # noqa: F401 (re-exported: memlens.run.config is where they were)
-    GradientsConfig, HeadsConfig, PerturbConfig, ScanConfig, UnlearnConfig,
-)
+from memlens.run.presets import PRESETS
+from memlens.run.settings import StageConfig, _runtime
 
-_SECTIONS: dict[str, type[StageConfig]] = {c.section: c for c in (ScanConfig, GradientsConfig, PerturbConfig, HeadsConfig,
-                                                                  UnlearnConfig)}
+#: stage name -> its settings class, in the order the Stage table registered them
+_SETTINGS: dict[str, type[StageConfig]] = {}
 
 
-_BUILT_IN = tuple(_SECTIONS)
+def register_settings(stage: str, config: type[StageConfig]) -> None:
+    """Make ``config`` the settings of stage ``stage`` in :class:`RunConfig` (a Stage row calls
+    this); a name already taken by another class is refused."""
+    if _SETTINGS.get(stage, config) is not config:
+        raise InputError(f"the settings of stage {stage!r} are already {_SETTINGS[stage].__name__}")
+    check_stage_name(stage, config)
+    _SETTINGS[stage] = config
 
 
-def register_section(name: str, config: type[StageConfig]) -> None:
-    """Make ``config`` the settings section ``name`` of :class:`RunConfig` (a Stage row calls
-    this); a section name already taken by another class is refused."""
-    if _SECTIONS.get(name, config) is not config:
-        raise InputError(f"settings section {name!r} is already {_SECTIONS[name].__name__}")
-    check_section_name(name, config)
-    _SECTIONS[name] = config
+def check_stage_name(stage: str, config: type[StageConfig]) -> None:
+    """Refuse a settings class whose ``stage`` is not its stage's name."""
+    if config.stage != stage:
+        raise InputError(f"{config.__name__}.stage is {config.stage!r}, not the stage's name {stage!r}")
 
 
-def check_section_name(name: str, config: type[StageConfig]) -> None:
-    """Refuse a settings class whose ``section`` is not its stage's name."""
-    if config.section != name:
-        raise InputError(f"{config.__name__}.section is {config.section!r}, not the stage's name {name!r}")
-
-
-def unregister_section(name: str) -> None:
-    """Remove an added stage's settings section (the built-in ones stay)."""
-    if name in _BUILT_IN:
-        raise InputError(f"settings section {name!r} is built in and cannot be removed")
-    _SECTIONS.pop(name, None)
+def unregister_settings(stage: str) -> None:
+    """Remove a removed stage's settings."""
+    _SETTINGS.pop(stage, None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,9 +68,8 @@ class RunConfig(StageConfig):
         dtype: ``float32`` (default), ``bfloat16`` or ``float16`` (on a GPU); the scan then checks
             teacher-forced EM against greedy decoding on a sample (near-ties at low precision).
         device: where the model runs (``cpu``, ``cuda``; runtime).
-        scan, gradients, perturb, heads, unlearn: the stages' settings.
-        extra: the settings of stages added to the Stage table (section -> settings); a
-            section left out has its defaults. Read them with :meth:`section`.
+        stages: each stage's settings by stage name (a stage left out has its defaults). Read
+            them as ``config.unlearn`` or :meth:`stage_settings`.
     """
 
     model: str = "organism"
@@ -89,59 +80,54 @@ class RunConfig(StageConfig):
     dtype: str = "float32"
     weights: str = "raw"
     device: str = _runtime("cpu")
-    scan: ScanConfig = field(default_factory=ScanConfig)
-    gradients: GradientsConfig = field(default_factory=GradientsConfig)
-    perturb: PerturbConfig = field(default_factory=PerturbConfig)
-    heads: HeadsConfig = field(default_factory=HeadsConfig)
-    unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
-    extra: dict[str, StageConfig] = field(default_factory=dict)
+    stages: dict[str, StageConfig] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "settings") -> "RunConfig":
-        """Build from a dict: its tables are the sections (the stages' settings, built-in or
-        added), its other keys the top-level settings."""
+        """Build from a dict: its tables are the stages' settings, its other keys the top-level
+        settings."""
         if not isinstance(data, dict):
             raise InputError(f"{source}: the settings must be a table, got {type(data).__name__}")
-        sections = {name: _SECTIONS[name].from_dict(value, source) for name, value in data.items() if name in _SECTIONS}
-        plain = cls._plain_kwargs({k: v for k, v in data.items() if k not in sections}, source,
-                                  exclude=("extra", *_BUILT_IN), also_known=tuple(_SECTIONS))
-        extra = {k: v for k, v in sections.items() if k not in _BUILT_IN}
-        built_in = {k: v for k, v in sections.items() if k in _BUILT_IN}
-        return cls(**plain, **built_in, **({"extra": extra} if extra else {}))
+        stages = {name: _SETTINGS[name].from_dict(value, source) for name, value in data.items() if name in _SETTINGS}
+        plain = cls._plain_kwargs({k: v for k, v in data.items() if k not in stages}, source,
+                                  exclude=("stages",), also_known=tuple(_SETTINGS))
+        return cls(**plain, stages=stages)
 
-    def section(self, name: str) -> StageConfig:
-        """The settings of stage ``name``: a built-in section, or an added stage's (its
-        defaults unless set)."""
-        if name in _BUILT_IN:
-            return getattr(self, name)
-        if name not in _SECTIONS:
-            raise InputError(f"no settings section {name!r}; sections: {', '.join(_SECTIONS)}")
-        return self.extra.get(name) or _SECTIONS[name]()
+    def stage_settings(self, name: str) -> StageConfig:
+        """The settings of stage ``name`` (its defaults unless set)."""
+        if name not in _SETTINGS:
+            raise InputError(f"no settings for stage {name!r}; stages with settings: {', '.join(_SETTINGS)}")
+        return self.stages.get(name) or _SETTINGS[name]()
 
     def __getattr__(self, name: str) -> Any:
-        if name in _SECTIONS and name not in _BUILT_IN:
-            return self.section(name)
+        if name in _SETTINGS:
+            return self.stage_settings(name)
         raise AttributeError(f"'RunConfig' object has no attribute {name!r}")
 
     def to_dict(self, include_runtime: bool = True) -> dict[str, Any]:
-        """The settings as a JSON-able dict: top-level values, then one dict per section
-        (every registered stage's, added ones included)."""
+        """The settings as a JSON-able dict: top-level values, then one dict per stage (every
+        registered stage's)."""
         out = super().to_dict(include_runtime)
-        out.pop("extra")
-        for name in _SECTIONS:
-            if name not in out:
-                out[name] = self.section(name).to_dict(include_runtime)
+        out.pop("stages")
+        for name in _SETTINGS:
+            out[name] = self.stage_settings(name).to_dict(include_runtime)
         return out
 
     def validate(self) -> None:
         self._require("model", isinstance(self.model, str) and bool(self.model), "must be a non-empty string")
         self._require("preset", self.preset == "" or self.preset in PRESETS, f"must be empty or {one_of(tuple(PRESETS))}")
-        self._require("seed", isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed <= MAX_SEED,
-                      "must be an integer from 0 to 2**63 - 1")
+        self._require("seed", seed_problem(self.seed) is None, SEED_REQUIREMENT)
         self._require("paragraphs", self.paragraphs is None or isinstance(self.paragraphs, str), "must be a path")
         self._require("dtype", self.dtype in ("float32", "bfloat16", "float16"), "must be float32, bfloat16 or float16")
         self._require("weights", self.weights in WEIGHTS_FORMS, f"must be {one_of(WEIGHTS_FORMS)}")
         self._require("device", isinstance(self.device, str) and bool(self.device), "must be a device name")
+        unknown = sorted(set(self.stages) - set(_SETTINGS))
+        self._require("stages", not unknown, f"has settings of no stage: {unknown}")
+        for name, value in self.stages.items():
+            self._require("stages", isinstance(value, _SETTINGS[name]),
+                          f"[{name}] must be a {_SETTINGS[name].__name__}, got {type(value).__name__}")
+        # only the stages whose settings differ from their defaults are kept: equal settings, equal configs
+        object.__setattr__(self, "stages", {k: v for k, v in self.stages.items() if v != _SETTINGS[k]()})
 
     @classmethod
     def paper(cls, model: str = "organism") -> "RunConfig":

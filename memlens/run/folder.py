@@ -2,8 +2,8 @@
 
 A run folder holds ``run.json`` (what the run is: model, paragraphs, seed, settings), one
 ``<stage>.summary.json`` per finished stage, the stages' result files, ``summary.json`` and
-``report.html``. Stages name their files by key (``folder.file("heads")``); a stage added through
-the Stage table declares its own keys (:attr:`memlens.run.stage.Stage.files`).
+``report.html``. Stages name their files by key (``folder.file("heads")``); each row of the Stage
+table declares its own keys (:attr:`memlens.run.stage.Stage.files`).
 """
 
 from __future__ import annotations
@@ -15,24 +15,9 @@ from typing import Any, ClassVar
 from memlens.core.errors import InputError
 from memlens.core.io import read_json, write_json_atomic
 
-#: the built-in stages' files: key -> file name ({name}: a set such as ``memorized``)
-FILES: dict[str, str] = {
-    "scan": "scan.safetensors",
-    "gradient_map": "gradients_{name}.safetensors",
-    "gradient_profiles": "gradient_profiles_by_em.safetensors",
-    "perturbation": "perturbation_{name}.safetensors",
-    "perturbed_memorized": "perturbed_memorized.jsonl",
-    "perturb_views": "perturb_views.json",
-    "heads": "heads.safetensors",
-    "head_views": "head_views.json",
-    "rare_attention": "rare_attention.safetensors",
-    "unlearn": "unlearn.safetensors",
-    "unlearn_checkpoint": "unlearn.runs.partial",
-    "unlearn_tradeoff": "unlearn_tradeoff.safetensors",
-    "gradient_similarity": "gradient_similarity.safetensors",
-    "noise": "noise.safetensors",
-    "pair_gradients": "pair_gradients.safetensors",
-}
+#: every file a stage of the Stage table writes: key -> file name ({name}: a set such as
+#: ``memorized``); each row declares its own (:attr:`memlens.run.stage.Stage.files`)
+FILES: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -67,7 +52,7 @@ class RunFolder:
         return self.path / self.REPORT
 
     def file(self, key: str, name: str = "") -> Path:
-        """The path of a stage's file by its key (:data:`FILES`, or a key a Stage declared);
+        """The path of a stage's file by the key its Stage row declared (:data:`FILES`);
         ``name`` fills ``{name}`` (``file("gradient_map", "memorized")``)."""
         if key not in FILES:
             raise InputError(f"no run-folder file {key!r}; known: {', '.join(FILES)}")

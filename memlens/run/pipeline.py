@@ -1,9 +1,7 @@
 """``memlens run``: the whole study, stage by stage, into one run folder.
 
-The stages are the rows of the Stage table (:mod:`memlens.run.stage`; built-in rows in
-:mod:`memlens.run.stages`): scan -> gradients -> perturb -> heads -> unlearn -> report.
-(Perturbation runs before the head analysis so that activation patching reuses its perturbed
-paragraphs.) Each stage writes its result files and then ``<stage>.summary.json``; a stage whose
+The stages are the rows of the Stage table (:mod:`memlens.run.stage`; the built-in rows in
+:mod:`memlens.run.stages`, one module each): scan -> gradients -> perturb -> heads -> ... -> report. Each stage writes its result files and then ``<stage>.summary.json``; a stage whose
 summary exists is done and is skipped, so an interrupted run resumes, and ``memlens <stage>``
 re-runs one stage alone. ``run.json`` records what the folder holds (model, paragraphs, seed,
 settings): a folder that holds another run is refused rather than mixed.
@@ -32,12 +30,6 @@ from memlens.run import stages as _builtin_stages  # noqa: F401  (registers the 
 
 __all__ = ["RunContext", "claim_folder", "hold_folder", "read_run_config", "read_stage_summary", "run_pipeline", "run_stage",
            "write_summary"]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "STAGES":  # the stage names, as this module listed them before the Stage table
-        return stage_names()
-    raise AttributeError(f"module 'memlens.run.pipeline' has no attribute {name!r}")
 
 
 def run_stage(ctx: RunContext, stage: str, fresh: bool = False) -> dict[str, Any]:

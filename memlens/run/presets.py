@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from memlens.analyses.finetune import FineTuneSettings
 from memlens.core.defaults import NON_MEMORIZED_MAX_EM, PAPER_NOISE_SCALES
 
 #: The paper's values of every setting it (or its official code, where the text is silent or
@@ -25,25 +26,24 @@ PAPER_SETTINGS: dict[str, Any] = {
     "perturb.skip_position_0": True, "perturb.allow_original": True, "perturb.worst_ties": "earliest",
     # Section 6 / rare token hypothesis notebook: 1,000 paragraphs of memorized + non-memorized,
     # counts over both, dense ranks with ties, attention summed over paragraphs
-    "heads.rare_setup": "paper", "heads.rare_paragraphs": 1000, "heads.rare_ranks": "dense",
-    "heads.rare_reduce": "sum",
+    "rare_attention.enabled": True, "rare_attention.paragraphs": 1000, "rare_attention.ranks": "dense",
+    "rare_attention.reduce": "sum",
     # Appendix A.3: a head is patched at the perturbed position; NLL of the first changed token
     "heads.patch_positions": "perturbed",
     # Section 5.3 / fine-tuning.ipynb: 20 trials of 1 memorized + a fresh batch of 10 non-memorized
     # paragraphs; Adam lr 1e-5, coupled weight decay 1.0, 5 steps (the text says 10); 0.1 x NLL +
     # KLDivLoss(batchmean)(log p_theta, p_theta0); top 0.1% / Bernoulli random 0.1% / all weights
     "unlearn.n_targets": 20, "unlearn.retain_paragraphs": 10, "unlearn.retain_design": "fresh",
-    "unlearn.fraction": 0.001, "unlearn.masks": ["all", "topk", "random"], "unlearn.steps": 5,
-    "unlearn.lr": 1e-5, "unlearn.weight_decay": 1.0, "unlearn.kl_weight": 1.0, "unlearn.nll_scale": 0.1,
-    "unlearn.kl_direction": "original||model", "unlearn.kl_reduction": "batchmean", "unlearn.random_mask": "bernoulli",
-    "unlearn.edit_masks": ["all", "topk", "random"], "unlearn.edit_steps": 5, "unlearn.edit_lr": 1e-5,
+    "unlearn.fraction": 0.001, "unlearn.masks": ["all", "topk", "random"], "unlearn.kl_weight": 1.0,
+    **{f"unlearn.{k}": v for k, v in FineTuneSettings.PAPER_CODE.items()},
+    "unlearn.edit_masks": ["all", "topk", "random"], "unlearn.edit_steps": FineTuneSettings.PAPER_CODE["steps"],
+    "unlearn.edit_lr": FineTuneSettings.PAPER_CODE["lr"],
     # memlens's addition: the masks compared at equal forgetting over a small lr grid
-    "unlearn.tradeoff_lrs": [1e-5, 1e-4, 1e-3, 1e-2],
+    "tradeoff.lrs": [1e-5, 1e-4, 1e-3, 1e-2],
     # noise intervention.ipynb: Gaussian noise, std = factor x std(parameter), factors
     # linspace(0, 0.0075, 6), on the top 0.1% weights (and a random 0.1% as the baseline); EM and
     # NLL against the true continuation
-    "unlearn.noise_scales": list(PAPER_NOISE_SCALES), "unlearn.noise_masks": ["topk", "random"],
-    "unlearn.noise_reference": "true",
+    "noise.scales": list(PAPER_NOISE_SCALES), "noise.masks": ["topk", "random"], "noise.reference": "true",
 }
 
 #: named settings a run can start from (``memlens run --preset NAME``)

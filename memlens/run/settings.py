@@ -1,6 +1,6 @@
 """The base of every settings class: validation, dict round trips and exact type checks of the
-values a TOML file or a dict gives (:class:`StageConfig`). The stages' settings classes are in
-:mod:`memlens.run.stage_configs`, :class:`~memlens.run.config.RunConfig` in :mod:`memlens.run.config`.
+values a TOML file or a dict gives (:class:`StageConfig`). Each stage's settings class lives in its
+stage module (:mod:`memlens.run.stages`), :class:`~memlens.run.config.RunConfig` in :mod:`memlens.run.config`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ def _runtime(default: Any) -> Any:
 
 class StageConfig:
     """Base of every settings class: validation and dict round trips. A stage's settings are a
-    frozen, keyword-only dataclass deriving from it, with a ``section`` name (its TOML table)."""
+    frozen, keyword-only dataclass deriving from it, with the ``stage`` it belongs to (whose name is
+    also its TOML table and its key in ``run.json``)."""
 
-    section: ClassVar[str] = ""
+    stage: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -33,8 +34,7 @@ class StageConfig:
 
     def _require(self, name: str, ok: bool, what: str) -> None:
         if not ok:
-            section = self.section if isinstance(self.section, str) else ""  # RunConfig's is a method
-            where = f"{section}.{name}" if section else name
+            where = f"{self.stage}.{name}" if self.stage else name
             raise InputError(f"setting {where} = {getattr(self, name)!r}: {what}")
 
     def _positive_int(self, *names: str) -> None:
@@ -65,7 +65,7 @@ class StageConfig:
         """Build from a dict; unknown keys are refused with the known ones listed, and every value
         must have its field's type exactly (``"false"`` is not a boolean)."""
         if not isinstance(data, dict):
-            raise InputError(f"{source}: [{cls.section}] must be a table of settings, got {type(data).__name__}")
+            raise InputError(f"{source}: [{cls.stage}] must be a table of settings, got {type(data).__name__}")
         return cls(**cls._plain_kwargs(data, source))
 
     @classmethod
@@ -77,7 +77,7 @@ class StageConfig:
         fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in exclude}  # type: ignore[arg-type]
         unknown = sorted(set(data) - set(fields))
         if unknown:
-            where = f"[{cls.section}] " if isinstance(cls.section, str) and cls.section else ""
+            where = f"[{cls.stage}] " if cls.stage else ""
             raise InputError(f"{source}: unknown setting(s) {where}{', '.join(unknown)}; known: "
                              f"{', '.join([*fields, *also_known])}")
         kwargs = {}
@@ -115,8 +115,8 @@ def check_type(cls: type, name: str, value: Any, annotation: Any, source: str) -
     base = ann.removesuffix("|None")
     if value is None and optional:
         return
-    section = getattr(cls, "section", "")
-    where = f"[{section}] {name}" if isinstance(section, str) and section else name
+    stage = getattr(cls, "stage", "")
+    where = f"[{stage}] {name}" if stage else name
     if base.startswith("tuple[") and base.endswith(",...]") and base[6:-5] in _TYPE_NAMES:
         elem = base[6:-5]
         if not isinstance(value, (list, tuple)) or not all(_matches(v, elem) for v in value):

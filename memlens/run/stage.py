@@ -1,10 +1,11 @@
 """The Stage table: the one list of what ``memlens run`` does.
 
 A :class:`Stage` row names a stage, its settings class, the function that runs it, its help
-text, the files it writes and its report section. The pipeline runs the rows in order, the
-command line has one subcommand per row, :class:`~memlens.run.config.RunConfig` has one settings
-section per row (recorded in ``run.json``) and the report one section per row. A new analysis is
-one module plus one row (:func:`register_stage`; docs/contributing.md).
+text, the files it writes and the function that draws its report section. The pipeline runs the
+rows in order, the command line has one subcommand per row, :class:`~memlens.run.config.RunConfig`
+has one table of settings per row (recorded in ``run.json``) and the report one section per row.
+The built-in rows live in :mod:`memlens.run.stages`, one module per stage; a new analysis is one
+analysis module plus one row (:func:`register_stage`; docs/contributing.md).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 
 from memlens.core.errors import InputError
 from memlens.core.results import Result
-from memlens.run.config import StageConfig, check_section_name, register_section, unregister_section
+from memlens.run.config import check_stage_name, register_settings, unregister_settings
+from memlens.run.settings import StageConfig
 from memlens.run.folder import RunFolder
 
 if TYPE_CHECKING:
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
 
 R = TypeVar("R", bound=Result)
 
-#: draws a stage's report section: (builder, the section's HTML parts, folder, stage summary)
+#: draws a stage's section of the report: (builder, the section's HTML parts, folder, stage summary)
 ReportSection = Callable[["ReportBuilder", list[str], RunFolder, dict[str, Any]], None]
 
 
@@ -42,10 +44,11 @@ class Stage:
         name: the stage's name: its subcommand, its settings section and its summary file.
         run: computes the stage into the run folder and returns its JSON-able summary.
         help: one line for ``memlens --help`` (and the subcommand's description).
-        config: the stage's settings class (a section of RunConfig), or None.
-        files: the files the stage writes, key -> file name (``{name}`` allowed).
-        title: the report section's heading ("" for no section).
-        section: draws the report section from the stage's files and summary.
+        config: the stage's settings class (a table of RunConfig), or None.
+        files: the files the stage writes, key -> file name (``{name}`` allowed); the run folder
+            knows a file by its key only once a row declares it.
+        title: the heading of the stage's report section ("" for none).
+        report: draws the stage's report section from its files and summary (None: no section).
         needs: stages that must have run first (run first when missing).
     """
 
@@ -55,12 +58,12 @@ class Stage:
     config: type[StageConfig] | None = None
     files: Mapping[str, str] = field(default_factory=dict)
     title: str = ""
-    section: ReportSection | None = None
+    report: ReportSection | None = None
     needs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.config is not None:
-            check_section_name(self.name, self.config)
+            check_stage_name(self.name, self.config)
         RunFolder.declare(dict(self.files), check_only=True)
 
 
@@ -91,19 +94,18 @@ def register_stage(stage: Stage, *, before: str | None = None) -> Stage:
         raise InputError(f"a stage {stage.name!r} exists already")
     index = len(_TABLE) if before is None else stage_names().index(get_stage(before).name)
     if stage.config is not None:
-        register_section(stage.name, stage.config)
+        register_settings(stage.name, stage.config)
     RunFolder.declare(dict(stage.files))
     _TABLE.insert(index, stage)
     return stage
 
 
 def unregister_stage(name: str) -> None:
-    """Remove a row (for stages added by a test or a notebook), with its settings section and
-    file names."""
+    """Remove a row (for stages added by a test or a notebook), with its settings and file names."""
     stage = get_stage(name)
     _TABLE.remove(stage)
     if stage.config is not None:
-        unregister_section(name)
+        unregister_settings(name)
     RunFolder.undeclare(dict(stage.files))
 
 

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from memlens.core.defaults import MIN_K, NON_MEMORIZED_MAX_EM
+from memlens.analyses.scan import DEFAULT_BATCH_SIZE
+from memlens.core.defaults import DEFAULT_CONTINUATION_LEN, DEFAULT_PREFIX_LEN, MIN_K, NON_MEMORIZED_MAX_EM
 from memlens.core.errors import InputError
 from memlens.scale.scan_table import COLUMNS, TABLE_KIND, TABLE_VERSION, ScanTable, split_summary, write_table
 from memlens.core.lock import file_lock_path, locked
@@ -30,7 +31,8 @@ class ScanWorker:
     extraction log-probability, min-K% NLL) in one teacher-forced pass each."""
 
     def __init__(self, model: str, seed: int = 0, cache_dir: str | None = None, device: str | None = None,
-                 dtype: str | None = None, prefix_len: int = 50, continuation_len: int = 50, batch_size: int = 16,
+                 dtype: str | None = None, prefix_len: int = DEFAULT_PREFIX_LEN,
+                 continuation_len: int = DEFAULT_CONTINUATION_LEN, batch_size: int = DEFAULT_BATCH_SIZE,
                  non_memorized_max_em: int | None = None, memorized_min_em: int | None = None,
                  min_k: float = MIN_K, threads: int | None = None) -> None:
         import torch
@@ -85,9 +87,9 @@ def scan_with_ray(
     cache_dir: str | None = None,
     device: str | None = None,
     dtype: str | None = None,
-    prefix_len: int = 50,
-    continuation_len: int = 50,
-    batch_size: int = 16,
+    prefix_len: int = DEFAULT_PREFIX_LEN,
+    continuation_len: int = DEFAULT_CONTINUATION_LEN,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     rows_per_call: int = 64,
     non_memorized_max_em: int = NON_MEMORIZED_MAX_EM,
     memorized_min_em: int | None = None,

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from memlens.core.progress import tqdm
 
-from memlens.core.defaults import MIN_K
-from memlens.core.data import (DEFAULT_CONTINUATION_LEN, DEFAULT_PREFIX_LEN, ParagraphSet, check_fits_context,
+from memlens.analyses.scan import DEFAULT_BATCH_SIZE
+from memlens.core.defaults import DEFAULT_CONTINUATION_LEN, DEFAULT_PREFIX_LEN, MIN_K
+from memlens.core.data import (ParagraphSet, check_fits_context,
                                 check_token_ids)
 from memlens.core.errors import InputError
 from memlens.core.io import check_output_file, parse_json, write_text_atomic
@@ -209,7 +210,7 @@ def scan_to_table(
     *,
     prefix_len: int = DEFAULT_PREFIX_LEN,
     continuation_len: int = DEFAULT_CONTINUATION_LEN,
-    batch_size: int = 16,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     shard: Shard | str | None = None,
     skip_short: bool = False,

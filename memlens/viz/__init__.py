@@ -5,13 +5,10 @@ redrawn from a loaded result or from plain tensors), beside the circuitsvis view
 tokens. This layer sits below the analyses: it draws, it does
 not compute. The views that run a model (``head_views``, ``activation_gradient_view``) live in
 :mod:`memlens.analyses.attention_views` and the report in :mod:`memlens.run.report`; both are
-exported from ``memlens`` (their old names here still work, with a warning).
+exported from ``memlens``.
 """
 
 from __future__ import annotations
-
-import warnings
-from typing import Any
 
 from memlens.viz.circuits import (CircuitsView, ViewList, attention_heads_view, bundle_script, colored_tokens_view,
                                   reset_notebook_bundle, standalone_page)
@@ -49,19 +46,3 @@ __all__ = [
     "plot_tradeoff",
     "standalone_page",
 ]
-
-_MOVED = {"head_views": "memlens.analyses.attention_views", "activation_gradient_view": "memlens.analyses.attention_views",
-          "write_report": "memlens.run.report"}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MOVED:
-        raise AttributeError(f"module 'memlens.viz' has no attribute {name!r}")
-    warnings.warn(f"memlens.viz.{name} moved to {_MOVED[name]} (also memlens.{name})", DeprecationWarning, stacklevel=2)
-    if name == "write_report":
-        from memlens.run.report import write_report
-
-        return write_report
-    from memlens.analyses import attention_views
-
-    return getattr(attention_views, name)

@@ -3,7 +3,7 @@
 
 from memlens import ComponentKey, scan
 from memlens.analyses.gradients import GradientMap
-from memlens.organism import inject
+from memlens.analyses.injection import inject
 
 
 def precision_at_k(result, sites: set[ComponentKey]) -> float:

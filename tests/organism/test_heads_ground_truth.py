@@ -7,7 +7,7 @@ import pytest
 
 from memlens import scan
 from memlens.analyses.heads import HeadLocalizer, head_ablation_em_drop
-from memlens.organism import inject
+from memlens.analyses.injection import inject
 
 
 @pytest.fixture(scope="module")

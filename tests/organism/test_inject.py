@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from memlens import InputError, scan
-from memlens.organism import inject
+from memlens.analyses.injection import inject
 
 
 def test_inject_into_an_mlp(restored):

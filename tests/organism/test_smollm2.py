@@ -13,7 +13,7 @@ from memlens.core.errors import ModelLoadError
 @pytest.fixture(scope="module")
 def smollm2(organism_cache):
     try:
-        from memlens.loading import smollm2_gguf_path
+        from memlens.organism.smollm2 import smollm2_gguf_path
 
         smollm2_gguf_path()
     except ModelLoadError as e:

@@ -7,7 +7,7 @@ import pytest
 
 from memlens import InputError, RunConfig
 from memlens.run.cli import main
-from memlens.run.config import PAPER_SETTINGS
+from memlens.run.presets import PAPER_SETTINGS
 
 
 def test_the_paper_preset_sets_every_paper_value():
@@ -52,7 +52,7 @@ def test_a_paper_run_on_the_tiny_organism(organism, organism_cache, tmp_path):
     out = tmp_path / "paper"
     settings = tmp_path / "paper.toml"  # the preset, made cheaper: 3 trials, 2 learning rates, no editing
     settings.write_text(RunConfig.paper("organism-tiny").override(
-        {"unlearn.n_targets": 3, "unlearn.tradeoff_lrs": [1e-5, 1e-2], "unlearn.edit": False}).to_toml())
+        {"unlearn.n_targets": 3, "tradeoff.lrs": [1e-5, 1e-2], "unlearn.edit": False}).to_toml())
     code = main(["run", "--config", str(settings), "--cache-dir", organism_cache, "--out", str(out), "--quiet",
                  "--max-paragraphs", "8"])
     assert code == 0
@@ -68,6 +68,6 @@ def test_a_paper_run_on_the_tiny_organism(organism, organism_cache, tmp_path):
     curves = MaskTradeoff.load(out / "unlearn_tradeoff.safetensors")
     assert sorted({r["lr"] for r in curves.rows}) == [1e-5, 1e-2]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["heads"]["rare_attention_paper"]["n_paragraphs"] > 8
+    assert summary["rare_attention"]["n_paragraphs"] > 8
     html = (out / "report.html").read_text()
     assert "Forgetting against sparing" in html and "trials per mask" in html and "Fig. 7 setup" in html

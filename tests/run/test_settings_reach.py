@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import warnings
 
 import pytest
 import torch
@@ -19,8 +18,21 @@ def _default(fn, name):
 
 
 def test_each_setting_has_one_default():
-    assert ml.UnlearnConfig().fraction == defaults.FRACTION == _default(ml.SparseFineTuner.unlearn, "fraction") \
-        == _default(ml.SparseFineTuner.edit, "fraction") == _default(ml.compare_masks, "fraction")
+    ft = ml.FineTuneSettings()
+    assert ml.UnlearnConfig().fraction == defaults.FRACTION == ft.fraction
+    for name in ("steps", "lr", "kl_weight", "nll_scale", "kl_direction", "kl_reduction", "weight_decay", "random_mask",
+                 "selectivity_floor"):
+        assert getattr(ml.UnlearnConfig(), name) == getattr(ft, name), name
+    assert ft.selectivity_floor == defaults.SELECTIVITY_FLOOR
+    # the fine-tuning entry points take the settings object, not copies of its defaults
+    for fn in (ml.SparseFineTuner.unlearn, ml.SparseFineTuner.edit, ml.compare_masks):
+        assert _default(fn, "settings") is None and "steps" not in inspect.signature(fn).parameters
+    # each batch-size default is the analysis class's own
+    assert ml.GradientsConfig().batch_size == ml.GradientMap.DEFAULT_BATCH_SIZE
+    assert ml.PerturbConfig().batch_size == ml.PrefixPerturber.DEFAULT_BATCH_SIZE
+    assert ml.HeadsConfig().batch_size == ml.HeadLocalizer.DEFAULT_BATCH_SIZE
+    assert ml.NoiseConfig().batch_size == ml.NoiseIntervention.DEFAULT_BATCH_SIZE
+    assert ml.HeadAblationConfig().batch_size == ml.HeadAblation.DEFAULT_BATCH_SIZE
     from memlens.analyses.scan import split_thresholds
 
     # scan's None resolves (split_thresholds) to the one default, or below a lower memorized_min_em
@@ -40,12 +52,26 @@ def test_the_command_line_help_shows_the_configs_defaults():
     assert f"(default: {defaults.FRACTION})" in text and f"(default: {defaults.N_SAMPLES})" in text
 
 
-def test_every_analysis_class_takes_the_same_protocol(neo):
-    for cls in (ml.GradientMap, ml.HeadLocalizer, ml.PrefixPerturber, ml.SparseFineTuner):
-        params = inspect.signature(cls.__init__).parameters
-        assert params["batch_size"].kind is inspect.Parameter.KEYWORD_ONLY and params["batch_size"].default is None
-        assert params["progress"].kind is inspect.Parameter.KEYWORD_ONLY and params["progress"].default is True
-        assert cls(neo, batch_size=3).batch_size == 3
+ANALYSES = ("GradientMap", "GradientSimilarity", "HeadAblation", "HeadLocalizer", "NoiseIntervention", "PrefixPerturber",
+            "SparseFineTuner")
+
+
+@pytest.mark.parametrize("name", ANALYSES)
+def test_every_analysis_class_takes_the_same_protocol(neo, name):
+    """One base: the same constructor, a DEFAULT_BATCH_SIZE, and run() as the one verb."""
+    cls = getattr(ml, name)
+    assert issubclass(cls, ml.Analysis) and "run" in cls.__dict__
+    params = inspect.signature(cls.__init__).parameters
+    assert params["batch_size"].kind is inspect.Parameter.KEYWORD_ONLY and params["batch_size"].default is None
+    assert params["progress"].kind is inspect.Parameter.KEYWORD_ONLY and params["progress"].default is True
+    assert cls(neo, batch_size=3).batch_size == 3 and cls(neo).batch_size == cls.DEFAULT_BATCH_SIZE
+    with pytest.raises(ml.InputError, match="batch_size"):
+        cls(neo, batch_size=0)
+
+
+def test_the_old_verbs_are_the_new_one():
+    assert ml.GradientMap.compute is ml.GradientMap.run and ml.HeadLocalizer.localize is ml.HeadLocalizer.run
+    assert ml.PrefixPerturber.sweep is ml.PrefixPerturber.run and ml.GradientSimilarity.compute is ml.GradientSimilarity.run
 
 
 @pytest.fixture
@@ -66,22 +92,23 @@ def fake_run(neo, tmp_path):
 
 def test_gradient_settings_reach_the_maps_and_the_profiles(fake_run, monkeypatch):
     from memlens.analyses import gradients
-    from memlens.run.stages import gradients_stage
+    from memlens.run.stages.gradients import gradients_stage
 
     seen = []
-    real = gradients.GradientMap.compute
+    real = gradients.GradientMap.run
 
     def spy(self, paragraphs, *args, **kwargs):
-        similarity = "aggregation" not in kwargs  # the similarity's maps: signed gradients, no component scores
-        seen.append((kwargs.get("aggregation"), kwargs.get("batch_size") or self.batch_size, similarity))
+        seen.append((list(paragraphs.ids), kwargs.get("aggregation"), kwargs.get("batch_size") or self.batch_size))
         return real(self, paragraphs, *args, **kwargs)
 
-    monkeypatch.setattr(gradients.GradientMap, "compute", spy)
+    monkeypatch.setattr(gradients.GradientMap, "run", spy)
     ctx = fake_run(**{"gradients.aggregation": "l1", "gradients.batch_size": 3, "gradients.max_per_em_bin": 2})
     gradients_stage(ctx)
-    maps = [s for s in seen if not s[2]]
-    assert maps and all(s[:2] == ("l1", 3) for s in maps), seen  # the profiles' maps too (they were computed with max)
-    assert [s[1:] for s in seen if s[2]] == [(3, True), (3, True)]  # the similarity's two sets, at the batch size
+    assert seen and all(s[1:] == ("l1", 3) for s in seen), seen  # the profiles' maps too (they were computed with max)
+    # each set is differentiated once: the similarity reuses the maps' backward passes
+    ids = [tuple(s[0]) for s in seen]
+    assert len(ids) == len(set(ids)), ids
+    assert ml.GradientSimilarityResult.load(ctx.folder.file("gradient_similarity")).n_paragraphs == (4, 4)
     profiles = ml.EMRangeProfiles.load(ctx.folder.file("gradient_profiles"))
     assert profiles.provenance.config["aggregation"] == "l1"
     assert ml.GradientMapResult.load(ctx.folder.file("gradient_map", "memorized")).aggregation == "l1"
@@ -89,7 +116,8 @@ def test_gradient_settings_reach_the_maps_and_the_profiles(fake_run, monkeypatch
 
 def test_head_settings_reach_patching_and_ablation(fake_run, monkeypatch):
     from memlens.analyses import head_ablation, heads
-    from memlens.run.stages import heads_stage
+    from memlens.run.stages.head_ablation import head_ablation_stage
+    from memlens.run.stages.heads import heads_stage
 
     sizes: dict[str, list[int]] = {"exact": [], "ablation": []}
     real_exact, real_run = heads.exact_patching, head_ablation.HeadAblation.run
@@ -104,24 +132,28 @@ def test_head_settings_reach_patching_and_ablation(fake_run, monkeypatch):
 
     monkeypatch.setattr(heads, "exact_patching", exact)
     monkeypatch.setattr(head_ablation.HeadAblation, "run", ablation)
-    ctx = fake_run(**{"heads.batch_size": 5, "heads.max_paragraphs": 2, "heads.patch_kinds": ["z"]})
+    ctx = fake_run(**{"heads.batch_size": 5, "heads.max_paragraphs": 2, "heads.patch_kinds": ["z"],
+                      "head_ablation.batch_size": 6})
     heads_stage(ctx)
+    head_ablation_stage(ctx)
     assert sizes["exact"] and set(sizes["exact"]) == {5}
-    assert sizes["ablation"] == [5]
+    assert sizes["ablation"] == [6]
+    assert ml.HeadAblationResult.load(ctx.folder.file("head_ablation")).paragraph_ids == ctx.scan_result().paragraphs.ids[:2]
 
 
 def test_every_unlearn_setting_reaches_the_fine_tuner(fake_run, monkeypatch):
     """The code's objective, optimizer, mask draw and trial design travel from the settings through
     compare_masks to each SparseFineTuner run."""
     from memlens.analyses.unlearn import SparseFineTuner
-    from memlens.run.stages import unlearn_stage
+    from memlens.run.stages.unlearn import unlearn_stage
 
     calls = []
     real = SparseFineTuner.unlearn
 
-    def spy(self, target, retain, **kwargs):
-        calls.append((list(retain.ids), kwargs))
-        return real(self, target, retain, **kwargs)
+    def spy(self, target, retain, mask="topk", *, settings=None, **kwargs):
+        calls.append((list(retain.ids), ml.FineTuneSettings.resolve(settings, {k: v for k, v in kwargs.items()
+                                                                             if k != "other_memorized"})))
+        return real(self, target, retain, mask, settings=settings, **kwargs)
 
     monkeypatch.setattr(SparseFineTuner, "unlearn", spy)
     ctx = fake_run(**{"unlearn.n_targets": 2, "unlearn.retain_paragraphs": 2, "unlearn.retain_design": "fresh",
@@ -130,21 +162,8 @@ def test_every_unlearn_setting_reaches_the_fine_tuner(fake_run, monkeypatch):
                       "unlearn.kl_reduction": "batchmean", "unlearn.random_mask": "bernoulli", "unlearn.edit": False})
     summary = unlearn_stage(ctx)
     assert len(calls) == 2 and calls[0][0] != calls[1][0] and all(len(ids) == 2 for ids, _ in calls)
-    for _, kw in calls:
-        assert (kw["steps"], kw["lr"], kw["weight_decay"], kw["nll_scale"], kw["kl_direction"], kw["kl_reduction"],
-                kw["random_mask"]) == (2, 1e-4, 1.0, 0.1, "original||model", "batchmean", "bernoulli")
+    for _, st in calls:
+        assert (st.steps, st.lr, st.weight_decay, st.nll_scale, st.kl_direction, st.kl_reduction,
+                st.random_mask) == (2, 1e-4, 1.0, 0.1, "original||model", "batchmean", "bernoulli")
+    assert [st.seed for _, st in calls] == [0, 1]  # trial t's random mask: seed + t
     assert summary["design"]["retain"] == "fresh" and "0.1 NLL" in summary["design"]["objective"]
-
-
-def test_old_module_paths_still_import_with_a_warning():
-    from memlens.gradients import GradientMap  # noqa: F401  (the module moved to memlens.analyses.gradients)
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        import memlens.pipeline as old
-
-        assert old.run_pipeline is ml.run_pipeline
-    assert any("memlens.pipeline moved to memlens.run.pipeline" in str(w.message) for w in caught)
-    assert ml.scan.__module__ == "memlens.analyses.scan"  # the package's `scan` is still the function
-    with pytest.warns(DeprecationWarning, match="memlens.viz.head_views moved"):
-        assert ml.viz.head_views is ml.head_views

@@ -12,7 +12,7 @@ import pytest
 from memlens import InputError, RunConfig, register_model_source, run_pipeline
 from memlens.core.io import write_json_atomic
 from memlens.run.cli import build_parser, main
-from memlens.run.config import StageConfig
+from memlens.run.settings import StageConfig
 from memlens.run.stage import Stage, get_stage, register_stage, stage_names, unregister_stage
 from memlens.testing import random_model
 
@@ -21,7 +21,7 @@ from memlens.testing import random_model
 class ToyConfig(StageConfig):
     """Settings of the toy stage."""
 
-    section: ClassVar[str] = "toy"
+    stage: ClassVar[str] = "toy"
     repeat: int = 3
 
     def validate(self) -> None:
@@ -30,20 +30,20 @@ class ToyConfig(StageConfig):
 
 def toy_stage(ctx) -> dict:
     """Counts the memorized-looking paragraphs' tokens, ``repeat`` times -> toy.json."""
-    cfg = ctx.config.section("toy")
+    cfg = ctx.config.stage_settings("toy")
     n = len(ctx.paragraphs())
     write_json_atomic(ctx.folder.file("toy"), {"paragraphs": n, "repeat": cfg.repeat})
     return {"paragraphs": n, "repeat": cfg.repeat}
 
 
-def toy_section(rb, parts, folder, summary) -> None:
+def toy_report(rb, parts, folder, summary) -> None:
     parts.append(f"<p id='toy-line'>toy saw {summary['paragraphs']} paragraphs, {summary['repeat']} times</p>")
 
 
 @pytest.fixture
 def toy():
     stage = register_stage(Stage("toy", toy_stage, "a toy analysis -> toy.json", config=ToyConfig,
-                                 files={"toy": "toy.json"}, title="Toy section", section=toy_section,
+                                 files={"toy": "toy.json"}, title="Toy section", report=toy_report,
                                  needs=("scan",)), before="report")
     yield stage
     unregister_stage("toy")
@@ -64,7 +64,7 @@ def paragraph_file(tmp_path):
 def test_a_stage_added_through_the_table_runs_everywhere(toy, paragraph_file, tmp_path, capsys):
     assert stage_names()[-2:] == ("toy", "report")
     cfg = RunConfig(model="test-random-neo", paragraphs=str(paragraph_file))
-    assert cfg.to_dict()["toy"] == {"repeat": 3} and cfg.section("toy") == ToyConfig()
+    assert cfg.to_dict()["toy"] == {"repeat": 3} and cfg.stage_settings("toy") == ToyConfig()
     out = tmp_path / "run"
     summary = run_pipeline(cfg, out, stages=["toy", "report"], progress=False)
     # the pipeline: its needs ran first, its files and summary are there
@@ -74,7 +74,7 @@ def test_a_stage_added_through_the_table_runs_everywhere(toy, paragraph_file, tm
     # run.json records its settings, and a resume with other toy settings is refused
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["toy"] == {"repeat": 3}
-    assert RunConfig.from_dict(run["config"]).section("toy").repeat == 3
+    assert RunConfig.from_dict(run["config"]).stage_settings("toy").repeat == 3
     with pytest.raises(InputError, match=r"toy.repeat: 3 -> 5"):
         run_pipeline(cfg.override({"toy.repeat": 5}), out, stages=["toy"], progress=False)
     # the report has its section, drawn from its summary

@@ -1,0 +1,251 @@
+"""Injection: fine-tune new paragraphs into a model through chosen weights only.
+
+The INJ benchmark (Chang et al., 2024): the caller names the sites (components of the registry, a
+random set of MLP neurons at a ratio per layer, or a random set of single weights), the paragraphs
+are trained in with every other weight fixed, and a localization method is then scored on whether
+it finds those sites (:mod:`memlens.analyses.localization`). Updates are strictly confined to the
+sites: gradients outside them are zeroed, Adam has no weight decay, the untouched weights are
+copied back after each step, and after the run every parameter of the model is compared with its
+value before (``weights_changed_outside``, 0 by construction; a non-zero count is an error).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from memlens.core.compat import strip_bridge_name
+from memlens.core.components import ComponentKey
+from memlens.core.data import ParagraphSet
+from memlens.core.errors import InputError
+from memlens.core.metrics import teacher_forced_scores
+from memlens.core.neurons import NeuronLayout, random_neurons
+from memlens.core.objectives import continuation_logits, kl_to_reference
+from memlens.core.progress import tqdm
+from memlens.core.results import Provenance, Result
+from memlens.core.sparse import MaskedAdam, only_trainable
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    from memlens.core.model import HookedModel
+
+
+@dataclass(frozen=True, kw_only=True)
+class InjectionResult(Result):
+    """Outcome of :func:`inject` (:func:`inject_neurons`, :func:`inject_weights`).
+
+    Attributes:
+        components: the components that were allowed to change (empty for a neuron or weight mask).
+        paragraph_ids, em_before, em_after: EM of each paragraph before and after.
+        continuation_len: tokens of each continuation (EM = this: memorized).
+        steps: optimizer steps taken.
+        weights_changed: scalar weights that differ from before (all inside the sites).
+        sites_size: scalar weights the sites allowed to change.
+        weights_changed_outside: scalar weights of the whole model outside the sites that differ
+            from before (checked over every parameter; always 0).
+        planted_neurons: ``[layer, neuron]``, True for the neurons the paragraphs went through
+            (:func:`inject_neurons`), else None.
+        planted_weights: True for the single weights they went through (:func:`inject_weights`), by
+            parameter name, else None.
+        losses: the new paragraphs' mean continuation NLL per step (nats/token).
+    """
+
+    components: list[ComponentKey]
+    paragraph_ids: list[str]
+    em_before: Int[Tensor, " n"]
+    em_after: Int[Tensor, " n"]
+    continuation_len: int
+    steps: int
+    weights_changed: int
+    sites_size: int = 0
+    weights_changed_outside: int = 0
+    planted_neurons: Bool[Tensor, "layer neuron"] | None = None
+    planted_weights: dict[str, Bool[Tensor, "..."]] | None = field(default=None, repr=False)
+    losses: list[float] = field(default_factory=list)
+    provenance: Provenance = field(default_factory=Provenance)
+
+    def to_dataframe(self) -> "pd.DataFrame":
+        """One row per paragraph: ``paragraph, em_before, em_after, memorized``."""
+        import pandas as pd
+
+        return pd.DataFrame({"paragraph": self.paragraph_ids, "em_before": self.em_before.tolist(),
+                             "em_after": self.em_after.tolist(), "memorized": self.memorized.tolist()})
+
+    def summary(self) -> dict[str, Any]:
+        out = {"components": [list(k) for k in self.components], "steps": self.steps,
+               "weights_changed": self.weights_changed, "sites_size": self.sites_size,
+               "weights_changed_outside": self.weights_changed_outside, "success_rate": self.success_rate}
+        if self.planted_neurons is not None:
+            out["planted_neurons_per_layer"] = self.planted_neurons.sum(1).tolist()
+        return out
+
+    def plot(self) -> "go.Figure":
+        """Training loss per step."""
+        import plotly.graph_objects as go
+
+        fig = go.Figure(go.Scatter(y=self.losses, mode="lines"))
+        fig.update_layout(title="Injection loss", xaxis_title="step", yaxis_title="continuation NLL (nats/token)")
+        return fig
+
+    @property
+    def memorized(self) -> Tensor:
+        return self.em_after >= self.continuation_len
+
+    @property
+    def success_rate(self) -> float:
+        """Share of paragraphs memorized (EM = whole continuation) after injection."""
+        return float(self.memorized.float().mean())
+
+    @property
+    def succeeded(self) -> bool:
+        return bool(self.memorized.all())
+
+
+def inject(
+    model: "HookedModel",
+    paragraphs: ParagraphSet,
+    components: Sequence[ComponentKey | tuple] | None = None,
+    *,
+    mask: dict[str, Tensor] | None = None,
+    steps: int = 300,
+    lr: float = 1e-3,
+    batch_size: int = 16,
+    progress: bool = True,
+    seed: int = 0,
+    retain: ParagraphSet | None = None,
+    retain_weight: float = 1.0,
+    planted_neurons: Tensor | None = None,
+) -> InjectionResult:
+    """Train ``paragraphs`` into ``model`` with only the sites allowed to change: whole
+    ``components`` (registry keys such as ``(1, "W_in")``), or a boolean ``mask`` per parameter of
+    the trainable set (:func:`inject_neurons` and :func:`inject_weights` build one).
+
+    Stops as soon as every paragraph is recited in full (checked every 10 steps), or after
+    ``steps``; the result says which paragraphs made it (a single head's four matrices often lack
+    the room for a whole 50-token continuation: pick a site with room, e.g. an MLP or a whole layer).
+    The weights stay changed (restore them with :func:`memlens.core.model.preserved_weights` or a
+    :class:`~memlens.SparseFineTuner`'s ``restored()``).
+
+    Args:
+        model, paragraphs: the model and the new paragraphs.
+        components, mask: the sites (exactly one of the two).
+        steps, lr, batch_size: Adam steps at most, its learning rate, paragraphs per step.
+        progress: show a progress bar.
+        seed: seed of the batches drawn (when there are more paragraphs than ``batch_size``).
+        retain: paragraphs whose next-token distributions the injection keeps (``retain_weight`` x
+            KL(model || the model before injection) at their continuation positions is added to the
+            loss), so that the sites learn the new paragraphs without breaking the rest of the
+            model; None: the new paragraphs' NLL alone.
+        retain_weight: weight of that KL term.
+        planted_neurons: recorded in the result (the neurons ``mask`` stands for).
+    """
+    if len(paragraphs) == 0:
+        raise InputError("inject got an empty ParagraphSet: pass at least one paragraph to inject")
+    if (components is None or not components) == (mask is None):
+        raise InputError("inject needs the sites: components=[(1, 'W_in'), ...] or mask={parameter: bool tensor} "
+                         "(exactly one)")
+    for name, v, ok in (("steps", steps, isinstance(steps, int) and steps >= 1),
+                        ("lr", lr, isinstance(lr, (int, float)) and 0 < lr < float("inf")),
+                        ("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1)):
+        if not ok:
+            raise InputError(f"inject: {name} must be {'a positive finite number' if name == 'lr' else 'an integer >= 1'}, "
+                             f"got {v!r}")
+    paragraphs.validate(model.vocab_size, model.n_ctx)
+    reg = model.components
+    owned = {s.param_name: s.param for c in reg for s in c.slices}
+    keys: list[ComponentKey] = []
+    if mask is None:
+        keys = [reg.key(*k) for k in components]
+        mask = {}
+        for key in keys:
+            for s in reg[key].slices:
+                m = mask.setdefault(s.param_name, torch.zeros_like(s.param, dtype=torch.bool))
+                s.of(m).fill_(True)
+    unknown = sorted(set(mask) - set(owned))
+    if unknown:
+        raise InputError(f"inject: the mask names parameters outside the trainable set: {unknown[:3]}")
+    for n, m in mask.items():
+        if tuple(m.shape) != tuple(owned[n].shape):
+            raise InputError(f"inject: the mask of {n} has shape {tuple(m.shape)}, the parameter {tuple(owned[n].shape)}")
+    mask = {n: torch.as_tensor(m).to(torch.bool) for n, m in mask.items()}
+    sites_size = sum(int(m.sum()) for m in mask.values())
+    if sites_size == 0:
+        raise InputError("inject: the sites hold no weight")
+    params = {n: owned[n] for n in mask}
+    before = {n: p.detach().clone() for n, p in model.tl_model.named_parameters()}
+    opt = MaskedAdam(params, mask, lr)
+    tokens = paragraphs.tokens.to(model.device)
+    P = paragraphs.prefix_len
+    em_before = teacher_forced_scores(model, paragraphs.tokens, P).em
+    ref = None
+    if retain is not None and len(retain) and retain_weight > 0:
+        paragraphs.check_compatible(retain, "the injected paragraphs and the retain set")
+        with torch.no_grad():
+            ref = continuation_logits(model, retain.tokens, retain.prefix_len).detach()
+    losses: list[float] = []
+    g = torch.Generator().manual_seed(seed)
+    step = 0
+    with only_trainable(model.tl_model, opt.trainable):
+        for step in tqdm(range(steps), desc="inject", disable=not progress):
+            batch = tokens if len(tokens) <= batch_size else tokens[torch.randperm(len(tokens), generator=g)[:batch_size]]
+            logits = model(batch[:, :-1])[:, P - 1 :]
+            loss = F.cross_entropy(logits.transpose(1, 2).float(), batch[:, P:])
+            losses.append(loss.item())
+            if ref is not None:
+                loss = loss + retain_weight * kl_to_reference(continuation_logits(model, retain.tokens, retain.prefix_len), ref)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if not opt.all_finite():
+                opt.rewind()
+                raise InputError(f"inject: the weights became non-finite at step {step} with lr={lr}; they were put "
+                                 "back; lower the learning rate")
+            if step % 10 == 9 and bool((teacher_forced_scores(model, paragraphs.tokens, P).em
+                                         >= paragraphs.continuation_len).all()):
+                break
+    outside = 0
+    for n, p in model.tl_model.named_parameters():
+        diff = p.detach() != before[n]
+        m = mask.get(strip_bridge_name(n))
+        outside += int((diff & ~m.to(diff.device)).sum()) if m is not None else int(diff.sum())
+    if outside:
+        raise InputError(f"inject changed {outside} weights outside its sites; this is a memlens bug, please report it")
+    em_after = teacher_forced_scores(model, paragraphs.tokens, P).em
+    return InjectionResult(components=keys, paragraph_ids=list(paragraphs.ids), em_before=em_before,
+                           em_after=em_after, continuation_len=paragraphs.continuation_len, steps=step + 1,
+                           weights_changed=opt.weights_changed(), sites_size=sites_size, weights_changed_outside=outside,
+                           planted_neurons=planted_neurons, losses=losses,
+                           provenance=Provenance.capture(model, steps=steps, lr=lr, batch_size=batch_size,
+                                                         retain=None if ref is None else len(retain),
+                                                         retain_weight=retain_weight))
+
+
+def inject_neurons(model: "HookedModel", paragraphs: ParagraphSet, ratio: float, seed: int = 0,
+                   **kwargs: Any) -> InjectionResult:
+    """:func:`inject` through a random ``ratio`` of the MLP neurons of every layer (their input and
+    output weights; :class:`~memlens.core.neurons.NeuronLayout`), drawn with ``seed``; the result's
+    ``planted_neurons`` is the ground truth of the INJ benchmark."""
+    layout = NeuronLayout(model)
+    neurons = random_neurons(layout.n_layers, layout.d_mlp, ratio, seed)
+    return inject(model, paragraphs, mask=layout.weight_mask(neurons), planted_neurons=neurons, seed=seed, **kwargs)
+
+
+def inject_weights(model: "HookedModel", paragraphs: ParagraphSet, ratio: float, seed: int = 0,
+                   **kwargs: Any) -> InjectionResult:
+    """:func:`inject` through a random ``ratio`` of the single weights of the trainable set (the
+    paper's W_Q, W_K, W_V, W_O, W_in, W_out; the granularity of its top-k gradient mask), drawn
+    with ``seed``; the result's ``planted_weights`` is the ground truth."""
+    if not (isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0 < ratio < 1):
+        raise InputError(f"ratio must be in (0, 1), got {ratio!r}")
+    g = torch.Generator().manual_seed(seed)
+    owned = {s.param_name: s.param for c in model.components for s in c.slices}
+    mask = {n: torch.rand(p.shape, generator=g) < ratio for n, p in owned.items()}
+    return dataclasses.replace(inject(model, paragraphs, mask=mask, seed=seed, **kwargs), planted_weights=mask)
