@@ -84,6 +84,31 @@ def test_contrastive_at_the_original_weights_is_minus_nll(neo, paras, nll_map):
     torch.testing.assert_close(c.signed, -nll_map.signed, rtol=1e-4, atol=1e-7)
 
 
+def test_kept_weight_gradients_are_magnitudes_and_masks_rank_them(neo, paras):
+    """weight_grads is |dNLL/dW| of a hand backward (signed only when asked), so a top-k mask takes
+    the largest gradients of either sign: the paper's |gradient| mask. (Until this test, a local
+    name shadowed the flag and every map kept signed gradients: masks took the largest positive
+    ones only.)"""
+    from memlens.core.objectives import continuation_nll
+    from memlens.core.sparse import only_trainable
+
+    gm = GradientMap(neo)
+    kept = gm.run(paras, progress=False)
+    signed = gm.run(paras, signed_weight_grads=True, progress=False)
+    owned = {s.param_name: s.param for c in neo.components for s in c.slices}
+    with only_trainable(neo.tl_model, owned.values()):
+        loss = continuation_nll(neo, paras.tokens, paras.prefix_len)
+        grads = torch.autograd.grad(loss, list(owned.values()))
+    for (name, p), g in zip(owned.items(), grads):
+        torch.testing.assert_close(kept.weight_grads[name], g.abs(), rtol=1e-4, atol=1e-8)
+        torch.testing.assert_close(signed.weight_grads[name], g, rtol=1e-4, atol=1e-8)
+    flat = torch.cat([g.flatten() for g in grads])
+    mask = kept.mask(count=200)
+    chosen = torch.cat([mask[n].flatten() for n in owned])
+    assert set(torch.topk(flat.abs(), 200).indices.tolist()) == set(chosen.nonzero().flatten().tolist())
+    assert (flat[chosen] < 0).any()  # negative gradients are chosen too
+
+
 def test_per_paragraph_maps_in_one_pass_equal_single_maps(any_model):
     paras = ParagraphSet.from_tokens(random_tokens(3, 30, any_model.vocab_size, seed=1), prefix_len=15)
     gm = GradientMap(any_model)

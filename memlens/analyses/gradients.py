@@ -430,7 +430,7 @@ class GradientMap(Analysis):
 
     def _reduce(self, keys: list[ComponentKey], params: dict[str, nn.Parameter], aggregation: str,
                 keep: bool, signed: bool = False) -> tuple[Tensor, Tensor, dict[str, Tensor] | None]:
-        scores, signed = [], []
+        scores, signed_scores = [], []
         for key in keys:
             comp = self.registry[key]
             grads = comp.grads()
@@ -441,10 +441,10 @@ class GradientMap(Analysis):
                 raise InputError(f"non-finite gradient in component {tuple(key)}; lower the inputs' scale or check the model")
             a, s = aggregate(grads, aggregation)
             scores.append(a)
-            signed.append(s)
+            signed_scores.append(s)
         kept = {name: (p.grad.detach() if signed else p.grad.detach().abs()).float().clone()
                 for name, p in params.items()} if keep else None
-        return torch.tensor(scores), torch.tensor(signed), kept
+        return torch.tensor(scores), torch.tensor(signed_scores), kept
 
     def _check_finite(self, nll: Tensor, ids: list[str]) -> None:
         bad = ~torch.isfinite(nll)
