@@ -23,7 +23,7 @@ from memlens.core.progress import tqdm
 from memlens.core.components import ComponentKey, ComponentRegistry, layer_of
 from memlens.core.data import ParagraphSet
 from memlens.core.errors import InputError
-from memlens.core.results import Provenance, Result
+from memlens.core.results import Provenance, Result, check_same_model
 from memlens.core.objectives import continuation_logits, continuation_nll, kl_to_reference
 from memlens.core.sparse import only_trainable
 
@@ -181,6 +181,7 @@ class GradientMapResult(Result):
         """This map (e.g. memorized) against another (e.g. non-memorized): the paper's Fig. 4 / 9."""
         if self.keys != other.keys:
             raise InputError("the two maps cover different components")
+        check_same_model(self.provenance.model, other.provenance.model, "the two gradient maps")
         return GradientMapComparison(a=self, b=other, provenance=self.provenance)
 
     def plot(self, title: str | None = None) -> "go.Figure":

@@ -16,7 +16,7 @@ from memlens.core.errors import InputError
 from memlens.core.results import Provenance, Result
 from memlens.core.stats import bootstrap_mean_ci
 from memlens.analyses.finetune import FineTuneSettings
-from memlens.analyses.unlearn import SparseFineTuner
+from memlens.analyses.unlearn import SparseFineTuner, drop_targets
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -193,6 +193,7 @@ def compare_masks(
             raise InputError(f"unknown objective {objective!r}; use 'unlearn' or 'edit'")
     if "edit" in objectives and perturbed is None:
         raise InputError("the edit objective needs perturbed= (e.g. PrefixPerturber.perturbed_paragraphs)")
+    retain = drop_targets(retain, targets, "the retain pool")
     base = FineTuneSettings.resolve(settings, changes)
     if isinstance(lr, dict) and any(m not in lr for m in masks):
         raise InputError(f"lr gives no learning rate for mask(s) {[m for m in masks if m not in lr]}")

@@ -10,6 +10,8 @@ evaluation.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -23,7 +25,7 @@ from memlens.core.data import ParagraphSet
 from memlens.core.defaults import NOISE_REFERENCES, NOISE_RELATIVE_TO, NOISE_SCALES, one_of
 from memlens.core.errors import InputError
 from memlens.core.metrics import greedy_decode, teacher_forced_scores
-from memlens.core.results import Provenance, Result
+from memlens.core.results import Provenance, Result, check_same_model
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -157,8 +159,9 @@ class NoiseIntervention(Analysis):
             raise InputError(f"reference must be {one_of(NOISE_REFERENCES)}, got {reference!r}")
         if not (isinstance(draws, int) and draws >= 1):
             raise InputError(f"draws must be an integer >= 1, got {draws!r}")
-        if not scales or not all(isinstance(s, (int, float)) and 0 <= s < float("inf") for s in scales):
-            raise InputError(f"scales must be finite numbers >= 0, got {list(scales)!r}")
+        if not scales or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 <= s < float("inf")
+                                 for s in scales):
+            raise InputError(f"scales must be finite numbers >= 0 (not booleans), got {list(scales)!r}")
         if not masks:
             raise InputError("give at least one mask")
         for name, s in sets.items():
@@ -166,7 +169,17 @@ class NoiseIntervention(Analysis):
                 raise InputError(f"the {name} set is empty")
             s.validate(self.model.vocab_size, self.model.n_ctx)
         params = {sl.param_name: sl.param for c in self.model.components for sl in c.slices}
+        if relative_to == "parameter_std":
+            widest = max(float(p.detach().float().std()) for p in params.values())
+            too_big = [s for s in scales if not math.isfinite(s * widest * 4) or s * widest * 4 > torch.finfo(torch.float32).max]
+        else:
+            too_big = [s for s in scales if s * 4 > torch.finfo(torch.float32).max]
+        if too_big:
+            raise InputError(f"noise scale(s) {too_big} overflow float32 (the noise would be inf); use scales of a "
+                             "few parameter stds")
         for name, m in masks.items():
+            if isinstance(m, SparseMask):
+                check_same_model(m.provenance.model, self.model.name, f"mask {name!r} and the model noised")
             tensors = m.masks if isinstance(m, SparseMask) else m
             if not isinstance(tensors, dict):
                 raise InputError(f"mask {name!r} is a {type(m).__name__}; give a SparseMask or a dict of boolean tensors")
@@ -174,6 +187,9 @@ class NoiseIntervention(Analysis):
             if unknown:
                 raise InputError(f"mask {name!r} names parameters the model does not have: {unknown[:3]}")
             for n, t in tensors.items():
+                if not isinstance(t, Tensor) or t.dtype != torch.bool:
+                    raise InputError(f"mask {name!r}: {n} is {getattr(t, 'dtype', type(t).__name__)}, not a boolean "
+                                     "tensor; give True where the noise goes")
                 if tuple(t.shape) != tuple(params[n].shape):
                     raise InputError(f"mask {name!r}: {n} has shape {tuple(t.shape)}, the parameter {tuple(params[n].shape)}")
         return params

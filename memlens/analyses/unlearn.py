@@ -31,7 +31,7 @@ from memlens.core.metrics import greedy_decode, teacher_forced_scores
 from memlens.core.objectives import continuation_logits, continuation_nll, kl_to_reference
 from memlens.analyses.finetune import FineTuneResult, FineTuneSettings
 from memlens.analyses.sparse_mask import SparseMask
-from memlens.core.results import Provenance
+from memlens.core.results import Provenance, check_same_model
 from memlens.core.sparse import MaskedAdam, only_trainable
 
 if TYPE_CHECKING:
@@ -141,6 +141,8 @@ class SparseFineTuner(Analysis):
         seed: int, sensitivity: dict[str, Tensor] | None, selectivity_floor: float, random_draw: RandomMaskDraw,
     ) -> tuple[Mask, str]:
         params = self.params
+        if isinstance(kind, (GradientMapResult, SparseMask)):
+            check_same_model(kind.provenance.model, self.model.name, f"the {type(kind).__name__} and the model tuned")
         if isinstance(kind, GradientMapResult):
             return kind.mask(fraction=fraction), "topk"
         if isinstance(kind, SparseMask):
@@ -149,7 +151,7 @@ class SparseFineTuner(Analysis):
             return self._validate_mask(kind), "user"
         if kind not in MASK_KINDS:
             raise InputError(f"unknown mask {kind!r}; use one of {MASK_KINDS}, a GradientMapResult or a dict of boolean tensors")
-        if kind != "all" and not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):  # also refuses NaN
+        if kind != "all" and (isinstance(fraction, bool) or not (isinstance(fraction, (int, float)) and 0 < fraction <= 1)):
             raise InputError(f"fraction must be in (0, 1], got {fraction!r}")
         if kind == "all":
             return {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}, "all"
@@ -302,6 +304,7 @@ class SparseFineTuner(Analysis):
              mask_kind: Any, st: "FineTuneSettings", other: ParagraphSet | None) -> FineTuneResult:
         model = self.model
         sets = self._check_run(target, retain, other, st)
+        retain = sets["retain"]
         self._snapshot()
         refs = {k: self._reference(v) for k, v in sets.items()}
         before = self._scores(refs)
@@ -352,6 +355,7 @@ class SparseFineTuner(Analysis):
         if len(retain) == 0:
             raise InputError("the retain set is empty")
         target.check_compatible(retain, "the target and the retain set")
+        retain = drop_targets(retain, target, "the retain set")
         if other is not None:
             target.check_compatible(other, "the target and the other memorized set")
         sets = {"target": target, "retain": retain}
@@ -413,6 +417,22 @@ class SparseFineTuner(Analysis):
                     raise InputError(f"weights became non-finite at step {step} with lr={lr}; {restored}")
                 losses.append(loss.item())
         return losses
+
+def drop_targets(retain: ParagraphSet, target: ParagraphSet, what: str) -> ParagraphSet:
+    """``retain`` without the paragraphs that are also targets (by id, or by identical tokens), with
+    a warning naming them: a paragraph cannot be unlearned and kept at once. An
+    :class:`InputError` when nothing is left."""
+    ids = set(target.ids)
+    rows = {tuple(t.tolist()) for t in target.tokens}
+    both = [pid in ids or tuple(t.tolist()) in rows for pid, t in zip(retain.ids, retain.tokens)]
+    if not any(both):
+        return retain
+    named = [pid for pid, b in zip(retain.ids, both) if b]
+    if all(both):
+        raise InputError(f"{what} holds only target paragraphs ({named[:5]}); give non-memorized paragraphs to keep")
+    warnings.warn(f"{what} also holds target paragraph(s) {named[:5]}; they are left out of it", stacklevel=3)
+    return retain.filter([not b for b in both])
+
 
 def selective_mask(
     objective_map: GradientMapResult, sensitivity: dict[str, Tensor], fraction: float, floor: float = SELECTIVITY_FLOOR

@@ -23,6 +23,9 @@ TEMPORARY_GLOB = ".*.tmp"  # what atomic_path leaves behind when its process is 
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
     target = Path(path)
+    if target.is_dir():
+        raise InputError(f"{target} is a directory; the file cannot be written there (remove the directory or choose "
+                         "another path)")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)

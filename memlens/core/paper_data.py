@@ -54,7 +54,14 @@ def read_carlini_arrays(
         if len(c) != len(tokens):
             raise InputError(f"{counts}: {len(c)} counts for the {len(tokens)} paragraphs of {prompts}; "
                              "pass the counts file that belongs to this prompts file")
-        meta["count"] = [int(x) for x in c.tolist()]
+        values = c.tolist()
+        for row, x in enumerate(values):
+            if isinstance(x, float) and not (x == x and x.is_integer()):
+                raise InputError(f"{counts}: row {row} holds the count {x!r}, not a whole number; counts are occurrences "
+                                 "in the Pile (check the file)")
+            if x < 0:
+                raise InputError(f"{counts}: row {row} holds the count {x!r}; counts are occurrences, never negative")
+        meta["count"] = [int(x) for x in values]
     return ParagraphSet(torch.from_numpy(tokens.astype("int64")), prefix_len, continuation_len,
                         [str(i) for i in range(len(tokens))], metadata=meta)
 
@@ -132,6 +139,16 @@ def paper_filters(
     Returns:
         A :class:`FilterReport` with the kept paragraphs and each filter's drop count.
     """
+    if isinstance(min_unique_share, bool) or not isinstance(min_unique_share, (int, float)) \
+            or not 0 <= min_unique_share <= 1:  # also refuses NaN, which would turn the filter off
+        raise InputError(f"min_unique_share must be a share in [0, 1] (0: off), got {min_unique_share!r}")
+    if isinstance(keywords, str):
+        raise InputError(f"keywords must be a list of words, got the string {keywords!r} (write [{keywords!r}])")
+    if count_range is not None:
+        if len(count_range) != 2 or not all(isinstance(c, int) and not isinstance(c, bool) for c in count_range):
+            raise InputError(f"count_range must be two integers (low, high), got {count_range!r}")
+        if count_range[0] > count_range[1]:
+            raise InputError(f"count_range {tuple(count_range)} is empty (low > high); give (low, high) with low <= high")
     n = len(paragraphs)
     keep = torch.ones(n, dtype=torch.bool)
     dropped: dict[str, int] = {}
@@ -190,7 +207,16 @@ def read_token_tensor(path: str | Path, prefix_len: int = DEFAULT_PREFIX_LEN,
                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     if not isinstance(obj, torch.Tensor):
         raise InputError(f"{path}: holds a {type(obj).__name__}, not a tensor of token ids")
-    if obj.ndim != 2 or obj.shape[1] != length or obj.dtype.is_floating_point or obj.dtype == torch.bool:
+    if obj.layout != torch.strided:
+        raise InputError(f"{path}: holds a {obj.layout} tensor; save the token ids as a dense tensor (tensor.to_dense())")
+    if obj.ndim != 2 or obj.shape[1] != length or obj.dtype.is_floating_point or obj.dtype.is_complex \
+            or obj.dtype == torch.bool:
         raise InputError(f"{path}: expected an [N, {length}] integer tensor of token ids, got shape "
                          f"{tuple(obj.shape)} and dtype {obj.dtype}")
+    if obj.dtype == torch.uint64:
+        too_big = obj.view(torch.int64) < 0  # the same bits: ids >= 2**63 read as negative
+        if bool(too_big.any()):
+            row, col = (int(i) for i in too_big.nonzero()[0])
+            raise InputError(f"{path}: row {row}, position {col} holds a token id above 2**63 - 1; no vocabulary has "
+                             "such ids (is this a token file?)")
     return ParagraphSet(obj.long(), prefix_len, length - prefix_len, [str(i) for i in range(len(obj))])

@@ -88,6 +88,18 @@ class Provenance:
                    created=time.strftime("%Y-%m-%dT%H:%M:%S"))
 
 
+def check_same_model(a: str, b: str, what: str) -> None:
+    """Refuse to combine ``what`` computed on two different models (names from provenance), with a
+    word on weight forms when the two differ only in processing (``+processed``). Empty names (a
+    result built by hand) pass."""
+    if not a or not b or a == b:
+        return
+    if a.removesuffix("+processed") == b.removesuffix("+processed"):
+        raise InputError(f"{what} come from different weight forms of one model ({a!r} vs {b!r}: raw and processed "
+                         "weights live in different coordinates); compute both on the same form")
+    raise InputError(f"{what} come from different models ({a!r} vs {b!r}); compute both on one model")
+
+
 class Result:
     """Base of every memlens result (mixed into frozen, keyword-only dataclasses).
 

@@ -166,6 +166,13 @@ class RunConfig(StageConfig):
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise InputError(f"{path}: not valid TOML ({e})") from None
         try:
+            if isinstance(data, dict) and data.get("preset"):
+                # the preset applies as from --preset: its settings, then the file's on top
+                if not isinstance(data["preset"], str) or data["preset"] not in PRESETS:
+                    raise InputError(f"setting preset = {data['preset']!r}: must be empty or {one_of(tuple(PRESETS))}")
+                base = cls.from_preset(data["preset"], data.get("model", "organism") if isinstance(data.get("model"), str)
+                                       else "organism")
+                return base.override(_flatten(data), source=str(path))
             return cls.from_dict(data, source=str(path))
         except InputError as e:
             msg = str(e)
@@ -180,7 +187,7 @@ class RunConfig(StageConfig):
                 lines += ["", f"[{section}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
         return "\n".join(lines) + "\n"
 
-    def override(self, values: dict[str, Any]) -> "RunConfig":
+    def override(self, values: dict[str, Any], source: str = "settings") -> "RunConfig":
         """A copy with dotted settings replaced (``{"unlearn.steps": 20, "seed": 1}``); ``None``
         values are ignored (a flag that was not given)."""
         d = self.to_dict()
@@ -196,7 +203,15 @@ class RunConfig(StageConfig):
             if name not in target:
                 raise InputError(f"unknown setting {key!r}")
             target[name] = value
-        return RunConfig.from_dict(d, source="settings")
+        return RunConfig.from_dict(d, source=source)
+
+    def preset_overrides(self) -> list[str]:
+        """``key: preset value -> this value`` for every result-affecting setting that differs from
+        the preset these settings started from (empty without a preset, or when nothing was changed)."""
+        if not self.preset:
+            return []
+        base = RunConfig.from_preset(self.preset, self.model)
+        return [d for d in base.differences(self) if not d.startswith(("model:", "paragraphs:", "seed:"))]
 
     def differences(self, other: "RunConfig") -> list[str]:
         """``key: this -> other`` for every result-affecting setting that differs."""

@@ -65,11 +65,15 @@ def manifest(ctx: RunContext) -> dict[str, Any]:
                 return _recorded_run(ctx.folder)  # scanned already: later stages read the scan, not the file
             raise InputError(f"{path}: no such paragraph file")
         para = {"path": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-    return {"model": ctx.config.model, "paragraphs": para, "seed": ctx.config.seed, "config": ctx.config.to_dict()}
+    out = {"model": ctx.config.model, "paragraphs": para, "seed": ctx.config.seed, "config": ctx.config.to_dict()}
+    if ctx.config.preset:
+        out["preset_overrides"] = ctx.config.preset_overrides()
+    return out
 
 
 def _recorded_run(folder: RunFolder) -> dict[str, Any]:
-    return {k: v for k, v in (folder.read_manifest() or {}).items() if k in ("model", "paragraphs", "seed", "config")}
+    return {k: v for k, v in (folder.read_manifest() or {}).items() if k in ("model", "paragraphs", "seed", "config",
+                                                                                    "preset_overrides")}
 
 
 def _recorded_paragraphs(folder: RunFolder) -> dict[str, Any] | None:

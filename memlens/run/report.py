@@ -65,6 +65,11 @@ def _what_was_run(rb: ReportBuilder, parts: list[str], folder: RunFolder, run: d
     rows = [{"item": "model", "value": run.get("model")},
             {"item": "paragraphs", "value": para["path"] if para else "the organism's ground-truth set"},
             {"item": "seed", "value": run.get("seed")}, {"item": "started", "value": run.get("started")}]
+    preset = (run.get("config") or {}).get("preset")
+    if preset:
+        changed = run.get("preset_overrides") or []
+        rows.insert(1, {"item": "settings", "value": f"{preset} preset" + (
+            f", with overrides: {'; '.join(changed)}" if changed else ", as the preset sets them")})
     rows += [{"item": k, "value": v} for k, v in (run.get("versions") or {}).items()]
     rows += [{"item": f"seconds: {k}", "value": v} for k, v in (summary.get("seconds") or {}).items()]
     rows.append({"item": "torch threads", "value": summary.get("torch_threads")})
