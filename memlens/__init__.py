@@ -16,6 +16,7 @@ from memlens.core.errors import CacheError, HookError, InputError, MemlensError,
 from memlens.core.ground_truth import GroundTruth
 from memlens.core.metrics import ContinuationScores, greedy_decode, paragraph_min_k_nll, teacher_forced_scores
 from memlens.core.model import HookedModel
+from memlens.core.neurons import NeuronLayout
 from memlens.core.results import Provenance, Result, load_result
 from memlens.core.paper_data import FilterReport, paper_filters, read_carlini_arrays, read_token_tensor
 from memlens.loading.processed import process_weights
@@ -35,7 +36,12 @@ from memlens.analyses.gradient_similarity import GradientSimilarity, GradientSim
 from memlens.analyses.gradients import GradientMap, GradientMapComparison, GradientMapResult
 from memlens.analyses.head_ablation import HeadAblation, HeadAblationResult, head_ablation_em_drop
 from memlens.analyses.heads import HeadLocalizer, HeadReport
-from memlens.analyses.injection import InjectionResult, inject
+from memlens.analyses.injection import InjectionResult, inject, inject_neurons, inject_weights
+from memlens.analyses.localization import (ActivationLocalizer, GradientLocalizer, HardConcreteLocalizer,
+                                           IntegratedGradientsLocalizer, LocalizationBenchmark,
+                                           LocalizationBenchmarkResult, Localizer, NeuronScores, RandomLocalizer,
+                                           SlimmingLocalizer, ZeroOutLocalizer, localizer_names, make_localizer,
+                                           register_localizer)
 from memlens.analyses.mask_comparison import MaskComparison, MaskTradeoff, compare_masks, mask_tradeoff
 from memlens.analyses.noise import NoiseIntervention, NoiseResult
 from memlens.analyses.pair_gradients import PairGradientResult, pair_activation_gradients
@@ -58,6 +64,7 @@ from memlens.run.settings import StageConfig
 from memlens.run.stages.gradients import GradientsConfig
 from memlens.run.stages.head_ablation import HeadAblationConfig
 from memlens.run.stages.heads import HeadsConfig
+from memlens.run.stages.localize import LocalizeConfig
 from memlens.run.stages.noise import NoiseConfig
 from memlens.run.stages.pair_gradients import PairGradientsConfig
 from memlens.run.stages.perturb import PerturbConfig
@@ -74,16 +81,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivationGradientResult",
+    "ActivationLocalizer",
     "Analysis",
     "CacheError",
     "ComponentKey",
     "ComponentRegistry",
     "ContinuationScores",
+    "DuplicationResult",
     "EMRangeProfiles",
     "FilterReport",
-    "DuplicationResult",
     "FineTuneResult",
     "FineTuneSettings",
+    "GradientLocalizer",
     "GradientMap",
     "GradientMapComparison",
     "GradientMapResult",
@@ -91,6 +100,7 @@ __all__ = [
     "GradientSimilarityResult",
     "GradientsConfig",
     "GroundTruth",
+    "HardConcreteLocalizer",
     "HeadAblation",
     "HeadAblationConfig",
     "HeadAblationResult",
@@ -101,10 +111,17 @@ __all__ = [
     "HookedModel",
     "InjectionResult",
     "InputError",
+    "IntegratedGradientsLocalizer",
+    "LocalizationBenchmark",
+    "LocalizationBenchmarkResult",
+    "LocalizeConfig",
+    "Localizer",
     "MaskComparison",
     "MaskTradeoff",
     "MemlensError",
     "ModelLoadError",
+    "NeuronLayout",
+    "NeuronScores",
     "NoiseConfig",
     "NoiseIntervention",
     "NoiseResult",
@@ -120,6 +137,7 @@ __all__ = [
     "PerturbationResult",
     "PrefixPerturber",
     "Provenance",
+    "RandomLocalizer",
     "RareAttentionConfig",
     "RareAttentionResult",
     "Result",
@@ -129,6 +147,7 @@ __all__ = [
     "ScanResult",
     "ScanTable",
     "Shard",
+    "SlimmingLocalizer",
     "SparseFineTuner",
     "SparseMask",
     "Stage",
@@ -137,6 +156,7 @@ __all__ = [
     "TradeoffConfig",
     "UnigramCounts",
     "UnlearnConfig",
+    "ZeroOutLocalizer",
     "activation_gradient_view",
     "activation_gradients",
     "attribution_patching",
@@ -148,8 +168,12 @@ __all__ = [
     "head_attention_views",
     "head_views",
     "inject",
+    "inject_neurons",
+    "inject_weights",
     "load_model",
     "load_result",
+    "localizer_names",
+    "make_localizer",
     "make_patch_pairs",
     "mask_tradeoff",
     "merge_scan_tables",
@@ -162,6 +186,7 @@ __all__ = [
     "rare_token_attention",
     "read_carlini_arrays",
     "read_token_tensor",
+    "register_localizer",
     "register_model_source",
     "register_stage",
     "run_pipeline",

@@ -1,0 +1,157 @@
+"""The localization benchmark (INJ / DEL) on an organism: every localizer's recall of the planted
+neurons with its 95% interval over seeds, what dropping its neurons does, the whole run's time and
+each localizer's share of it (figures for docs/localization.md).
+
+Also, with ``--ig-baseline``, integrated gradients batched over its interpolation steps (one
+forward/backward per paragraph and layer, memlens's) against one forward/backward per step (the
+textbook loop), same numbers, and the ratio of times; with ``--tune``, the learned-mask
+localizers' penalty grid on tuning seeds (not the benchmark's), which chose their defaults.
+
+    python benchmarks/localization.py [--model organism] [--ratios 0.01 0.02 0.05] [--seeds 0 1 2]
+        [--localizers ...] [--n-paragraphs 4] [--weight-ratios 0.01] [--out FILE.json]
+    python benchmarks/localization.py --ig-baseline [--model organism]
+    python benchmarks/localization.py --tune [--model organism-tiny] [--ratios 0.05] [--seeds 100 101]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="organism")
+    ap.add_argument("--ratios", type=float, nargs="+", default=[0.01, 0.02, 0.05])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--localizers", nargs="*", default=None)
+    ap.add_argument("--n-paragraphs", type=int, default=4)
+    ap.add_argument("--weight-ratios", type=float, nargs="*", default=[])
+    ap.add_argument("--settings", default="{}", help="JSON: constructor settings per localizer")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--table-from", default=None, metavar="FILE.json", help="only print the tables of a saved run")
+    ap.add_argument("--ig-baseline", action="store_true")
+    ap.add_argument("--tune", action="store_true")
+    args = ap.parse_args()
+    warnings.simplefilter("ignore")
+    if args.table_from:
+        print(markdown(json.loads(open(args.table_from).read())))
+        return
+    import memlens as ml
+
+    model = ml.load_model(args.model, progress=False)
+    if args.ig_baseline:
+        return ig_baseline(model)
+    if args.tune:
+        return tune(model, args)
+    t0 = time.perf_counter()
+    res = ml.LocalizationBenchmark(model, progress=True).run(
+        localizers=args.localizers, ratios=args.ratios, seeds=args.seeds, n_paragraphs=args.n_paragraphs,
+        weight_ratios=args.weight_ratios, localizer_settings=json.loads(args.settings),
+        checkpoint=(args.out + ".blocks") if args.out else None)
+    total = time.perf_counter() - t0
+    out = {"model": args.model, "total_seconds": round(total, 1), "summary": res.summary(), "rows": res.rows,
+           "injections": res.injections}
+    if args.out:
+        from memlens.core.io import write_json_atomic
+
+        write_json_atomic(args.out, out)
+    print(markdown(out))
+
+
+def markdown(out: dict) -> str:
+    """The neuron table (recall with its interval, DEL, seconds), the weight table, and each
+    localizer's share of the whole run's time."""
+    s = out["summary"]
+    lines = [f"{out['model']}: total {out['total_seconds']} s; injections recited every paragraph in "
+             f"{s['injection_success']:.0%} of (ratio, seed); injection mean: {s.get('injection', {})}", "",
+             "| localizer | ratio | recall [95% CI] | DEL target EM drop | DEL other memorized EM drop | "
+             "DEL non-memorized NLL change | seconds/run |", "|---|---|---|---|---|---|---|"]
+
+    def ci(r: dict, k: str, d: int) -> str:
+        return f"{r[k]:.{d}f} [{r[k + '_ci_low']:.{d}f}, {r[k + '_ci_high']:.{d}f}]" if k in r else "-"
+
+    for r in s["neuron"]:
+        lines.append(f"| {r['localizer']} | {r['ratio']:g} | {ci(r, 'recall', 3)} | {ci(r, 'del_target_em_drop', 1)} | "
+                     f"{ci(r, 'del_other_em_drop', 1)} | {ci(r, 'del_non_memorized_nll_change', 3)} | {r['seconds']:.1f} |")
+    if "weight" in s:
+        lines += ["", "| localizer (single weights) | ratio | recall [95% CI] |", "|---|---|---|"]
+        lines += [f"| {r['localizer']} | {r['ratio']:g} | {ci(r, 'recall', 3)} |" for r in s["weight"]]
+    total = out["total_seconds"]
+    lines += ["", "| part | seconds | share of the total |", "|---|---|---|"]
+    lines += [f"| {k} | {v:.1f} | {v / total:.1%} |" for k, v in sorted(s["seconds"].items(), key=lambda kv: -kv[1])]
+    return "\n".join(lines)
+
+
+def ig_baseline(model) -> None:
+    """Integrated gradients, batched over steps (memlens) vs one forward/backward per step."""
+    import torch
+
+    import memlens as ml
+    from memlens.analyses.localization.attribution import _token_nll
+
+    paras = model.ground_truth.paragraph_set()[:2]
+    steps = 16
+    loc = ml.IntegratedGradientsLocalizer(model, steps=steps, progress=False)
+    t0 = time.perf_counter()
+    fast = loc.run(paras).neuron_scores
+    t_fast = time.perf_counter() - t0
+    layout = ml.NeuronLayout(model)
+    P = paras.prefix_len
+    slow = torch.zeros_like(fast)
+    t0 = time.perf_counter()
+    for L in range(layout.n_layers):
+        for i in range(len(paras)):
+            tokens = paras.tokens[i : i + 1]
+            for j in range(steps):
+                alpha = (j + 0.5) / steps
+                kept = {}
+
+                def scale(act, hook, alpha=alpha):
+                    kept["act"] = act.detach()
+                    kept["delta"] = torch.zeros_like(act, requires_grad=True)
+                    return act * alpha + kept["delta"]
+
+                with model.hooks(fwd_hooks=[(layout.hook_name(L), scale)]):
+                    logp = -_token_nll(model(tokens[:, :-1]), tokens, P)
+                (g,) = torch.autograd.grad(logp.sum(), kept["delta"])
+                slow[L] += (kept["act"][0] * g[0]).sum(0).cpu() / steps
+    slow /= len(paras)
+    t_slow = time.perf_counter() - t0
+    print(json.dumps({"model": model.name, "paragraphs": len(paras), "steps": steps, "layers": layout.n_layers,
+                      "batched_s": round(t_fast, 2), "per_step_s": round(t_slow, 2),
+                      "speedup": round(t_slow / t_fast, 2),
+                      "max_abs_diff": float((fast - slow).abs().max()), "scale": float(fast.abs().max())}))
+
+
+def tune(model, args) -> None:
+    """The learned-mask localizers (and integrated gradients' steps) over a settings grid on tuning
+    seeds: each setting is registered as its own localizer, so one benchmark run (one injection per
+    ratio and seed) scores them all."""
+    import memlens as ml
+
+    grid = {"hard_concrete": [{"penalty": p, "retain_weight": r} for p in (5, 20, 50) for r in (0.0, 1.0)],
+            "slimming": [{"penalty": p, "retain_weight": r} for p in (3, 10, 30) for r in (0.0, 1.0)],
+            "integrated_gradients": [{"steps": s} for s in (8, 16, 32)]}
+    classes = {"hard_concrete": ml.HardConcreteLocalizer, "slimming": ml.SlimmingLocalizer,
+               "integrated_gradients": ml.IntegratedGradientsLocalizer}
+    names = {}
+    for base, configs in grid.items():
+        for settings in configs:
+            name = base + "__" + "_".join(f"{k}{v:g}" for k, v in settings.items())
+            ml.register_localizer(name, classes[base], **settings)
+            names[name] = (base, settings)
+    res = ml.LocalizationBenchmark(model, progress=True).run(
+        localizers=list(names), ratios=args.ratios, seeds=args.seeds, n_paragraphs=args.n_paragraphs)
+    for r in res.table("neuron"):
+        base, settings = names[r["localizer"]]
+        print(json.dumps({"localizer": base, "settings": settings, "ratio": r["ratio"], "recall": round(r["recall"], 3),
+                          "del_target_em_drop": round(r.get("del_target_em_drop", 0), 2),
+                          "del_other_em_drop": round(r.get("del_other_em_drop", 0), 2),
+                          "seconds": round(r["seconds"], 1)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Localizers that read the model once or a few times: gradients (the paper's), activations,
+zero-out, integrated gradients (knowledge neurons) and the random floor."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from memlens.analyses.gradients import GradientMap
+from memlens.analyses.localization.base import Localizer
+from memlens.core.data import ParagraphSet
+from memlens.core.errors import InputError
+from memlens.core.progress import tqdm
+
+if TYPE_CHECKING:
+    from memlens.core.model import HookedModel
+
+
+def _token_nll(logits: Tensor, tokens: Tensor, prefix_len: int) -> Tensor:
+    """Mean continuation NLL per row (nats/token) from the logits of ``tokens[:, :-1]``."""
+    pred = logits[:, prefix_len - 1 :].float()
+    return F.cross_entropy(pred.transpose(1, 2), tokens[:, prefix_len:].to(pred.device), reduction="none").mean(-1)
+
+
+class GradientLocalizer(Localizer):
+    """The paper's gradient attribution: |gradient| of the objective with respect to every weight
+    of the trainable set (:class:`memlens.GradientMap`), reduced per neuron over its input and
+    output weights (``max``, the paper's component score, or ``sum``). Gives per-weight scores too.
+
+    ``objective="contrastive"`` is the paper preset's -NLL + KL(contrast); at the model's own weights
+    the KL term's gradient is zero, so it ranks exactly as ``nll`` does (kept to show it).
+    """
+
+    name = "gradient"
+    scores_weights = True
+
+    def __init__(self, model: "HookedModel", *, objective: str = "nll", reduce: str = "max",
+                 batch_size: int | None = None, progress: bool = True) -> None:
+        super().__init__(model, batch_size=batch_size or GradientMap.DEFAULT_BATCH_SIZE, progress=progress)
+        if objective not in ("nll", "contrastive"):
+            raise InputError(f"objective must be 'nll' or 'contrastive', got {objective!r}")
+        if reduce not in ("max", "sum"):
+            raise InputError(f"reduce must be 'max' or 'sum', got {reduce!r}")
+        self.objective, self.reduce = objective, reduce
+        self.needs_contrast = objective == "contrastive"
+
+    def scores(self, paragraphs: ParagraphSet, contrast: ParagraphSet | None, progress: bool):
+        gmap = GradientMap(self.model, batch_size=self.batch_size, progress=progress).run(
+            paragraphs, contrast=contrast if self.objective == "contrastive" else None, objective=self.objective,
+            keep_weight_grads=True, progress=progress)
+        assert gmap.weight_grads is not None
+        return self.layout.per_neuron(gmap.weight_grads, self.reduce), gmap.weight_grads, 0
+
+    def settings(self) -> dict[str, Any]:
+        return {"objective": self.objective, "reduce": self.reduce}
+
+
+class ActivationLocalizer(Localizer):
+    """Mean |activation| of each neuron over the positions that predict the continuation."""
+
+    name = "activation"
+
+    @torch.no_grad()
+    def scores(self, paragraphs: ParagraphSet, contrast: ParagraphSet | None, progress: bool):
+        P = paragraphs.prefix_len
+        names = [self.layout.hook_name(L) for L in range(self.layout.n_layers)]
+        total = torch.zeros(self.layout.n_layers, self.layout.d_mlp)
+        for chunk in tqdm(paragraphs.tokens.split(self.batch_size), desc="activations", disable=not progress, leave=False):
+            _, acts, _ = self.model.capture(chunk[:, :-1], names)
+            for L, n in enumerate(names):
+                total[L] += acts[n][:, P - 1 :].abs().float().mean(1).sum(0).cpu()
+        return total / len(paragraphs), None, 0
+
+
+class ZeroOutLocalizer(Localizer):
+    """The continuation NLL increase (nats/token, mean over the paragraphs) when one neuron's
+    activation is zeroed: one forward pass per neuron and paragraph, batched ``batch_size`` rows at
+    a time (a row = one neuron zeroed on one paragraph)."""
+
+    name = "zero_out"
+    DEFAULT_BATCH_SIZE = 64
+
+    @torch.no_grad()
+    def scores(self, paragraphs: ParagraphSet, contrast: ParagraphSet | None, progress: bool):
+        P, n = paragraphs.prefix_len, len(paragraphs)
+        tokens = paragraphs.tokens.to(self.model.device)
+        base = _token_nll(self.model(tokens[:, :-1]), tokens, P)
+        out = torch.zeros(self.layout.n_layers, self.layout.d_mlp)
+        per_batch = max(1, self.batch_size // n)  # neurons per forward pass
+        bar = tqdm(total=self.layout.n_neurons, desc="zero-out", disable=not progress, leave=False)
+        for L in range(self.layout.n_layers):
+            for start in range(0, self.layout.d_mlp, per_batch):
+                neurons = torch.arange(start, min(start + per_batch, self.layout.d_mlp))
+                rows = neurons.repeat_interleave(n)  # row r zeroes neuron rows[r] on paragraph r % n
+
+                def zero(act: Tensor, hook: Any, rows: Tensor = rows) -> Tensor:
+                    act = act.clone()
+                    act[torch.arange(len(rows)), :, rows.to(act.device)] = 0.0
+                    return act
+
+                batch = tokens.repeat(len(neurons), 1)
+                with self.model.hooks(fwd_hooks=[(self.layout.hook_name(L), zero)]):
+                    nll = _token_nll(self.model(batch[:, :-1]), batch, P)
+                out[L, neurons] = (nll.view(len(neurons), n) - base).mean(1).cpu()
+                bar.update(len(neurons))
+        bar.close()
+        return out, None, 0
+
+
+class IntegratedGradientsLocalizer(Localizer):
+    """Integrated gradients over each neuron's activation (knowledge neurons, Dai et al. 2022):
+    for one layer at a time, the activations are scaled by alpha in (0, 1] and the attribution of
+    neuron i is ``sum over positions of a_i x mean over alpha of d log p(continuation) / d(alpha a_i)``
+    (midpoint Riemann sum of ``steps`` points), averaged over paragraphs. The ``steps`` scaled
+    copies of a paragraph go through the model as one batch: one forward and backward pass per
+    paragraph and layer."""
+
+    name = "integrated_gradients"
+
+    def __init__(self, model: "HookedModel", *, steps: int = 16, batch_size: int | None = None,
+                 progress: bool = True) -> None:
+        super().__init__(model, batch_size=batch_size, progress=progress)
+        if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
+            raise InputError(f"steps must be an integer >= 1, got {steps!r}")
+        self.steps = steps
+
+    def scores(self, paragraphs: ParagraphSet, contrast: ParagraphSet | None, progress: bool):
+        from memlens.core.model import preserved_grads
+        from memlens.core.sparse import only_trainable
+
+        P, m = paragraphs.prefix_len, self.steps
+        alphas = (torch.arange(m, dtype=torch.float32) + 0.5) / m
+        out = torch.zeros(self.layout.n_layers, self.layout.d_mlp)
+        bar = tqdm(total=self.layout.n_layers * len(paragraphs), desc="integrated gradients", disable=not progress,
+                   leave=False)
+        with only_trainable(self.model.tl_model, []), preserved_grads(self.model.tl_model):
+            for L in range(self.layout.n_layers):
+                for i in range(len(paragraphs)):
+                    batch = paragraphs.tokens[i : i + 1].to(self.model.device).expand(m, -1)
+                    kept: dict[str, Tensor] = {}
+
+                    def scale(act: Tensor, hook: Any) -> Tensor:
+                        kept["act"] = act.detach()
+                        kept["delta"] = torch.zeros_like(act, requires_grad=True)
+                        return act * alphas.to(act.device, act.dtype)[:, None, None] + kept["delta"]
+
+                    with self.model.hooks(fwd_hooks=[(self.layout.hook_name(L), scale)]):
+                        logp = -_token_nll(self.model(batch[:, :-1]), batch, P)
+                    (grad,) = torch.autograd.grad(logp.sum(), kept["delta"])
+                    # a_i x mean over alpha of the gradient, summed over positions
+                    out[L] += (kept["act"][0].float() * grad.float().mean(0)).sum(0).cpu()
+                    bar.update(1)
+        bar.close()
+        return out / len(paragraphs), None, 0
+
+    def settings(self) -> dict[str, Any]:
+        return {"steps": self.steps}
+
+
+class RandomLocalizer(Localizer):
+    """Uniform random scores (seeded): the floor every localizer must beat (expected recall = the ratio)."""
+
+    name = "random"
+    scores_weights = True
+
+    def __init__(self, model: "HookedModel", *, seed: int = 0, batch_size: int | None = None,
+                 progress: bool = True) -> None:
+        from memlens.core.defaults import check_seed
+
+        super().__init__(model, batch_size=batch_size, progress=progress)
+        self.seed = check_seed(seed)
+
+    def scores(self, paragraphs: ParagraphSet, contrast: ParagraphSet | None, progress: bool):
+        g = torch.Generator().manual_seed(self.seed)
+        neuron = torch.rand(self.layout.n_layers, self.layout.d_mlp, generator=g)
+        weights = {s.param_name: torch.rand(s.param.shape, generator=g) for c in self.model.components for s in c.slices}
+        return neuron, weights, 0
+
+    def settings(self) -> dict[str, Any]:
+        return {"seed": self.seed}

@@ -1,0 +1,362 @@
+"""The localization benchmark: every localizer scored against planted truth (INJ) and by what
+dropping its neurons does (DEL), over ratios and seeds (Chang et al., 2024, on memlens's models).
+
+For each ratio and seed: ``n_paragraphs`` new paragraphs (never seen by the model) are injected
+through a random ``ratio`` of the MLP neurons of every layer (:func:`~memlens.analyses.injection.inject_neurons`;
+every other weight bit-identical, checked); each localizer scores the neurons for the injected
+paragraphs, and
+
+- **INJ**: its top ``n_L`` neurons of each layer (``n_L`` = the planted count there) are compared
+  with the planted set: recall = |found and planted| / |planted|, precision = |found and planted| /
+  |found| (equal when every layer's count is the planted count), overall and per layer;
+- **DEL**: those neurons are dropped (activations zeroed) and the benchmark measures the EM the
+  injected paragraphs lose, the EM other memorized paragraphs lose (collateral) and the NLL change
+  on non-memorized text: a localizer that breaks everything is not localizing.
+
+With ``weight_ratios``, paragraphs are also injected through a random ratio of single weights of the
+trainable set and the localizers that score weights (the paper's gradient) are scored on their top
+weights (recall at the paper's own granularity). The model's weights are restored bit for bit
+after every seed. Every figure is reported as the mean over seeds with a bootstrap 95% interval.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import torch
+
+from memlens.analyses.base import Analysis
+from memlens.analyses.injection import inject_neurons, inject_weights
+from memlens.analyses.localization.base import check_localizer_names, localizer_names, make_localizer
+from memlens.core.data import ParagraphSet, as_paragraph_set
+from memlens.core.errors import InputError
+from memlens.core.metrics import teacher_forced_scores
+from memlens.core.neurons import NeuronLayout
+from memlens.core.progress import tqdm
+from memlens.core.results import Provenance, Result
+from memlens.core.stats import bootstrap_mean_ci
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
+
+
+#: the planted shares of Chang et al.'s range (0.1% to 5%) the benchmark runs by default
+RATIOS = (0.01, 0.02, 0.05)
+#: the per-row figures that get a mean and a bootstrap 95% interval over seeds
+CI_FIELDS = ("recall", "precision", "del_target_em_drop", "del_other_em_drop", "del_non_memorized_nll_change")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalizationBenchmarkResult(Result):
+    """The benchmark's every measurement, and means with intervals over seeds.
+
+    Attributes:
+        rows: one dict per (level, ratio, seed, localizer): ``level`` (``neuron`` / ``weight``),
+            ``ratio``, ``seed``, ``localizer``, ``recall``, ``precision``, ``layer_recall`` (per
+            layer; neuron level), ``del_target_em_drop``, ``del_other_em_drop``,
+            ``del_non_memorized_nll_change`` (neuron level), ``seconds`` (the localizer's wall time).
+        injections: one dict per (level, ratio, seed): the injected ``paragraphs``, ``success_rate``,
+            ``steps``, ``sites_size``, ``weights_changed_outside`` (0), ``planted_per_layer``, ``seconds``.
+    """
+
+    rows: list[dict[str, Any]]
+    injections: list[dict[str, Any]]
+    provenance: Provenance = field(default_factory=Provenance)
+
+    def to_dataframe(self) -> "pd.DataFrame":
+        """One row per (level, ratio, seed, localizer)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    def table(self, level: str = "neuron") -> list[dict[str, Any]]:
+        """Per (localizer, ratio) at ``level``: ``n_seeds``, the mean of each :data:`CI_FIELDS` figure
+        with its bootstrap 95% interval over seeds (``<name>_ci_low`` / ``_ci_high``), the mean
+        recall of each layer and the mean seconds."""
+        out = []
+        rows = [r for r in self.rows if r["level"] == level]
+        for name in dict.fromkeys(r["localizer"] for r in rows):
+            for ratio in sorted({r["ratio"] for r in rows if r["localizer"] == name}):
+                group = [r for r in rows if r["localizer"] == name and r["ratio"] == ratio]
+                row: dict[str, Any] = {"localizer": name, "ratio": ratio, "n_seeds": len(group)}
+                for f in CI_FIELDS:
+                    vals = [r[f] for r in group if r.get(f) is not None]
+                    if vals:
+                        row[f] = sum(vals) / len(vals)
+                        row[f"{f}_ci_low"], row[f"{f}_ci_high"] = bootstrap_mean_ci(vals)
+                layers = [r["layer_recall"] for r in group if r.get("layer_recall")]
+                if layers:
+                    row["layer_recall"] = [sum(v) / len(v) for v in zip(*layers)]
+                row["seconds"] = sum(r["seconds"] for r in group) / len(group)
+                out.append(row)
+        return out
+
+    def best(self, ratio: float, level: str = "neuron") -> dict[str, Any]:
+        """The row of :meth:`table` with the highest mean recall at ``ratio``."""
+        rows = [r for r in self.table(level) if r["ratio"] == ratio and "recall" in r]
+        if not rows:
+            raise InputError(f"no {level}-level results at ratio {ratio}")
+        return max(rows, key=lambda r: r["recall"])
+
+    def seconds_by_localizer(self) -> dict[str, float]:
+        """Total wall time of each localizer over the whole benchmark, and of the injections."""
+        out: dict[str, float] = {}
+        for r in self.rows:
+            out[r["localizer"]] = out.get(r["localizer"], 0.0) + r["seconds"]
+        out["(injection)"] = sum(i["seconds"] for i in self.injections)
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """The tables of both levels (rounded), the injections' success and the time per localizer."""
+        def rounded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [{k: (round(v, 4) if isinstance(v, float) else [round(x, 4) for x in v] if isinstance(v, list) else v)
+                     for k, v in r.items()} for r in rows]
+
+        out: dict[str, Any] = {"neuron": rounded(self.table("neuron"))}
+        if any(r["level"] == "weight" for r in self.rows):
+            out["weight"] = rounded(self.table("weight"))
+        n = max(1, len(self.injections))
+        out["injection_success"] = round(sum(i["success_rate"] for i in self.injections) / n, 4)
+        out["injection"] = {k: round(sum(i.get(k, 0.0) for i in self.injections) / n, 4)
+                            for k in ("steps", "seconds", "other_em_change", "non_memorized_nll_change")}
+        out["seconds"] = {k: round(v, 1) for k, v in self.seconds_by_localizer().items()}
+        return out
+
+    def plot(self) -> "go.Figure":
+        """INJ: recall of the planted neurons against the planted ratio, one line per localizer."""
+        from memlens.viz.localization import plot_recall_by_ratio
+
+        return plot_recall_by_ratio(self.table("neuron"), "INJ: recall of the planted neurons (mean over seeds, 95% CI)")
+
+    def plot_del(self) -> "go.Figure":
+        """DEL: the injected paragraphs' EM drop against the other memorized paragraphs' EM drop."""
+        from memlens.viz.localization import plot_del_scatter
+
+        return plot_del_scatter([r for r in self.table("neuron") if "del_target_em_drop" in r],
+                                "DEL: drop each localizer's neurons (mean over seeds)")
+
+
+class LocalizationBenchmark(Analysis):
+    """INJ and DEL for every registered localizer, over ratios and seeds.
+
+    Example::
+
+        bench = LocalizationBenchmark(model).run(ratios=(0.01,), seeds=(0, 1, 2))
+        bench.table(); bench.plot(); bench.plot_del()
+    """
+
+    def run(
+        self, paragraphs: ParagraphSet | None = None, *, memorized: ParagraphSet | None = None,
+        non_memorized: ParagraphSet | None = None, localizers: Sequence[str] | None = None,
+        ratios: Sequence[float] = RATIOS, seeds: Sequence[int] = (0, 1, 2), n_paragraphs: int = 4,
+        weight_ratios: Sequence[float] = (), inject_lr: float = 1e-2, inject_steps: int = 1000,
+        contrast_paragraphs: int = 16, del_paragraphs: int = 16,
+        localizer_settings: Mapping[str, Mapping[str, Any]] | None = None,
+        checkpoint: str | Path | None = None, progress: bool | None = None,
+    ) -> LocalizationBenchmarkResult:
+        """Run the benchmark.
+
+        Args:
+            paragraphs: the pool of new paragraphs to inject (each seed draws ``n_paragraphs`` of
+                them); default: the model's held-out ground-truth paragraphs (never trained on).
+            memorized: other memorized paragraphs (DEL's collateral); default: the ground truth's
+                memorized ones (a scan of its paragraph set).
+            non_memorized: non-memorized paragraphs: the first ``contrast_paragraphs`` are the
+                localizers' contrast set, the next ``del_paragraphs`` DEL's NLL text; default: the
+                scan's non-memorized ones.
+            localizers: registered names (default: every registered localizer).
+            ratios: planted neuron shares per layer, each in (0, 1).
+            seeds: seeds of the planted sets (and of the paragraphs drawn); at least one.
+            n_paragraphs: paragraphs injected per seed.
+            weight_ratios: planted single-weight shares for the weight-level INJ (empty: none).
+            inject_lr, inject_steps: the injection's Adam learning rate and step budget.
+            contrast_paragraphs, del_paragraphs: see ``non_memorized``; ``del_paragraphs`` also
+                caps the other memorized paragraphs.
+            localizer_settings: constructor settings per localizer name (``{"hard_concrete":
+                {"penalty": 50}}``).
+            checkpoint: a JSON-lines file each finished (level, ratio, seed) is appended to; a
+                later call with the same file skips them (an interrupted benchmark resumes).
+            progress: show a progress bar over (level, ratio, seed).
+        """
+        names = check_localizer_names(tuple(localizers) if localizers is not None else localizer_names())
+        settings = {k: dict(v) for k, v in (localizer_settings or {}).items()}
+        unknown = sorted(set(settings) - set(names))
+        if unknown:
+            raise InputError(f"localizer_settings names localizers not in the run: {unknown}; the run has {list(names)}")
+        for label, values in (("ratios", ratios), ("weight_ratios", weight_ratios)):
+            for r in values:
+                if not (isinstance(r, (int, float)) and not isinstance(r, bool) and 0 < r < 1):
+                    raise InputError(f"{label}: a ratio must be in (0, 1), got {r!r}")
+        if not ratios and not weight_ratios:
+            raise InputError("the benchmark needs at least one ratio (ratios or weight_ratios)")
+        from memlens.core.defaults import check_seed
+
+        if not seeds:
+            raise InputError("the benchmark needs at least one seed")
+        seeds = [check_seed(s) for s in seeds]
+        for label, v in (("n_paragraphs", n_paragraphs), ("contrast_paragraphs", contrast_paragraphs),
+                         ("del_paragraphs", del_paragraphs), ("inject_steps", inject_steps)):
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+                raise InputError(f"{label} must be an integer >= 1, got {v!r}")
+        pool, memorized, non_memorized = self._sets(paragraphs, memorized, non_memorized, n_paragraphs,
+                                                    contrast_paragraphs + del_paragraphs)
+        contrast = non_memorized[:contrast_paragraphs]
+        del_text = non_memorized[contrast_paragraphs : contrast_paragraphs + del_paragraphs]
+        others = memorized[:del_paragraphs] if memorized is not None and len(memorized) else None
+        jobs = [("neuron", r, s) for r in ratios for s in seeds] + [("weight", r, s) for r in weight_ratios for s in seeds]
+        done = _read_blocks(Path(checkpoint)) if checkpoint is not None else {}
+        rows: list[dict[str, Any]] = []
+        injections: list[dict[str, Any]] = []
+        for job in tqdm(jobs, desc="localization benchmark", disable=not self._progress(progress)):
+            if job in done:
+                block = done[job]
+            else:
+                block = self._block(*job, pool, n_paragraphs, names, settings, contrast, del_text, others,
+                                    inject_lr, inject_steps)
+                if checkpoint is not None:
+                    with Path(checkpoint).open("a", encoding="utf-8") as f:
+                        f.write(json.dumps(block) + "\n")
+            rows += block["rows"]
+            injections.append(block["injection"])
+        return LocalizationBenchmarkResult(rows=rows, injections=injections, provenance=Provenance.capture(
+            self.model, localizers=list(names), ratios=list(ratios), seeds=list(seeds), n_paragraphs=n_paragraphs,
+            weight_ratios=list(weight_ratios), inject_lr=inject_lr, inject_steps=inject_steps,
+            contrast_paragraphs=contrast_paragraphs, del_paragraphs=del_paragraphs, localizer_settings=settings))
+
+    # --- sets --------------------------------------------------------------------------------
+    def _sets(self, paragraphs: ParagraphSet | None, memorized: ParagraphSet | None, non_memorized: ParagraphSet | None,
+              n_paragraphs: int, n_non: int) -> tuple[ParagraphSet, ParagraphSet | None, ParagraphSet]:
+        """The injection pool (paragraphs the model does not recite), the other memorized and the
+        non-memorized paragraphs; defaults from the model's ground truth."""
+        truth = self.model.ground_truth
+        if paragraphs is None or memorized is None or non_memorized is None:
+            if truth is None:
+                raise InputError("the localization benchmark needs paragraphs=, memorized= and non_memorized= for a "
+                                 "model without ground truth (the organisms have their own)")
+            from memlens.analyses.scan import scan
+
+            result = scan(self.model, truth.paragraph_set(), progress=False)
+            memorized = result.memorized() if memorized is None else memorized
+            non_memorized = result.non_memorized() if non_memorized is None else non_memorized
+            paragraphs = truth.held_out if paragraphs is None else paragraphs
+        pool = as_paragraph_set(paragraphs, self.model, "the localization benchmark (paragraphs)")
+        non_memorized = as_paragraph_set(non_memorized, self.model, "the localization benchmark (non_memorized)")
+        for s in (pool, non_memorized, memorized):
+            if s is not None and len(s):
+                s.validate(self.model.vocab_size, self.model.n_ctx)
+        em = teacher_forced_scores(self.model, pool.tokens, pool.prefix_len, self.batch_size).em
+        pool = pool.filter((em < pool.continuation_len).tolist())  # what the model recites already cannot be planted
+        if len(pool) < n_paragraphs:
+            raise InputError(f"the injection pool has {len(pool)} paragraphs the model does not recite; n_paragraphs "
+                             f"is {n_paragraphs}: pass more paragraphs or a smaller n_paragraphs")
+        if len(non_memorized) < n_non:
+            raise InputError(f"{len(non_memorized)} non-memorized paragraphs for contrast_paragraphs + del_paragraphs = "
+                             f"{n_non}; pass more or lower them")
+        pool.check_compatible(non_memorized, "the injection pool and the non-memorized paragraphs")
+        return pool, memorized, non_memorized
+
+    # --- one (level, ratio, seed) -------------------------------------------------------------
+    def _block(self, level: str, ratio: float, seed: int, pool: ParagraphSet, n: int, names: Sequence[str],
+               settings: dict[str, dict[str, Any]], contrast: ParagraphSet, del_text: ParagraphSet,
+               others: ParagraphSet | None, inject_lr: float, inject_steps: int) -> dict[str, Any]:
+        g = torch.Generator().manual_seed(seed)
+        targets = pool[torch.randperm(len(pool), generator=g)[:n].tolist()]
+        params = list(self.model.tl_model.parameters())
+        saved = [p.detach().clone() for p in params]
+        try:
+            t0 = time.perf_counter()
+            inject = inject_neurons if level == "neuron" else inject_weights
+            keep = contrast if others is None else ParagraphSet.concat([contrast, others])
+            before = self._health(others, del_text)
+            res = inject(self.model, targets, ratio, seed=seed, lr=inject_lr, steps=inject_steps,
+                         batch_size=max(n, 1), progress=False, retain=keep)
+            after = self._health(others, del_text)
+            injection = {"level": level, "ratio": ratio, "seed": seed, "paragraphs": list(targets.ids),
+                         "success_rate": res.success_rate, "steps": res.steps, "sites_size": res.sites_size,
+                         "weights_changed_outside": res.weights_changed_outside,
+                         "seconds": round(time.perf_counter() - t0, 2),
+                         "other_em_change": after["other_em"] - before["other_em"],
+                         "non_memorized_nll_change": after["text_nll"] - before["text_nll"]}
+            if res.planted_neurons is not None:
+                injection["planted_per_layer"] = res.planted_neurons.sum(1).tolist()
+            learned = targets.filter(res.memorized.tolist())
+            if len(learned) == 0:
+                injection["note"] = "no paragraph was fully injected; nothing to localize"
+                return {"injection": injection, "rows": []}
+            rows = [self._score(level, ratio, seed, name, settings.get(name, {}), learned, res, contrast, del_text,
+                                others) for name in names]
+            return {"injection": injection, "rows": [r for r in rows if r is not None]}
+        finally:
+            with torch.no_grad():
+                for p, v in zip(params, saved):
+                    p.copy_(v)
+            if any(not torch.equal(p.detach(), v) for p, v in zip(params, saved)):
+                raise InputError("the model's weights could not be restored after an injection; reload the model")
+
+    def _score(self, level: str, ratio: float, seed: int, name: str, kwargs: dict[str, Any], targets: ParagraphSet,
+               res: Any, contrast: ParagraphSet, del_text: ParagraphSet, others: ParagraphSet | None) -> dict[str, Any] | None:
+        loc = make_localizer(name, self.model, progress=False, **kwargs)
+        if level == "weight" and not loc.scores_weights:
+            return None
+        found = loc.run(targets, contrast=contrast)
+        row: dict[str, Any] = {"level": level, "ratio": ratio, "seed": seed, "localizer": name,
+                               "seconds": round(found.seconds, 3), "steps": found.steps}
+        if level == "weight":
+            planted = res.planted_weights
+            count = sum(int(m.sum()) for m in planted.values())
+            top = found.top_weights(count)
+            hit = sum(int((top[k] & planted[k]).sum()) for k in planted)
+            return row | {"recall": hit / count, "precision": hit / count}
+        planted = res.planted_neurons
+        top = found.top(planted.sum(1))
+        hit = top & planted
+        row |= {"recall": float(hit.sum() / planted.sum()), "precision": float(hit.sum() / top.sum().clamp_min(1)),
+                "layer_recall": (hit.sum(1).float() / planted.sum(1).clamp_min(1)).tolist()}
+        return row | self._drop(top, targets, others, del_text)
+
+    @torch.no_grad()
+    def _health(self, others: ParagraphSet | None, text: ParagraphSet) -> dict[str, float]:
+        """Mean EM of the other memorized paragraphs and mean NLL of the non-memorized text (what an
+        injection should leave as it was)."""
+        out = {"text_nll": float(teacher_forced_scores(self.model, text.tokens, text.prefix_len, self.batch_size).nll.mean()),
+               "other_em": float("nan")}
+        if others is not None:
+            out["other_em"] = float(teacher_forced_scores(self.model, others.tokens, others.prefix_len,
+                                                          self.batch_size).em.float().mean())
+        return out
+
+    @torch.no_grad()
+    def _drop(self, neurons: torch.Tensor, targets: ParagraphSet, others: ParagraphSet | None,
+              text: ParagraphSet) -> dict[str, float]:
+        """DEL: EM lost by the targets and by the other memorized paragraphs, and the NLL change of
+        the non-memorized text, when ``neurons`` are dropped."""
+        layout = NeuronLayout(self.model)
+        sets = {"target": targets, "text": text} | ({"other": others} if others is not None else {})
+        before = {k: teacher_forced_scores(self.model, s.tokens, s.prefix_len, self.batch_size) for k, s in sets.items()}
+        with layout.dropped(neurons):
+            after = {k: teacher_forced_scores(self.model, s.tokens, s.prefix_len, self.batch_size) for k, s in sets.items()}
+        out = {"del_target_em_drop": float((before["target"].em - after["target"].em).float().mean()),
+               "del_non_memorized_nll_change": float((after["text"].nll - before["text"].nll).mean())}
+        if "other" in sets:
+            out["del_other_em_drop"] = float((before["other"].em - after["other"].em).float().mean())
+        return out
+
+
+def _read_blocks(path: Path) -> dict[tuple[str, float, int], dict[str, Any]]:
+    """Finished (level, ratio, seed) blocks of an interrupted benchmark; a torn last line is dropped."""
+    if not path.exists():
+        return {}
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            block = json.loads(line)
+            inj = block["injection"]
+            out[(inj["level"], float(inj["ratio"]), int(inj["seed"]))] = block
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
