@@ -2,12 +2,14 @@
 decay (kept strictly sparse here), its random-mask draw and Fig. 5's trial design."""
 
 import json
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from memlens import InputError, ParagraphSet, greedy_decode
+import memlens as ml
+from memlens import InputError, ParagraphSet, RunConfig, greedy_decode
 from memlens.analyses.mask_comparison import MaskComparison, compare_masks, mask_tradeoff, retain_batches
 from memlens.analyses.unlearn import FineTuneSettings, SparseFineTuner
 from memlens.core.objectives import kl_to_reference
@@ -132,15 +134,94 @@ def test_fig5_trials_are_kept_paired_and_summarised(neo, sets, tmp_path):
     assert sum(1 for t in fig.data if t.type == "box") == 2 * 4
 
 
-def test_tradeoff_curves_have_one_point_per_mask_and_lr(neo, sets):
+def test_the_tradeoff_grid_has_a_row_per_mask_point_and_seed(neo, sets):
     target, retain = sets
-    curves = mask_tradeoff(neo, target[:1], retain, lrs=[1e-4, 0.05], masks=("all", "random"), steps=2,
-                           progress=False)
+    curves = mask_tradeoff(neo, target[:1], retain, lrs=[1e-4, 0.05], masks=("all", "random"), steps=[1, 2],
+                           decays=["none", "decoupled:1"], seeds=[0, 1], progress=False)
     df = curves.to_dataframe()
-    assert sorted(zip(df["mask"], df["lr"])) == [("all", 1e-4), ("all", 0.05), ("random", 1e-4), ("random", 0.05)]
-    all_rows = df[df["mask"] == "all"].set_index("lr")
-    assert all_rows.loc[0.05, "target_nll_after"] > all_rows.loc[1e-4, "target_nll_after"]
-    assert len(curves.plot().data) == 2
+    assert len(df) == 2 * 2 * 2 * 2 * 2 and set(df["decay"]) == {"none", "decoupled:1"} and set(df["seed"]) == {0, 1}
+    strong = df[(df["mask"] == "all") & (df["steps"] == 2) & (df["decay"] == "none") & (df["seed"] == 0)].set_index("lr")
+    assert strong.loc[0.05, "target_nll_after"] > strong.loc[1e-4, "target_nll_after"]
+    assert len(curves.points("all")) == 8 and all(p["n_seeds"] == 2 for p in curves.points())
+    assert len(curves.plot().data) == 2 * 2  # grid points and frontier per mask
+    assert set(curves.summary()["retain_at_target_25"]) == {"all", "random"}
+
+
+def _row(mask, seed, target, retain, lr=1e-3):
+    return {"mask": mask, "lr": lr, "steps": 10, "decay": "none", "seed": seed, "target_em_after": target,
+            "retain_em_after": retain, "target_em_before": 50.0, "retain_em_before": 50.0}
+
+
+def test_frontiers_and_the_retain_em_at_target_25():
+    from memlens.analyses.mask_comparison import MaskTradeoff
+
+    pts = [(40, 48), (30, 40), (20, 35), (30, 30), (10, 10)]
+    rows = [_row("topk", 0, t, r, lr=i) for i, (t, r) in enumerate(pts)]
+    rows += [_row("topk", 1, t, r - 2, lr=i) for i, (t, r) in enumerate(pts)]
+    rows += [_row("random", s, 48, 50) for s in (0, 1)]
+    tr = MaskTradeoff(rows=rows)
+    front = [(p["target_em_after"], p["retain_em_after"]) for p in tr.frontier("topk")]
+    assert front == [(10, 9), (20, 34), (30, 39), (40, 47)]  # seed means; (30, 29) is beaten by (30, 39)
+    at = tr.retain_at(25.0)
+    assert at["topk"]["retain_em"] == pytest.approx((37.5 + 35.5) / 2) and at["topk"]["n_seeds"] == 2
+    assert at["topk"]["ci_low"] <= at["topk"]["retain_em"] <= at["topk"]["ci_high"]
+    assert math.isnan(at["random"]["retain_em"])  # a random mask never forgot that far
+    assert tr.summary()["retain_at_target_25"]["random"]["retain_em"] is None
+
+
+def test_a_tradeoff_grid_with_bad_points_is_refused(neo, sets):
+    target, retain = sets
+    for kwargs, match in (({"lrs": []}, "no point"), ({"lrs": [1e-3], "steps": [0]}, "steps 0 must be an integer >= 1"),
+                          ({"lrs": [1e-3], "decays": ["decoupled:nan"]}, "weight decay 'decoupled:nan'"),
+                          ({"lrs": [float("nan")]}, "lr nan must be a positive finite number")):
+        with pytest.raises(InputError, match=match):
+            mask_tradeoff(neo, target[:1], retain, masks=("random",), progress=False, **kwargs)
+    for key, value in (("tradeoff.steps", [0]), ("tradeoff.decays", ["sometimes"]), ("tradeoff.seeds", [])):
+        with pytest.raises(InputError, match=f"setting {key} = "):
+            RunConfig().override({key: value})
+
+
+def test_a_trial_is_prepared_once_for_all_its_masks(neo, sets, monkeypatch):
+    """The objective's gradient map, the scores before and the reference logits are computed once
+    per trial, whatever the number of masks; each step is one forward of target and retain together."""
+    from memlens.analyses import unlearn
+
+    target, retain = sets
+    calls = {"map": 0, "forward": 0}
+    real_run = unlearn.GradientMap.run
+
+    def counting(self, *a, **k):
+        calls["map"] += 1
+        return real_run(self, *a, **k)
+
+    monkeypatch.setattr(unlearn.GradientMap, "run", counting)
+    table = compare_masks(neo, target[:2], retain, masks=("topk", "selective", "random"), steps=3, progress=False)
+    assert calls["map"] == 2  # one objective map per trial, shared by top-k and selective
+    hook = neo.tl_model.register_forward_pre_hook(lambda mod, args: calls.__setitem__("forward", calls["forward"] + 1))
+    try:
+        ft = ml.SparseFineTuner(neo, progress=False)
+        with ft.restored():
+            res = ft.unlearn(target[:1], retain, mask="random", steps=3)
+    finally:
+        hook.remove()
+    assert res.optimizer_seconds <= res.seconds and len(res.losses) == 3
+    # the trial: the target's check, the retain set's reference logits, target and retain scored
+    # before and after (6 forwards), then one forward per step for both terms
+    assert calls["forward"] == 6 + 3, calls
+    assert {r["mask"] for r in table.trials} == {"topk", "selective", "random"}
+    assert all("optimizer_seconds" in r for r in table.trials)
+
+
+def test_the_first_step_loss_is_the_objective_of_separate_passes(neo, sets):
+    from memlens.core.objectives import continuation_nll
+
+    target, retain = sets
+    ft = ml.SparseFineTuner(neo, progress=False)
+    with ft.restored():
+        res = ft.unlearn(target[:1], retain, mask="random", steps=2, nll_scale=0.5)
+    with torch.no_grad():
+        want = -0.5 * float(continuation_nll(neo, target[:1].tokens, target.prefix_len))  # KL is 0 at the start
+    assert res.losses[0] == pytest.approx(want, abs=1e-5)
 
 
 def test_bootstrap_interval():

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from memlens.core.defaults import (
-    FRACTION, KL_DIRECTIONS, KL_REDUCTIONS, RANDOM_MASK_DRAWS, SELECTIVITY_FLOOR, KLDirection, KLReduction,
-    SEED_REQUIREMENT, RandomMaskDraw, one_of, seed_problem,
+    DECAY_MODES, FRACTION, KL_DIRECTIONS, KL_REDUCTIONS, RANDOM_MASK_DRAWS, SELECTIVITY_FLOOR, KLDirection, KLReduction,
+    SEED_REQUIREMENT, DecayMode, RandomMaskDraw, one_of, seed_problem,
 )
 from memlens.core.errors import InputError
 from memlens.core.results import Provenance, Result
@@ -31,6 +31,7 @@ _REQUIREMENTS: dict[str, tuple[Any, str]] = {
     "kl_direction": (lambda v: v in KL_DIRECTIONS, f"must be {one_of(KL_DIRECTIONS)}"),
     "kl_reduction": (lambda v: v in KL_REDUCTIONS, f"must be {one_of(KL_REDUCTIONS)}"),
     "random_mask": (lambda v: v in RANDOM_MASK_DRAWS, f"must be {one_of(RANDOM_MASK_DRAWS)}"),
+    "decay_mode": (lambda v: v in DECAY_MODES, f"must be {one_of(DECAY_MODES)}"),
 }
 
 
@@ -64,7 +65,9 @@ class FineTuneSettings:
             selective mask (:func:`memlens.selective_mask`).
         nll_scale: factor of the target's NLL term (the official code's ``c_set_norm``: 0.1).
         kl_direction, kl_reduction: the retain KL's form (:func:`memlens.core.objectives.kl_to_reference`).
-        weight_decay: Adam's coupled L2 decay, on the masked weights only (the code's: 1.0).
+        weight_decay: Adam's weight decay, on the masked weights only (the code's: 1.0, coupled).
+        decay_mode: ``coupled`` (L2 in the gradient, torch Adam's and the code's) or ``decoupled``
+            (AdamW: the weights shrink by lr x weight_decay per step).
         random_mask: ``exact`` (the top-k count) or ``bernoulli`` (each weight with probability
             ``fraction``, the code's draw).
     """
@@ -80,6 +83,7 @@ class FineTuneSettings:
     kl_reduction: KLReduction = "mean"
     weight_decay: float = 0.0
     random_mask: RandomMaskDraw = "exact"
+    decay_mode: DecayMode = "coupled"
 
     #: the official code's values (notebooks/3 editing/fine-tuning.ipynb) of the settings it fixes:
     #: Adam lr 1e-5, coupled weight decay 1.0, 5 steps, 0.1 x NLL +
@@ -140,6 +144,7 @@ class FineTuneResult(Result):
             (cumulative over runs not separated by ``restore()``).
         mask_size: weights the mask allowed to change.
         losses: objective per step.
+        seconds: wall time of the run; optimizer_seconds: of its optimizer steps alone.
     """
 
     objective: str
@@ -148,6 +153,8 @@ class FineTuneResult(Result):
     weights_changed: int
     mask_size: int
     losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    optimizer_seconds: float = 0.0
     provenance: Provenance = field(default_factory=Provenance)
 
     def to_dataframe(self) -> "pd.DataFrame":
@@ -164,7 +171,8 @@ class FineTuneResult(Result):
         """Mean EM and NLL before/after and top-1 moves per set, mask size and weights changed (and for
         ``edit``, the new continuation's EM and the share of targets that reach EM >= 40)."""
         out: dict[str, Any] = {"objective": self.objective, "mask": self.mask_kind,
-                               "mask_size": self.mask_size, "weights_changed": self.weights_changed}
+                               "mask_size": self.mask_size, "weights_changed": self.weights_changed,
+                               "seconds": round(self.seconds, 4), "optimizer_seconds": round(self.optimizer_seconds, 4)}
         for s in ("target", "other_memorized", "retain"):
             out[f"{s}_em_before"] = self.mean(s, "em_before")
             out[f"{s}_em_after"] = self.mean(s, "em_after")

@@ -3,6 +3,7 @@ distributions over trials; and trade-off curves of those masks over a grid of le
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from memlens.core.data import ParagraphSet
 from memlens.core.errors import InputError
 from memlens.core.results import Provenance, Result
 from memlens.core.stats import bootstrap_mean_ci
-from memlens.analyses.finetune import FineTuneSettings
+from memlens.analyses.finetune import FineTuneSettings, finetune_problem
 from memlens.analyses.unlearn import SparseFineTuner, drop_targets
 
 if TYPE_CHECKING:
@@ -93,12 +94,14 @@ class MaskComparison(Result):
 
 @dataclass(frozen=True, kw_only=True)
 class MaskTradeoff(Result):
-    """Masks compared at equal forgetting: mean target EM against mean retain EM after unlearning,
-    one point per learning rate, one curve per mask.
+    """Masks compared at equal forgetting: target EM against retain EM after unlearning over a
+    grid of learning rates x steps x weight decays, every grid point run with several seeds.
 
     Attributes:
-        rows: one dict per (mask, lr): ``mask, lr, n_trials`` and the means and bootstrap 95%
-            intervals of :data:`CI_COLUMNS` (as in :attr:`MaskComparison.rows`).
+        rows: one dict per (mask, grid point, seed): ``mask, lr, steps, decay`` (``none``,
+            ``coupled:<w>`` or ``decoupled:<w>``), ``seed``, ``n_trials`` and the trial means of
+            :data:`CI_COLUMNS` (with bootstrap 95% intervals over the trials) and of
+            ``target_em_before`` / ``retain_em_before``, ``seconds``, ``optimizer_seconds``.
     """
 
     rows: list[dict[str, Any]]
@@ -109,18 +112,121 @@ class MaskTradeoff(Result):
 
         return pd.DataFrame(self.rows)
 
+    @property
+    def masks(self) -> list[str]:
+        return list(dict.fromkeys(r["mask"] for r in self.rows))
+
+    def points(self, mask: str | None = None) -> list[dict[str, Any]]:
+        """Per (mask, lr, steps, decay): ``target_em_after`` and ``retain_em_after`` averaged over
+        seeds, each with a bootstrap 95% interval over the seeds (``_ci_low`` / ``_ci_high``), and
+        ``n_seeds``."""
+        out = []
+        rows = [r for r in self.rows if mask is None or r["mask"] == mask]
+        for key in dict.fromkeys(_point_key(r) for r in rows):
+            group = [r for r in rows if _point_key(r) == key]
+            p: dict[str, Any] = dict(zip(("mask", "lr", "steps", "decay"), key)) | {"n_seeds": len(group)}
+            for c in ("target_em_after", "retain_em_after"):
+                vals = [r[c] for r in group]
+                p[c] = sum(vals) / len(vals)
+                p[f"{c}_ci_low"], p[f"{c}_ci_high"] = bootstrap_mean_ci(vals)
+            out.append(p)
+        return out
+
+    def frontier(self, mask: str) -> list[dict[str, Any]]:
+        """The Pareto frontier of ``mask`` over the grid (seed means): the points no other point
+        beats on both forgetting (lower target EM) and sparing (higher retain EM), by target EM."""
+        return _pareto(self.points(mask))
+
+    def retain_at(self, target_em: float = 25.0) -> dict[str, dict[str, float]]:
+        """Per mask: the retain EM its frontier keeps at target EM ``target_em``, read off each
+        seed's frontier by linear interpolation (the untouched model, target and retain EM before,
+        is a frontier point too), as the mean over seeds with a bootstrap 95% interval; NaN when no
+        setting of the grid forgets that far."""
+        out = {}
+        for mask in self.masks:
+            per_seed = []
+            for seed in dict.fromkeys(r["seed"] for r in self.rows if r["mask"] == mask):
+                rows = [r for r in self.rows if r["mask"] == mask and r["seed"] == seed]
+                anchor = {"target_em_after": rows[0].get("target_em_before", 50.0),
+                          "retain_em_after": rows[0].get("retain_em_before", 50.0)}
+                per_seed.append(_interpolate(_pareto(rows + [anchor]), target_em))
+            vals = [v for v in per_seed if v == v]
+            lo, hi = bootstrap_mean_ci(vals) if len(vals) == len(per_seed) else (float("nan"), float("nan"))
+            out[mask] = {"retain_em": sum(vals) / len(vals) if len(vals) == len(per_seed) else float("nan"),
+                         "ci_low": lo, "ci_high": hi, "n_seeds": len(per_seed)}
+        return out
+
     def summary(self) -> dict[str, Any]:
-        keep = ("mask", "lr", "n_trials", "target_em_after", "retain_em_after", "target_em_after_ci_low",
-                "target_em_after_ci_high", "retain_em_after_ci_low", "retain_em_after_ci_high")
-        return {"table": [{k: (round(r[k], 3) if isinstance(r[k], float) and k != "lr" else r[k]) for k in keep if k in r}
-                          for r in self.rows]}
+        """The grid, each mask's retain EM at target EM 25 with its interval, and its frontier."""
+        def r3(v: Any) -> Any:
+            return None if isinstance(v, float) and v != v else round(v, 3) if isinstance(v, float) else v
+
+        grid = {k: sorted({r[k] for r in self.rows}, key=str) for k in ("lr", "steps", "decay", "seed")}
+        keep = ("lr", "steps", "decay", "n_seeds", "target_em_after", "target_em_after_ci_low", "target_em_after_ci_high",
+                "retain_em_after", "retain_em_after_ci_low", "retain_em_after_ci_high")
+        return {"grid": grid, "retain_at_target_25": {m: {k: r3(v) for k, v in d.items()}
+                                                      for m, d in self.retain_at(25.0).items()},
+                "frontier": {m: [{k: r3(p[k]) for k in keep} for p in self.frontier(m)] for m in self.masks}}
 
     def plot(self) -> "go.Figure":
-        """Retain EM after (y) against target EM after (x), one curve per mask over the learning
-        rates, with 95% intervals as error bars: the better mask is higher at equal x."""
+        """Every grid point (seed means) and each mask's frontier: retain EM after (y) against target
+        EM after (x), 95% intervals over seeds as error bars: the better mask is higher at equal x."""
         from memlens.viz.unlearning import plot_tradeoff
 
         return plot_tradeoff(self)
+
+
+def _point_key(r: dict[str, Any]) -> tuple:
+    return r["mask"], r["lr"], r.get("steps"), r.get("decay", "none")
+
+
+def _pareto(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points not beaten on both lower target EM and higher retain EM, by target EM."""
+    order = sorted(points, key=lambda p: (p["target_em_after"], -p["retain_em_after"]))
+    front, best = [], -float("inf")
+    for p in order:
+        if p["retain_em_after"] > best:
+            front.append(p)
+            best = p["retain_em_after"]
+    return front
+
+
+def _interpolate(front: list[dict[str, Any]], target_em: float) -> float:
+    """The frontier's retain EM at ``target_em`` (linear between its points); NaN outside it."""
+    xs = [p["target_em_after"] for p in front]
+    ys = [p["retain_em_after"] for p in front]
+    if not xs or target_em < xs[0] or target_em > xs[-1]:
+        return float("nan")
+    for k in range(len(xs) - 1):
+        if xs[k] <= target_em <= xs[k + 1]:
+            if xs[k + 1] == xs[k]:
+                return max(ys[k], ys[k + 1])
+            t = (target_em - xs[k]) / (xs[k + 1] - xs[k])
+            return ys[k] + t * (ys[k + 1] - ys[k])
+    return ys[-1]
+
+
+def parse_decay(spec: str) -> tuple[str, float]:
+    """A weight-decay grid entry as ``(decay_mode, weight_decay)``: ``none`` (no decay),
+    ``coupled:<w>`` or ``decoupled:<w>`` (:data:`memlens.core.defaults.DECAY_MODES`)."""
+    from memlens.core.defaults import DECAY_MODES
+
+    if spec == "none":
+        return "coupled", 0.0
+    mode, _, value = str(spec).partition(":")
+    try:
+        w = float(value)
+    except ValueError:
+        w = float("nan")
+    if mode not in DECAY_MODES or not (w == w and 0 <= w < float("inf")):
+        raise InputError(f"weight decay {spec!r}: write none, coupled:<w> or decoupled:<w> with a finite w >= 0")
+    return mode, w
+
+
+def decay_label(settings: FineTuneSettings) -> str:
+    """The grid label of a setting's decay: ``none``, ``coupled:<w>`` or ``decoupled:<w>``."""
+    return "none" if settings.weight_decay == 0 else f"{settings.decay_mode}:{settings.weight_decay:g}"
+
 
 def retain_batches(retain: ParagraphSet, n_trials: int, per_trial: int | None, seed: int = 0) -> list[ParagraphSet]:
     """The retain set of each trial: the whole ``retain`` set every time (``per_trial`` None), or
@@ -201,7 +307,8 @@ def compare_masks(
                 for m in masks}
     batches = retain_batches(retain, n_trials, retain_per_trial, seed)
     ft = SparseFineTuner(model, progress=False)
-    jobs = [(o, m, t) for o in objectives for m in masks for t in range(n_trials)]
+    # every mask of a trial in a row: the tuner prepares a trial once for all of them
+    jobs = [(o, m, t) for o in objectives for t in range(n_trials) for m in masks]
     done = _read_runs(Path(checkpoint)) if checkpoint is not None else {}
     trials = [done[job] for job in jobs if job in done]
     todo = [job for job in jobs if job not in done]
@@ -222,7 +329,8 @@ def compare_masks(
         if checkpoint is not None:
             with Path(checkpoint).open("a", encoding="utf-8") as f:
                 f.write(json.dumps(trials[-1]) + "\n")
-    order = {job: k for k, job in enumerate(jobs)}
+    order = {(o, m, t): k for k, (o, m, t) in enumerate((o, m, t) for o in objectives for m in masks
+                                                         for t in range(n_trials))}
     trials.sort(key=lambda r: order[(r["objective"], r["mask"], r["trial"])])
     return MaskComparison(rows=_mean_rows(pd.DataFrame(trials), ["objective", "mask"]),
                           targets=[targets.ids[t % len(targets)] for t in range(n_trials)], trials=trials,
@@ -234,32 +342,67 @@ def compare_masks(
 
 def mask_tradeoff(
     model: "HookedModel", targets: ParagraphSet, retain: ParagraphSet, lrs: Sequence[float],
-    masks: Sequence[str] = ("all", "topk", "random"), checkpoint: str | Path | None = None, **compare_kwargs: Any,
+    masks: Sequence[str] = ("all", "topk", "random"), checkpoint: str | Path | None = None, *,
+    steps: Sequence[int] = (), decays: Sequence[str] = (), seeds: Sequence[int] = (0,),
+    settings: FineTuneSettings | None = None, progress: bool = True, **compare_kwargs: Any,
 ) -> MaskTradeoff:
-    """Unlearning trade-off curves: :func:`compare_masks` (objective ``unlearn``) at each learning
-    rate of ``lrs``, kept as the mean and 95% interval of target and retain EM per (mask, lr), so
-    that masks are compared at equal forgetting rather than at one learning rate.
+    """Unlearning trade-off frontiers: :func:`compare_masks` (objective ``unlearn``) at every point
+    of the grid ``lrs`` x ``steps`` x ``decays``, each with every seed of ``seeds``, kept as the
+    trial means per (mask, point, seed), so that masks are compared at equal forgetting rather than
+    at one setting (:meth:`MaskTradeoff.frontier`, :meth:`MaskTradeoff.retain_at`).
 
     Args:
         model, targets, retain, masks: as for :func:`compare_masks`.
-        lrs: the learning-rate grid.
-        checkpoint: a JSON-lines file per learning rate is written beside this path (``<path>.lr<lr>``).
-        compare_kwargs: any other setting of :func:`compare_masks` (steps, n_trials,
-            retain_per_trial, the objective's form, ...).
+        lrs: the learning rates of the grid (at least one).
+        checkpoint: every grid point and seed writes its finished runs beside this path
+            (``<path>.<lr>-<steps>-<decay>-s<seed>``); an interrupted grid resumes; the files are
+            removed once the grid is done.
+        steps: the steps of the grid (empty: the settings' steps).
+        decays: weight decays of the grid, each ``none``, ``coupled:<w>`` or ``decoupled:<w>``
+            (empty: the settings' decay).
+        seeds: seeds of each point (retain batches and random masks; >= 3 for intervals).
+        settings: the other fine-tuning settings (:class:`FineTuneSettings`).
+        progress: a progress bar over the grid.
+        compare_kwargs: any other setting of :func:`compare_masks` (n_trials, retain_per_trial, ...).
     """
+    from memlens.core.defaults import check_seed
+    from memlens.core.progress import tqdm
+
+    base = FineTuneSettings.resolve(settings, {k: compare_kwargs.pop(k) for k in list(compare_kwargs)
+                                               if k in FineTuneSettings.__dataclass_fields__})
     if not lrs:
-        raise InputError("mask_tradeoff needs at least one learning rate")
+        raise InputError("mask_tradeoff needs at least one learning rate: the grid has no point")
+    for name, values in (("lr", lrs), ("steps", steps)):
+        for v in values:
+            if (problem := finetune_problem(name, v)) is not None:
+                raise InputError(f"mask_tradeoff: {name} {v!r} {problem}")
+    if "seed" in compare_kwargs:  # one seed given the way compare_masks takes it
+        seeds = [compare_kwargs.pop("seed")]
+    decay_grid = [parse_decay(d) for d in decays] or [(base.decay_mode, base.weight_decay)]
+    seeds = [check_seed(s) for s in seeds]
+    if not seeds:
+        raise InputError("mask_tradeoff needs at least one seed")
+    grid = [(float(lr), int(st), mode, w) for lr in lrs for st in (steps or [base.steps]) for mode, w in decay_grid]
+    jobs = [(point, seed) for point in grid for seed in seeds]
     rows: list[dict[str, Any]] = []
-    for lr in lrs:
-        ckpt = None if checkpoint is None else Path(f"{checkpoint}.lr{lr:g}")
-        table = compare_masks(model, targets, retain, objectives=("unlearn",), masks=masks, lr=lr, checkpoint=ckpt,
-                              **compare_kwargs)
-        rows += [{"lr": float(lr)} | {k: v for k, v in r.items() if k != "objective"} for r in table.rows]
-        if ckpt is not None:
-            ckpt.unlink(missing_ok=True)
-    return MaskTradeoff(rows=rows, provenance=Provenance.capture(model, lrs=[float(x) for x in lrs], masks=list(masks),
-                                                                **{k: v for k, v in compare_kwargs.items()
-                                                                   if k not in ("progress", "other_memorized", "perturbed")}))
+    files = []
+    for (lr, st, mode, w), seed in tqdm(jobs, desc="trade-off grid", disable=not progress):
+        point = dataclasses.replace(base, lr=lr, steps=st, decay_mode=mode, weight_decay=w)
+        label = decay_label(point)
+        ckpt = None if checkpoint is None else Path(f"{checkpoint}.{lr:g}-{st}-{label}-s{seed}")
+        files.append(ckpt)
+        table = compare_masks(model, targets, retain, objectives=("unlearn",), masks=masks, settings=point, seed=seed,
+                              checkpoint=ckpt, progress=False, **compare_kwargs)
+        rows += [{"lr": lr, "steps": st, "decay": label, "seed": seed} | {k: v for k, v in r.items() if k != "objective"}
+                 for r in table.rows]
+    for f in files:
+        if f is not None:
+            f.unlink(missing_ok=True)
+    return MaskTradeoff(rows=rows, provenance=Provenance.capture(
+        model, **(base.to_dict() | {"lrs": [float(x) for x in lrs], "steps": list(steps) or [base.steps],
+                                    "decays": list(decays) or [decay_label(base)], "seeds": list(seeds),
+                                    "masks": list(masks)}),
+        **{k: v for k, v in compare_kwargs.items() if k not in ("other_memorized", "perturbed")}))
 
 
 def _mean_rows(trials: "pd.DataFrame", keys: list[str]) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ has no weight decay, and weights outside the mask are copied back after every st
 from __future__ import annotations
 
 import contextlib
+import time
 import warnings
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -28,7 +29,7 @@ from memlens.core.compat import sync_fused_qkv
 from memlens.core.errors import InputError
 from memlens.analyses.gradients import GradientMap, GradientMapResult
 from memlens.core.metrics import greedy_decode, teacher_forced_scores
-from memlens.core.objectives import continuation_logits, continuation_nll, kl_to_reference
+from memlens.core.objectives import continuation_logits, kl_to_reference, nll_of_logits
 from memlens.analyses.finetune import FineTuneResult, FineTuneSettings
 from memlens.analyses.sparse_mask import SparseMask
 from memlens.core.results import Provenance, check_same_model
@@ -68,6 +69,9 @@ class SparseFineTuner(Analysis):
         super().__init__(model, batch_size=batch_size, progress=progress)
         self._original: dict[str, Tensor] | None = None
         self._references: dict[tuple, ParagraphSet] = {}
+        #: the last trial's inputs that do not depend on the mask or the settings, valid while the
+        #: weights are the original ones: (key, before-scores, reference logits, objective maps)
+        self._trial: tuple[tuple, dict[str, Any]] | None = None
         self._sensitivities: dict[tuple, dict[str, Tensor]] = {}
 
     @property
@@ -303,27 +307,28 @@ class SparseFineTuner(Analysis):
     def _run(self, objective: str, target: ParagraphSet, train_on: ParagraphSet, retain: ParagraphSet,
              mask_kind: Any, st: "FineTuneSettings", other: ParagraphSet | None) -> FineTuneResult:
         model = self.model
+        t_start = time.perf_counter()
         sets = self._check_run(target, retain, other, st)
         retain = sets["retain"]
         self._snapshot()
-        refs = {k: self._reference(v) for k, v in sets.items()}
-        before = self._scores(refs)
-        self._warn_if_not_memorized(target)
-        new_before = teacher_forced_scores(model, train_on.tokens, train_on.prefix_len, self.batch_size) if objective == "edit" else None
-        with torch.no_grad():
-            ref_logits = continuation_logits(model, retain.tokens, retain.prefix_len).detach()
+        trial = self._trial_inputs(objective, train_on, retain, sets)
+        refs, before, new_before, ref_logits = trial["refs"], trial["before"], trial["new_before"], trial["ref_logits"]
+        n, P = len(train_on), train_on.prefix_len
+        both = torch.cat([train_on.tokens, retain.tokens]).to(model.device)  # one forward for both terms per step
 
         def loss_fn() -> Tensor:
-            nll = st.nll_scale * continuation_nll(model, train_on.tokens, train_on.prefix_len)
-            kl = kl_to_reference(continuation_logits(model, retain.tokens, retain.prefix_len), ref_logits,
-                                 st.kl_direction, st.kl_reduction)
+            logits = continuation_logits(model, both, P)
+            nll = st.nll_scale * nll_of_logits(logits[:n], both[:n, P:])
+            kl = kl_to_reference(logits[n:], ref_logits, st.kl_direction, st.kl_reduction)
             return (-nll if objective == "unlearn" else nll) + st.kl_weight * kl
 
-        mask = self._objective_mask(objective, train_on, retain, mask_kind, st)
+        mask = self._objective_mask(objective, train_on, retain, mask_kind, st, trial)
         masks, kind = mask.masks, mask.mask_kind
-        opt = MaskedAdam(self.params, masks, st.lr, weight_decay=st.weight_decay)
+        opt = MaskedAdam(self.params, masks, st.lr, weight_decay=st.weight_decay, decoupled=st.decay_mode == "decoupled")
         try:
+            t_opt = time.perf_counter()
             losses = self._optimize(loss_fn, opt, st.steps, st.lr)
+            optimizer_seconds = time.perf_counter() - t_opt
             after = self._scores(refs)
             new_after = teacher_forced_scores(model, train_on.tokens, train_on.prefix_len, self.batch_size) if objective == "edit" else None
         except BaseException:  # an error or Ctrl-C: the weights are as before this run
@@ -344,7 +349,34 @@ class SparseFineTuner(Analysis):
             config.pop("selectivity_floor")
         return FineTuneResult(objective=objective, mask_kind=kind, rows=rows, weights_changed=self.weights_changed(),
                               mask_size=sum(int(m.sum()) for m in masks.values()), losses=losses,
+                              seconds=time.perf_counter() - t_start, optimizer_seconds=optimizer_seconds,
                               provenance=Provenance.capture(model, objective=objective, mask=kind, **config))
+
+    def _trial_inputs(self, objective: str, train_on: ParagraphSet, retain: ParagraphSet,
+                      sets: dict[str, ParagraphSet]) -> dict[str, Any]:
+        """What a run computes before its steps that no mask or setting changes: the sets' greedy
+        references and scores before, the new continuation's scores (edit), the retain set's
+        reference logits, and (filled by :meth:`_objective_mask`) the objective's gradient map.
+        Kept for the last trial and reused while the weights are the original ones (every run of a
+        :func:`memlens.compare_masks` trial starts there)."""
+        key = (objective, _cache_key(train_on), *(_cache_key(s) for s in sets.values()))
+        if self._trial is not None and self._trial[0] == key and self._at_original():
+            return self._trial[1]
+        model = self.model
+        refs = {k: self._reference(v) for k, v in sets.items()}
+        self._warn_if_not_memorized(sets["target"])
+        with torch.no_grad():
+            ref_logits = continuation_logits(model, retain.tokens, retain.prefix_len).detach()
+        trial = {"refs": refs, "before": self._scores(refs), "ref_logits": ref_logits,
+                 "new_before": teacher_forced_scores(model, train_on.tokens, train_on.prefix_len, self.batch_size)
+                 if objective == "edit" else None, "maps": {}}
+        self._trial = (key, trial) if self._at_original() else None
+        return trial
+
+    def _at_original(self) -> bool:
+        """Whether every weight of the trainable set is its original value."""
+        return self._original is not None and all(torch.equal(p.detach(), self._original[n])
+                                                  for n, p in self.params.items())
 
     def _check_run(self, target: ParagraphSet, retain: ParagraphSet, other: ParagraphSet | None,
                    st: "FineTuneSettings") -> dict[str, ParagraphSet]:
@@ -377,13 +409,15 @@ class SparseFineTuner(Analysis):
                           f"{target.continuation_len}); running anyway", stacklevel=4)
 
     def _objective_mask(self, objective: str, train_on: ParagraphSet, retain: ParagraphSet, mask_kind: Any,
-                        st: "FineTuneSettings") -> SparseMask:
+                        st: "FineTuneSettings", trial: dict[str, Any]) -> SparseMask:
         """The run's mask; top-k and selective masks rank weights by the objective's gradient at
-        the original weights."""
+        the original weights (computed once per trial)."""
         objective_map, sensitivity = None, None
         if isinstance(mask_kind, str) and mask_kind in ("topk", "selective"):
-            objective_map = GradientMap(self.model, batch_size=self.batch_size, progress=self.progress).compute(
-                train_on, contrast=retain, objective="contrastive" if objective == "unlearn" else "nll", progress=False)
+            if "objective" not in trial["maps"]:
+                trial["maps"]["objective"] = GradientMap(self.model, batch_size=self.batch_size, progress=self.progress).run(
+                    train_on, contrast=retain, objective="contrastive" if objective == "unlearn" else "nll", progress=False)
+            objective_map = trial["maps"]["objective"]
             if mask_kind == "selective":
                 sensitivity = self.retain_sensitivity(retain)
         return self.make_mask(mask_kind, st.fraction, objective_map, st.seed, sensitivity, st.selectivity_floor,

@@ -78,6 +78,12 @@ RandomMaskDraw = Literal["exact", "bernoulli"]
 #: probability ``fraction`` (the official code's ``torch.bernoulli`` per tensor).
 RANDOM_MASK_DRAWS: tuple[RandomMaskDraw, ...] = get_args(RandomMaskDraw)
 
+DecayMode = Literal["coupled", "decoupled"]
+#: how fine-tuning's weight decay acts: ``coupled`` = L2 added to the gradient before Adam's
+#: moments (torch ``Adam(weight_decay=...)``, the official code's), ``decoupled`` = the weights
+#: shrink by lr x decay after each step (``AdamW``, Loshchilov & Hutter 2019)
+DECAY_MODES: tuple[DecayMode, ...] = get_args(DecayMode)
+
 RetainDesign = Literal["fixed", "fresh"]
 #: which non-memorized paragraphs keep the model in place in each fine-tuning trial: ``fixed`` = the
 #: same retain set for every target (memlens's default), ``fresh`` = a fresh batch drawn from the

@@ -35,9 +35,16 @@ def continuation_nll(
     model: "HookedModel", tokens: Int[Tensor, "batch length"], prefix_len: int, reduction: str = "mean"
 ) -> Tensor:
     """Mean NLL of the continuation tokens over the batch (``reduction="none"``: per paragraph)."""
-    logits = continuation_logits(model, tokens, prefix_len)
-    targets = tokens[:, prefix_len:].to(logits.device)
-    nll = F.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none").mean(dim=-1)
+    return nll_of_logits(continuation_logits(model, tokens, prefix_len), tokens[:, prefix_len:], reduction)
+
+
+def nll_of_logits(
+    logits: Float[Tensor, "batch continuation vocab"], continuations: Int[Tensor, "batch continuation"],
+    reduction: str = "mean",
+) -> Tensor:
+    """Mean NLL (nats/token) of ``continuations`` under the logits that predict them
+    (:func:`continuation_logits`), over the batch or per paragraph (``reduction="none"``)."""
+    nll = F.cross_entropy(logits.transpose(1, 2).float(), continuations.to(logits.device), reduction="none").mean(dim=-1)
     return nll.mean() if reduction == "mean" else nll
 
 

@@ -33,16 +33,18 @@ class MaskedAdam:
     Gradients outside the masks are zeroed before each step and the weights outside them are
     copied back after it, so no weight outside a mask ever moves (the copy-back makes the guarantee
     independent of the optimizer). ``weight_decay`` is torch Adam's coupled L2 decay (``grad +=
-    weight_decay * weight``, as in the paper's code) and so reaches the masked weights only; the
+    weight_decay * weight``, as in the paper's code), or with ``decoupled`` AdamW's decay (the
+    weights shrink by ``lr * weight_decay`` each step); either reaches the masked weights only: the
     official code's decay also moved the weights its mask froze.
     """
 
     def __init__(self, params: dict[str, nn.Parameter], masks: dict[str, Tensor], lr: float,
-                 weight_decay: float = 0.0) -> None:
+                 weight_decay: float = 0.0, decoupled: bool = False) -> None:
         self.params = {n: p for n, p in params.items() if masks[n].any()}
         self.masks = {n: masks[n].to(p.device) for n, p in self.params.items()}
         self.start = {n: p.detach().clone() for n, p in self.params.items()}
-        self.opt = torch.optim.Adam(list(self.params.values()), lr=lr, weight_decay=weight_decay)
+        optimizer = torch.optim.AdamW if decoupled else torch.optim.Adam
+        self.opt = optimizer(list(self.params.values()), lr=lr, weight_decay=weight_decay)
 
     @property
     def trainable(self) -> list[nn.Parameter]:

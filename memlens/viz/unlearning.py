@@ -61,23 +61,32 @@ def plot_mask_comparison(result: ResultLike) -> "go.Figure":
 
 
 def plot_tradeoff(result: ResultLike) -> "go.Figure":
-    """Retain EM after (y) against target EM after (x), one curve per mask over the learning
-    rates, with 95% intervals as error bars: the better mask is higher at equal x."""
+    """Retain EM after (y) against target EM after (x): every grid point of each mask (seed means,
+    faint) and its Pareto frontier (line), with 95% intervals over seeds as error bars; hover shows
+    the setting. At equal x, the mask whose frontier lies higher spares the retain set better."""
     import plotly.graph_objects as go
 
+    colors = {"all": "#636efa", "topk": "#ef553b", "selective": "#00cc96", "random": "#ab63fa"}
     fig = go.Figure()
-    for mask in dict.fromkeys(r["mask"] for r in result.rows):
-        pts = sorted((r for r in result.rows if r["mask"] == mask), key=lambda r: r["lr"])
-        x = [r["target_em_after"] for r in pts]
-        y = [r["retain_em_after"] for r in pts]
+    for mask in result.masks:
+        color = colors.get(mask, "#7f7f7f")
+        pts = result.points(mask)
+        label = [f"lr {p['lr']:g}, {p['steps']} steps, decay {p['decay']}" for p in pts]
+        fig.add_trace(go.Scatter(x=[p["target_em_after"] for p in pts], y=[p["retain_em_after"] for p in pts],
+                                 mode="markers", name=f"{mask}: grid", marker={"color": color, "opacity": 0.35},
+                                 hovertext=label, legendgroup=mask, showlegend=False))
+        front = result.frontier(mask)
+        x = [p["target_em_after"] for p in front]
+        y = [p["retain_em_after"] for p in front]
         fig.add_trace(go.Scatter(
-            x=x, y=y, mode="lines+markers+text", name=mask, text=[f"{r['lr']:g}" for r in pts],
-            textposition="top center",
-            error_x=dict(type="data", symmetric=False, array=[r["target_em_after_ci_high"] - v for r, v in zip(pts, x)],
-                         arrayminus=[v - r["target_em_after_ci_low"] for r, v in zip(pts, x)]),
-            error_y=dict(type="data", symmetric=False, array=[r["retain_em_after_ci_high"] - v for r, v in zip(pts, y)],
-                         arrayminus=[v - r["retain_em_after_ci_low"] for r, v in zip(pts, y)])))
-    fig.update_layout(title="Forgetting against sparing, over learning rates (labels: lr)",
+            x=x, y=y, mode="lines+markers", name=mask, legendgroup=mask, line={"color": color},
+            hovertext=[f"lr {p['lr']:g}, {p['steps']} steps, decay {p['decay']}" for p in front],
+            error_x=dict(type="data", symmetric=False, array=[p["target_em_after_ci_high"] - v for p, v in zip(front, x)],
+                         arrayminus=[v - p["target_em_after_ci_low"] for p, v in zip(front, x)]),
+            error_y=dict(type="data", symmetric=False, array=[p["retain_em_after_ci_high"] - v for p, v in zip(front, y)],
+                         arrayminus=[v - p["retain_em_after_ci_low"] for p, v in zip(front, y)])))
+    fig.add_vline(x=25, line={"dash": "dot", "color": "grey"})
+    fig.update_layout(title="Forgetting against sparing: each mask's frontier over lr x steps x weight decay",
                       xaxis_title="target EM after (tokens; lower = more forgotten)",
                       yaxis_title="retain EM after (tokens; higher = more spared)")
     return fig

@@ -52,7 +52,8 @@ def test_a_paper_run_on_the_tiny_organism(organism, organism_cache, tmp_path):
     out = tmp_path / "paper"
     settings = tmp_path / "paper.toml"  # the preset, made cheaper: 3 trials, 2 learning rates, no editing
     settings.write_text(RunConfig.paper("organism-tiny").override(
-        {"unlearn.n_targets": 3, "tradeoff.lrs": [1e-5, 1e-2], "unlearn.edit": False}).to_toml())
+        {"unlearn.n_targets": 3, "tradeoff.lrs": [1e-5, 1e-2], "tradeoff.seeds": [0], "tradeoff.decays": ["none", "coupled:1"],
+         "unlearn.edit": False}).to_toml())
     code = main(["run", "--config", str(settings), "--cache-dir", organism_cache, "--out", str(out), "--quiet",
                  "--max-paragraphs", "8"])
     assert code == 0
@@ -66,8 +67,10 @@ def test_a_paper_run_on_the_tiny_organism(organism, organism_cache, tmp_path):
     assert len(unlearn) == 3 * 3 and {len(t["retain"]) for t in unlearn} == {10}
     assert len({tuple(t["retain"]) for t in unlearn}) == 3  # a fresh batch per trial
     curves = MaskTradeoff.load(out / "unlearn_tradeoff.safetensors")
-    assert sorted({r["lr"] for r in curves.rows}) == [1e-5, 1e-2]
+    assert sorted({r["lr"] for r in curves.rows}) == [1e-5, 1e-2] and {r["decay"] for r in curves.rows} == {"none", "coupled:1"}
+    assert {r["steps"] for r in curves.rows} == {5}  # the preset's steps when the grid gives none
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rare_attention"]["n_paragraphs"] > 8
     html = (out / "report.html").read_text()
     assert "Forgetting against sparing" in html and "trials per mask" in html and "Fig. 7 setup" in html
+    assert "retain EM at target EM 25" in html

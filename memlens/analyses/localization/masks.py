@@ -161,7 +161,7 @@ class HardConcreteLocalizer(_LearnedDrop):
 
     name = "hard_concrete"
 
-    def __init__(self, model: "HookedModel", *, penalty: float = 20.0, lr: float = 0.3, init: float = -3.0,
+    def __init__(self, model: "HookedModel", *, penalty: float = 5.0, lr: float = 0.3, init: float = -3.0,
                  **kwargs: Any) -> None:
         super().__init__(model, penalty=penalty, lr=lr, **kwargs)
         self.init = init

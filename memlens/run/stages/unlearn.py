@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
 _FT = FineTuneSettings()  # the fine-tuning defaults, written once in FineTuneSettings
 #: the settings of this stage that are FineTuneSettings fields of the same name
-FINETUNE_FIELDS = ("fraction", "steps", "lr", "weight_decay", "kl_weight", "nll_scale", "kl_direction", "kl_reduction",
-                   "random_mask", "selectivity_floor")
+FINETUNE_FIELDS = ("fraction", "steps", "lr", "weight_decay", "decay_mode", "kl_weight", "nll_scale", "kl_direction",
+                   "kl_reduction", "random_mask", "selectivity_floor")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,7 +43,8 @@ class UnlearnConfig(StageConfig):
         fraction: share of the trainable weights a sparse mask selects (paper: 0.001).
         masks: masks compared: ``all``, ``topk``, ``selective``, ``random``.
         steps, lr: Adam steps and learning rate of unlearning (code: 5 at 1e-5; the paper's text: 10).
-        weight_decay: Adam's coupled L2 decay, on the masked weights only (code: 1.0).
+        weight_decay: Adam's weight decay, on the masked weights only (code: 1.0).
+        decay_mode: ``coupled`` (L2 in the gradient; the code's) or ``decoupled`` (AdamW).
         kl_weight: weight of the retain KL term.
         nll_scale: weight of the target's NLL term (code: 0.1).
         kl_direction: ``model||original`` (the paper's formula) or ``original||model`` (the code's).
@@ -64,6 +65,7 @@ class UnlearnConfig(StageConfig):
     steps: int = _FT.steps
     lr: float = _FT.lr
     weight_decay: float = _FT.weight_decay
+    decay_mode: str = _FT.decay_mode
     kl_weight: float = _FT.kl_weight
     nll_scale: float = _FT.nll_scale
     kl_direction: str = _FT.kl_direction
@@ -151,7 +153,7 @@ def unlearn_stage(ctx: "RunContext") -> dict[str, Any]:
     return table_.summary() | {"settings": settings, "design": {
         "trials": cfg.n_targets, "retain": cfg.retain_design, "retain_paragraphs": cfg.retain_paragraphs,
         "objective": f"-{cfg.nll_scale:g} NLL + {cfg.kl_weight:g} KL({cfg.kl_direction}, {cfg.kl_reduction})",
-        "weight_decay": cfg.weight_decay}}
+        "weight_decay": cfg.weight_decay, "decay_mode": cfg.decay_mode}}
 
 
 def unlearn_report(rb: "ReportBuilder", parts: list[str], folder: "RunFolder", s: dict[str, Any]) -> None:
