@@ -37,7 +37,11 @@ def main() -> None:
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     if args.table_from:
-        print(markdown(json.loads(open(args.table_from).read())))
+        import memlens as ml
+
+        out = json.loads(open(args.table_from).read())
+        out["summary"] = ml.LocalizationBenchmarkResult(rows=out["rows"], injections=out["injections"]).summary()
+        print(markdown(out))
         return
     import memlens as ml
 
@@ -68,14 +72,15 @@ def markdown(out: dict) -> str:
     lines = [f"{out['model']}: total {out['total_seconds']} s; injections recited every paragraph in "
              f"{s['injection_success']:.0%} of (ratio, seed); injection mean: {s.get('injection', {})}", "",
              "| localizer | ratio | recall [95% CI] | DEL target EM drop | DEL other memorized EM drop | "
-             "DEL non-memorized NLL change | seconds/run |", "|---|---|---|---|---|---|---|"]
+             "DEL non-memorized NLL change | seconds/run | steps/run |", "|---|---|---|---|---|---|---|---|"]
 
     def ci(r: dict, k: str, d: int) -> str:
         return f"{r[k]:.{d}f} [{r[k + '_ci_low']:.{d}f}, {r[k + '_ci_high']:.{d}f}]" if k in r else "-"
 
     for r in s["neuron"]:
         lines.append(f"| {r['localizer']} | {r['ratio']:g} | {ci(r, 'recall', 3)} | {ci(r, 'del_target_em_drop', 1)} | "
-                     f"{ci(r, 'del_other_em_drop', 1)} | {ci(r, 'del_non_memorized_nll_change', 3)} | {r['seconds']:.1f} |")
+                     f"{ci(r, 'del_other_em_drop', 1)} | {ci(r, 'del_non_memorized_nll_change', 3)} | {r['seconds']:.1f} | "
+                     f"{r.get('steps', 0):.0f} |")
     if "weight" in s:
         lines += ["", "| localizer (single weights) | ratio | recall [95% CI] |", "|---|---|---|"]
         lines += [f"| {r['localizer']} | {r['ratio']:g} | {ci(r, 'recall', 3)} |" for r in s["weight"]]

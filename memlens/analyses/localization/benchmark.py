@@ -13,6 +13,11 @@ paragraphs, and
   injected paragraphs lose, the EM other memorized paragraphs lose (collateral) and the NLL change
   on non-memorized text: a localizer that breaks everything is not localizing.
 
+**DEL on natural memorization** (``del_natural``, as Chang et al.'s DEL): for each seed,
+``n_paragraphs`` of the model's own memorized paragraphs are localized in the untouched model and,
+for each ratio, the top ``ratio`` x d_mlp neurons of every layer are dropped: the targets' EM drop
+against the other memorized paragraphs' (free of any injection's side effects).
+
 With ``weight_ratios``, paragraphs are also injected through a random ratio of single weights of the
 trainable set and the localizers that score weights (the paper's gradient) are scored on their top
 weights (recall at the paper's own granularity). The model's weights are restored bit for bit
@@ -56,12 +61,15 @@ class LocalizationBenchmarkResult(Result):
     """The benchmark's every measurement, and means with intervals over seeds.
 
     Attributes:
-        rows: one dict per (level, ratio, seed, localizer): ``level`` (``neuron`` / ``weight``),
+        rows: one dict per (level, ratio, seed, localizer): ``level`` (``neuron`` / ``weight`` for
+            INJ, ``natural`` for DEL on the model's own memorized paragraphs, no recall there),
             ``ratio``, ``seed``, ``localizer``, ``recall``, ``precision``, ``layer_recall`` (per
             layer; neuron level), ``del_target_em_drop``, ``del_other_em_drop``,
             ``del_non_memorized_nll_change`` (neuron level), ``seconds`` (the localizer's wall time).
-        injections: one dict per (level, ratio, seed): the injected ``paragraphs``, ``success_rate``,
-            ``steps``, ``sites_size``, ``weights_changed_outside`` (0), ``planted_per_layer``, ``seconds``.
+        injections: one dict per injected (level, ratio, seed): the injected ``paragraphs``,
+            ``success_rate``, ``steps``, ``sites_size``, ``weights_changed_outside`` (0),
+            ``planted_per_layer``, ``seconds``, and what the injection did to the rest of the model
+            (``other_em_change``, ``non_memorized_nll_change``).
     """
 
     rows: list[dict[str, Any]]
@@ -93,6 +101,7 @@ class LocalizationBenchmarkResult(Result):
                 if layers:
                     row["layer_recall"] = [sum(v) / len(v) for v in zip(*layers)]
                 row["seconds"] = sum(r["seconds"] for r in group) / len(group)
+                row["steps"] = sum(r.get("steps", 0) for r in group) / len(group)
                 out.append(row)
         return out
 
@@ -104,7 +113,8 @@ class LocalizationBenchmarkResult(Result):
         return max(rows, key=lambda r: r["recall"])
 
     def seconds_by_localizer(self) -> dict[str, float]:
-        """Total wall time of each localizer over the whole benchmark, and of the injections."""
+        """Total wall time of each localizer over the whole benchmark (INJ and natural DEL), and of
+        the injections."""
         out: dict[str, float] = {}
         for r in self.rows:
             out[r["localizer"]] = out.get(r["localizer"], 0.0) + r["seconds"]
@@ -118,8 +128,9 @@ class LocalizationBenchmarkResult(Result):
                      for k, v in r.items()} for r in rows]
 
         out: dict[str, Any] = {"neuron": rounded(self.table("neuron"))}
-        if any(r["level"] == "weight" for r in self.rows):
-            out["weight"] = rounded(self.table("weight"))
+        for level in ("natural", "weight"):
+            if any(r["level"] == level for r in self.rows):
+                out[level] = rounded(self.table(level))
         n = max(1, len(self.injections))
         out["injection_success"] = round(sum(i["success_rate"] for i in self.injections) / n, 4)
         out["injection"] = {k: round(sum(i.get(k, 0.0) for i in self.injections) / n, 4)
@@ -134,11 +145,15 @@ class LocalizationBenchmarkResult(Result):
         return plot_recall_by_ratio(self.table("neuron"), "INJ: recall of the planted neurons (mean over seeds, 95% CI)")
 
     def plot_del(self) -> "go.Figure":
-        """DEL: the injected paragraphs' EM drop against the other memorized paragraphs' EM drop."""
+        """DEL: the target paragraphs' EM drop against the other memorized paragraphs' EM drop when
+        each localizer's neurons are dropped (on natural memorization when it was measured, else
+        on the injected paragraphs)."""
         from memlens.viz.localization import plot_del_scatter
 
-        return plot_del_scatter([r for r in self.table("neuron") if "del_target_em_drop" in r],
-                                "DEL: drop each localizer's neurons (mean over seeds)")
+        level = "natural" if any(r["level"] == "natural" for r in self.rows) else "neuron"
+        what = "the model's own memorized paragraphs" if level == "natural" else "the injected paragraphs"
+        return plot_del_scatter([r for r in self.table(level) if "del_target_em_drop" in r],
+                                f"DEL on {what}: drop each localizer's neurons (mean over seeds)")
 
 
 class LocalizationBenchmark(Analysis):
@@ -157,7 +172,7 @@ class LocalizationBenchmark(Analysis):
         weight_ratios: Sequence[float] = (), inject_lr: float = 1e-2, inject_steps: int = 1000,
         contrast_paragraphs: int = 16, del_paragraphs: int = 16,
         localizer_settings: Mapping[str, Mapping[str, Any]] | None = None,
-        checkpoint: str | Path | None = None, progress: bool | None = None,
+        del_natural: bool = True, checkpoint: str | Path | None = None, progress: bool | None = None,
     ) -> LocalizationBenchmarkResult:
         """Run the benchmark.
 
@@ -179,6 +194,8 @@ class LocalizationBenchmark(Analysis):
                 caps the other memorized paragraphs.
             localizer_settings: constructor settings per localizer name (``{"hard_concrete":
                 {"penalty": 50}}``).
+            del_natural: also DEL on the model's own memorized paragraphs (needs more than
+                ``n_paragraphs`` of them).
             checkpoint: a JSON-lines file each finished (level, ratio, seed) is appended to; a
                 later call with the same file skips them (an interrupted benchmark resumes).
             progress: show a progress bar over (level, ratio, seed).
@@ -209,6 +226,8 @@ class LocalizationBenchmark(Analysis):
         del_text = non_memorized[contrast_paragraphs : contrast_paragraphs + del_paragraphs]
         others = memorized[:del_paragraphs] if memorized is not None and len(memorized) else None
         jobs = [("neuron", r, s) for r in ratios for s in seeds] + [("weight", r, s) for r in weight_ratios for s in seeds]
+        if del_natural and ratios and memorized is not None and len(memorized) > n_paragraphs:
+            jobs += [("natural", 0.0, s) for s in seeds]
         done = _read_blocks(Path(checkpoint)) if checkpoint is not None else {}
         rows: list[dict[str, Any]] = []
         injections: list[dict[str, Any]] = []
@@ -216,17 +235,24 @@ class LocalizationBenchmark(Analysis):
             if job in done:
                 block = done[job]
             else:
-                block = self._block(*job, pool, n_paragraphs, names, settings, contrast, del_text, others,
-                                    inject_lr, inject_steps)
+                if job[0] == "natural":
+                    block = self._natural_block(job[2], memorized, n_paragraphs, names, settings, contrast, del_text,
+                                                del_paragraphs, ratios)
+                else:
+                    block = self._block(*job, pool, n_paragraphs, names, settings, contrast, del_text, others,
+                                        inject_lr, inject_steps)
+                block["key"] = list(job)
                 if checkpoint is not None:
                     with Path(checkpoint).open("a", encoding="utf-8") as f:
                         f.write(json.dumps(block) + "\n")
             rows += block["rows"]
-            injections.append(block["injection"])
+            if block.get("injection") is not None:
+                injections.append(block["injection"])
         return LocalizationBenchmarkResult(rows=rows, injections=injections, provenance=Provenance.capture(
             self.model, localizers=list(names), ratios=list(ratios), seeds=list(seeds), n_paragraphs=n_paragraphs,
             weight_ratios=list(weight_ratios), inject_lr=inject_lr, inject_steps=inject_steps,
-            contrast_paragraphs=contrast_paragraphs, del_paragraphs=del_paragraphs, localizer_settings=settings))
+            contrast_paragraphs=contrast_paragraphs, del_paragraphs=del_paragraphs, localizer_settings=settings,
+            del_natural=del_natural))
 
     # --- sets --------------------------------------------------------------------------------
     def _sets(self, paragraphs: ParagraphSet | None, memorized: ParagraphSet | None, non_memorized: ParagraphSet | None,
@@ -298,6 +324,26 @@ class LocalizationBenchmark(Analysis):
             if any(not torch.equal(p.detach(), v) for p, v in zip(params, saved)):
                 raise InputError("the model's weights could not be restored after an injection; reload the model")
 
+    def _natural_block(self, seed: int, memorized: ParagraphSet, n: int, names: Sequence[str],
+                       settings: dict[str, dict[str, Any]], contrast: ParagraphSet, del_text: ParagraphSet,
+                       del_paragraphs: int, ratios: Sequence[float]) -> dict[str, Any]:
+        """DEL on ``n`` of the model's own memorized paragraphs (drawn with ``seed``): each
+        localizer runs once on the untouched model; for each ratio its top ``ratio`` x d_mlp neurons
+        per layer are dropped (a localizer's time is on its first ratio's row)."""
+        g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(memorized), generator=g).tolist()
+        targets, others = memorized[order[:n]], memorized[order[n : n + del_paragraphs]]
+        layout = NeuronLayout(self.model)
+        rows = []
+        for name in names:
+            found = make_localizer(name, self.model, progress=False, **settings.get(name, {})).run(targets, contrast=contrast)
+            for k, ratio in enumerate(ratios):
+                top = found.top(max(1, int(round(ratio * layout.d_mlp))))
+                rows.append({"level": "natural", "ratio": ratio, "seed": seed, "localizer": name,
+                             "seconds": round(found.seconds, 3) if k == 0 else 0.0, "steps": found.steps,
+                             "paragraphs": list(targets.ids)} | self._drop(top, targets, others, del_text))
+        return {"injection": None, "rows": rows}
+
     def _score(self, level: str, ratio: float, seed: int, name: str, kwargs: dict[str, Any], targets: ParagraphSet,
                res: Any, contrast: ParagraphSet, del_text: ParagraphSet, others: ParagraphSet | None) -> dict[str, Any] | None:
         loc = make_localizer(name, self.model, progress=False, **kwargs)
@@ -355,8 +401,9 @@ def _read_blocks(path: Path) -> dict[tuple[str, float, int], dict[str, Any]]:
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             block = json.loads(line)
-            inj = block["injection"]
-            out[(inj["level"], float(inj["ratio"]), int(inj["seed"]))] = block
+            level, ratio, seed = block["key"] if "key" in block else (
+                block["injection"]["level"], block["injection"]["ratio"], block["injection"]["seed"])
+            out[(level, float(ratio), int(seed))] = block
         except (ValueError, KeyError, TypeError):
             continue
     return out

@@ -101,20 +101,27 @@ def localize_report(rb: "ReportBuilder", parts: list[str], folder: "RunFolder", 
     from memlens.analyses.localization import LocalizationBenchmarkResult
 
     def cell(r: dict[str, Any], k: str, digits: int = 2) -> str:
-        if k not in r:
+        if k not in r or r[k] is None:
             return ""
         return f"{r[k]:.{digits}f} [{r[k + '_ci_low']:.{digits}f}, {r[k + '_ci_high']:.{digits}f}]"
 
-    rows = [{"localizer": r["localizer"], "ratio": r["ratio"], "seeds": r["n_seeds"], "recall [95% CI]": cell(r, "recall"),
-             "DEL: target EM drop": cell(r, "del_target_em_drop", 1), "DEL: other memorized EM drop":
-             cell(r, "del_other_em_drop", 1), "DEL: non-memorized NLL change": cell(r, "del_non_memorized_nll_change"),
-             "seconds": round(r["seconds"], 1)} for r in s["neuron"]]
+    natural = {(r["localizer"], r["ratio"]): r for r in s.get("natural", [])}
+    rows = []
+    for r in s["neuron"]:
+        d = natural.get((r["localizer"], r["ratio"]), {})
+        rows.append({"localizer": r["localizer"], "ratio": r["ratio"], "seeds": r["n_seeds"],
+                     "INJ recall [95% CI]": cell(r, "recall"),
+                     "DEL (own memorized): target EM drop": cell(d, "del_target_em_drop", 1),
+                     "DEL: other memorized EM drop": cell(d, "del_other_em_drop", 1),
+                     "DEL: non-memorized NLL change": cell(d, "del_non_memorized_nll_change"),
+                     "seconds": round(r["seconds"], 1)})
     parts.append(table(rows))
     parts.append(f'<p class="guide">INJ: new paragraphs are fine-tuned into the model through a random share of the MLP '
                  "neurons of every layer (every other weight unchanged, checked); each localizer then ranks the neurons "
                  "for those paragraphs and its top ones in each layer (as many as were planted there) are compared with "
-                 "the planted set: recall 1 = found them all, random's expected recall = the share. DEL: its neurons are "
-                 "dropped and the injected paragraphs should lose their EM while other memorized paragraphs keep theirs. "
+                 "the planted set: recall 1 = found them all, random's expected recall = the share. DEL: each localizer "
+                 "localizes some of the model's own memorized paragraphs, the same share of neurons is dropped, and "
+                 "those paragraphs should lose their EM while the other memorized paragraphs keep theirs. "
                  f"Injections that recited every paragraph: {s['injection_success']:.0%}. Mean over seeds with a "
                  "bootstrap 95% interval.</p>")
     result = folder.load("localization", LocalizationBenchmarkResult, "localize")

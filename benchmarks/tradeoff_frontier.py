@@ -1,0 +1,94 @@
+"""Fig. 5 read from trade-off frontiers (figures for docs/paper-fidelity.md and docs/unlearning.md).
+
+Runs :func:`memlens.mask_tradeoff` with the paper preset's objective and trial design (processed
+weights, 0.1 x NLL + KL(batchmean), fresh retain batches of 10) over a grid of learning rates x
+steps x weight decays (none, coupled, decoupled) for every mask, with several seeds; prints each
+mask's retain EM at target EM 25 with its 95% interval over seeds, its frontier, and the grid
+points where top-k spares the retain set as well as random (within random's interval) and where
+not. Writes the MaskTradeoff (``--out``) and its rows as JSON.
+
+    python benchmarks/tradeoff_frontier.py [--model organism] [--lrs ...] [--steps 5 10 20]
+        [--decays none coupled:1 decoupled:1] [--seeds 0 1 2] [--trials 20] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="organism")
+    ap.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
+    ap.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20])
+    ap.add_argument("--decays", nargs="+", default=["none", "coupled:1", "decoupled:1"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--masks", nargs="+", default=["all", "topk", "random"])
+    ap.add_argument("--weights", default=None, help="raw or processed (default: the paper preset's)")
+    ap.add_argument("--out", default=None, help="the MaskTradeoff file (.safetensors); JSON beside it")
+    ap.add_argument("--table-from", default=None, metavar="FILE.safetensors", help="only print a saved result's tables")
+    args = ap.parse_args()
+    warnings.simplefilter("ignore")
+    import memlens as ml
+
+    if args.table_from:
+        print(markdown(ml.MaskTradeoff.load(args.table_from), {}))
+        return
+    cfg = ml.RunConfig.paper(args.model)
+    weights = args.weights or cfg.weights
+    model = ml.load_model(args.model, progress=False, weights=weights)
+    res = ml.scan(model, model.ground_truth.paragraph_set(), progress=False)
+    mem, non = res.memorized(), res.non_memorized()
+    u = cfg.unlearn
+    kw = u.compare_kwargs()
+    kw.pop("seed")
+    kw["n_trials"] = args.trials
+    t0 = time.perf_counter()
+    result = ml.mask_tradeoff(model, mem[: args.trials], u.retain_set(non), args.lrs, masks=args.masks,
+                              steps=args.steps, decays=args.decays, seeds=args.seeds, progress=True,
+                              checkpoint=(args.out + ".grid") if args.out else None, **kw)
+    seconds = time.perf_counter() - t0
+    meta = {"model": args.model, "weights": weights, "memorized": len(mem), "non_memorized": len(non),
+            "trials": args.trials, "seconds": round(seconds, 1), "objective": "paper preset (code's)"}
+    if args.out:
+        from memlens.core.io import write_json_atomic
+
+        result.save(args.out)
+        write_json_atomic(args.out.rsplit(".", 1)[0] + ".json", meta | {"summary": result.summary(),
+                                                                        "points": result.points()})
+    print(markdown(result, meta))
+
+
+def markdown(result, meta: dict) -> str:
+    """Retain EM at target EM 25 per mask, each frontier, and where top-k spares like random."""
+    lines = [json.dumps(meta), "", "| mask | retain EM at target EM 25 [95% CI over seeds] | seeds |", "|---|---|---|"]
+    for mask, v in result.retain_at(25.0).items():
+        cell = "never forgets to 25" if v["retain_em"] != v["retain_em"] else \
+            f"{v['retain_em']:.1f} [{v['ci_low']:.1f}, {v['ci_high']:.1f}]"
+        lines.append(f"| {mask} | {cell} | {v['n_seeds']} |")
+    for mask in result.masks:
+        lines += ["", f"frontier of {mask}: " + "; ".join(
+            f"lr {p['lr']:g} x{p['steps']} {p['decay']}: {p['target_em_after']:.1f} / {p['retain_em_after']:.1f}"
+            for p in result.frontier(mask))]
+    pts = {(p["mask"], p["lr"], p["steps"], p["decay"]): p for p in result.points()}
+    rows = []
+    for (mask, lr, steps, decay), p in pts.items():
+        if mask != "topk" or ("random", lr, steps, decay) not in pts:
+            continue
+        r = pts[("random", lr, steps, decay)]
+        spares = p["retain_em_after_ci_high"] >= r["retain_em_after_ci_low"]
+        rows.append(f"| {lr:g} | {steps} | {decay} | {p['target_em_after']:.1f} | {p['retain_em_after']:.1f} "
+                    f"[{p['retain_em_after_ci_low']:.1f}, {p['retain_em_after_ci_high']:.1f}] | {r['target_em_after']:.1f} | "
+                    f"{r['retain_em_after']:.1f} [{r['retain_em_after_ci_low']:.1f}, {r['retain_em_after_ci_high']:.1f}] | "
+                    f"{'yes' if spares else 'no'} |")
+    lines += ["", "| lr | steps | decay | top-k target EM | top-k retain EM [CI] | random target EM | random retain EM [CI] | "
+              "top-k spares like random |", "|---|---|---|---|---|---|---|---|", *rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
