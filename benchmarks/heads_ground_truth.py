@@ -20,7 +20,8 @@ import torch
 
 def ablation_study(size: str) -> dict:
     from memlens import HookedModel, scan
-    from memlens.analyses.heads import HeadLocalizer, head_ablation_em_drop
+    from memlens.analyses.head_ablation import head_ablation_em_drop
+    from memlens.analyses.heads import HeadLocalizer
 
     model = HookedModel.organism(size=size, progress=False)
     res = scan(model, model.ground_truth.paragraph_set(n_background=64, n_held_out=0), progress=False)

@@ -66,21 +66,30 @@ def main() -> None:
 
 
 def markdown(out: dict) -> str:
-    """The neuron table (recall with its interval, DEL, seconds), the weight table, and each
-    localizer's share of the whole run's time."""
+    """INJ (recall with its interval, per layer, time), DEL on the model's own memorized
+    paragraphs, the single-weight INJ, and each localizer's share of the whole run's time."""
     s = out["summary"]
+    inj = s.get("injection", {})
     lines = [f"{out['model']}: total {out['total_seconds']} s; injections recited every paragraph in "
-             f"{s['injection_success']:.0%} of (ratio, seed); injection mean: {s.get('injection', {})}", "",
-             "| localizer | ratio | recall [95% CI] | DEL target EM drop | DEL other memorized EM drop | "
-             "DEL non-memorized NLL change | seconds/run | steps/run |", "|---|---|---|---|---|---|---|---|"]
+             f"{s['injection_success']:.0%} of (ratio, seed), in {inj.get('steps', 0):.0f} steps on average; they changed "
+             f"the other memorized paragraphs' EM by {inj.get('other_em_change', 0):+.1f} and the non-memorized NLL by "
+             f"{inj.get('non_memorized_nll_change', 0):+.3f}", "",
+             "| localizer | ratio | INJ recall [95% CI over seeds] | recall per layer | seconds/run | steps/run |",
+             "|---|---|---|---|---|---|"]
 
     def ci(r: dict, k: str, d: int) -> str:
-        return f"{r[k]:.{d}f} [{r[k + '_ci_low']:.{d}f}, {r[k + '_ci_high']:.{d}f}]" if k in r else "-"
+        return f"{r[k]:.{d}f} [{r[k + '_ci_low']:.{d}f}, {r[k + '_ci_high']:.{d}f}]" if k in r and r[k] is not None else "-"
 
     for r in s["neuron"]:
-        lines.append(f"| {r['localizer']} | {r['ratio']:g} | {ci(r, 'recall', 3)} | {ci(r, 'del_target_em_drop', 1)} | "
-                     f"{ci(r, 'del_other_em_drop', 1)} | {ci(r, 'del_non_memorized_nll_change', 3)} | {r['seconds']:.1f} | "
+        layers = " ".join(f"{x:.2f}" for x in r.get("layer_recall", []))
+        lines.append(f"| {r['localizer']} | {r['ratio']:g} | {ci(r, 'recall', 3)} | {layers} | {r['seconds']:.1f} | "
                      f"{r.get('steps', 0):.0f} |")
+    if "natural" in s:
+        lines += ["", "DEL on the model's own memorized paragraphs (the top ratio x d_mlp neurons per layer dropped):", "",
+                  "| localizer | ratio | target EM drop | other memorized EM drop | non-memorized NLL change |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['localizer']} | {r['ratio']:g} | {ci(r, 'del_target_em_drop', 1)} | {ci(r, 'del_other_em_drop', 1)} "
+                  f"| {ci(r, 'del_non_memorized_nll_change', 3)} |" for r in s["natural"]]
     if "weight" in s:
         lines += ["", "| localizer (single weights) | ratio | recall [95% CI] |", "|---|---|---|"]
         lines += [f"| {r['localizer']} | {r['ratio']:g} | {ci(r, 'recall', 3)} |" for r in s["weight"]]

@@ -4,9 +4,7 @@ clear line, or does the right thing."""
 
 from __future__ import annotations
 
-import json
 import math
-import warnings
 
 import numpy as np
 import pytest

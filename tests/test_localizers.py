@@ -154,3 +154,16 @@ def test_injection_refuses_sites_the_model_lacks(neo, sets):
         ml.inject_neurons(neo, target[:0], 0.1)
     with pytest.raises(InputError, match=r"ratio must be in \(0, 1\)"):
         ml.inject_neurons(neo, target, 2.0)
+
+
+def test_the_localize_settings_refuse_bad_values_in_one_line():
+    from memlens import RunConfig
+
+    with pytest.raises(InputError, match=r"setting localize.localizers = .*unknown localizer\(s\) 'nope'; the localizers "
+                                         r"are gradient, gradient_contrastive, activation"):
+        RunConfig().override({"localize.localizers": ["nope"]})
+    with pytest.raises(InputError, match=r"setting localize.ratios = \(1.5,\): must be a list of shares in \(0, 1\)"):
+        RunConfig().override({"localize.ratios": [1.5]})
+    with pytest.raises(InputError, match="setting localize.seeds"):
+        RunConfig().override({"localize.seeds": []})
+    assert RunConfig().override({"localize.localizers": ["gradient", "random"]}).localize.localizers == ("gradient", "random")

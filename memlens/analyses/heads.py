@@ -42,7 +42,6 @@ from memlens.core.results import Provenance, Result
 from memlens.analyses.patching import PATCH_KINDS, attribution_patching, exact_patching, make_patch_pairs
 from memlens.core.stats import rankdata, spearman
 from memlens.analyses.frequency import UnigramCounts
-from memlens.analyses.head_ablation import head_ablation_em_drop  # noqa: F401  (its old home)
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Bool, Int
 from torch import Tensor
 
@@ -26,7 +25,7 @@ from memlens.core.data import ParagraphSet
 from memlens.core.errors import InputError
 from memlens.core.metrics import teacher_forced_scores
 from memlens.core.neurons import NeuronLayout, random_neurons
-from memlens.core.objectives import continuation_logits, kl_to_reference
+from memlens.core.objectives import continuation_logits, kl_to_reference, nll_of_logits
 from memlens.core.progress import tqdm
 from memlens.core.results import Provenance, Result
 from memlens.core.sparse import MaskedAdam, only_trainable
@@ -196,8 +195,7 @@ def inject(
     with only_trainable(model.tl_model, opt.trainable):
         for step in tqdm(range(steps), desc="inject", disable=not progress):
             batch = tokens if len(tokens) <= batch_size else tokens[torch.randperm(len(tokens), generator=g)[:batch_size]]
-            logits = model(batch[:, :-1])[:, P - 1 :]
-            loss = F.cross_entropy(logits.transpose(1, 2).float(), batch[:, P:])
+            loss = nll_of_logits(model(batch[:, :-1])[:, P - 1 :], batch[:, P:])
             losses.append(loss.item())
             if ref is not None:
                 loss = loss + retain_weight * kl_to_reference(continuation_logits(model, retain.tokens, retain.prefix_len), ref)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from memlens import scan
-from memlens.analyses.heads import HeadLocalizer, head_ablation_em_drop
+from memlens.analyses.head_ablation import head_ablation_em_drop
+from memlens.analyses.heads import HeadLocalizer
 from memlens.analyses.injection import inject
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from memlens.analyses.gradients import GradientMap
 from memlens.analyses.localization.base import Localizer
 from memlens.core.data import ParagraphSet
 from memlens.core.errors import InputError
+from memlens.core.objectives import nll_of_logits
 from memlens.core.progress import tqdm
 
 if TYPE_CHECKING:
@@ -21,8 +21,7 @@ if TYPE_CHECKING:
 
 def _token_nll(logits: Tensor, tokens: Tensor, prefix_len: int) -> Tensor:
     """Mean continuation NLL per row (nats/token) from the logits of ``tokens[:, :-1]``."""
-    pred = logits[:, prefix_len - 1 :].float()
-    return F.cross_entropy(pred.transpose(1, 2), tokens[:, prefix_len:].to(pred.device), reduction="none").mean(-1)
+    return nll_of_logits(logits[:, prefix_len - 1 :], tokens[:, prefix_len:], reduction="none")
 
 
 class GradientLocalizer(Localizer):

@@ -40,6 +40,7 @@ from memlens.analyses.localization.base import check_localizer_names, localizer_
 from memlens.core.data import ParagraphSet, as_paragraph_set
 from memlens.core.errors import InputError
 from memlens.core.metrics import teacher_forced_scores
+from memlens.core.model import preserved_weights
 from memlens.core.neurons import NeuronLayout
 from memlens.core.progress import tqdm
 from memlens.core.results import Provenance, Result
@@ -292,9 +293,7 @@ class LocalizationBenchmark(Analysis):
                others: ParagraphSet | None, inject_lr: float, inject_steps: int) -> dict[str, Any]:
         g = torch.Generator().manual_seed(seed)
         targets = pool[torch.randperm(len(pool), generator=g)[:n].tolist()]
-        params = list(self.model.tl_model.parameters())
-        saved = [p.detach().clone() for p in params]
-        try:
+        with preserved_weights(self.model.tl_model):  # every injection is undone, bit for bit
             t0 = time.perf_counter()
             inject = inject_neurons if level == "neuron" else inject_weights
             keep = contrast if others is None else ParagraphSet.concat([contrast, others])
@@ -317,12 +316,6 @@ class LocalizationBenchmark(Analysis):
             rows = [self._score(level, ratio, seed, name, settings.get(name, {}), learned, res, contrast, del_text,
                                 others) for name in names]
             return {"injection": injection, "rows": [r for r in rows if r is not None]}
-        finally:
-            with torch.no_grad():
-                for p, v in zip(params, saved):
-                    p.copy_(v)
-            if any(not torch.equal(p.detach(), v) for p, v in zip(params, saved)):
-                raise InputError("the model's weights could not be restored after an injection; reload the model")
 
     def _natural_block(self, seed: int, memorized: ParagraphSet, n: int, names: Sequence[str],
                        settings: dict[str, dict[str, Any]], contrast: ParagraphSet, del_text: ParagraphSet,

@@ -24,6 +24,7 @@ from torch import Tensor
 from memlens.analyses.localization.base import Localizer
 from memlens.core.data import ParagraphSet
 from memlens.core.errors import InputError
+from memlens.core.objectives import nll_of_logits
 from memlens.core.progress import tqdm
 
 if TYPE_CHECKING:
@@ -105,8 +106,7 @@ class _LearnedDrop(Localizer):
                     if kind == "forget":
                         term = unlikelihood(logits, chunk, P)
                     else:
-                        term = self.retain_weight * F.cross_entropy(logits[:, P - 1 :].float().transpose(1, 2),
-                                                                    chunk[:, P:].to(logits.device))
+                        term = self.retain_weight * nll_of_logits(logits[:, P - 1 :], chunk[:, P:])
                     loss = term * len(chunk) / sizes[kind]
                     loss.backward()
                     total += loss.item()
