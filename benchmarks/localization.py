@@ -30,6 +30,9 @@ def main() -> None:
     ap.add_argument("--n-paragraphs", type=int, default=4)
     ap.add_argument("--weight-ratios", type=float, nargs="*", default=[])
     ap.add_argument("--settings", default="{}", help="JSON: constructor settings per localizer")
+    ap.add_argument("--contrast-paragraphs", type=int, default=16)
+    ap.add_argument("--del-paragraphs", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--table-from", default=None, metavar="FILE.json", help="only print the tables of a saved run")
     ap.add_argument("--ig-baseline", action="store_true")
@@ -45,6 +48,10 @@ def main() -> None:
         return
     import memlens as ml
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     model = ml.load_model(args.model, progress=False)
     if args.ig_baseline:
         return ig_baseline(model)
@@ -54,10 +61,11 @@ def main() -> None:
     res = ml.LocalizationBenchmark(model, progress=True).run(
         localizers=args.localizers, ratios=args.ratios, seeds=args.seeds, n_paragraphs=args.n_paragraphs,
         weight_ratios=args.weight_ratios, localizer_settings=json.loads(args.settings),
+        contrast_paragraphs=args.contrast_paragraphs, del_paragraphs=args.del_paragraphs,
         checkpoint=(args.out + ".blocks") if args.out else None)
     total = time.perf_counter() - t0
     out = {"model": args.model, "total_seconds": round(total, 1), "summary": res.summary(), "rows": res.rows,
-           "injections": res.injections}
+           "injections": res.injections, "settings": vars(args) | {"torch_threads": __import__("torch").get_num_threads()}}
     if args.out:
         from memlens.core.io import write_json_atomic
 

@@ -148,6 +148,9 @@ def inject(
     """
     if len(paragraphs) == 0:
         raise InputError("inject got an empty ParagraphSet: pass at least one paragraph to inject")
+    if components is not None and len(components) == 0 and mask is None:
+        raise InputError("inject got an empty component list: pass at least one component, e.g. "
+                         "components=[(1, 'W_in')], or a mask={parameter: bool tensor}")
     if (components is None or not components) == (mask is None):
         raise InputError("inject needs the sites: components=[(1, 'W_in'), ...] or mask={parameter: bool tensor} "
                          "(exactly one)")
