@@ -78,7 +78,11 @@ def markdown(out: dict) -> str:
     paragraphs, the single-weight INJ, and each localizer's share of the whole run's time."""
     s = out["summary"]
     inj = s.get("injection", {})
-    lines = [f"{out['model']}: total {out['total_seconds']} s; injections recited every paragraph in "
+    parts = sum(s["seconds"].values())
+    total = max(parts, out["total_seconds"])
+    resumed = f" (this process {out['total_seconds']} s; the rest resumed from the checkpoint)" \
+        if parts > out["total_seconds"] * 1.01 else ""
+    lines = [f"{out['model']}: total {total:.1f} s{resumed}; injections recited every paragraph in "
              f"{s['injection_success']:.0%} of (ratio, seed), in {inj.get('steps', 0):.0f} steps on average; they changed "
              f"the other memorized paragraphs' EM by {inj.get('other_em_change', 0):+.1f} and the non-memorized NLL by "
              f"{inj.get('non_memorized_nll_change', 0):+.3f}", "",
@@ -101,7 +105,6 @@ def markdown(out: dict) -> str:
     if "weight" in s:
         lines += ["", "| localizer (single weights) | ratio | recall [95% CI] |", "|---|---|---|"]
         lines += [f"| {r['localizer']} | {r['ratio']:g} | {ci(r, 'recall', 3)} |" for r in s["weight"]]
-    total = out["total_seconds"]
     lines += ["", "| part | seconds | share of the total |", "|---|---|---|"]
     lines += [f"| {k} | {v:.1f} | {v / total:.1%} |" for k, v in sorted(s["seconds"].items(), key=lambda kv: -kv[1])]
     return "\n".join(lines)
