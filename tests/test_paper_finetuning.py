@@ -205,9 +205,10 @@ def test_a_trial_is_prepared_once_for_all_its_masks(neo, sets, monkeypatch):
     finally:
         hook.remove()
     assert res.optimizer_seconds <= res.seconds and len(res.losses) == 3
-    # the trial: the target's check, the retain set's reference logits, target and retain scored
-    # before and after (6 forwards), then one forward per step for both terms
-    assert calls["forward"] == 6 + 3, calls
+    # the trial: the references' check (one teacher-forced pass over target and retain), the
+    # target's memorization check, the retain set's reference logits, every set scored before and
+    # after in one pass each (5 forwards), then one forward per step for both terms
+    assert calls["forward"] == 5 + 3, calls
     assert {r["mask"] for r in table.trials} == {"topk", "selective", "random"}
     assert all("optimizer_seconds" in r for r in table.trials)
 
@@ -231,3 +232,54 @@ def test_bootstrap_interval():
     wide = bootstrap_mean_ci(torch.randn(10, generator=torch.Generator().manual_seed(0)).tolist())
     narrow = bootstrap_mean_ci(torch.randn(1000, generator=torch.Generator().manual_seed(0)).tolist())
     assert narrow[1] - narrow[0] < (wide[1] - wide[0]) / 4
+
+
+def test_references_are_decoded_once_and_recited_paragraphs_not_at_all(neo, sets, monkeypatch):
+    """A paragraph the model recites under teacher forcing is its own greedy continuation; the
+    others are decoded, once per tuner, and equal greedy_decode's continuation."""
+    from memlens.analyses import unlearn
+
+    recited, _ = sets
+    fresh = ParagraphSet.from_tokens(random_tokens(3, 40, neo.vocab_size, seed=77), prefix_len=20)
+    decoded = []
+    real = unlearn.greedy_decode
+    monkeypatch.setattr(unlearn, "greedy_decode", lambda m, prefixes, *a, **k: decoded.append(len(prefixes)) or real(m, prefixes, *a, **k))
+    ft = SparseFineTuner(neo, progress=False)
+    ref = ft._reference(recited)
+    assert decoded == [] and torch.equal(ref.tokens, recited.tokens)
+    ft.prepare_references(fresh, recited)
+    ft.prepare_references(fresh)
+    assert decoded == [3]
+    assert torch.equal(ft._reference(fresh).continuations, real(neo, fresh.prefixes, 20))
+
+
+def test_a_tradeoff_grid_prepares_each_trial_once_and_matches_compare_masks(neo, sets, monkeypatch):
+    """mask_tradeoff's shared tuner reuses a seed's trials at every grid point (one objective map
+    per trial, the retain references decoded once) and changes no number: each point equals
+    compare_masks run alone."""
+    from memlens.analyses import unlearn
+
+    target, _ = sets
+    pool = ParagraphSet(random_tokens(6, 40, neo.vocab_size, seed=78), 20, 20, [f"pool-{i}" for i in range(6)])
+    calls = {"map": 0, "decode": 0}
+    real_run, real_decode = unlearn.GradientMap.run, unlearn.greedy_decode
+
+    def counting_run(self, *a, **k):
+        calls["map"] += 1
+        return real_run(self, *a, **k)
+
+    def counting_decode(*a, **k):
+        calls["decode"] += 1
+        return real_decode(*a, **k)
+
+    monkeypatch.setattr(unlearn.GradientMap, "run", counting_run)
+    monkeypatch.setattr(unlearn, "greedy_decode", counting_decode)
+    kw = dict(masks=("topk", "random"), n_trials=2, retain_per_trial=3)
+    curves = mask_tradeoff(neo, target, pool, lrs=[1e-3, 3e-2], steps=[1, 2], seeds=[0], progress=False, **kw)
+    assert calls == {"map": 2, "decode": 1}, calls  # 2 trials, 4 grid points
+    alone = compare_masks(neo, target, pool, lr=3e-2, steps=2, seed=0, progress=False, **kw)
+    df = curves.to_dataframe().set_index(["mask", "lr", "steps"])
+    for row in alone.rows:
+        point = df.loc[(row["mask"], 3e-2, 2)]
+        for col in ("target_em_after", "retain_em_after", "target_nll_after", "retain_nll_after"):
+            assert point[col] == pytest.approx(row[col], abs=1e-6), (row["mask"], col)

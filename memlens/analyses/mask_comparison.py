@@ -254,7 +254,8 @@ def compare_masks(
     objectives: Sequence[str] = ("unlearn",), masks: Sequence[str] = ("all", "topk", "random"),
     perturbed: ParagraphSet | None = None, *, settings: FineTuneSettings | None = None,
     lr: dict[str, float] | float | None = None, progress: bool = True, checkpoint: str | Path | None = None,
-    n_trials: int | None = None, retain_per_trial: int | None = None, seed: int = 0, **changes: Any,
+    n_trials: int | None = None, retain_per_trial: int | None = None, seed: int = 0,
+    tuner: SparseFineTuner | None = None, **changes: Any,
 ) -> MaskComparison:
     """The paper's Fig. 5: for each objective x mask, fine-tune one target per trial (weights
     restored in between) and score the target, its retain batch and the other memorized
@@ -280,6 +281,9 @@ def compare_masks(
         retain_per_trial: draw a fresh retain batch of this size per trial (the code's: 10); None
             keeps the whole ``retain`` set in every trial.
         seed: seed of the retain batches and (``seed + t``) of trial ``t``'s random mask.
+        tuner: the :class:`SparseFineTuner` to run with (default: a new one); one tuner reused
+            across calls keeps the greedy references and each trial's inputs (scores before,
+            reference logits, the objective's gradient map), as :func:`mask_tradeoff` does.
         changes: any other setting of :class:`FineTuneSettings` by name (``steps=5``), on top of
             ``settings``.
 
@@ -306,12 +310,17 @@ def compare_masks(
     per_mask = {m: base if lr is None else FineTuneSettings.resolve(base, {"lr": lr[m] if isinstance(lr, dict) else lr})
                 for m in masks}
     batches = retain_batches(retain, n_trials, retain_per_trial, seed)
-    ft = SparseFineTuner(model, progress=False)
+    if tuner is not None and tuner.model is not model:
+        raise InputError("compare_masks: the tuner belongs to another model")
+    ft = tuner if tuner is not None else SparseFineTuner(model, progress=False)
     # every mask of a trial in a row: the tuner prepares a trial once for all of them
     jobs = [(o, m, t) for o in objectives for t in range(n_trials) for m in masks]
     done = _read_runs(Path(checkpoint)) if checkpoint is not None else {}
     trials = [done[job] for job in jobs if job in done]
     todo = [job for job in jobs if job not in done]
+    if todo:  # every greedy reference the runs need, decoded in a few large batches
+        ft.prepare_references(targets, *(batches[t] for t in sorted({t for _, _, t in todo})),
+                              *([other_memorized] if other_memorized is not None and len(other_memorized) else []))
     for objective, mask, t in tqdm(todo, desc="fine-tuning runs", disable=not progress, initial=len(trials),
                                    total=len(jobs)):
         i = t % len(targets)
@@ -383,7 +392,10 @@ def mask_tradeoff(
     if not seeds:
         raise InputError("mask_tradeoff needs at least one seed")
     grid = [(float(lr), int(st), mode, w) for lr in lrs for st in (steps or [base.steps]) for mode, w in decay_grid]
-    jobs = [(point, seed) for point in grid for seed in seeds]
+    # seed by seed: a seed's trials (retain batches, references, scores before, objective maps) are
+    # prepared once by the shared tuner and reused at every point of the grid
+    jobs = [(point, seed) for seed in seeds for point in grid]
+    tuner = SparseFineTuner(model, progress=False)
     rows: list[dict[str, Any]] = []
     files = []
     for (lr, st, mode, w), seed in tqdm(jobs, desc="trade-off grid", disable=not progress):
@@ -392,7 +404,7 @@ def mask_tradeoff(
         ckpt = None if checkpoint is None else Path(f"{checkpoint}.{lr:g}-{st}-{label}-s{seed}")
         files.append(ckpt)
         table = compare_masks(model, targets, retain, objectives=("unlearn",), masks=masks, settings=point, seed=seed,
-                              checkpoint=ckpt, progress=False, **compare_kwargs)
+                              checkpoint=ckpt, progress=False, tuner=tuner, **compare_kwargs)
         rows += [{"lr": lr, "steps": st, "decay": label, "seed": seed} | {k: v for k, v in r.items() if k != "objective"}
                  for r in table.rows]
     for f in files:

@@ -28,7 +28,7 @@ from memlens.core.defaults import MASK_KINDS, RANDOM_MASK_DRAWS, SELECTIVITY_FLO
 from memlens.core.compat import sync_fused_qkv
 from memlens.core.errors import InputError
 from memlens.analyses.gradients import GradientMap, GradientMapResult
-from memlens.core.metrics import greedy_decode, teacher_forced_scores
+from memlens.core.metrics import ContinuationScores, greedy_decode, teacher_forced_scores
 from memlens.core.objectives import continuation_logits, kl_to_reference, nll_of_logits
 from memlens.analyses.finetune import FineTuneResult, FineTuneSettings
 from memlens.analyses.sparse_mask import SparseMask
@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 Mask = dict[str, Tensor]
 #: what a run may be given as its mask: a kind, a boolean tensor per parameter, a gradient map or a drawn mask
 MaskSpec = str | Mask | GradientMapResult | SparseMask
+#: rows per batch when decoding the retain paragraphs' greedy references
+DECODE_BATCH = 64
+#: a tuner keeps recent trials' inputs (reference logits above all) up to this many bytes
+TRIAL_CACHE_BYTES = 2 * 1024**3
 
 
 class SparseFineTuner(Analysis):
@@ -68,10 +72,12 @@ class SparseFineTuner(Analysis):
         """
         super().__init__(model, batch_size=batch_size, progress=progress)
         self._original: dict[str, Tensor] | None = None
-        self._references: dict[tuple, ParagraphSet] = {}
-        #: the last trial's inputs that do not depend on the mask or the settings, valid while the
-        #: weights are the original ones: (key, before-scores, reference logits, objective maps)
-        self._trial: tuple[tuple, dict[str, Any]] | None = None
+        #: the original model's greedy continuation of each paragraph, by (id, prefix_len, tokens)
+        self._references: dict[tuple, Tensor] = {}
+        #: recent trials' inputs that do not depend on the mask or the settings, valid while the
+        #: weights are the original ones: key -> (before-scores, reference logits, objective maps);
+        #: the oldest are dropped beyond TRIAL_CACHE_BYTES of reference logits
+        self._trials: dict[tuple, dict[str, Any]] = {}
         self._sensitivities: dict[tuple, dict[str, Tensor]] = {}
 
     @property
@@ -360,9 +366,10 @@ class SparseFineTuner(Analysis):
         Kept for the last trial and reused while the weights are the original ones (every run of a
         :func:`memlens.compare_masks` trial starts there)."""
         key = (objective, _cache_key(train_on), *(_cache_key(s) for s in sets.values()))
-        if self._trial is not None and self._trial[0] == key and self._at_original():
-            return self._trial[1]
+        if key in self._trials and self._at_original():
+            return self._trials[key]
         model = self.model
+        self.prepare_references(*sets.values())
         refs = {k: self._reference(v) for k, v in sets.items()}
         self._warn_if_not_memorized(sets["target"])
         with torch.no_grad():
@@ -370,7 +377,13 @@ class SparseFineTuner(Analysis):
         trial = {"refs": refs, "before": self._scores(refs), "ref_logits": ref_logits,
                  "new_before": teacher_forced_scores(model, train_on.tokens, train_on.prefix_len, self.batch_size)
                  if objective == "edit" else None, "maps": {}}
-        self._trial = (key, trial) if self._at_original() else None
+        if self._at_original():
+            self._trials[key] = trial
+            while len(self._trials) > 1 and sum(t["ref_logits"].nelement() * t["ref_logits"].element_size()
+                                                for t in self._trials.values()) > TRIAL_CACHE_BYTES:
+                del self._trials[next(iter(self._trials))]
+        else:
+            self._trials.clear()
         return trial
 
     def _at_original(self) -> bool:
@@ -398,8 +411,17 @@ class SparseFineTuner(Analysis):
         return sets
 
     def _scores(self, refs: dict[str, ParagraphSet]) -> dict[str, Any]:
-        """EM, NLL, top-1 tokens and margins of every set against its reference continuation."""
-        return {k: teacher_forced_scores(self.model, r.tokens, r.prefix_len, self.batch_size, predictions=True) for k, r in refs.items()}
+        """EM, NLL, top-1 tokens and margins of every set against its reference continuation (all
+        sets in the same batched forward passes)."""
+        joined = ParagraphSet.concat(refs.values())
+        scores = teacher_forced_scores(self.model, joined.tokens, joined.prefix_len, self.batch_size, predictions=True)
+        out, start = {}, 0
+        for k, r in refs.items():
+            part = slice(start, start + len(r))
+            out[k] = ContinuationScores(scores.em[part], scores.nll[part], scores.token_nll[part], None,
+                                        scores.top1[part], scores.margin[part])
+            start += len(r)
+        return out
 
     def _warn_if_not_memorized(self, target: ParagraphSet) -> None:
         true_em = teacher_forced_scores(self.model, target.tokens, target.prefix_len, self.batch_size).em
@@ -423,14 +445,38 @@ class SparseFineTuner(Analysis):
         return self.make_mask(mask_kind, st.fraction, objective_map, st.seed, sensitivity, st.selectivity_floor,
                               random_draw=st.random_mask)
 
+    def prepare_references(self, *sets: ParagraphSet) -> None:
+        """Compute and cache the original model's greedy continuation of every paragraph of
+        ``sets`` at once (the model must hold its original weights). A paragraph whose true
+        continuation the model reproduces under teacher forcing (EM = its length: every memorized
+        paragraph) is its own greedy continuation and is not decoded; the others are decoded
+        together, :data:`DECODE_BATCH` rows per batch. :func:`compare_masks` calls it with every
+        trial's sets before the first run."""
+        rows: dict[tuple, Tensor] = {}
+        for ps in sets:
+            for pid, row in zip(ps.ids, ps.tokens):
+                key = _row_key(pid, ps.prefix_len, row)
+                if key not in self._references:
+                    rows.setdefault(key, row)
+        if not rows:
+            return
+        P = sets[0].prefix_len
+        tokens = torch.stack(list(rows.values()))
+        C = tokens.shape[1] - P
+        em = teacher_forced_scores(self.model, tokens, P, max(self.batch_size, DECODE_BATCH)).em
+        conts = tokens[:, P:].clone()
+        todo = (em < C).nonzero().flatten()
+        if len(todo):
+            conts[todo] = greedy_decode(self.model, tokens[todo, :P], C, batch_size=DECODE_BATCH)
+        for key, cont in zip(rows, conts):
+            self._references[key] = cont
+
     def _reference(self, paragraphs: ParagraphSet) -> ParagraphSet:
-        """The paragraphs with the original model's greedy continuation (cached per tuner)."""
-        key = _cache_key(paragraphs)
-        if key not in self._references:
-            cont = greedy_decode(self.model, paragraphs.prefixes, paragraphs.continuation_len)
-            self._references[key] = ParagraphSet(torch.cat([paragraphs.prefixes, cont], 1), paragraphs.prefix_len,
-                                                 paragraphs.continuation_len, paragraphs.ids)
-        return self._references[key]
+        """The paragraphs with the original model's greedy continuation (cached per paragraph)."""
+        self.prepare_references(paragraphs)
+        P = paragraphs.prefix_len
+        cont = torch.stack([self._references[_row_key(pid, P, row)] for pid, row in zip(paragraphs.ids, paragraphs.tokens)])
+        return ParagraphSet(torch.cat([paragraphs.prefixes, cont], 1), P, paragraphs.continuation_len, paragraphs.ids)
 
     def _optimize(self, loss_fn: Any, opt: MaskedAdam, steps: int, lr: float) -> list[float]:
         """``steps`` masked Adam steps on ``loss_fn``; the caller rewinds ``opt`` on any error."""
@@ -492,6 +538,10 @@ def selective_mask(
         lam = torch.ones(())
     scores = {n: g.abs() / (sensitivity[n] + lam).sqrt() for n, g in objective_map.weight_grads.items()}
     return replace(objective_map, weight_grads=scores, weight_grads_signed=False).mask(fraction=fraction)
+
+
+def _row_key(pid: str, prefix_len: int, row: Tensor) -> tuple:
+    return pid, prefix_len, row.numpy().tobytes()
 
 
 def _cache_key(paragraphs: ParagraphSet) -> tuple:
