@@ -144,7 +144,10 @@ def test_the_tradeoff_grid_has_a_row_per_mask_point_and_seed(neo, sets):
     assert strong.loc[0.05, "target_nll_after"] > strong.loc[1e-4, "target_nll_after"]
     assert len(curves.points("all")) == 8 and all(p["n_seeds"] == 2 for p in curves.points())
     assert len(curves.plot().data) == 2 * 2  # grid points and frontier per mask
-    assert set(curves.summary()["retain_at_target_25"]) == {"all", "random"}
+    summary = curves.summary()
+    assert set(summary["retain_at_target_25"]) == {"all", "random"}
+    assert {p["lr"] for ps in summary["frontier"].values() for p in ps} <= {1e-4, 0.05}  # not rounded to 0.0
+    assert summary["grid"]["steps"] == [1, 2] and summary["grid"]["lr"] == [1e-4, 0.05]
 
 
 def _row(mask, seed, target, retain, lr=1e-3):

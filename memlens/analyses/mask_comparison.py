@@ -161,12 +161,14 @@ class MaskTradeoff(Result):
         def r3(v: Any) -> Any:
             return None if isinstance(v, float) and v != v else round(v, 3) if isinstance(v, float) else v
 
-        grid = {k: sorted({r[k] for r in self.rows}, key=str) for k in ("lr", "steps", "decay", "seed")}
+        grid = {k: sorted({r[k] for r in self.rows}, key=lambda v: (isinstance(v, str), v))
+                for k in ("lr", "steps", "decay", "seed")}
         keep = ("lr", "steps", "decay", "n_seeds", "target_em_after", "target_em_after_ci_low", "target_em_after_ci_high",
                 "retain_em_after", "retain_em_after_ci_low", "retain_em_after_ci_high")
         return {"grid": grid, "retain_at_target_25": {m: {k: r3(v) for k, v in d.items()}
                                                       for m, d in self.retain_at(25.0).items()},
-                "frontier": {m: [{k: r3(p[k]) for k in keep} for p in self.frontier(m)] for m in self.masks}}
+                "frontier": {m: [{k: p[k] if k == "lr" else r3(p[k]) for k in keep} for p in self.frontier(m)]
+                             for m in self.masks}}
 
     def plot(self) -> "go.Figure":
         """Every grid point (seed means) and each mask's frontier: retain EM after (y) against target
