@@ -286,3 +286,12 @@ def test_a_tradeoff_grid_prepares_each_trial_once_and_matches_compare_masks(neo,
         point = df.loc[(row["mask"], 3e-2, 2)]
         for col in ("target_em_after", "retain_em_after", "target_nll_after", "retain_nll_after"):
             assert point[col] == pytest.approx(row[col], abs=1e-6), (row["mask"], col)
+
+
+def test_compare_masks_refuses_other_memorized_paragraphs_split_differently(neo, sets):
+    """The references of every set are prepared before the first run: a set with another
+    prefix/continuation split gets the one-line error, not a shape error from torch."""
+    target, retain = sets
+    other = ParagraphSet(random_tokens(2, 30, neo.vocab_size, seed=79), 10, 20, ["o-0", "o-1"])
+    with pytest.raises(InputError, match="differ in length"):
+        compare_masks(neo, target[:1], retain, other_memorized=other, masks=("random",), steps=1, progress=False)

@@ -454,6 +454,7 @@ class SparseFineTuner(Analysis):
         trial's sets before the first run."""
         rows: dict[tuple, Tensor] = {}
         for ps in sets:
+            sets[0].check_compatible(ps, "the paragraph sets of a fine-tuning run")
             for pid, row in zip(ps.ids, ps.tokens):
                 key = _row_key(pid, ps.prefix_len, row)
                 if key not in self._references:
