@@ -3,6 +3,7 @@ decay (kept strictly sparse here), its random-mask draw and Fig. 5's trial desig
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -208,10 +209,10 @@ def test_a_trial_is_prepared_once_for_all_its_masks(neo, sets, monkeypatch):
     finally:
         hook.remove()
     assert res.optimizer_seconds <= res.seconds and len(res.losses) == 3
-    # the trial: the references' check (one teacher-forced pass over target and retain), the
-    # target's memorization check, the retain set's reference logits, every set scored before and
-    # after in one pass each (5 forwards), then one forward per step for both terms
-    assert calls["forward"] == 5 + 3, calls
+    # the trial: the references' check (one teacher-forced pass over target and retain, which also
+    # tells whether the target is memorized), the retain set's reference logits, every set scored
+    # before and after in one pass each (4 forwards), then one forward per step for both terms
+    assert calls["forward"] == 4 + 3, calls
     assert {r["mask"] for r in table.trials} == {"topk", "selective", "random"}
     assert all("optimizer_seconds" in r for r in table.trials)
 
@@ -240,13 +241,13 @@ def test_bootstrap_interval():
 def test_references_are_decoded_once_and_recited_paragraphs_not_at_all(neo, sets, monkeypatch):
     """A paragraph the model recites under teacher forcing is its own greedy continuation; the
     others are decoded, once per tuner, and equal greedy_decode's continuation."""
-    from memlens.analyses import unlearn
+    from memlens.analyses import trial_cache
 
     recited, _ = sets
     fresh = ParagraphSet.from_tokens(random_tokens(3, 40, neo.vocab_size, seed=77), prefix_len=20)
     decoded = []
-    real = unlearn.greedy_decode
-    monkeypatch.setattr(unlearn, "greedy_decode", lambda m, prefixes, *a, **k: decoded.append(len(prefixes)) or real(m, prefixes, *a, **k))
+    real = trial_cache.greedy_decode
+    monkeypatch.setattr(trial_cache, "greedy_decode", lambda m, prefixes, *a, **k: decoded.append(len(prefixes)) or real(m, prefixes, *a, **k))
     ft = SparseFineTuner(neo, progress=False)
     ref = ft._reference(recited)
     assert decoded == [] and torch.equal(ref.tokens, recited.tokens)
@@ -260,12 +261,12 @@ def test_a_tradeoff_grid_prepares_each_trial_once_and_matches_compare_masks(neo,
     """mask_tradeoff's shared tuner reuses a seed's trials at every grid point (one objective map
     per trial, the retain references decoded once) and changes no number: each point equals
     compare_masks run alone."""
-    from memlens.analyses import unlearn
+    from memlens.analyses import trial_cache, unlearn
 
     target, _ = sets
     pool = ParagraphSet(random_tokens(6, 40, neo.vocab_size, seed=78), 20, 20, [f"pool-{i}" for i in range(6)])
     calls = {"map": 0, "decode": 0}
-    real_run, real_decode = unlearn.GradientMap.run, unlearn.greedy_decode
+    real_run, real_decode = unlearn.GradientMap.run, trial_cache.greedy_decode
 
     def counting_run(self, *a, **k):
         calls["map"] += 1
@@ -276,7 +277,7 @@ def test_a_tradeoff_grid_prepares_each_trial_once_and_matches_compare_masks(neo,
         return real_decode(*a, **k)
 
     monkeypatch.setattr(unlearn.GradientMap, "run", counting_run)
-    monkeypatch.setattr(unlearn, "greedy_decode", counting_decode)
+    monkeypatch.setattr(trial_cache, "greedy_decode", counting_decode)
     kw = dict(masks=("topk", "random"), n_trials=2, retain_per_trial=3)
     curves = mask_tradeoff(neo, target, pool, lrs=[1e-3, 3e-2], steps=[1, 2], seeds=[0], progress=False, **kw)
     assert calls == {"map": 2, "decode": 1}, calls  # 2 trials, 4 grid points
@@ -286,6 +287,21 @@ def test_a_tradeoff_grid_prepares_each_trial_once_and_matches_compare_masks(neo,
         point = df.loc[(row["mask"], 3e-2, 2)]
         for col in ("target_em_after", "retain_em_after", "target_nll_after", "retain_nll_after"):
             assert point[col] == pytest.approx(row[col], abs=1e-6), (row["mask"], col)
+
+
+def test_a_target_the_model_does_not_recite_is_named_in_a_warning(neo, sets):
+    """The memorization check reads the cached references: a recited target warns nothing, a
+    random one is named."""
+    recited, _ = sets
+    fresh = ParagraphSet(random_tokens(1, 40, neo.vocab_size, seed=80), 20, 20, ["not-memorized-0"])
+    pool = ParagraphSet(random_tokens(3, 40, neo.vocab_size, seed=81), 20, 20, [f"pool-{i}" for i in range(3)])
+    ft = ml.SparseFineTuner(neo, progress=False)
+    with ft.restored():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            ft.unlearn(recited[:1], pool, mask="random", steps=1)
+        with pytest.warns(UserWarning, match=r"\['not-memorized-0'\] are not memorized"):
+            ft.unlearn(fresh, pool, mask="random", steps=1)
 
 
 def test_compare_masks_refuses_other_memorized_paragraphs_split_differently(neo, sets):

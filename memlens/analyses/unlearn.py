@@ -28,10 +28,11 @@ from memlens.core.defaults import MASK_KINDS, RANDOM_MASK_DRAWS, SELECTIVITY_FLO
 from memlens.core.compat import sync_fused_qkv
 from memlens.core.errors import InputError
 from memlens.analyses.gradients import GradientMap, GradientMapResult
-from memlens.core.metrics import ContinuationScores, greedy_decode, teacher_forced_scores
+from memlens.core.metrics import ContinuationScores, teacher_forced_scores
 from memlens.core.objectives import continuation_logits, kl_to_reference, nll_of_logits
 from memlens.analyses.finetune import FineTuneResult, FineTuneSettings
 from memlens.analyses.sparse_mask import SparseMask
+from memlens.analyses.trial_cache import GreedyReferences, TrialCache, trial_key
 from memlens.core.results import Provenance, check_same_model
 from memlens.core.sparse import MaskedAdam, only_trainable
 
@@ -41,10 +42,6 @@ if TYPE_CHECKING:
 Mask = dict[str, Tensor]
 #: what a run may be given as its mask: a kind, a boolean tensor per parameter, a gradient map or a drawn mask
 MaskSpec = str | Mask | GradientMapResult | SparseMask
-#: rows per batch when decoding the retain paragraphs' greedy references
-DECODE_BATCH = 64
-#: a tuner keeps recent trials' inputs (reference logits above all) up to this many bytes
-TRIAL_CACHE_BYTES = 2 * 1024**3
 
 
 class SparseFineTuner(Analysis):
@@ -72,12 +69,10 @@ class SparseFineTuner(Analysis):
         """
         super().__init__(model, batch_size=batch_size, progress=progress)
         self._original: dict[str, Tensor] | None = None
-        #: the original model's greedy continuation of each paragraph, by (id, prefix_len, tokens)
-        self._references: dict[tuple, Tensor] = {}
+        self._references = GreedyReferences(model, self.batch_size)
         #: recent trials' inputs that do not depend on the mask or the settings, valid while the
-        #: weights are the original ones: key -> (before-scores, reference logits, objective maps);
-        #: the oldest are dropped beyond TRIAL_CACHE_BYTES of reference logits
-        self._trials: dict[tuple, dict[str, Any]] = {}
+        #: weights are the original ones: before-scores, reference logits, objective maps
+        self._trials = TrialCache()
         self._sensitivities: dict[tuple, dict[str, Tensor]] = {}
 
     @property
@@ -213,7 +208,7 @@ class SparseFineTuner(Analysis):
         each paragraph's NLL of the original model's greedy continuation (a diagonal empirical
         Fisher of the retain set, nats^2 per unit weight^2). Computed once per retain set, at the
         weights of the first call."""
-        key = _cache_key(retain)
+        key = trial_key("sensitivity", retain)
         if key not in self._sensitivities:
             ref = self._reference(retain)
             total: dict[str, Tensor] = {}
@@ -365,23 +360,24 @@ class SparseFineTuner(Analysis):
         reference logits, and (filled by :meth:`_objective_mask`) the objective's gradient map.
         Kept for the last trial and reused while the weights are the original ones (every run of a
         :func:`memlens.compare_masks` trial starts there)."""
-        key = (objective, _cache_key(train_on), *(_cache_key(s) for s in sets.values()))
-        if key in self._trials and self._at_original():
-            return self._trials[key]
+        key = trial_key(objective, train_on, *sets.values())
+        cached = self._trials.get(key)
+        if cached is not None and self._at_original():
+            return cached
         model = self.model
         self.prepare_references(*sets.values())
-        refs = {k: self._reference(v) for k, v in sets.items()}
-        self._warn_if_not_memorized(sets["target"])
+        refs = {k: self._references.of(v) for k, v in sets.items()}
+        missing = self._references.not_recited(sets["target"])
+        if missing:
+            warnings.warn(f"target paragraph(s) {missing} are not memorized (EM of the true continuation < "
+                          f"{sets['target'].continuation_len}); running anyway", stacklevel=4)
         with torch.no_grad():
             ref_logits = continuation_logits(model, retain.tokens, retain.prefix_len).detach()
         trial = {"refs": refs, "before": self._scores(refs), "ref_logits": ref_logits,
                  "new_before": teacher_forced_scores(model, train_on.tokens, train_on.prefix_len, self.batch_size)
                  if objective == "edit" else None, "maps": {}}
         if self._at_original():
-            self._trials[key] = trial
-            while len(self._trials) > 1 and sum(t["ref_logits"].nelement() * t["ref_logits"].element_size()
-                                                for t in self._trials.values()) > TRIAL_CACHE_BYTES:
-                del self._trials[next(iter(self._trials))]
+            self._trials.put(key, trial)
         else:
             self._trials.clear()
         return trial
@@ -423,13 +419,6 @@ class SparseFineTuner(Analysis):
             start += len(r)
         return out
 
-    def _warn_if_not_memorized(self, target: ParagraphSet) -> None:
-        true_em = teacher_forced_scores(self.model, target.tokens, target.prefix_len, self.batch_size).em
-        if true_em.lt(target.continuation_len).any():
-            missing = [i for i, e in zip(target.ids, true_em.tolist()) if e < target.continuation_len]
-            warnings.warn(f"target paragraph(s) {missing} are not memorized (EM of the true continuation < "
-                          f"{target.continuation_len}); running anyway", stacklevel=4)
-
     def _objective_mask(self, objective: str, train_on: ParagraphSet, retain: ParagraphSet, mask_kind: Any,
                         st: "FineTuneSettings", trial: dict[str, Any]) -> SparseMask:
         """The run's mask; top-k and selective masks rank weights by the objective's gradient at
@@ -447,37 +436,14 @@ class SparseFineTuner(Analysis):
 
     def prepare_references(self, *sets: ParagraphSet) -> None:
         """Compute and cache the original model's greedy continuation of every paragraph of
-        ``sets`` at once (the model must hold its original weights). A paragraph whose true
-        continuation the model reproduces under teacher forcing (EM = its length: every memorized
-        paragraph) is its own greedy continuation and is not decoded; the others are decoded
-        together, :data:`DECODE_BATCH` rows per batch. :func:`compare_masks` calls it with every
-        trial's sets before the first run."""
-        rows: dict[tuple, Tensor] = {}
-        for ps in sets:
-            sets[0].check_compatible(ps, "the paragraph sets of a fine-tuning run")
-            for pid, row in zip(ps.ids, ps.tokens):
-                key = _row_key(pid, ps.prefix_len, row)
-                if key not in self._references:
-                    rows.setdefault(key, row)
-        if not rows:
-            return
-        P = sets[0].prefix_len
-        tokens = torch.stack(list(rows.values()))
-        C = tokens.shape[1] - P
-        em = teacher_forced_scores(self.model, tokens, P, max(self.batch_size, DECODE_BATCH)).em
-        conts = tokens[:, P:].clone()
-        todo = (em < C).nonzero().flatten()
-        if len(todo):
-            conts[todo] = greedy_decode(self.model, tokens[todo, :P], C, batch_size=DECODE_BATCH)
-        for key, cont in zip(rows, conts):
-            self._references[key] = cont
+        ``sets`` at once (the model must hold its original weights); a recited paragraph is its
+        own continuation and is not decoded (:class:`memlens.analyses.trial_cache.GreedyReferences`).
+        :func:`compare_masks` calls it with every trial's sets before the first run."""
+        self._references.prepare(*sets)
 
     def _reference(self, paragraphs: ParagraphSet) -> ParagraphSet:
         """The paragraphs with the original model's greedy continuation (cached per paragraph)."""
-        self.prepare_references(paragraphs)
-        P = paragraphs.prefix_len
-        cont = torch.stack([self._references[_row_key(pid, P, row)] for pid, row in zip(paragraphs.ids, paragraphs.tokens)])
-        return ParagraphSet(torch.cat([paragraphs.prefixes, cont], 1), P, paragraphs.continuation_len, paragraphs.ids)
+        return self._references.of(paragraphs)
 
     def _optimize(self, loss_fn: Any, opt: MaskedAdam, steps: int, lr: float) -> list[float]:
         """``steps`` masked Adam steps on ``loss_fn``; the caller rewinds ``opt`` on any error."""
@@ -498,6 +464,7 @@ class SparseFineTuner(Analysis):
                     raise InputError(f"weights became non-finite at step {step} with lr={lr}; {restored}")
                 losses.append(loss.item())
         return losses
+
 
 def drop_targets(retain: ParagraphSet, target: ParagraphSet, what: str) -> ParagraphSet:
     """``retain`` without the paragraphs that are also targets (by id, or by identical tokens), with
@@ -539,11 +506,3 @@ def selective_mask(
         lam = torch.ones(())
     scores = {n: g.abs() / (sensitivity[n] + lam).sqrt() for n, g in objective_map.weight_grads.items()}
     return replace(objective_map, weight_grads=scores, weight_grads_signed=False).mask(fraction=fraction)
-
-
-def _row_key(pid: str, prefix_len: int, row: Tensor) -> tuple:
-    return pid, prefix_len, row.numpy().tobytes()
-
-
-def _cache_key(paragraphs: ParagraphSet) -> tuple:
-    return tuple(paragraphs.ids), paragraphs.tokens.numpy().tobytes()
