@@ -9,6 +9,7 @@ not. Writes the MaskTradeoff (``--out``) and its rows as JSON.
 
     python benchmarks/tradeoff_frontier.py [--model organism] [--lrs ...] [--steps 5 10 20]
         [--decays none coupled:1 decoupled:1] [--seeds 0 1 2] [--trials 20] [--out FILE]
+        [--add-to SAVED.safetensors]   # extend a saved grid: --out gets the union
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def main() -> None:
     ap.add_argument("--weights", default=None, help="raw or processed (default: the paper preset's)")
     ap.add_argument("--out", default=None, help="the MaskTradeoff file (.safetensors); JSON beside it")
     ap.add_argument("--table-from", default=None, metavar="FILE.safetensors", help="only print a saved result's tables")
+    ap.add_argument("--add-to", default=None, metavar="FILE.safetensors",
+                    help="a saved grid of the same design this run extends (e.g. more learning rates): --out gets both")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     import memlens as ml
@@ -54,6 +57,10 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     meta = {"model": args.model, "weights": weights, "memorized": len(mem), "non_memorized": len(non),
             "trials": args.trials, "seconds": round(seconds, 1), "objective": "paper preset (code's)"}
+    if args.add_to:
+        result = ml.MaskTradeoff.concat([ml.MaskTradeoff.load(args.add_to), result])
+        meta["seconds"] = round(seconds + _seconds_of(args.add_to), 1)
+        meta["parts"] = 2
     if args.out:
         from memlens.core.io import write_json_atomic
 
@@ -61,6 +68,16 @@ def main() -> None:
         write_json_atomic(args.out.rsplit(".", 1)[0] + ".json", meta | {"summary": result.summary(),
                                                                         "points": result.points()})
     print(markdown(result, meta))
+
+
+def _seconds_of(saved: str) -> float:
+    """The measured seconds recorded in the JSON beside a saved grid (0 when it has none)."""
+    path = saved.rsplit(".", 1)[0] + ".json"
+    try:
+        with open(path, encoding="utf-8") as f:
+            return float(json.load(f).get("seconds", 0.0))
+    except (OSError, ValueError):
+        return 0.0
 
 
 def markdown(result, meta: dict) -> str:

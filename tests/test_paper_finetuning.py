@@ -173,6 +173,28 @@ def test_frontiers_and_the_retain_em_at_target_25():
     assert tr.summary()["retain_at_target_25"]["random"]["retain_em"] is None
 
 
+def test_a_grid_measured_in_parts_reads_like_one_grid():
+    from memlens.analyses.mask_comparison import MaskTradeoff
+    from memlens.core.results import Provenance
+
+    pts = [(40, 48), (30, 40), (20, 35), (10, 10)]
+    rows = [_row("topk", s, t, r, lr=i) for s in (0, 1) for i, (t, r) in enumerate(pts)]
+    design = {"n_trials": 3, "retain_per_trial": 10}
+    whole = MaskTradeoff(rows=rows, provenance=Provenance(model="m", config=design | {"lrs": [0, 1, 2, 3]}))
+    first = MaskTradeoff(rows=[r for r in rows if r["lr"] < 2], provenance=Provenance(model="m", config=design | {"lrs": [0, 1]}))
+    second = MaskTradeoff(rows=[r for r in rows if r["lr"] >= 2], provenance=Provenance(model="m", config=design | {"lrs": [3, 2]}))
+    joined = MaskTradeoff.concat([first, second])
+    assert joined.retain_at(25.0) == whole.retain_at(25.0) and joined.frontier("topk") == whole.frontier("topk")
+    assert joined.provenance.config["lrs"] == [0, 1, 2, 3] and joined.provenance.config["n_trials"] == 3
+    with pytest.raises(InputError, match="both measured mask 'topk' at lr 0, 10 steps, decay none, seed 0"):
+        MaskTradeoff.concat([first, first])
+    other = MaskTradeoff(rows=second.rows, provenance=Provenance(model="m", config=design | {"n_trials": 20}))
+    with pytest.raises(InputError, match=r"part 1 was run with other settings than part 0 \(n_trials\)"):
+        MaskTradeoff.concat([first, other])
+    with pytest.raises(InputError, match="different models"):
+        MaskTradeoff.concat([first, MaskTradeoff(rows=second.rows, provenance=Provenance(model="n", config=design))])
+
+
 def test_a_tradeoff_grid_with_bad_points_is_refused(neo, sets):
     target, retain = sets
     for kwargs, match in (({"lrs": []}, "no point"), ({"lrs": [1e-3], "steps": [0]}, "steps 0 must be an integer >= 1"),

@@ -14,7 +14,7 @@ import torch
 
 from memlens.core.data import ParagraphSet
 from memlens.core.errors import InputError
-from memlens.core.results import Provenance, Result
+from memlens.core.results import Provenance, Result, check_same_model
 from memlens.core.stats import bootstrap_mean_ci
 from memlens.analyses.finetune import FineTuneSettings, finetune_problem
 from memlens.analyses.unlearn import SparseFineTuner, drop_targets
@@ -115,6 +115,40 @@ class MaskTradeoff(Result):
     @property
     def masks(self) -> list[str]:
         return list(dict.fromkeys(r["mask"] for r in self.rows))
+
+    @classmethod
+    def concat(cls, parts: Sequence["MaskTradeoff"]) -> "MaskTradeoff":
+        """One trade-off from a grid measured in parts (e.g. learning rates added in a later run):
+        the rows of every part, the first part's provenance with the grid lists merged. The parts
+        must come from one model and one design (the provenance settings other than the grid lists
+        are equal); a (mask, grid point, seed) measured in two parts is refused."""
+        if not parts:
+            raise InputError("MaskTradeoff.concat needs at least one part")
+        grid_keys = ("lrs", "steps", "decays", "seeds", "masks")
+        first = parts[0].provenance
+        design = {k: v for k, v in first.config.items() if k not in grid_keys}
+        seen: dict[tuple, int] = {}
+        rows: list[dict[str, Any]] = []
+        for i, part in enumerate(parts):
+            check_same_model(first.model, part.provenance.model, "trade-off parts")
+            other = {k: v for k, v in part.provenance.config.items() if k not in grid_keys}
+            if other != design:
+                diff = sorted(k for k in set(design) | set(other) if design.get(k) != other.get(k))
+                raise InputError(f"trade-off part {i} was run with other settings than part 0 ({', '.join(diff)}); "
+                                 "only the grid (lrs, steps, decays, seeds, masks) may differ between parts")
+            for r in part.rows:
+                key = _point_key(r) + (r["seed"],)
+                if key in seen:
+                    raise InputError(f"trade-off parts {seen[key]} and {i} both measured mask {key[0]!r} at lr {key[1]:g}, "
+                                     f"{key[2]} steps, decay {key[3]}, seed {key[4]}; drop it from one part")
+                seen[key] = i
+                rows.append(r)
+        config = dict(first.config)
+        for k in grid_keys:
+            merged = [v for part in parts for v in part.provenance.config.get(k, [])]
+            if merged:
+                config[k] = sorted(set(merged), key=lambda v: (isinstance(v, str), v))
+        return cls(rows=rows, provenance=dataclasses.replace(first, config=config))
 
     def points(self, mask: str | None = None) -> list[dict[str, Any]]:
         """Per (mask, lr, steps, decay): ``target_em_after`` and ``retain_em_after`` averaged over
