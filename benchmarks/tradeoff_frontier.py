@@ -59,25 +59,30 @@ def main() -> None:
             "trials": args.trials, "seconds": round(seconds, 1), "objective": "paper preset (code's)"}
     if args.add_to:
         result = ml.MaskTradeoff.concat([ml.MaskTradeoff.load(args.add_to), result])
-        meta["seconds"] = round(seconds + _seconds_of(args.add_to), 1)
-        meta["parts"] = 2
+        saved = _saved_meta(args.add_to)
+        meta["seconds"] = round(seconds + float(saved.get("seconds", 0.0)), 1)
+        meta["parts"] = int(saved.get("parts", 1)) + 1
     if args.out:
         from memlens.core.io import write_json_atomic
 
         result.save(args.out)
-        write_json_atomic(args.out.rsplit(".", 1)[0] + ".json", meta | {"summary": result.summary(),
+        write_json_atomic(_json_beside(args.out), meta | {"summary": result.summary(),
                                                                         "points": result.points()})
     print(markdown(result, meta))
 
 
-def _seconds_of(saved: str) -> float:
-    """The measured seconds recorded in the JSON beside a saved grid (0 when it has none)."""
-    path = saved.rsplit(".", 1)[0] + ".json"
+def _json_beside(saved: str) -> str:
+    """The JSON this script writes beside a saved MaskTradeoff file."""
+    return saved.rsplit(".", 1)[0] + ".json"
+
+
+def _saved_meta(saved: str) -> dict:
+    """The run facts (seconds, parts, ...) in the JSON beside a saved grid; empty when it has none."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return float(json.load(f).get("seconds", 0.0))
+        with open(_json_beside(saved), encoding="utf-8") as f:
+            return json.load(f)
     except (OSError, ValueError):
-        return 0.0
+        return {}
 
 
 def markdown(result, meta: dict) -> str:

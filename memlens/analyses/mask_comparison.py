@@ -135,7 +135,7 @@ class MaskTradeoff(Result):
             if other != design:
                 diff = sorted(k for k in set(design) | set(other) if design.get(k) != other.get(k))
                 raise InputError(f"trade-off part {i} was run with other settings than part 0 ({', '.join(diff)}); "
-                                 "only the grid (lrs, steps, decays, seeds, masks) may differ between parts")
+                                 f"only the grid ({', '.join(grid_keys)}) may differ between parts")
             for r in part.rows:
                 key = _point_key(r) + (r["seed"],)
                 if key in seen:
@@ -147,7 +147,7 @@ class MaskTradeoff(Result):
         for k in grid_keys:
             merged = [v for part in parts for v in part.provenance.config.get(k, [])]
             if merged:
-                config[k] = sorted(set(merged), key=lambda v: (isinstance(v, str), v))
+                config[k] = _grid_sorted(set(merged))
         return cls(rows=rows, provenance=dataclasses.replace(first, config=config))
 
     def points(self, mask: str | None = None) -> list[dict[str, Any]]:
@@ -195,8 +195,7 @@ class MaskTradeoff(Result):
         def r3(v: Any) -> Any:
             return None if isinstance(v, float) and v != v else round(v, 3) if isinstance(v, float) else v
 
-        grid = {k: sorted({r[k] for r in self.rows}, key=lambda v: (isinstance(v, str), v))
-                for k in ("lr", "steps", "decay", "seed")}
+        grid = {k: _grid_sorted({r[k] for r in self.rows}) for k in ("lr", "steps", "decay", "seed")}
         keep = ("lr", "steps", "decay", "n_seeds", "target_em_after", "target_em_after_ci_low", "target_em_after_ci_high",
                 "retain_em_after", "retain_em_after_ci_low", "retain_em_after_ci_high")
         return {"grid": grid, "retain_at_target_25": {m: {k: r3(v) for k, v in d.items()}
@@ -210,6 +209,11 @@ class MaskTradeoff(Result):
         from memlens.viz.unlearning import plot_tradeoff
 
         return plot_tradeoff(self)
+
+
+def _grid_sorted(values: Any) -> list[Any]:
+    """Grid values in order: numbers ascending, then labels (``none``, ``coupled:1``, ...) by name."""
+    return sorted(values, key=lambda v: (isinstance(v, str), v))
 
 
 def _point_key(r: dict[str, Any]) -> tuple:
