@@ -19,6 +19,7 @@ import argparse
 import json
 import time
 import warnings
+from pathlib import Path
 
 
 def main() -> None:
@@ -34,6 +35,10 @@ def main() -> None:
     ap.add_argument("--del-paragraphs", type=int, default=16)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--precision", default=None, choices=["fp32", "bf16-mixed"],
+                    help="compute precision (default: the model's, fp32); docs/precision.md")
+    ap.add_argument("--fresh", action="store_true",
+                    help="start a checkpoint made with other settings afresh instead of refusing it")
     ap.add_argument("--table-from", default=None, metavar="FILE.json", help="only print the tables of a saved run")
     ap.add_argument("--ig-baseline", action="store_true")
     ap.add_argument("--tune", action="store_true")
@@ -52,17 +57,25 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    model = ml.load_model(args.model, progress=False)
+    try:
+        model = ml.load_model(args.model, progress=False)
+    except ml.MemlensError as e:
+        raise SystemExit(f"localization: error: {e}") from None
     if args.ig_baseline:
         return ig_baseline(model)
     if args.tune:
         return tune(model, args)
     t0 = time.perf_counter()
-    res = ml.LocalizationBenchmark(model, progress=True).run(
+    if args.out:
+        from memlens.core.io import check_output_file
+
+        check_output_file(args.out, "--out")  # before hours of compute
+    blocks = (args.out + ".blocks") if args.out else None
+    res = ml.LocalizationBenchmark(model, progress=True, precision=args.precision).run(
         localizers=args.localizers, ratios=args.ratios, seeds=args.seeds, n_paragraphs=args.n_paragraphs,
         weight_ratios=args.weight_ratios, localizer_settings=json.loads(args.settings),
         contrast_paragraphs=args.contrast_paragraphs, del_paragraphs=args.del_paragraphs,
-        checkpoint=(args.out + ".blocks") if args.out else None)
+        checkpoint=blocks, fresh=args.fresh)
     total = time.perf_counter() - t0
     out = {"model": args.model, "total_seconds": round(total, 1), "summary": res.summary(), "rows": res.rows,
            "injections": res.injections, "settings": vars(args) | {"torch_threads": __import__("torch").get_num_threads()}}
@@ -70,6 +83,7 @@ def main() -> None:
         from memlens.core.io import write_json_atomic
 
         write_json_atomic(args.out, out)
+        Path(blocks).unlink(missing_ok=True)  # only once the output is safely written
     print(markdown(out))
 
 

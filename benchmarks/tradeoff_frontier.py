@@ -18,6 +18,7 @@ import argparse
 import json
 import time
 import warnings
+from typing import Any
 
 
 def main() -> None:
@@ -43,7 +44,15 @@ def main() -> None:
         return
     cfg = ml.RunConfig.paper(args.model)
     weights = args.weights or cfg.weights
+    # everything the end of the run needs is read and checked before the grid is computed
+    saved_part = _check_add_to(args, ml) if args.add_to else None
+    if args.out:
+        from memlens.core.io import check_output_file
+
+        check_output_file(args.out, "--out")
     model = ml.load_model(args.model, progress=False, weights=weights)
+    if saved_part is not None:
+        ml.core.results.check_same_model(saved_part.provenance.model, model.name, f"--add-to {args.add_to} and this run")
     res = ml.scan(model, model.ground_truth.paragraph_set(), progress=False)
     mem, non = res.memorized(), res.non_memorized()
     u = cfg.unlearn
@@ -53,12 +62,15 @@ def main() -> None:
     t0 = time.perf_counter()
     result = ml.mask_tradeoff(model, mem[: args.trials], u.retain_set(non), args.lrs, masks=args.masks,
                               steps=args.steps, decays=args.decays, seeds=args.seeds, progress=True,
-                              checkpoint=(args.out + ".grid") if args.out else None, **kw)
+                              checkpoint=(args.out + ".grid") if args.out else None, out=args.out, **kw)
     seconds = time.perf_counter() - t0
     meta = {"model": args.model, "weights": weights, "memorized": len(mem), "non_memorized": len(non),
             "trials": args.trials, "seconds": round(seconds, 1), "objective": "paper preset (code's)"}
-    if args.add_to:
-        result = ml.MaskTradeoff.concat([ml.MaskTradeoff.load(args.add_to), result])
+    if saved_part is not None:
+        try:
+            result = ml.MaskTradeoff.concat([saved_part, result])
+        except ml.InputError as e:
+            raise SystemExit(f"tradeoff_frontier: error: {e}; this run's grid is saved alone in {args.out}") from None
         saved = _saved_meta(args.add_to)
         meta["seconds"] = round(seconds + float(saved.get("seconds", 0.0)), 1)
         meta["parts"] = int(saved.get("parts", 1)) + 1
@@ -69,6 +81,29 @@ def main() -> None:
         write_json_atomic(_json_beside(args.out), meta | {"summary": result.summary(),
                                                                         "points": result.points()})
     print(markdown(result, meta))
+
+
+def _check_add_to(args: argparse.Namespace, ml: Any) -> Any:
+    """The saved part ``--add-to`` names, loaded and checked against this run's grid before any
+    compute: it must load, and no (mask, lr, steps, decay, seed) of this run may be in it already."""
+    if not args.out:
+        raise SystemExit("tradeoff_frontier: error: --add-to needs --out (the joined grid is written there)")
+    try:
+        part = ml.MaskTradeoff.load(args.add_to)
+    except ml.InputError as e:
+        raise SystemExit(f"tradeoff_frontier: error: --add-to: {e}") from None
+    from memlens.analyses.mask_comparison import decay_label, parse_decay
+
+    planned = {(m, float(lr), st, decay_label(ml.FineTuneSettings(decay_mode=mode, weight_decay=w)), seed)
+               for m in args.masks for lr in args.lrs for st in args.steps
+               for mode, w in (parse_decay(d) for d in args.decays) for seed in args.seeds}
+    have = {(r["mask"], float(r["lr"]), r["steps"], r["decay"], r["seed"]) for r in part.rows}
+    both = sorted(planned & have)
+    if both:
+        m, lr, st, d, seed = both[0]
+        raise SystemExit(f"tradeoff_frontier: error: --add-to {args.add_to} has measured {len(both)} of this run's points "
+                         f"already (e.g. mask {m}, lr {lr:g}, {st} steps, decay {d}, seed {seed}); drop them from the grid")
+    return part
 
 
 def _json_beside(saved: str) -> str:

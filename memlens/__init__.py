@@ -18,6 +18,8 @@ from memlens.core.metrics import ContinuationScores, greedy_decode, paragraph_mi
 from memlens.core.model import HookedModel
 from memlens.core.neurons import NeuronLayout
 from memlens.core.results import Provenance, Result, load_result
+from memlens.core.sparse import WeightMask
+from memlens.core.quantize import QuantScheme, quantize_dequantize
 from memlens.core.paper_data import FilterReport, paper_filters, read_carlini_arrays, read_token_tensor
 from memlens.loading.processed import process_weights
 from memlens.loading import load_model, register_model_source
@@ -36,7 +38,7 @@ from memlens.analyses.gradient_similarity import GradientSimilarity, GradientSim
 from memlens.analyses.gradients import GradientMap, GradientMapComparison, GradientMapResult
 from memlens.analyses.head_ablation import HeadAblation, HeadAblationResult, head_ablation_em_drop
 from memlens.analyses.heads import HeadLocalizer, HeadReport
-from memlens.analyses.injection import InjectionResult, inject, inject_neurons, inject_weights
+from memlens.analyses.injection import InjectionResult, InjectionSettings, inject, inject_neurons, inject_weights
 from memlens.analyses.localization import (ActivationLocalizer, GradientLocalizer, HardConcreteLocalizer,
                                            IntegratedGradientsLocalizer, LocalizationBenchmark,
                                            LocalizationBenchmarkResult, Localizer, NeuronScores, RandomLocalizer,
@@ -49,6 +51,7 @@ from memlens.analyses.patching import PatchingResult, PatchPair, attribution_pat
 from memlens.analyses.perturb import PerturbationComparison, PerturbationResult, PrefixPerturber
 from memlens.analyses.profiles import EMRangeProfiles, profiles_by_em_range
 from memlens.analyses.rare_attention import RareAttentionResult, paper_rare_token_setup, rare_token_attention
+from memlens.analyses.resurfacing import ResurfacingAudit, ResurfacingResult, ResurfacingSettings
 from memlens.analyses.scan import ScanResult, scan
 from memlens.analyses.sparse_mask import SparseMask
 from memlens.analyses.base import Analysis
@@ -69,6 +72,7 @@ from memlens.run.stages.noise import NoiseConfig
 from memlens.run.stages.pair_gradients import PairGradientsConfig
 from memlens.run.stages.perturb import PerturbConfig
 from memlens.run.stages.rare_attention import RareAttentionConfig
+from memlens.run.stages.resurface import ResurfaceConfig
 from memlens.run.stages.scan import ScanConfig
 from memlens.run.stages.tradeoff import TradeoffConfig
 from memlens.run.stages.unlearn import UnlearnConfig
@@ -110,6 +114,7 @@ __all__ = [
     "HookError",
     "HookedModel",
     "InjectionResult",
+    "InjectionSettings",
     "InputError",
     "IntegratedGradientsLocalizer",
     "LocalizationBenchmark",
@@ -139,8 +144,13 @@ __all__ = [
     "Provenance",
     "RandomLocalizer",
     "RareAttentionConfig",
+    "QuantScheme",
     "RareAttentionResult",
     "Result",
+    "ResurfaceConfig",
+    "ResurfacingAudit",
+    "ResurfacingResult",
+    "ResurfacingSettings",
     "RunConfig",
     "RunFolder",
     "ScanConfig",
@@ -156,6 +166,7 @@ __all__ = [
     "TradeoffConfig",
     "UnigramCounts",
     "UnlearnConfig",
+    "WeightMask",
     "ZeroOutLocalizer",
     "activation_gradient_view",
     "activation_gradients",
@@ -183,6 +194,7 @@ __all__ = [
     "paragraph_min_k_nll",
     "process_weights",
     "profiles_by_em_range",
+    "quantize_dequantize",
     "rare_token_attention",
     "read_carlini_arrays",
     "read_token_tensor",

@@ -4,7 +4,8 @@ tiny random models of every supported architecture.
 Tiers: tests that need the organism (or a run of it) or that train or build a model are marked
 ``slow`` automatically; ``pytest`` runs the fast tier, ``pytest -m "slow or not slow"`` (what
 ``scripts/test.sh`` runs) runs both. After every test, every model a test could reach must be as
-it was: no hook left registered, no ``requires_grad`` flag changed, no ``.grad`` left behind.
+it was: no hook left registered, no ``requires_grad`` flag changed, no ``.grad`` left behind, the
+same compute precision.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
-def _state(model: HookedModel) -> tuple[int, frozenset[str], list[str]]:
+def _state(model: HookedModel) -> tuple[int, frozenset[str], list[str], str]:
     hooks = 0
     for hp in set(model.tl_model.hook_dict.values()):  # the hook points (the bridge's own module hooks aside)
         hooks += len(hp._forward_hooks) + len(hp._forward_pre_hooks) + len(hp._backward_hooks)
@@ -49,15 +50,16 @@ def _state(model: HookedModel) -> tuple[int, frozenset[str], list[str]]:
     params = dict(model.tl_model.named_parameters())
     trainable = frozenset(n for n, p in params.items() if p.requires_grad)
     grads = [n for n, p in params.items() if p.grad is not None]
-    return hooks, trainable, grads
+    return hooks, trainable, grads, model.precision
 
 
 @pytest.fixture(autouse=True)
 def _no_leaks(request):
     before = {id(m): (m, _state(m)) for m in list(_LIVE_MODELS)}
     yield
-    for model, (hooks, trainable, _) in before.values():
-        now_hooks, now_trainable, grads = _state(model)
+    for model, (hooks, trainable, _, precision) in before.values():
+        now_hooks, now_trainable, grads, now_precision = _state(model)
+        assert now_precision == precision, f"{request.node.nodeid} left {model.name} at precision {now_precision}"
         assert now_hooks == hooks, f"{request.node.nodeid} left {now_hooks - hooks} hook(s) on {model.name}"
         assert now_trainable == trainable, (
             f"{request.node.nodeid} changed requires_grad of {sorted(now_trainable ^ trainable)[:3]} on {model.name}")

@@ -108,7 +108,7 @@ def test_dtype_and_device(tmp_path):
     base = random_tokens(6, 16, model.vocab_size, seed=2)
     paras = ParagraphSet.from_tokens(torch.cat([base, greedy_decode(model, base, 16)], 1), prefix_len=16)
     full = greedy_check(model, scan(model, paras, progress=False))
-    assert full == {"n": 6, "agree": 6, "max_abs_diff": 0, "dtype": "float32"}
+    assert full == {"n": 6, "agree": 6, "max_abs_diff": 0, "dtype": "float32", "precision": "fp32"}
     model.to(dtype="bfloat16")
     assert model.dtype == torch.bfloat16
     low = greedy_check(model, scan(model, paras, progress=False))

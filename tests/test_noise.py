@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from memlens import InputError, ParagraphSet
-from memlens.analyses.noise import NoiseIntervention, NoiseResult, _noised
+from memlens.analyses.noise import NoiseIntervention, NoiseResult, noised
 from memlens.analyses.unlearn import SparseFineTuner
 from memlens.core.metrics import greedy_decode
 from memlens.testing import random_tokens
@@ -51,7 +51,7 @@ def test_noise_lands_on_the_mask_with_the_parameters_std(neo):
     mask = ft.make_mask("random", 0.2, None, seed=3).masks
     params = ft.params
     before = {n: p.detach().clone() for n, p in params.items()}
-    with _noised(params, mask, 0.5, "parameter_std", torch.Generator().manual_seed(0)):
+    with noised(params, mask, 0.5, "parameter_std", torch.Generator().manual_seed(0)):
         deltas = {n: params[n].detach() - before[n] for n in params}
         for n, d in deltas.items():
             assert torch.count_nonzero(d[~mask[n]]) == 0  # nothing outside the mask moves
@@ -66,7 +66,7 @@ def test_restored_after_an_error_inside(neo):
     mask = ft.make_mask("all", 1.0, None).masks
     before = {n: p.detach().clone() for n, p in ft.params.items()}
     with pytest.raises(RuntimeError, match="boom"):
-        with _noised(ft.params, mask, 1.0, "absolute", torch.Generator().manual_seed(0)):
+        with noised(ft.params, mask, 1.0, "absolute", torch.Generator().manual_seed(0)):
             raise RuntimeError("boom")
     assert all(torch.equal(p.detach(), before[n]) for n, p in ft.params.items())
 

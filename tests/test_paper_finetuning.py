@@ -271,12 +271,12 @@ def test_references_are_decoded_once_and_recited_paragraphs_not_at_all(neo, sets
     real = trial_cache.greedy_decode
     monkeypatch.setattr(trial_cache, "greedy_decode", lambda m, prefixes, *a, **k: decoded.append(len(prefixes)) or real(m, prefixes, *a, **k))
     ft = SparseFineTuner(neo, progress=False)
-    ref = ft._reference(recited)
+    ref = ft.reference(recited)
     assert decoded == [] and torch.equal(ref.tokens, recited.tokens)
     ft.prepare_references(fresh, recited)
     ft.prepare_references(fresh)
     assert decoded == [3]
-    assert torch.equal(ft._reference(fresh).continuations, real(neo, fresh.prefixes, 20))
+    assert torch.equal(ft.reference(fresh).continuations, real(neo, fresh.prefixes, 20))
 
 
 def test_a_tradeoff_grid_prepares_each_trial_once_and_matches_compare_masks(neo, sets, monkeypatch):

@@ -187,9 +187,9 @@ def test_compare_masks_resumes_from_its_checkpoint(neo, sets, tmp_path, monkeypa
     target, retain = sets
     ckpt = tmp_path / "runs.partial"
     first = compare_masks(neo, target, retain, masks=("random", "all"), steps=1, progress=False, checkpoint=ckpt)
-    assert len(ckpt.read_text().splitlines()) == 4  # 2 masks x 2 targets
+    assert len(ckpt.read_text().splitlines()) == 1 + 4  # the header, then 2 masks x 2 targets
     with ckpt.open("a") as f:
-        f.write('{"objective": "unl')  # a torn last line, as a kill leaves it
+        f.write('{"key": ["unl')  # a torn last line, as a kill leaves it
     calls = []
     monkeypatch.setattr(SparseFineTuner, "unlearn", lambda *a, **k: calls.append(1))
     again = compare_masks(neo, target, retain, masks=("random", "all"), steps=1, progress=False, checkpoint=ckpt)

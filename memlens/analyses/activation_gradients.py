@@ -15,6 +15,7 @@ from memlens.core.progress import tqdm
 from memlens.core.data import ParagraphSet
 from memlens.core.errors import InputError
 from memlens.core.results import Provenance, Result
+from memlens.core.precision import with_precision
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -109,6 +110,7 @@ class ActivationGradientResult(Result):
         return plot_token_bars(tokens, scores, f"|dL/d{kind}| of L{layer}H{head} per token (blue: prefix, orange: continuation)",
                                "max over d_head", colors=colors)
 
+@with_precision
 def activation_gradients(
     model: "HookedModel", paragraphs: ParagraphSet, kinds: Sequence[str] = ACTIVATION_KINDS,
     batch_size: int = 8, progress: bool = True, loss_tokens: int | None = None,

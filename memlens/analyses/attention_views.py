@@ -10,6 +10,7 @@ import torch
 from memlens.core.data import ParagraphSet
 from memlens.core.errors import InputError
 from memlens.viz.circuits import CircuitsView, ViewList, attention_heads_view, colored_tokens_view
+from memlens.core.precision import with_precision
 
 if TYPE_CHECKING:
     from memlens.analyses.activation_gradients import ActivationGradientResult
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from memlens.analyses.frequency import UnigramCounts
 
 
+@with_precision
 def head_views(
     model: "HookedModel", paragraphs: ParagraphSet, layer: int, head: int, paragraph: int = 0,
     unigram: "UnigramCounts | None" = None,
@@ -55,6 +57,7 @@ def head_views(
     return views
 
 
+@with_precision
 def head_attention_views(
     model: "HookedModel", paragraphs: ParagraphSet, layer: int, head: int, max_paragraphs: int = 8,
     unigram: "UnigramCounts | None" = None, batch_size: int = 16,
@@ -93,6 +96,7 @@ def head_attention_views(
     return views
 
 
+@with_precision
 def activation_gradient_view(
     model: "HookedModel", result: "ActivationGradientResult", paragraph: int, layer: int, head: int, kind: str = "v",
 ) -> CircuitsView:

@@ -105,4 +105,5 @@ def duplication_profile(result: ScanLike, count_column: str | None = None) -> Du
         paragraph_ids=[result.paragraphs.ids[i] for i in keep],
         count=torch.tensor([values[i] for i in keep], dtype=torch.float64),
         em=result.em[keep].clone(), nll=result.nll[keep].clone(), split=[splits[i] for i in keep],
-        count_column=column, provenance=Provenance.capture(result.model_name, count_column=column))
+        count_column=column, provenance=Provenance.capture(result.model_name, precision=getattr(getattr(result, "provenance", None), "precision", None),
+                                                              count_column=column))

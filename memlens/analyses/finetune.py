@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from memlens.core.defaults import (
-    DECAY_MODES, FRACTION, KL_DIRECTIONS, KL_REDUCTIONS, RANDOM_MASK_DRAWS, SELECTIVITY_FLOOR, KLDirection, KLReduction,
+    DECAY_MODES, FORGET_LOSSES, FRACTION, ForgetLoss, KL_DIRECTIONS, KL_REDUCTIONS, RANDOM_MASK_DRAWS, SELECTIVITY_FLOOR, KLDirection, KLReduction,
     SEED_REQUIREMENT, DecayMode, RandomMaskDraw, one_of, seed_problem,
 )
 from memlens.core.errors import InputError
@@ -32,6 +32,8 @@ _REQUIREMENTS: dict[str, tuple[Any, str]] = {
     "kl_reduction": (lambda v: v in KL_REDUCTIONS, f"must be {one_of(KL_REDUCTIONS)}"),
     "random_mask": (lambda v: v in RANDOM_MASK_DRAWS, f"must be {one_of(RANDOM_MASK_DRAWS)}"),
     "decay_mode": (lambda v: v in DECAY_MODES, f"must be {one_of(DECAY_MODES)}"),
+    "forget_loss": (lambda v: v in FORGET_LOSSES, f"must be {one_of(FORGET_LOSSES)}"),
+    "npo_beta": (lambda v: _number(v) and 0 < v < math.inf, "must be a positive finite number"),
 }
 
 
@@ -70,6 +72,10 @@ class FineTuneSettings:
             (AdamW: the weights shrink by lr x weight_decay per step).
         random_mask: ``exact`` (the top-k count) or ``bernoulli`` (each weight with probability
             ``fraction``, the code's draw).
+        forget_loss: the forget term of ``unlearn``: ``nll`` (-nll_scale x NLL, the paper's) or
+            ``npo`` (negative preference optimization, Zhang et al. 2024, against the original
+            model; memlens's addition, the baseline of the unlearning literature).
+        npo_beta: NPO's inverse temperature (the NPO paper's 0.1).
     """
 
     fraction: float = FRACTION
@@ -84,6 +90,8 @@ class FineTuneSettings:
     weight_decay: float = 0.0
     random_mask: RandomMaskDraw = "exact"
     decay_mode: DecayMode = "coupled"
+    forget_loss: ForgetLoss = "nll"
+    npo_beta: float = 0.1
 
     #: the official code's values (notebooks/3 editing/fine-tuning.ipynb) of the settings it fixes:
     #: Adam lr 1e-5, coupled weight decay 1.0, 5 steps, 0.1 x NLL +
@@ -145,6 +153,8 @@ class FineTuneResult(Result):
         mask_size: weights the mask allowed to change.
         losses: objective per step.
         seconds: wall time of the run; optimizer_seconds: of its optimizer steps alone.
+        updates_rounded_away: for a model stored in bfloat16/float16, trained weights whose float32
+            master copy moved while the stored weight kept its value (0 for float32 weights).
     """
 
     objective: str
@@ -155,6 +165,7 @@ class FineTuneResult(Result):
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     optimizer_seconds: float = 0.0
+    updates_rounded_away: int = 0
     provenance: Provenance = field(default_factory=Provenance)
 
     def to_dataframe(self) -> "pd.DataFrame":
@@ -172,7 +183,8 @@ class FineTuneResult(Result):
         ``edit``, the new continuation's EM and the share of targets that reach EM >= 40)."""
         out: dict[str, Any] = {"objective": self.objective, "mask": self.mask_kind,
                                "mask_size": self.mask_size, "weights_changed": self.weights_changed,
-                               "seconds": round(self.seconds, 4), "optimizer_seconds": round(self.optimizer_seconds, 4)}
+                               "seconds": round(self.seconds, 4), "optimizer_seconds": round(self.optimizer_seconds, 4),
+                               "updates_rounded_away": self.updates_rounded_away}
         for s in ("target", "other_memorized", "retain"):
             out[f"{s}_em_before"] = self.mean(s, "em_before")
             out[f"{s}_em_after"] = self.mean(s, "em_after")

@@ -98,14 +98,15 @@ class GradientSimilarity(Analysis):
 
     DEFAULT_BATCH_SIZE = 8
 
-    def __init__(self, model: "HookedModel", *, batch_size: int | None = None, progress: bool = True) -> None:
+    def __init__(self, model: "HookedModel", *, batch_size: int | None = None, progress: bool = True,
+                 precision: str | None = None) -> None:
         """
         Args:
             model: the model.
             batch_size: paragraphs per backward pass (default :attr:`DEFAULT_BATCH_SIZE`).
             progress: show progress bars (a call's own ``progress`` wins).
         """
-        super().__init__(model, batch_size=batch_size, progress=progress)
+        super().__init__(model, batch_size=batch_size, progress=progress, precision=precision)
 
     def run(self, a: ParagraphSet, b: ParagraphSet, labels: tuple[str, str] = ("memorized", "non_memorized"),
                 progress: bool | None = None) -> GradientSimilarityResult:

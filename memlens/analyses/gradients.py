@@ -24,6 +24,7 @@ from memlens.core.components import ComponentKey, ComponentRegistry, layer_of
 from memlens.core.data import ParagraphSet
 from memlens.core.errors import InputError
 from memlens.core.results import Provenance, Result, check_same_model
+from memlens.core.sparse import WeightMask
 from memlens.core.objectives import continuation_logits, continuation_nll, kl_to_reference
 from memlens.core.sparse import only_trainable
 
@@ -139,11 +140,13 @@ class GradientMapResult(Result):
         """The ``k`` components with the highest score."""
         return self.to_dataframe().sort_values("score", ascending=False).head(k).reset_index(drop=True)
 
-    def mask(self, fraction: float | None = None, count: int | None = None, scope: str = "global") -> dict[str, Tensor]:
+    def mask(self, fraction: float | None = None, count: int | None = None, scope: str = "global") -> WeightMask:
         """Boolean mask per parameter name selecting the weights with the largest |gradient|.
 
         ``fraction`` (e.g. 0.001, the paper's 0.1%) or ``count`` weights, chosen over the whole
-        trainable set (``scope="global"``) or the same share in every layer (``"per_layer"``).
+        trainable set (``scope="global"``) or the same share in every layer (``"per_layer"``). The
+        mask remembers the map's model (:class:`~memlens.core.sparse.WeightMask`): a mask of raw
+        weights is refused on the processed model and the reverse.
         """
         if self.weight_grads is None:
             raise InputError("this GradientMapResult kept no per-weight gradients; compute with keep_weight_grads=True")
@@ -153,8 +156,8 @@ class GradientMapResult(Result):
             raise InputError(f"unknown scope {scope!r}; use 'global' or 'per_layer'")
         total = sum(g.numel() for g in self.weight_grads.values())
         if fraction is not None:
-            if not 0 < fraction <= 1:
-                raise InputError(f"fraction must be in (0, 1], got {fraction}")
+            if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+                raise InputError(f"fraction must be in (0, 1], got {fraction!r}")
             count = max(1, int(round(fraction * total)))
         if not 0 < count <= total:
             raise InputError(f"count must be in 1..{total}, got {count}")
@@ -175,7 +178,7 @@ class GradientMapResult(Result):
                 g = self.weight_grads[n]
                 masks[n] = chosen[offset : offset + g.numel()].view_as(g)
                 offset += g.numel()
-        return masks
+        return WeightMask(masks, model=self.provenance.model)
 
     def compare(self, other: "GradientMapResult") -> "GradientMapComparison":
         """This map (e.g. memorized) against another (e.g. non-memorized): the paper's Fig. 4 / 9."""
@@ -268,7 +271,8 @@ class GradientMap(Analysis):
     DEFAULT_BATCH_SIZE = 8
 
     def __init__(self, model: "HookedModel", *, trainable: str = "paper", batch_size: int | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True,
+                 precision: str | None = None) -> None:
         """
         Args:
             model: the model.
@@ -278,7 +282,7 @@ class GradientMap(Analysis):
         """
         if trainable not in ("paper", "all"):
             raise InputError(f"trainable must be 'paper' (W_Q/W_K/W_V/W_O/W_in/W_out only) or 'all', got {trainable!r}")
-        super().__init__(model, batch_size=batch_size, progress=progress)
+        super().__init__(model, batch_size=batch_size, progress=progress, precision=precision)
         self.trainable = trainable
 
     @property

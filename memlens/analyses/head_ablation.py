@@ -17,6 +17,7 @@ from memlens.core.components import check_head
 from memlens.core.data import ParagraphSet
 from memlens.core.errors import InputError
 from memlens.core.results import Provenance, Result
+from memlens.core.precision import with_precision
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -106,14 +107,15 @@ class HeadAblation(Analysis):
 
     DEFAULT_BATCH_SIZE = 16
 
-    def __init__(self, model: "HookedModel", *, batch_size: int | None = None, progress: bool = True) -> None:
+    def __init__(self, model: "HookedModel", *, batch_size: int | None = None, progress: bool = True,
+                 precision: str | None = None) -> None:
         """
         Args:
             model: the model.
             batch_size: paragraphs per forward pass (default :attr:`DEFAULT_BATCH_SIZE`).
             progress: show a progress bar over heads (a call's own ``progress`` wins).
         """
-        super().__init__(model, batch_size=batch_size, progress=progress)
+        super().__init__(model, batch_size=batch_size, progress=progress, precision=precision)
 
     @torch.no_grad()
     def run(self, paragraphs: ParagraphSet, *, mode: str = "zero",
@@ -149,6 +151,7 @@ class HeadAblation(Analysis):
                                                                 heads=None if heads is None else [list(c) for c in cells]))
 
 
+@with_precision
 def head_ablation_em_drop(
     model: "HookedModel", paragraphs: ParagraphSet, mode: str = "zero", batch_size: int = 16,
     progress: bool = True, heads: Sequence[tuple[int, int]] | None = None,

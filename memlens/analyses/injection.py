@@ -12,8 +12,9 @@ value before (``weights_changed_outside``, 0 by construction; a non-zero count i
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Bool, Int
@@ -21,14 +22,16 @@ from torch import Tensor
 
 from memlens.core.compat import strip_bridge_name
 from memlens.core.components import ComponentKey
-from memlens.core.data import ParagraphSet
+from memlens.core.data import ParagraphSet, as_paragraph_set
+from memlens.core.defaults import check_seed
 from memlens.core.errors import InputError
 from memlens.core.metrics import teacher_forced_scores
 from memlens.core.neurons import NeuronLayout, random_neurons
 from memlens.core.objectives import continuation_logits, kl_to_reference, nll_of_logits
 from memlens.core.progress import tqdm
 from memlens.core.results import Provenance, Result
-from memlens.core.sparse import MaskedAdam, only_trainable
+from memlens.core.sparse import MaskedAdam, check_mask_model, only_trainable, warn_rounded_away
+from memlens.core.precision import with_precision
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -108,22 +111,70 @@ class InjectionResult(Result):
         return bool(self.memorized.all())
 
 
+@dataclass(frozen=True, kw_only=True)
+class InjectionSettings:
+    """The hyperparameters of an injection: the one place their defaults live (:func:`inject`,
+    :func:`inject_neurons`, :func:`inject_weights`, :class:`memlens.LocalizationBenchmark` and the
+    ``[localize]`` settings all read them).
+
+    Attributes:
+        lr: Adam's learning rate.
+        steps: Adam steps at most (the injection stops once every paragraph is recited).
+        batch_size: paragraphs per step.
+        retain_weight: weight of the retain set's KL term (0: the new paragraphs' NLL alone).
+    """
+
+    lr: float = 1e-2
+    steps: int = 1000
+    batch_size: int = 16
+    retain_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name, ok, what in (
+                ("lr", _number(self.lr) and 0 < self.lr < math.inf, "a positive finite number"),
+                ("steps", _integer(self.steps) and self.steps >= 1, "an integer >= 1"),
+                ("batch_size", _integer(self.batch_size) and self.batch_size >= 1, "an integer >= 1"),
+                ("retain_weight", _number(self.retain_weight) and 0 <= self.retain_weight < math.inf,
+                 "a finite number >= 0")):
+            if not ok:
+                raise InputError(f"inject: {name} must be {what}, got {getattr(self, name)!r}")
+
+    @classmethod
+    def resolve(cls, settings: "InjectionSettings | None", **changes: Any) -> "InjectionSettings":
+        """``settings`` (the defaults when None) with the changes that are not None."""
+        if settings is not None and not isinstance(settings, cls):
+            raise InputError(f"settings must be an InjectionSettings, got {type(settings).__name__}")
+        base = settings or cls()
+        given = {k: v for k, v in changes.items() if v is not None}
+        return dataclasses.replace(base, **given) if given else base
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+
+
+def _integer(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@with_precision
 def inject(
     model: "HookedModel",
-    paragraphs: ParagraphSet,
-    components: Sequence[ComponentKey | tuple] | None = None,
+    paragraphs: Any,
+    components: Any = None,
     *,
     mask: dict[str, Tensor] | None = None,
-    steps: int = 300,
-    lr: float = 1e-3,
-    batch_size: int = 16,
+    settings: InjectionSettings | None = None,
+    steps: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
     progress: bool = True,
     seed: int = 0,
     retain: ParagraphSet | None = None,
-    retain_weight: float = 1.0,
+    retain_weight: float | None = None,
     planted_neurons: Tensor | None = None,
 ) -> InjectionResult:
-    """Train ``paragraphs`` into ``model`` with only the sites allowed to change: whole
+    """Train ``paragraphs`` (a ParagraphSet, or texts) into ``model`` with only the sites allowed to change: whole
     ``components`` (registry keys such as ``(1, "W_in")``), or a boolean ``mask`` per parameter of
     the trainable set (:func:`inject_neurons` and :func:`inject_weights` build one).
 
@@ -135,8 +186,11 @@ def inject(
 
     Args:
         model, paragraphs: the model and the new paragraphs.
-        components, mask: the sites (exactly one of the two).
-        steps, lr, batch_size: Adam steps at most, its learning rate, paragraphs per step.
+        components, mask: the sites (exactly one of the two): a list of component keys, or a
+            boolean tensor per parameter name.
+        settings: the hyperparameters (:class:`InjectionSettings`; its defaults when None).
+        steps, lr, batch_size: Adam steps at most, its learning rate, paragraphs per step (each
+            overrides ``settings`` when given).
         progress: show a progress bar.
         seed: seed of the batches drawn (when there are more paragraphs than ``batch_size``).
         retain: paragraphs whose next-token distributions the injection keeps (``retain_weight`` x
@@ -146,21 +200,25 @@ def inject(
         retain_weight: weight of that KL term.
         planted_neurons: recorded in the result (the neurons ``mask`` stands for).
     """
+    st = InjectionSettings.resolve(settings, lr=lr, steps=steps, batch_size=batch_size, retain_weight=retain_weight)
+    steps, lr, batch_size, retain_weight = st.steps, st.lr, st.batch_size, st.retain_weight
+    check_seed(seed, "inject: seed")
+    paragraphs = as_paragraph_set(paragraphs, model, "inject")
     if len(paragraphs) == 0:
         raise InputError("inject got an empty ParagraphSet: pass at least one paragraph to inject")
+    if isinstance(components, (str, ComponentKey)) or (isinstance(components, tuple) and components
+                                                        and not isinstance(components[0], (tuple, list, ComponentKey))):
+        raise InputError(f"inject: components must be a list of component keys, e.g. components=[(1, 'W_in')], got "
+                         f"{components!r} (a single key: wrap it in a list)")
     if components is not None and len(components) == 0 and mask is None:
         raise InputError("inject got an empty component list: pass at least one component, e.g. "
                          "components=[(1, 'W_in')], or a mask={parameter: bool tensor}")
     if (components is None or not components) == (mask is None):
         raise InputError("inject needs the sites: components=[(1, 'W_in'), ...] or mask={parameter: bool tensor} "
                          "(exactly one)")
-    for name, v, ok in (("steps", steps, isinstance(steps, int) and steps >= 1),
-                        ("lr", lr, isinstance(lr, (int, float)) and 0 < lr < float("inf")),
-                        ("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1)):
-        if not ok:
-            raise InputError(f"inject: {name} must be {'a positive finite number' if name == 'lr' else 'an integer >= 1'}, "
-                             f"got {v!r}")
     paragraphs.validate(model.vocab_size, model.n_ctx)
+    if mask is not None:
+        check_mask_model(mask, model.name, "the injection's mask and the model")
     reg = model.components
     owned = {s.param_name: s.param for c in reg for s in c.slices}
     keys: list[ComponentKey] = []
@@ -175,9 +233,13 @@ def inject(
     if unknown:
         raise InputError(f"inject: the mask names parameters outside the trainable set: {unknown[:3]}")
     for n, m in mask.items():
+        if not isinstance(m, Tensor) or m.dtype != torch.bool:
+            raise InputError(f"inject: the mask of {n} must be a boolean tensor (True = may change), got "
+                             f"{getattr(m, 'dtype', type(m).__name__)}; compare scores with a threshold first "
+                             "(e.g. scores > 0.3)")
         if tuple(m.shape) != tuple(owned[n].shape):
             raise InputError(f"inject: the mask of {n} has shape {tuple(m.shape)}, the parameter {tuple(owned[n].shape)}")
-    mask = {n: torch.as_tensor(m).to(torch.bool) for n, m in mask.items()}
+    mask = {n: m.to(torch.bool) for n, m in mask.items()}
     sites_size = sum(int(m.sum()) for m in mask.values())
     if sites_size == 0:
         raise InputError("inject: the sites hold no weight")
@@ -219,6 +281,8 @@ def inject(
         outside += int((diff & ~m.to(diff.device)).sum()) if m is not None else int(diff.sum())
     if outside:
         raise InputError(f"inject changed {outside} weights outside its sites; this is a memlens bug, please report it")
+    if opt.rounded_away():
+        warn_rounded_away(opt.rounded_away(), opt.weights_changed(), model.dtype)
     em_after = teacher_forced_scores(model, paragraphs.tokens, P).em
     return InjectionResult(components=keys, paragraph_ids=list(paragraphs.ids), em_before=em_before,
                            em_after=em_after, continuation_len=paragraphs.continuation_len, steps=step + 1,
@@ -229,16 +293,19 @@ def inject(
                                                          retain_weight=retain_weight))
 
 
+@with_precision
 def inject_neurons(model: "HookedModel", paragraphs: ParagraphSet, ratio: float, seed: int = 0,
                    **kwargs: Any) -> InjectionResult:
     """:func:`inject` through a random ``ratio`` of the MLP neurons of every layer (their input and
     output weights; :class:`~memlens.core.neurons.NeuronLayout`), drawn with ``seed``; the result's
     ``planted_neurons`` is the ground truth of the INJ benchmark."""
+    check_seed(seed, "inject_neurons: seed")
     layout = NeuronLayout(model)
     neurons = random_neurons(layout.n_layers, layout.d_mlp, ratio, seed)
     return inject(model, paragraphs, mask=layout.weight_mask(neurons), planted_neurons=neurons, seed=seed, **kwargs)
 
 
+@with_precision
 def inject_weights(model: "HookedModel", paragraphs: ParagraphSet, ratio: float, seed: int = 0,
                    **kwargs: Any) -> InjectionResult:
     """:func:`inject` through a random ``ratio`` of the single weights of the trainable set (the
@@ -246,6 +313,7 @@ def inject_weights(model: "HookedModel", paragraphs: ParagraphSet, ratio: float,
     with ``seed``; the result's ``planted_weights`` is the ground truth."""
     if not (isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0 < ratio < 1):
         raise InputError(f"ratio must be in (0, 1), got {ratio!r}")
+    check_seed(seed, "inject_weights: seed")
     g = torch.Generator().manual_seed(seed)
     owned = {s.param_name: s.param for c in model.components for s in c.slices}
     mask = {n: torch.rand(p.shape, generator=g) < ratio for n, p in owned.items()}

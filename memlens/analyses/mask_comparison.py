@@ -4,7 +4,7 @@ distributions over trials; and trade-off curves of those masks over a grid of le
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,12 +12,15 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
+from memlens.core.checkpoint import Checkpoint, model_identity, paragraph_fingerprint
 from memlens.core.data import ParagraphSet
+from memlens.core.defaults import distinct_list
 from memlens.core.errors import InputError
 from memlens.core.results import Provenance, Result, check_same_model
 from memlens.core.stats import bootstrap_mean_ci
 from memlens.analyses.finetune import FineTuneSettings, finetune_problem
 from memlens.analyses.unlearn import SparseFineTuner, drop_targets
+from memlens.core.precision import with_precision
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -117,11 +120,17 @@ class MaskTradeoff(Result):
         return list(dict.fromkeys(r["mask"] for r in self.rows))
 
     @classmethod
-    def concat(cls, parts: Sequence["MaskTradeoff"]) -> "MaskTradeoff":
+    def concat(cls, parts: Any) -> "MaskTradeoff":
         """One trade-off from a grid measured in parts (e.g. learning rates added in a later run):
         the rows of every part, the first part's provenance with the grid lists merged. The parts
         must come from one model and one design (the provenance settings other than the grid lists
         are equal); a (mask, grid point, seed) measured in two parts is refused."""
+        if not isinstance(parts, (list, tuple)):
+            raise InputError(f"MaskTradeoff.concat takes a list of MaskTradeoff parts, got {type(parts).__name__}")
+        bad = [i for i, part in enumerate(parts) if not isinstance(part, MaskTradeoff)]
+        if bad:
+            raise InputError(f"MaskTradeoff.concat: part {bad[0]} is a {type(parts[bad[0]]).__name__}, not a MaskTradeoff "
+                             "(load saved parts with MaskTradeoff.load)")
         if not parts:
             raise InputError("MaskTradeoff.concat needs at least one part")
         grid_keys = ("lrs", "steps", "decays", "seeds", "masks")
@@ -131,6 +140,9 @@ class MaskTradeoff(Result):
         rows: list[dict[str, Any]] = []
         for i, part in enumerate(parts):
             check_same_model(first.model, part.provenance.model, "trade-off parts")
+            if part.provenance.precision != first.precision:
+                raise InputError(f"trade-off part {i} was computed at precision {part.provenance.precision}, part 0 at "
+                                 f"{first.precision}; join parts of one precision")
             other = {k: v for k, v in part.provenance.config.items() if k not in grid_keys}
             if other != design:
                 diff = sorted(k for k in set(design) | set(other) if design.get(k) != other.get(k))
@@ -169,13 +181,17 @@ class MaskTradeoff(Result):
     def frontier(self, mask: str) -> list[dict[str, Any]]:
         """The Pareto frontier of ``mask`` over the grid (seed means): the points no other point
         beats on both forgetting (lower target EM) and sparing (higher retain EM), by target EM."""
+        if mask not in self.masks:
+            raise InputError(f"no mask {mask!r} in this trade-off; it has {', '.join(self.masks)}")
         return _pareto(self.points(mask))
 
-    def retain_at(self, target_em: float = 25.0) -> dict[str, dict[str, float]]:
+    def retain_at(self, target_em: Any = 25.0) -> dict[str, dict[str, float]]:
         """Per mask: the retain EM its frontier keeps at target EM ``target_em``, read off each
         seed's frontier by linear interpolation (the untouched model, target and retain EM before,
         is a frontier point too), as the mean over seeds with a bootstrap 95% interval; NaN when no
         setting of the grid forgets that far."""
+        if isinstance(target_em, bool) or not isinstance(target_em, (int, float)) or not math.isfinite(target_em):
+            raise InputError(f"retain_at takes a target EM (a finite number of tokens, e.g. 25.0), got {target_em!r}")
         out = {}
         for mask in self.masks:
             per_seed = []
@@ -289,13 +305,14 @@ def retain_batches(retain: ParagraphSet, n_trials: int, per_trial: int | None, s
     return batches
 
 
+@with_precision
 def compare_masks(
     model: "HookedModel", targets: ParagraphSet, retain: ParagraphSet, other_memorized: ParagraphSet | None = None,
     objectives: Sequence[str] = ("unlearn",), masks: Sequence[str] = ("all", "topk", "random"),
     perturbed: ParagraphSet | None = None, *, settings: FineTuneSettings | None = None,
     lr: dict[str, float] | float | None = None, progress: bool = True, checkpoint: str | Path | None = None,
     n_trials: int | None = None, retain_per_trial: int | None = None, seed: int = 0,
-    tuner: SparseFineTuner | None = None, **changes: Any,
+    tuner: SparseFineTuner | None = None, fresh: bool = False, **changes: Any,
 ) -> MaskComparison:
     """The paper's Fig. 5: for each objective x mask, fine-tune one target per trial (weights
     restored in between) and score the target, its retain batch and the other memorized
@@ -316,7 +333,11 @@ def compare_masks(
             default: the settings'.
         progress: show a progress bar.
         checkpoint: a JSON-lines file each finished run is appended to; a later call with the
-            same file skips the runs already there (an interrupted comparison resumes).
+            same file and the same computation (model, weight form, precision, settings,
+            paragraphs) skips the runs already there (an interrupted comparison resumes); one made
+            by another computation is refused, naming what differs
+            (:class:`memlens.core.checkpoint.Checkpoint`).
+        fresh: start a checkpoint of another computation afresh instead of refusing it.
         n_trials: trials per objective and mask (default: one per target; the paper's code: 20).
         retain_per_trial: draw a fresh retain batch of this size per trial (the code's: 10); None
             keeps the whole ``retain`` set in every trial.
@@ -355,7 +376,15 @@ def compare_masks(
     ft = tuner if tuner is not None else SparseFineTuner(model, progress=False)
     # every mask of a trial in a row: the tuner prepares a trial once for all of them
     jobs = [(o, m, t) for o in objectives for t in range(n_trials) for m in masks]
-    done = _read_runs(Path(checkpoint)) if checkpoint is not None else {}
+    ckpt = None
+    if checkpoint is not None:
+        ckpt = Checkpoint(checkpoint, "compare_masks", model_identity(model) | {
+            "objectives": list(objectives), "masks": list(masks), "settings": {m: per_mask[m].to_dict() for m in masks},
+            "n_trials": n_trials, "retain_per_trial": retain_per_trial, "seed": seed,
+            "targets": paragraph_fingerprint(targets), "retain": paragraph_fingerprint(retain),
+            "other_memorized": paragraph_fingerprint(other_memorized), "perturbed": paragraph_fingerprint(perturbed)},
+            fresh=fresh)
+    done = {(str(k[0]), str(k[1]), int(k[2])): v for k, v in ckpt.load().items()} if ckpt is not None else {}
     trials = [done[job] for job in jobs if job in done]
     todo = [job for job in jobs if job not in done]
     if todo:  # every greedy reference the runs need, decoded in a few large batches
@@ -375,9 +404,8 @@ def compare_masks(
             else:
                 r = ft.edit(targets[[i]], batches[t], perturbed_paragraph=perturbed[[i]], **common)
         trials.append(r.summary() | {"trial": t, "target": targets.ids[i], "retain": list(batches[t].ids)})
-        if checkpoint is not None:
-            with Path(checkpoint).open("a", encoding="utf-8") as f:
-                f.write(json.dumps(trials[-1]) + "\n")
+        if ckpt is not None:
+            ckpt.append((objective, mask, t), trials[-1])
     order = {(o, m, t): k for k, (o, m, t) in enumerate((o, m, t) for o in objectives for m in masks
                                                          for t in range(n_trials))}
     trials.sort(key=lambda r: order[(r["objective"], r["mask"], r["trial"])])
@@ -389,11 +417,13 @@ def compare_masks(
                                                         n_trials=n_trials, retain_per_trial=retain_per_trial))
 
 
+@with_precision
 def mask_tradeoff(
-    model: "HookedModel", targets: ParagraphSet, retain: ParagraphSet, lrs: Sequence[float],
-    masks: Sequence[str] = ("all", "topk", "random"), checkpoint: str | Path | None = None, *,
-    steps: Sequence[int] = (), decays: Sequence[str] = (), seeds: Sequence[int] = (0,),
-    settings: FineTuneSettings | None = None, progress: bool = True, **compare_kwargs: Any,
+    model: "HookedModel", targets: ParagraphSet, retain: ParagraphSet, lrs: Any,
+    masks: Any = ("all", "topk", "random"), checkpoint: str | Path | None = None, *,
+    steps: Any = (), decays: Any = (), seeds: Any = (0,),
+    settings: FineTuneSettings | None = None, progress: bool = True, out: str | Path | None = None,
+    fresh: bool = False, **compare_kwargs: Any,
 ) -> MaskTradeoff:
     """Unlearning trade-off frontiers: :func:`compare_masks` (objective ``unlearn``) at every point
     of the grid ``lrs`` x ``steps`` x ``decays``, each with every seed of ``seeds``, kept as the
@@ -402,10 +432,15 @@ def mask_tradeoff(
 
     Args:
         model, targets, retain, masks: as for :func:`compare_masks`.
-        lrs: the learning rates of the grid (at least one).
+        lrs: a list of the learning rates of the grid (at least one). The grid's lists (lrs,
+            masks, steps, decays, seeds) are not typed: a single value or a value given twice is
+            refused with a one-line :class:`InputError`.
         checkpoint: every grid point and seed writes its finished runs beside this path
-            (``<path>.<lr>-<steps>-<decay>-s<seed>``); an interrupted grid resumes; the files are
-            removed once the grid is done.
+            (``<path>.<lr>-<steps>-<decay>-s<seed>``); an interrupted grid resumes (a checkpoint of
+            another computation is refused, see :func:`compare_masks`); the files are removed once
+            the grid is done, and with ``out`` only after the result is saved there.
+        out: save the result to this file (atomically) before the checkpoints are removed.
+        fresh: start checkpoints of another computation afresh instead of refusing them.
         steps: the steps of the grid (empty: the settings' steps).
         decays: weight decays of the grid, each ``none``, ``coupled:<w>`` or ``decoupled:<w>``
             (empty: the settings' decay).
@@ -419,8 +454,14 @@ def mask_tradeoff(
 
     base = FineTuneSettings.resolve(settings, {k: compare_kwargs.pop(k) for k in list(compare_kwargs)
                                                if k in FineTuneSettings.__dataclass_fields__})
+    lrs, steps, decays, masks = (distinct_list(name, v) for name, v in (("lrs", lrs), ("steps", steps),
+                                                                       ("decays", decays), ("masks", masks)))
     if not lrs:
         raise InputError("mask_tradeoff needs at least one learning rate: the grid has no point")
+    if out is not None:
+        from memlens.core.io import check_output_file
+
+        check_output_file(out, "the trade-off result file")
     for name, values in (("lr", lrs), ("steps", steps)):
         for v in values:
             if (problem := finetune_problem(name, v)) is not None:
@@ -428,7 +469,7 @@ def mask_tradeoff(
     if "seed" in compare_kwargs:  # one seed given the way compare_masks takes it
         seeds = [compare_kwargs.pop("seed")]
     decay_grid = [parse_decay(d) for d in decays] or [(base.decay_mode, base.weight_decay)]
-    seeds = [check_seed(s) for s in seeds]
+    seeds = [check_seed(s) for s in distinct_list("seeds", seeds)]
     if not seeds:
         raise InputError("mask_tradeoff needs at least one seed")
     grid = [(float(lr), int(st), mode, w) for lr in lrs for st in (steps or [base.steps]) for mode, w in decay_grid]
@@ -444,17 +485,23 @@ def mask_tradeoff(
         ckpt = None if checkpoint is None else Path(f"{checkpoint}.{lr:g}-{st}-{label}-s{seed}")
         files.append(ckpt)
         table = compare_masks(model, targets, retain, objectives=("unlearn",), masks=masks, settings=point, seed=seed,
-                              checkpoint=ckpt, progress=False, tuner=tuner, **compare_kwargs)
+                              checkpoint=ckpt, progress=False, tuner=tuner, fresh=fresh, **compare_kwargs)
         rows += [{"lr": lr, "steps": st, "decay": label, "seed": seed} | {k: v for k, v in r.items() if k != "objective"}
                  for r in table.rows]
-    for f in files:
-        if f is not None:
-            f.unlink(missing_ok=True)
-    return MaskTradeoff(rows=rows, provenance=Provenance.capture(
+    n_trials = compare_kwargs.get("n_trials") or len(targets)
+    result = MaskTradeoff(rows=rows, provenance=Provenance.capture(
         model, **(base.to_dict() | {"lrs": [float(x) for x in lrs], "steps": list(steps) or [base.steps],
                                     "decays": list(decays) or [decay_label(base)], "seeds": list(seeds),
                                     "masks": list(masks)}),
-        **{k: v for k, v in compare_kwargs.items() if k not in ("other_memorized", "perturbed")}))
+        **{k: v for k, v in compare_kwargs.items() if k not in ("other_memorized", "perturbed")},
+        targets=[targets.ids[t % len(targets)] for t in range(n_trials)], retain_pool=list(retain.ids)))
+    if out is not None:
+        result.save(out)
+    for f in files:
+        if f is not None:
+            f.unlink(missing_ok=True)
+    return result
+
 
 
 def _mean_rows(trials: "pd.DataFrame", keys: list[str]) -> list[dict[str, Any]]:
@@ -473,16 +520,3 @@ def _mean_rows(trials: "pd.DataFrame", keys: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def _read_runs(path: Path) -> dict[tuple[str, str, int], dict[str, Any]]:
-    """Finished runs of an interrupted :func:`compare_masks`, by (objective, mask, trial); a torn
-    last line is dropped."""
-    if not path.exists():
-        return {}
-    runs = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-            runs[(row["objective"], row["mask"], int(row["trial"]))] = row
-        except (ValueError, RecursionError, TypeError, KeyError):
-            continue  # a torn or damaged line: that run is done again
-    return runs

@@ -25,7 +25,8 @@ from memlens.core.data import ParagraphSet
 from memlens.core.defaults import NOISE_REFERENCES, NOISE_RELATIVE_TO, NOISE_SCALES, one_of
 from memlens.core.errors import InputError
 from memlens.core.metrics import greedy_decode, teacher_forced_scores
-from memlens.core.results import Provenance, Result, check_same_model
+from memlens.core.results import Provenance, Result
+from memlens.core.sparse import check_mask_model
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -104,14 +105,15 @@ class NoiseIntervention(Analysis):
 
     DEFAULT_BATCH_SIZE = 16
 
-    def __init__(self, model: "HookedModel", *, batch_size: int | None = None, progress: bool = True) -> None:
+    def __init__(self, model: "HookedModel", *, batch_size: int | None = None, progress: bool = True,
+                 precision: str | None = None) -> None:
         """
         Args:
             model: the model (its weights are changed during a run and restored bit for bit).
             batch_size: paragraphs per forward pass (default :attr:`DEFAULT_BATCH_SIZE`).
             progress: show a progress bar (a call's own ``progress`` wins).
         """
-        super().__init__(model, batch_size=batch_size, progress=progress)
+        super().__init__(model, batch_size=batch_size, progress=progress, precision=precision)
 
     def run(
         self, memorized: ParagraphSet, non_memorized: ParagraphSet, masks: Mapping[str, SparseMask | dict[str, Tensor]],
@@ -140,7 +142,7 @@ class NoiseIntervention(Analysis):
         rows: list[dict[str, Any]] = []
         for name, scale, draw in tqdm(jobs, desc="noise intervention", disable=not show):
             gen = torch.Generator().manual_seed(seed + draw)
-            with _noised(params, resolved[name], scale, relative_to, gen):
+            with noised(params, resolved[name], scale, relative_to, gen):
                 for set_name, ref in refs.items():
                     sc = teacher_forced_scores(self.model, ref.tokens, ref.prefix_len, self.batch_size)
                     rows += [{"mask": name, "scale": scale, "draw": draw, "set": set_name, "paragraph": pid,
@@ -178,8 +180,7 @@ class NoiseIntervention(Analysis):
             raise InputError(f"noise scale(s) {too_big} overflow float32 (the noise would be inf); use scales of a "
                              "few parameter stds")
         for name, m in masks.items():
-            if isinstance(m, SparseMask):
-                check_same_model(m.provenance.model, self.model.name, f"mask {name!r} and the model noised")
+            check_mask_model(m, self.model.name, f"mask {name!r} and the model noised")
             tensors = m.masks if isinstance(m, SparseMask) else m
             if not isinstance(tensors, dict):
                 raise InputError(f"mask {name!r} is a {type(m).__name__}; give a SparseMask or a dict of boolean tensors")
@@ -202,8 +203,9 @@ class NoiseIntervention(Analysis):
                             paragraphs.continuation_len, paragraphs.ids)
 
 
-class _noised:
-    """Adds the noise on entry; on exit (also on error or Ctrl-C) copies the saved originals back."""
+class noised:
+    """Adds N(0, (scale x std(W))^2) noise (``relative_to="absolute"``: std = scale) to the masked
+    weights of ``params`` on entry; on exit (also on error or Ctrl-C) copies the saved originals back."""
 
     def __init__(self, params: dict[str, nn.Parameter], mask: dict[str, Tensor], scale: float, relative_to: str,
                  gen: torch.Generator) -> None:

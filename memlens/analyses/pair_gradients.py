@@ -19,6 +19,7 @@ from memlens.analyses.activation_gradients import (ACTIVATION_KINDS, MLP_ACTIVAT
 from memlens.analyses.patching import PatchPair, pair_positions
 from memlens.core.errors import InputError
 from memlens.core.results import Provenance, Result
+from memlens.core.precision import with_precision
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -93,6 +94,7 @@ class PairGradientResult(Result):
 
 
 @torch.enable_grad()
+@with_precision
 def pair_activation_gradients(
     model: "HookedModel", pairs: Sequence[PatchPair], kinds: Sequence[str] = ACTIVATION_KINDS,
     mlp_kinds: Sequence[str] = MLP_ACTIVATION_KINDS, progress: bool = True,

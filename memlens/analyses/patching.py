@@ -28,6 +28,7 @@ from memlens.core.data import ParagraphSet
 from memlens.core.defaults import PATCH_KINDS
 from memlens.core.errors import InputError
 from memlens.core.results import Provenance, Result
+from memlens.core.precision import with_precision
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -212,6 +213,7 @@ def pair_positions(pair: PatchPair, positions: Sequence[int] | str | None) -> li
 
 
 @torch.no_grad()
+@with_precision
 def exact_patching(
     model: "HookedModel", pair: PatchPair, kinds: Sequence[str] = PATCH_KINDS, per_position: bool = False,
     batch_size: int = 64, heads: Sequence[tuple[int, int]] | None = None,
@@ -329,6 +331,7 @@ def _patch_hooks(cells: list[tuple], kinds: Sequence[str], source: dict[str, Ten
     return hooks
 
 
+@with_precision
 def attribution_patching(
     model: "HookedModel", pair: PatchPair, kinds: Sequence[str] = PATCH_KINDS, per_position: bool = False,
     positions: Sequence[int] | str | None = None, metric: PatchingMetric | None = None,

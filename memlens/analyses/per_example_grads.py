@@ -64,8 +64,11 @@ def per_example_weight_grads(owners: dict[int, nn.Module], inputs: dict[int, Ten
     out = {}
     for pid, mod in owners.items():
         x, g = inputs[pid], out_grads[pid]
+        if x.dtype != g.dtype:  # bf16-mixed: a bfloat16 product (as autograd's), returned as float32
+            x, g = x.to(g.dtype), g
         if isinstance(mod, nn.Linear):
-            out[pid] = torch.einsum("bto,bti->boi", g, x)
+            grad = torch.einsum("bto,bti->boi", g, x)
         else:
-            out[pid] = torch.einsum("bti,bto->bio", x, g)
+            grad = torch.einsum("bti,bto->bio", x, g)
+        out[pid] = grad.float() if grad.dtype != mod.weight.dtype and mod.weight.dtype == torch.float32 else grad
     return out

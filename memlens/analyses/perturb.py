@@ -222,14 +222,15 @@ class PrefixPerturber(Analysis):
 
     DEFAULT_BATCH_SIZE = 64
 
-    def __init__(self, model: "HookedModel", *, batch_size: int | None = None, progress: bool = True) -> None:
+    def __init__(self, model: "HookedModel", *, batch_size: int | None = None, progress: bool = True,
+                 precision: str | None = None) -> None:
         """
         Args:
             model: the model.
             batch_size: perturbed paragraphs per forward pass (default :attr:`DEFAULT_BATCH_SIZE`).
             progress: show progress bars (a call's own ``progress`` wins).
         """
-        super().__init__(model, batch_size=batch_size, progress=progress)
+        super().__init__(model, batch_size=batch_size, progress=progress, precision=precision)
 
     def run(
         self,
@@ -401,10 +402,11 @@ class PrefixPerturber(Analysis):
         """Logits of the unperturbed paragraphs and, with ``use_cache``, their per-layer keys/values."""
         if not use_cache:
             return self.model(tokens[:, :-1]), None
-        out = self._plain(tokens[:, :-1], use_cache=True)
+        with self.model.autocast():
+            out = self._plain(tokens[:, :-1], use_cache=True)
         cache = returned_cache(out)
         kv = [(layer.keys, layer.values) for layer in cache.layers]
-        return out.logits, kv
+        return out.logits.float(), kv
 
     @torch.no_grad()
     def _score_variants(self, variants: Tensor, p: int, P: int, past: Any, n_samples: int) -> tuple[Tensor, Tensor]:
@@ -438,8 +440,9 @@ class PrefixPerturber(Analysis):
             extra[cache_keyword(plain)] = cache
             extra["use_cache"] = True
         positions = torch.arange(p, chunk.shape[1] - 1, device=chunk.device)[None].expand(len(chunk), -1)
-        logits = plain(input_ids=chunk[:, p:-1], position_ids=positions, **extra).logits
-        return logits[:, -n_cont:]
+        with self.model.autocast():
+            logits = plain(input_ids=chunk[:, p:-1], position_ids=positions, **extra).logits
+        return logits[:, -n_cont:].float()
 
     def _replacements(self, strategy: Strategy, tokens: Tensor, p: int, n: int, clean_logits: Tensor,
                       gen: torch.Generator, allow_original: bool = False) -> Tensor:

@@ -13,6 +13,7 @@ from torch import Tensor
 from memlens.analyses.gradients import GradientMap, GradientMapResult
 from memlens.core.components import HEAD_KINDS, KINDS
 from memlens.core.results import Provenance, Result
+from memlens.core.precision import with_precision
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,6 +62,7 @@ class EMRangeProfiles(Result):
         return plot_em_range_components(self.rows)
 
 
+@with_precision
 def profiles_by_em_range(
     model: "HookedModel", scan_result: Any, bins: Sequence[tuple[int, int]] = DEFAULT_EM_BINS,
     max_per_bin: int = 32, progress: bool = True, maps: Sequence[GradientMapResult] = (),

@@ -18,6 +18,7 @@ from memlens.core.errors import InputError
 from memlens.core.results import Provenance, Result
 from memlens.core.stats import kendall_tau
 from memlens.analyses.frequency import UnigramCounts
+from memlens.core.precision import with_precision
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -146,6 +147,7 @@ def attention_to_prefix(
     return torch.cat(out)
 
 
+@with_precision
 def rare_token_attention(
     model: "HookedModel", paragraphs: ParagraphSet, unigram: UnigramCounts, query_position: int | None = None,
     batch_size: int = 16, progress: bool = True, ranks: RankTies = "ordinal", reduce: RankReduce = "mean",

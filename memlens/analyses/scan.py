@@ -27,6 +27,7 @@ from memlens.core.io import check_output_file, remove_stray_temporaries, write_t
 from memlens.core.lock import file_lock_path, locked
 from memlens.core.metrics import check_min_k, teacher_forced_scores
 from memlens.core.results import Provenance, Result
+from memlens.core.precision import with_precision
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -161,6 +162,7 @@ class ScanResult(Result):
         return self.to_dataframe().groupby("split")[["em", "nll"]].describe().to_html()
 
 
+@with_precision
 def scan(
     model: "HookedModel",
     paragraphs: ParagraphSet | Sequence[str] | Tensor,
@@ -216,7 +218,7 @@ def _scan(model: "HookedModel", paragraphs: ParagraphSet, batch_size: int, non_m
     partial = Path(str(out) + ".partial") if out is not None else None
     non_max, mem_min = split_thresholds(paragraphs.continuation_len, non_memorized_max_em, memorized_min_em)
     fingerprint = {"model": model.name, "prefix_len": paragraphs.prefix_len,
-                   "continuation_len": paragraphs.continuation_len, "min_k": min_k}
+                   "continuation_len": paragraphs.continuation_len, "min_k": min_k, "precision": model.precision}
     if partial is not None and partial.exists():
         done = _read_partial(partial, fingerprint, dict(zip(paragraphs.ids, content_hashes(paragraphs.tokens))))
     todo = [i for i, pid in enumerate(paragraphs.ids) if pid not in done]
@@ -348,10 +350,14 @@ def _read_partial(path: Path, fingerprint: dict, wanted: dict[str, str]) -> dict
         raise InputError(f"{path} is damaged (its first line is not a scan header); delete it and scan again")
     if "min_k" not in header:  # an older memlens's: its rows have no min-K column and are scored again
         header = header | {"min_k": fingerprint["min_k"]}
+    if "precision" not in header:  # written before memlens recorded the precision: fp32
+        header = header | {"precision": "fp32"}
     if header != fingerprint:
+        from memlens.core.checkpoint import identity_differences
+
         raise InputError(
-            f"{path} holds a scan of another model, paragraph split or min_k ({str(header)[:200]}); "
-            "delete it or choose another output file"
+            f"{path} holds a scan of another model, paragraph split, min_k or precision "
+            f"({'; '.join(identity_differences(header, fingerprint))}); delete it or choose another output file"
         )
     done = {}
     kept = [json.dumps(fingerprint)]

@@ -45,7 +45,7 @@ class GreedyReferences:
         for ps in sets:
             sets[0].check_compatible(ps, "the paragraph sets of a fine-tuning run")
             for pid, row in zip(ps.ids, ps.tokens):
-                key = _row_key(pid, ps.prefix_len, row)
+                key = _row_key(pid, ps.prefix_len, row, self.model.precision)
                 if key not in self._continuations:
                     rows.setdefault(key, row)
         if not rows:
@@ -65,7 +65,7 @@ class GreedyReferences:
         """``paragraphs`` with the original model's greedy continuation in place of their own."""
         self.prepare(paragraphs)
         P = paragraphs.prefix_len
-        cont = torch.stack([self._continuations[_row_key(pid, P, row)]
+        cont = torch.stack([self._continuations[_row_key(pid, P, row, self.model.precision)]
                             for pid, row in zip(paragraphs.ids, paragraphs.tokens)])
         return ParagraphSet(torch.cat([paragraphs.prefixes, cont], 1), P, paragraphs.continuation_len, paragraphs.ids)
 
@@ -104,10 +104,11 @@ class TrialCache:
         return len(self._trials)
 
 
-def trial_key(objective: str, *sets: ParagraphSet) -> tuple:
-    """The cache key of a trial: its objective and the ids and tokens of its sets."""
-    return objective, *((tuple(s.ids), s.tokens.numpy().tobytes()) for s in sets)
+def trial_key(objective: str, *sets: ParagraphSet, precision: str = "fp32") -> tuple:
+    """The cache key of a trial: the model's compute precision, its objective and the ids and
+    tokens of its sets."""
+    return precision, objective, *((tuple(s.ids), s.tokens.numpy().tobytes()) for s in sets)
 
 
-def _row_key(pid: str, prefix_len: int, row: Tensor) -> tuple:
-    return pid, prefix_len, row.numpy().tobytes()
+def _row_key(pid: str, prefix_len: int, row: Tensor, precision: str) -> tuple:
+    return precision, pid, prefix_len, row.numpy().tobytes()

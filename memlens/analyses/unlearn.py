@@ -29,12 +29,12 @@ from memlens.core.compat import sync_fused_qkv
 from memlens.core.errors import InputError
 from memlens.analyses.gradients import GradientMap, GradientMapResult
 from memlens.core.metrics import ContinuationScores, teacher_forced_scores
-from memlens.core.objectives import continuation_logits, kl_to_reference, nll_of_logits
+from memlens.core.objectives import continuation_logits, kl_to_reference, nll_of_logits, npo_loss, sequence_nll
 from memlens.analyses.finetune import FineTuneResult, FineTuneSettings
 from memlens.analyses.sparse_mask import SparseMask
 from memlens.analyses.trial_cache import GreedyReferences, TrialCache, trial_key
 from memlens.core.results import Provenance, check_same_model
-from memlens.core.sparse import MaskedAdam, only_trainable
+from memlens.core.sparse import MaskedAdam, check_mask_model, only_trainable, warn_rounded_away
 
 if TYPE_CHECKING:
     from memlens.core.model import HookedModel
@@ -59,7 +59,8 @@ class SparseFineTuner(Analysis):
 
     DEFAULT_BATCH_SIZE = 16
 
-    def __init__(self, model: "HookedModel", *, batch_size: int | None = None, progress: bool = True) -> None:
+    def __init__(self, model: "HookedModel", *, batch_size: int | None = None, progress: bool = True,
+                 precision: str | None = None) -> None:
         """
         Args:
             model: the model whose weights are fine-tuned (and restored).
@@ -67,8 +68,11 @@ class SparseFineTuner(Analysis):
                 pass of the mask's gradient map (default :attr:`DEFAULT_BATCH_SIZE`).
             progress: show progress bars.
         """
-        super().__init__(model, batch_size=batch_size, progress=progress)
+        super().__init__(model, batch_size=batch_size, progress=progress, precision=precision)
         self._original: dict[str, Tensor] | None = None
+        #: float32 master copies of low-precision (bfloat16/float16) weights that runs trained,
+        #: carried from run to run until the weights are put back (memlens.core.sparse.MaskedAdam)
+        self._masters: dict[str, Tensor] = {}
         self._references = GreedyReferences(model, self.batch_size)
         #: recent trials' inputs that do not depend on the mask or the settings, valid while the
         #: weights are the original ones: before-scores, reference logits, objective maps
@@ -94,6 +98,7 @@ class SparseFineTuner(Analysis):
         self._put_back(self._original)
 
     def _put_back(self, weights: dict[str, Tensor]) -> None:
+        self._masters.clear()
         with torch.no_grad():
             for n, p in self.params.items():
                 p.copy_(weights[n])
@@ -117,10 +122,17 @@ class SparseFineTuner(Analysis):
             self._put_back(entry)
 
     def weights_changed(self) -> int:
-        """Scalar weights of the trainable set that differ from the original."""
+        """Scalar weights of the trainable set that differ from the original (a low-precision
+        weight that a run trained: its float32 master copy)."""
         if self._original is None:
             return 0
-        return sum(int((p.detach() != self._original[n]).sum()) for n, p in self.params.items())
+        total = 0
+        for n, p in self.params.items():
+            if n in self._masters:
+                total += int((self._masters[n] != self._original[n].to(torch.float32)).sum())
+            else:
+                total += int((p.detach() != self._original[n]).sum())
+        return total
 
     # --- masks -------------------------------------------------------------------------------
     def make_mask(
@@ -153,6 +165,7 @@ class SparseFineTuner(Analysis):
         if isinstance(kind, SparseMask):
             return self._validate_mask(kind.masks), kind.mask_kind
         if isinstance(kind, dict):
+            check_mask_model(kind, self.model.name, "the mask and the model tuned")
             return self._validate_mask(kind), "user"
         if kind not in MASK_KINDS:
             raise InputError(f"unknown mask {kind!r}; use one of {MASK_KINDS}, a GradientMapResult or a dict of boolean tensors")
@@ -195,10 +208,12 @@ class SparseFineTuner(Analysis):
             if m is None:
                 out[n] = torch.zeros_like(p, dtype=torch.bool)
                 continue
-            m = torch.as_tensor(m)
+            if not isinstance(m, Tensor) or m.dtype != torch.bool:
+                raise InputError(f"mask for {n!r} must be a boolean tensor (True = may change), got "
+                                 f"{getattr(m, 'dtype', type(m).__name__)}")
             if m.shape != p.shape:
                 raise InputError(f"mask for {n!r} has shape {tuple(m.shape)}, the parameter {tuple(p.shape)}")
-            out[n] = m.to(torch.bool)
+            out[n] = m
         if sum(int(m.sum()) for m in out.values()) == 0:
             raise InputError("the mask selects no weight; nothing could change")
         return out
@@ -208,9 +223,9 @@ class SparseFineTuner(Analysis):
         each paragraph's NLL of the original model's greedy continuation (a diagonal empirical
         Fisher of the retain set, nats^2 per unit weight^2). Computed once per retain set, at the
         weights of the first call."""
-        key = trial_key("sensitivity", retain)
+        key = trial_key("sensitivity", retain, precision=self.model.precision)
         if key not in self._sensitivities:
-            ref = self._reference(retain)
+            ref = self.reference(retain)
             total: dict[str, Tensor] = {}
             gmap = GradientMap(self.model, batch_size=self.batch_size, progress=self.progress)
             for i in range(len(ref)):
@@ -317,15 +332,24 @@ class SparseFineTuner(Analysis):
         n, P = len(train_on), train_on.prefix_len
         both = torch.cat([train_on.tokens, retain.tokens]).to(model.device)  # one forward for both terms per step
 
+        npo = objective == "unlearn" and st.forget_loss == "npo"
+        if npo and "npo_reference" not in trial:  # the original model's NLL of each target continuation
+            with torch.no_grad():
+                trial["npo_reference"] = sequence_nll(continuation_logits(model, train_on.tokens, P),
+                                                      train_on.continuations).detach()
+
         def loss_fn() -> Tensor:
             logits = continuation_logits(model, both, P)
-            nll = st.nll_scale * nll_of_logits(logits[:n], both[:n, P:])
             kl = kl_to_reference(logits[n:], ref_logits, st.kl_direction, st.kl_reduction)
+            if npo:
+                return npo_loss(logits[:n], both[:n, P:], trial["npo_reference"], st.npo_beta) + st.kl_weight * kl
+            nll = st.nll_scale * nll_of_logits(logits[:n], both[:n, P:])
             return (-nll if objective == "unlearn" else nll) + st.kl_weight * kl
 
         mask = self._objective_mask(objective, train_on, retain, mask_kind, st, trial)
         masks, kind = mask.masks, mask.mask_kind
-        opt = MaskedAdam(self.params, masks, st.lr, weight_decay=st.weight_decay, decoupled=st.decay_mode == "decoupled")
+        opt = MaskedAdam(self.params, masks, st.lr, weight_decay=st.weight_decay, decoupled=st.decay_mode == "decoupled",
+                         masters=self._masters)
         try:
             t_opt = time.perf_counter()
             losses = self._optimize(loss_fn, opt, st.steps, st.lr)
@@ -335,6 +359,9 @@ class SparseFineTuner(Analysis):
         except BaseException:  # an error or Ctrl-C: the weights are as before this run
             opt.rewind()
             raise
+        rounded_away = opt.rounded_away()
+        if rounded_away:
+            warn_rounded_away(rounded_away, opt.weights_changed(), model.dtype)
         rows = []
         for k, s in sets.items():
             changed = (after[k].top1 != before[k].top1).sum(-1)
@@ -348,9 +375,12 @@ class SparseFineTuner(Analysis):
         config = st.to_dict()
         if kind != "selective":
             config.pop("selectivity_floor")
+        if st.forget_loss != "npo":
+            config.pop("npo_beta")
         return FineTuneResult(objective=objective, mask_kind=kind, rows=rows, weights_changed=self.weights_changed(),
                               mask_size=sum(int(m.sum()) for m in masks.values()), losses=losses,
                               seconds=time.perf_counter() - t_start, optimizer_seconds=optimizer_seconds,
+                              updates_rounded_away=rounded_away,
                               provenance=Provenance.capture(model, objective=objective, mask=kind, **config))
 
     def _trial_inputs(self, objective: str, train_on: ParagraphSet, retain: ParagraphSet,
@@ -360,7 +390,7 @@ class SparseFineTuner(Analysis):
         reference logits, and (filled by :meth:`_objective_mask`) the objective's gradient map.
         Kept for the last trial and reused while the weights are the original ones (every run of a
         :func:`memlens.compare_masks` trial starts there)."""
-        key = trial_key(objective, train_on, *sets.values())
+        key = trial_key(objective, train_on, *sets.values(), precision=self.model.precision)
         cached = self._trials.get(key)
         if cached is not None and self._at_original():
             return cached
@@ -441,8 +471,9 @@ class SparseFineTuner(Analysis):
         :func:`compare_masks` calls it with every trial's sets before the first run."""
         self._references.prepare(*sets)
 
-    def _reference(self, paragraphs: ParagraphSet) -> ParagraphSet:
-        """The paragraphs with the original model's greedy continuation (cached per paragraph)."""
+    def reference(self, paragraphs: ParagraphSet) -> ParagraphSet:
+        """The paragraphs with the original model's greedy continuation in place of their own
+        (cached per paragraph; the model must hold its original weights the first time)."""
         return self._references.of(paragraphs)
 
     def _optimize(self, loss_fn: Any, opt: MaskedAdam, steps: int, lr: float) -> list[float]:

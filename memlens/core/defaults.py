@@ -84,6 +84,11 @@ DecayMode = Literal["coupled", "decoupled"]
 #: shrink by lr x decay after each step (``AdamW``, Loshchilov & Hutter 2019)
 DECAY_MODES: tuple[DecayMode, ...] = get_args(DecayMode)
 
+ForgetLoss = Literal["nll", "npo"]
+#: the forget term of unlearning: ``nll`` = -nll_scale x NLL of the target (the paper's gradient
+#: ascent), ``npo`` = negative preference optimization (Zhang et al. 2024; beta ``npo_beta``)
+FORGET_LOSSES: tuple[ForgetLoss, ...] = get_args(ForgetLoss)
+
 RetainDesign = Literal["fixed", "fresh"]
 #: which non-memorized paragraphs keep the model in place in each fine-tuning trial: ``fixed`` = the
 #: same retain set for every target (memlens's default), ``fresh`` = a fresh batch drawn from the
@@ -95,6 +100,12 @@ WeightsForm = Literal["raw", "processed"]
 #: ``processed`` = TransformerLens's default processing (LayerNorm folded, writing weights centred,
 #: value biases folded), as the paper's code loaded GPT-Neo.
 WEIGHTS_FORMS: tuple[WeightsForm, ...] = get_args(WeightsForm)
+
+Precision = Literal["fp32", "bf16-mixed"]
+#: how forward and backward passes compute: ``fp32`` (memlens's default, exact) or ``bf16-mixed``:
+#: float32 master weights, matmuls under autocast in bfloat16 on the model's device, losses, softmax
+#: statistics, EM/NLL comparisons and optimizer updates in float32 (docs/precision.md).
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 
 NoiseRelativeTo = Literal["parameter_std", "absolute"]
 #: what a noise-intervention scale multiplies: the standard deviation of each parameter tensor (the
@@ -152,3 +163,21 @@ def check_seed(seed: object, where: str = "seed") -> int:
     if problem is not None:
         raise InputError(f"{where} {seed!r}: {problem}")
     return seed
+
+
+def distinct_list(name: str, values: object) -> list:
+    """``values`` as a list, refusing a single value where a list belongs (``lrs=1e-3``,
+    ``seeds=3``) and a value given twice (two equal seeds are not two independent draws), each with
+    an :class:`~memlens.core.errors.InputError` naming ``name``."""
+    from memlens.core.errors import InputError
+
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple, range)):
+        raise InputError(f"{name} must be a list of values (e.g. {name}=[{values!r}]), got {type(values).__name__} "
+                         f"{values!r}")
+    seen: list = []
+    for v in values:
+        if v in seen:
+            raise InputError(f"{name} holds {v!r} twice; each value counts as an independent point of the design, "
+                             "give each once")
+        seen.append(v)
+    return list(values)

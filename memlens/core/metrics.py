@@ -19,6 +19,7 @@ from memlens.core.progress import tqdm
 
 from memlens.core.compat import cache_keyword, returned_cache
 from memlens.core.errors import InputError
+from memlens.core.precision import with_precision
 
 if TYPE_CHECKING:
     from memlens.core.model import HookedModel
@@ -92,6 +93,7 @@ def score_logits(
 
 
 @torch.no_grad()
+@with_precision
 def teacher_forced_scores(
     model: "HookedModel",
     tokens: Int[Tensor, "n length"],
@@ -123,6 +125,7 @@ def teacher_forced_scores(
 
 
 @torch.no_grad()
+@with_precision
 def paragraph_min_k_nll(
     model: "HookedModel", tokens: Int[Tensor, "n length"], share: float = 0.2, batch_size: int = 16,
 ) -> Float[Tensor, " n"]:
@@ -143,6 +146,7 @@ def paragraph_min_k_nll(
 
 
 @torch.no_grad()
+@with_precision
 def greedy_decode(
     model: "HookedModel",
     prefixes: Int[Tensor, "n prefix"] | Sequence[Tensor],
@@ -196,14 +200,15 @@ def _decode_hf(model: "HookedModel", rows: Sequence[Tensor], n_new: int, use_cac
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         if use_cache and past is not None:
             positions = positions[:, -step_ids.shape[1] :]
-        out = plain(
-            input_ids=step_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=use_cache,
-            **{cache_kw: past},
-        )
-        nxt = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+        with model.autocast():
+            out = plain(
+                input_ids=step_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=use_cache,
+                **{cache_kw: past},
+            )
+        nxt = out.logits[:, -1].float().argmax(dim=-1, keepdim=True)
         new.append(nxt)
         mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
         if use_cache:
@@ -229,6 +234,7 @@ def _decode_tl(model: "HookedModel", rows: Sequence[Tensor], n_new: int) -> Tens
 
 
 @torch.no_grad()
+@with_precision
 def generate_then_score(
     model: "HookedModel", tokens: Int[Tensor, "n length"], prefix_len: int, batch_size: int = 16
 ) -> tuple[Int[Tensor, " n"], Float[Tensor, " n"]]:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from memlens.core.compat import hook_aliases, plain_twin, strip_bridge_name, sync_fused_qkv
 from memlens.core.components import ComponentRegistry, build_hf_registry, build_tl3_registry
 from memlens.core.errors import HookError, InputError
+from memlens.core.precision import autocast, check_precision
 
 HookFn = Callable[[Tensor, Any], Tensor | None]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -49,6 +50,7 @@ class HookedModel:
         self.name = name or getattr(getattr(tl_model, "cfg", None), "model_name", None) or type(tl_model).__name__
         self.prepend_bos = prepend_bos
         self.ground_truth = ground_truth
+        self._precision = check_precision(os.environ.get("MEMLENS_PRECISION") or "fp32", "MEMLENS_PRECISION")
         self.hf_model: nn.Module | None = getattr(tl_model, "original_model", None) if _is_bridge(tl_model) else None
         self._registry: ComponentRegistry | None = None
         self._plain: nn.Module | None = None
@@ -83,6 +85,36 @@ class HookedModel:
     @property
     def device(self) -> torch.device:
         return next(self.tl_model.parameters()).device
+
+    # --- compute precision (memlens.core.precision) ----------------------------------------
+    @property
+    def precision(self) -> str:
+        """How forward and backward passes compute: ``fp32`` (exact; the default, or
+        ``$MEMLENS_PRECISION``) or ``bf16-mixed`` (bfloat16 matmuls under autocast, float32 weights,
+        float32 logits). Set it, or use :meth:`using_precision` for a block."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        self._precision = check_precision(value)
+
+    @contextlib.contextmanager
+    def using_precision(self, precision: str | None) -> Iterator["HookedModel"]:
+        """The model at ``precision`` for the block (unchanged when None); the previous precision
+        comes back on exit, also on error."""
+        if precision is None:
+            yield self
+            return
+        before, self.precision = self._precision, precision
+        try:
+            yield self
+        finally:
+            self._precision = before
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The compute context of the model's precision on its device (nothing for ``fp32``):
+        forward passes of the TransformerLens model and of the HuggingFace twin run inside it."""
+        return autocast(self.device, self._precision)
 
     @property
     def components(self) -> ComponentRegistry:
@@ -148,9 +180,12 @@ class HookedModel:
             Logits ``[batch, pos, vocab]``.
         """
         tokens = self._check_tokens(tokens)
-        if attention_mask is not None:
-            return self.tl_model(tokens, attention_mask=attention_mask.to(self.device))
-        return self.tl_model(tokens)
+        kwargs = {} if attention_mask is None else {"attention_mask": attention_mask.to(self.device)}
+        if self._precision == "fp32":
+            return self.tl_model(tokens, **kwargs)
+        with self.autocast():
+            logits = self.tl_model(tokens, **kwargs)
+        return logits.float()
 
     def _check_tokens(self, tokens: Tensor) -> Tensor:
         if not isinstance(tokens, Tensor) or tokens.dtype not in (torch.long, torch.int, torch.int32, torch.int64):
@@ -303,11 +338,13 @@ class HookedModel:
         acts: dict[str, Tensor] = {}
         grads: dict[str, Tensor] = {}
 
+        up = self._precision != "fp32"  # bf16-mixed: activations and their gradients kept as float32
+
         def keep_act(act: Tensor, hook: Any) -> None:
-            acts[hook.name] = act.detach()
+            acts[hook.name] = act.detach().float() if up and act.is_floating_point() else act.detach()
 
         def keep_grad(grad: Tensor, hook: Any) -> None:
-            grads[hook.name] = grad.detach()
+            grads[hook.name] = grad.detach().float() if up else grad.detach()
 
         fwd = [(n, _renamed(keep_act, n)) for n in names]
         bwd = [(n, _renamed(keep_grad, n)) for n in names] if loss_fn is not None else []
@@ -327,8 +364,14 @@ class HookedModel:
         """TransformerLens ``run_with_cache`` with a required ``names_filter``: memlens never
         caches every activation by default. Returns ``(logits, ActivationCache)``."""
         names = self.resolve_names(names_filter)
-        with torch.no_grad():
-            return self.tl_model.run_with_cache(self._check_tokens(tokens), names_filter=names, **kwargs)
+        with torch.no_grad(), self.autocast():
+            logits, cache = self.tl_model.run_with_cache(self._check_tokens(tokens), names_filter=names, **kwargs)
+        if self._precision != "fp32":
+            logits = logits.float()
+            for k in list(cache.keys()):
+                if cache[k].is_floating_point():
+                    cache.cache_dict[k] = cache[k].float()
+        return logits, cache
 
     def to(self, device: "str | torch.device | None" = None, dtype: "str | torch.dtype | None" = None) -> "HookedModel":
         """Move the model to ``device`` and/or cast it to ``dtype`` (``"bfloat16"``, ``"float16"``,

@@ -183,12 +183,23 @@ def random_neurons(n_layers: int, d_mlp: int, ratio: float, seed: int) -> Bool[T
     return out
 
 
-def top_neurons(scores: Float[Tensor, "layer neuron"], per_layer: Tensor | int) -> Bool[Tensor, "layer neuron"]:
+def top_neurons(scores: Float[Tensor, "layer neuron"], per_layer: Any) -> Bool[Tensor, "layer neuron"]:
     """The ``per_layer`` highest-scoring neurons of each layer (``per_layer`` an int, or one count per
     layer); ties go to the lower index. NaN scores rank last."""
+    from memlens.core.errors import InputError
+
+    n_layers, d_mlp = scores.shape
+    if isinstance(per_layer, bool) or not isinstance(per_layer, (int, Tensor)):
+        raise InputError(f"per_layer must be a count of neurons (an integer 0..{d_mlp}) or a tensor of one count per "
+                         f"layer, got {per_layer!r}")
+    counts = torch.as_tensor(per_layer)
+    if counts.is_floating_point() or counts.is_complex() or counts.dtype == torch.bool:
+        raise InputError(f"per_layer must hold integer counts of neurons, got a {counts.dtype} tensor")
+    counts = counts.expand(n_layers) if counts.ndim == 0 else counts
+    if counts.shape != (n_layers,) or bool((counts < 0).any()) or bool((counts > d_mlp).any()):
+        raise InputError(f"per_layer must be a count in 0..{d_mlp} (or {n_layers} of them, one per layer), got "
+                         f"{per_layer.tolist() if isinstance(per_layer, Tensor) else per_layer!r}")
     scores = torch.nan_to_num(scores.float(), nan=-float("inf"))
-    counts = torch.as_tensor(per_layer).expand(scores.shape[0]) if torch.as_tensor(per_layer).ndim == 0 \
-        else torch.as_tensor(per_layer)
     out = torch.zeros_like(scores, dtype=torch.bool)
     for L in range(scores.shape[0]):
         k = int(counts[L])

@@ -6,7 +6,9 @@
 - the contrastive objective: -nll_scale * NLL(memorized) + kl_weight * KL(non-memorized, model vs
   the frozen original model). memlens's default is the paper's written formula (KL(model ||
   original), mean over positions, 1:1); the official code's is ``nll_scale=0.1``,
-  ``direction="original||model"``, ``reduction="batchmean"`` (docs/paper-fidelity.md).
+  ``direction="original||model"``, ``reduction="batchmean"`` (docs/paper-fidelity.md);
+- negative preference optimization (NPO, Zhang et al. 2024), the unlearning baseline of the
+  resurfacing literature, as a forget term: :func:`npo_loss`.
 """
 
 from __future__ import annotations
@@ -74,3 +76,23 @@ def kl_to_reference(
         logp, logq = logq, logp
     per_position = (logp.exp() * (logp - logq)).sum(dim=-1)
     return per_position.mean() if reduction == "mean" else per_position.sum() / per_position.shape[0]
+
+
+def sequence_nll(
+    logits: Float[Tensor, "batch continuation vocab"], continuations: Int[Tensor, "batch continuation"]
+) -> Float[Tensor, " batch"]:
+    """NLL of each whole continuation (summed over its tokens, nats): -log p(continuation | prefix)."""
+    return F.cross_entropy(logits.transpose(1, 2).float(), continuations.to(logits.device), reduction="none").sum(dim=-1)
+
+
+def npo_loss(
+    logits: Float[Tensor, "batch continuation vocab"], continuations: Int[Tensor, "batch continuation"],
+    reference_nll: Float[Tensor, " batch"], beta: float = 0.1,
+) -> Tensor:
+    """The NPO forget loss of Zhang et al. (2024): ``-(2 / beta) * mean(log sigmoid(beta * (NLL_model
+    - NLL_reference)))`` over the paragraphs, each NLL summed over the continuation (the official
+    code's ``get_batch_loss``); ``reference_nll`` is the frozen original model's. At the original
+    weights its gradient is ``-grad NLL``: gradient ascent, slowed as the NLL grows past the
+    reference's."""
+    margin = sequence_nll(logits, continuations) - reference_nll.to(logits.device).float()
+    return -F.logsigmoid(beta * margin).mean() * 2 / beta

@@ -73,19 +73,25 @@ class Provenance:
         versions: Python and package versions at the time (see :func:`versions`).
         config: the settings of the call that produced the result (JSON-able).
         created: local time of creation, ISO 8601.
+        precision: the compute precision of the model when it was computed (``fp32`` or
+            ``bf16-mixed``; files written before memlens recorded it were fp32).
     """
 
     model: str = ""
     versions: dict[str, str] = dataclasses.field(default_factory=dict)
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     created: str = ""
+    precision: str = "fp32"
 
     @classmethod
-    def capture(cls, model: Any = None, **config: Any) -> "Provenance":
-        """The provenance of a result computed now on ``model`` with the settings ``config``."""
+    def capture(cls, model: Any = None, *, precision: str | None = None, **config: Any) -> "Provenance":
+        """The provenance of a result computed now on ``model`` with the settings ``config``; its
+        precision is ``precision`` if given, else the model's (``fp32`` for a model name)."""
         name = model if isinstance(model, str) else getattr(model, "name", "") if model is not None else ""
+        if precision is None:
+            precision = getattr(model, "precision", "fp32") if model is not None and not isinstance(model, str) else "fp32"
         return cls(model=name, versions=dict(versions()), config=_jsonable(config),
-                   created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                   created=time.strftime("%Y-%m-%dT%H:%M:%S"), precision=precision)
 
 
 def check_same_model(a: str, b: str, what: str) -> None:
@@ -290,9 +296,10 @@ def _provenance(data: Any, path: Any) -> Provenance:
     if not isinstance(data, dict) or not set(data) <= known:
         raise InputError(f"{path}: a damaged provenance (expected an object with keys {sorted(known)}); compute it "
                          "again")
-    if not isinstance(data.get("model", ""), str) or not all(isinstance(data.get(k, {}), dict)
-                                                             for k in ("versions", "config")):
-        raise InputError(f"{path}: a damaged provenance (model must be a string, versions and config objects); "
+    if not isinstance(data.get("model", ""), str) or not isinstance(data.get("precision", "fp32"), str) \
+            or not all(isinstance(data.get(k, {}), dict) for k in ("versions", "config")):
+        raise InputError(f"{path}: a damaged provenance (model and precision must be strings, versions and config "
+                         "objects); "
                          "compute it again")
     return Provenance(**data)
 

@@ -39,7 +39,7 @@ def from_pretrained(name: str, *, prepend_bos: bool = False, dtype: torch.dtype 
 
 def load_model(spec: str, *, seed: int = 0, cache_dir: str | None = None, progress: bool = True,
                device: str | None = None, dtype: str | torch.dtype | None = None,
-               weights: WeightsForm = "raw") -> HookedModel:
+               weights: WeightsForm = "raw", precision: str | None = None) -> HookedModel:
     """The model a ``--model`` value names: a registered source (``organism``, ``organism-tiny``),
     a ``.gguf`` file, a local folder or a hub name. The one resolver of the CLI and the pipeline.
 
@@ -54,6 +54,8 @@ def load_model(spec: str, *, seed: int = 0, cache_dir: str | None = None, progre
         weights: ``raw`` (the HuggingFace weights, memlens's default) or ``processed``
             (TransformerLens's default processing, as the paper's code loaded GPT-Neo:
             :func:`memlens.loading.processed.process_weights`).
+        precision: the model's compute precision (``fp32`` or ``bf16-mixed``; default: ``fp32``, or
+            ``$MEMLENS_PRECISION``; docs/precision.md).
 
     Returns:
         The loaded :class:`~memlens.HookedModel`.
@@ -75,6 +77,8 @@ def load_model(spec: str, *, seed: int = 0, cache_dir: str | None = None, progre
         raise ModelLoadError(f"unknown weights {weights!r}; use {one_of(WEIGHTS_FORMS)}")
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
+    if precision is not None:
+        model.precision = precision
     return model
 
 

@@ -21,10 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memlens.core.defaults import SEED_REQUIREMENT, WEIGHTS_FORMS, one_of, seed_problem
+from memlens.core.defaults import PRECISIONS, SEED_REQUIREMENT, WEIGHTS_FORMS, one_of, seed_problem
 from memlens.core.errors import InputError
 from memlens.run.presets import PRESETS
 from memlens.run.settings import StageConfig, _runtime
+
+#: the stages that compute in fp32 under ``precision = "bf16-mixed"`` unless the settings say
+#: otherwise: those whose bf16-mixed results did not agree with fp32's within their own seed spread
+#: (benchmarks/precision_agreement.py; docs/precision.md)
+FP32_STAGES: tuple[str, ...] = ()
 
 #: stage name -> its settings class, in the order the Stage table registered them
 _SETTINGS: dict[str, type[StageConfig]] = {}
@@ -67,6 +72,12 @@ class RunConfig(StageConfig):
         preset: the preset these settings started from (``paper``), or empty.
         dtype: ``float32`` (default), ``bfloat16`` or ``float16`` (on a GPU); the scan then checks
             teacher-forced EM against greedy decoding on a sample (near-ties at low precision).
+        precision: how the stages compute: ``fp32`` (default, exact) or ``bf16-mixed`` (bfloat16
+            matmuls under autocast on float32 weights; docs/precision.md), except the stages of
+            ``fp32_stages``.
+        fp32_stages: stages that compute in fp32 even when ``precision`` is ``bf16-mixed`` (by
+            default those whose bf16-mixed results did not agree with fp32's within their own seed
+            spread: docs/precision.md).
         device: where the model runs (``cpu``, ``cuda``; runtime).
         stages: each stage's settings by stage name (a stage left out has its defaults). Read
             them as ``config.unlearn`` or :meth:`stage_settings`.
@@ -78,6 +89,8 @@ class RunConfig(StageConfig):
     skip_short: bool = False
     seed: int = 0
     dtype: str = "float32"
+    precision: str = "fp32"
+    fp32_stages: tuple[str, ...] = FP32_STAGES
     weights: str = "raw"
     device: str = _runtime("cpu")
     stages: dict[str, StageConfig] = field(default_factory=dict)
@@ -92,6 +105,11 @@ class RunConfig(StageConfig):
         plain = cls._plain_kwargs({k: v for k, v in data.items() if k not in stages}, source,
                                   exclude=("stages",), also_known=tuple(_SETTINGS))
         return cls(**plain, stages=stages)
+
+    def stage_precision(self, name: str) -> str:
+        """The precision stage ``name`` computes at: ``fp32`` for a stage of ``fp32_stages``, else
+        :attr:`precision`."""
+        return "fp32" if name in self.fp32_stages else self.precision
 
     def stage_settings(self, name: str) -> StageConfig:
         """The settings of stage ``name`` (its defaults unless set)."""
@@ -119,6 +137,10 @@ class RunConfig(StageConfig):
         self._require("seed", seed_problem(self.seed) is None, SEED_REQUIREMENT)
         self._require("paragraphs", self.paragraphs is None or isinstance(self.paragraphs, str), "must be a path")
         self._require("dtype", self.dtype in ("float32", "bfloat16", "float16"), "must be float32, bfloat16 or float16")
+        self._require("precision", self.precision in PRECISIONS, f"must be {one_of(PRECISIONS)}")
+        self._require("fp32_stages", isinstance(self.fp32_stages, tuple) and all(s in _SETTINGS for s in self.fp32_stages)
+                      and len(set(self.fp32_stages)) == len(self.fp32_stages),
+                      f"must name stages with settings, each once ({', '.join(_SETTINGS)})")
         self._require("weights", self.weights in WEIGHTS_FORMS, f"must be {one_of(WEIGHTS_FORMS)}")
         self._require("device", isinstance(self.device, str) and bool(self.device), "must be a device name")
         unknown = sorted(set(self.stages) - set(_SETTINGS))

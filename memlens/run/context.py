@@ -49,8 +49,16 @@ class RunContext:
         return RunFolder(self.out)
 
     @property
+    def precision(self) -> str:
+        """The precision the running stage computes at (:meth:`RunConfig.stage_precision`; the run's
+        own between stages)."""
+        return self.config.stage_precision(self.stage) if self.stage else self.config.precision
+
+    @property
     def model(self) -> Any:
-        """The run's model, loaded on first use."""
+        """The run's model, loaded on first use, at the running stage's precision."""
+        if self._model is not None:
+            self._model.precision = self.precision
         if self._model is None:
             from memlens.loading import load_model
 
@@ -60,6 +68,7 @@ class RunContext:
                                weights=self.config.weights)
             self.load_seconds = round(time.perf_counter() - t0, 1)
             self.folder.record_model_name(model.name)
+            model.precision = self.precision
             self._model = model
         return self._model
 

@@ -49,6 +49,8 @@ def run_stage(ctx: RunContext, stage: str, fresh: bool = False) -> dict[str, Any
         summary = {"skipped": str(e)}
     finally:
         ctx.stage, ctx.fresh = "", False
+    if row.config is not None:
+        summary.setdefault("precision", ctx.config.stage_precision(stage))
     summary["seconds"] = round(time.perf_counter() - t0 - (ctx.load_seconds - loading), 1)  # model loading apart
     ctx.folder.write_stage_summary(stage, summary)
     return summary

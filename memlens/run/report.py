@@ -53,8 +53,16 @@ def write_report(folder: str | Path | RunFolder, stages: Sequence[Stage] | None 
         summary = rf.read_stage_summary(stage.name)
         if (missing := _missing(stage.name, rf, summary)) is not None:
             parts.append(missing)
-        else:
+            continue
+        drawn = len(parts)
+        try:
             stage.report(rb, parts, rf, summary)
+        except Exception as e:  # a damaged file or summary: this section says so, the others are still drawn
+            del parts[drawn:]
+            parts.append(f'<p class="missing">The {html.escape(stage.name)} section could not be drawn: '
+                         f"{html.escape(type(e).__name__)}: {html.escape(str(e)[:300])}. Its files are damaged; compute "
+                         f"it again with <code>memlens {html.escape(stage.name)} --out "
+                         f"{html.escape(str(rf.path))}</code>.</p>")
     write_text_atomic(rf.report, rb.html())
     return rf.report
 
@@ -65,7 +73,11 @@ def _what_was_run(rb: ReportBuilder, parts: list[str], folder: RunFolder, run: d
     rows = [{"item": "model", "value": run.get("model")},
             {"item": "paragraphs", "value": para["path"] if para else "the organism's ground-truth set"},
             {"item": "seed", "value": run.get("seed")}, {"item": "started", "value": run.get("started")}]
-    preset = (run.get("config") or {}).get("preset")
+    config = run.get("config") or {}
+    precision = config.get("precision", "fp32")
+    fp32 = [s for s in config.get("fp32_stages") or [] if precision != "fp32"]
+    rows.insert(1, {"item": "precision", "value": precision + (f" (fp32 for: {', '.join(fp32)})" if fp32 else "")})
+    preset = config.get("preset")
     if preset:
         changed = run.get("preset_overrides") or []
         rows.insert(1, {"item": "settings", "value": f"{preset} preset" + (

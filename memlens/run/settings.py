@@ -37,6 +37,14 @@ class StageConfig:
             where = f"{self.stage}.{name}" if self.stage else name
             raise InputError(f"setting {where} = {getattr(self, name)!r}: {what}")
 
+    def _unique(self, *names: str) -> None:
+        """Refuse a list setting that holds a value twice (two equal seeds are not two draws)."""
+        for n in names:
+            v = list(getattr(self, n))
+            twice = next((x for i, x in enumerate(v) if x in v[:i]), None)
+            self._require(n, twice is None, f"holds {twice!r} twice; give each value once (each counts as an "
+                                            "independent point of the design)")
+
     def _positive_int(self, *names: str) -> None:
         for n in names:
             v = getattr(self, n)

@@ -34,7 +34,7 @@ class ScanWorker:
                  dtype: str | None = None, prefix_len: int = DEFAULT_PREFIX_LEN,
                  continuation_len: int = DEFAULT_CONTINUATION_LEN, batch_size: int = DEFAULT_BATCH_SIZE,
                  non_memorized_max_em: int | None = None, memorized_min_em: int | None = None,
-                 min_k: float = MIN_K, threads: int | None = None) -> None:
+                 min_k: float = MIN_K, threads: int | None = None, precision: str | None = None) -> None:
         import torch
 
         from memlens.analyses.scan import split_thresholds
@@ -43,7 +43,8 @@ class ScanWorker:
 
         if threads:
             torch.set_num_threads(threads)  # an actor per CPU: no oversubscription
-        self.model = load_model(model, seed=seed, cache_dir=cache_dir, progress=False, device=device, dtype=dtype)
+        self.model = load_model(model, seed=seed, cache_dir=cache_dir, progress=False, device=device, dtype=dtype,
+                                precision=precision)
         self.prefix_len, self.continuation_len, self.batch_size = prefix_len, continuation_len, batch_size
         self.non_max, self.mem_min = split_thresholds(continuation_len, non_memorized_max_em, memorized_min_em)
         check_min_k(min_k)
@@ -94,6 +95,7 @@ def scan_with_ray(
     non_memorized_max_em: int = NON_MEMORIZED_MAX_EM,
     memorized_min_em: int | None = None,
     min_k: float = MIN_K,
+    precision: str | None = None,
 ) -> ScanTable:
     """Scan a JSONL or Parquet paragraph file with Ray Data into the table ``out``.
 
@@ -113,6 +115,7 @@ def scan_with_ray(
         batch_size: paragraphs per forward pass; ``rows_per_call``: rows per actor call.
         non_memorized_max_em, memorized_min_em: the split thresholds.
         min_k: the share of continuation tokens in the ``min_k_nll`` column.
+        precision: each actor's compute precision (``fp32`` or ``bf16-mixed``; default fp32).
 
     Returns:
         The :class:`~memlens.scale.stream.ScanTable` written.
@@ -139,6 +142,10 @@ def scan_with_ray(
         raise InputError(f"workers must be >= 1, got {workers}")
     non_max, mem_min = split_thresholds(continuation_len, non_memorized_max_em, memorized_min_em)
     check_min_k(min_k)
+    if precision is not None:
+        from memlens.core.precision import check_precision
+
+        check_precision(precision)
     with locked(file_lock_path(target), f"the scan table {target}"):
         blocks, checkpoint = target.with_name(target.name + ".ray"), target.with_name(target.name + ".ray-checkpoint")
         started_here = not ray.is_initialized()
@@ -157,7 +164,8 @@ def scan_with_ray(
             ds = read(str(source.resolve()))
             kwargs = dict(model=model, seed=seed, cache_dir=cache_dir, device=device or ("cuda" if num_gpus else None),
                           dtype=dtype, prefix_len=prefix_len, continuation_len=continuation_len, batch_size=batch_size,
-                          non_memorized_max_em=non_max, memorized_min_em=mem_min, min_k=min_k, threads=None if num_gpus else 1)
+                          non_memorized_max_em=non_max, memorized_min_em=mem_min, min_k=min_k, threads=None if num_gpus else 1,
+                          precision=precision)
             ds = ds.map_batches(ScanWorker, fn_constructor_kwargs=kwargs, compute=ActorPoolStrategy(size=workers),
                                 batch_size=rows_per_call, batch_format="numpy",
                                 **({"num_gpus": num_gpus} if num_gpus else {"num_cpus": 1}))
@@ -172,6 +180,7 @@ def scan_with_ray(
         header = {"memlens": TABLE_KIND, "version": TABLE_VERSION, "model": model, "source": str(source.resolve()),
                   "source_sha256": file_sha256(source), "prefix_len": prefix_len, "continuation_len": continuation_len, "chunk_size": None,
                   "shard": [0, 1], "non_memorized_max_em": non_max, "memorized_min_em": mem_min, "min_k": min_k, "engine": "ray",
+                  "precision": precision or "fp32",
                   "workers": workers, "versions": versions(), "seconds": round(seconds, 2),
                   "paragraphs_per_second": round(n / seconds, 2) if seconds > 0 else None, "n": n,
                   "skipped_short": 0, "splits": splits}

@@ -96,7 +96,7 @@ class ScanTable:
 
     def summary(self) -> dict[str, Any]:
         """The header's counts: paragraphs, skipped, and each split's count and mean EM / NLL."""
-        keys = ("model", "shard", "n", "skipped_short", "splits", "seconds", "paragraphs_per_second")
+        keys = ("model", "precision", "shard", "n", "skipped_short", "splits", "seconds", "paragraphs_per_second")
         return {k: self.header[k] for k in keys if k in self.header}
 
 
@@ -160,7 +160,7 @@ def merge_scan_tables(inputs: Sequence[str | Path], out: str | Path) -> ScanTabl
         raise InputError(f"--out {target} is one of the shards; choose another output file")
     check_output_file(target, "merged scan table")
     same = ("model", "source", "source_sha256", "prefix_len", "continuation_len", "chunk_size",
-            "non_memorized_max_em", "memorized_min_em")
+            "non_memorized_max_em", "memorized_min_em", "precision")
     first = tables[0]
     for t in tables[1:]:
         diff = [k for k in same if t.header.get(k) != first.header.get(k)]

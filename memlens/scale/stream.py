@@ -30,6 +30,7 @@ from memlens.core.errors import InputError
 from memlens.core.io import check_output_file, parse_json, write_text_atomic
 from memlens.core.lock import file_lock_path, locked
 from memlens.scale.shard import Shard
+from memlens.core.precision import with_precision
 from memlens.scale.scan_table import (
     TABLE_KIND, TABLE_SUFFIXES, TABLE_VERSION, ScanTable, pyarrow_parquet, split_summary, write_table,
 )
@@ -203,6 +204,7 @@ def table_target(source: str | Path, out: str | Path, shard: Shard = Shard()) ->
     return target
 
 
+@with_precision
 def scan_to_table(
     model: "HookedModel",
     source: str | Path,
@@ -254,7 +256,7 @@ def scan_to_table(
     header = {"memlens": TABLE_KIND, "version": TABLE_VERSION, "model": model.name, "source": str(source.resolve()),
               "prefix_len": prefix_len, "continuation_len": continuation_len, "chunk_size": chunk_size,
               "shard": [shard.rank, shard.world], "non_memorized_max_em": non_max, "memorized_min_em": mem_min,
-              "min_k": min_k}
+              "min_k": min_k, "precision": model.precision}
     parts = target.with_name(target.name + ".parts")
     with locked(file_lock_path(target), f"the scan table {target}"):
         fresh = not parts.exists()

@@ -88,3 +88,20 @@ def test_an_interrupted_benchmark_resumes(organism, tmp_path):
     finally:
         bm.inject_neurons = real
     assert again.rows == first.rows
+
+
+def test_screened_zero_out_finds_what_brute_force_finds(organism):
+    """The attribution screen (#41) re-scores only 20% of each layer exactly: on the planted
+    neurons its recall equals brute-force zero-out's, seed by seed, and the neurons it scores
+    exactly get brute force's value."""
+    res = ml.LocalizationBenchmark(organism, progress=False).run(
+        localizers=("zero_out", "zero_out_screened"), ratios=(0.05,), seeds=(0, 1), n_paragraphs=2, del_natural=False)
+    by = {(r["localizer"], r["seed"]): r["recall"] for r in res.rows}
+    assert by[("zero_out", 0)] > 0.5
+    assert all(by[("zero_out_screened", s)] == by[("zero_out", s)] for s in (0, 1))
+    paras = organism.ground_truth.held_out[:2]
+    brute = ml.make_localizer("zero_out", organism, progress=False).run(paras).neuron_scores
+    screened = ml.make_localizer("zero_out_screened", organism, progress=False).run(paras).neuron_scores
+    k = int(0.2 * brute.shape[1] + 0.999)
+    top = screened.topk(k, dim=1).indices
+    torch.testing.assert_close(screened.gather(1, top), brute.gather(1, top), rtol=1e-4, atol=1e-5)

@@ -3,6 +3,8 @@ zero-out, integrated gradients (knowledge neurons) and the random floor."""
 
 from __future__ import annotations
 
+import math
+
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -37,8 +39,9 @@ class GradientLocalizer(Localizer):
     scores_weights = True
 
     def __init__(self, model: "HookedModel", *, objective: str = "nll", reduce: str = "max",
-                 batch_size: int | None = None, progress: bool = True) -> None:
-        super().__init__(model, batch_size=batch_size or GradientMap.DEFAULT_BATCH_SIZE, progress=progress)
+                 batch_size: int | None = None, progress: bool = True,
+                 precision: str | None = None) -> None:
+        super().__init__(model, batch_size=batch_size or GradientMap.DEFAULT_BATCH_SIZE, progress=progress, precision=precision)
         if objective not in ("nll", "contrastive"):
             raise InputError(f"objective must be 'nll' or 'contrastive', got {objective!r}")
         if reduce not in ("max", "sum"):
@@ -76,23 +79,54 @@ class ActivationLocalizer(Localizer):
 
 class ZeroOutLocalizer(Localizer):
     """The continuation NLL increase (nats/token, mean over the paragraphs) when one neuron's
-    activation is zeroed: one forward pass per neuron and paragraph, batched ``batch_size`` rows at
-    a time (a row = one neuron zeroed on one paragraph)."""
+    activation is zeroed (at every position): one forward pass per neuron and paragraph, batched
+    ``batch_size`` rows at a time (a row = one neuron zeroed on one paragraph).
+
+    With ``screen`` (a share of each layer's neurons), an attribution screen comes first: one
+    backward pass gives every neuron its attribution mass ``sum over positions of |activation x
+    dNLL/d activation|`` (the first-order terms of its zero-out effect, without letting positions
+    cancel), and only the ``screen`` share of each layer with the largest mass is zeroed exactly;
+    the others keep their mass, ranked below every exactly scored neuron of their layer (the head
+    screen's design). This is what makes zero-out affordable on a real model (SmolLM2: 46k
+    neurons). On the tiny organism the screen at 0.2 (4x the planted 5%) keeps every planted
+    neuron that brute force finds; the signed first-order sum missed some (recall 0.90).
+    """
 
     name = "zero_out"
     DEFAULT_BATCH_SIZE = 64
+
+    def __init__(self, model: "HookedModel", *, screen: float | None = None, batch_size: int | None = None,
+                 progress: bool = True, precision: str | None = None) -> None:
+        super().__init__(model, batch_size=batch_size, progress=progress, precision=precision)
+        if screen is not None and (isinstance(screen, bool) or not isinstance(screen, (int, float))
+                                   or not 0 < screen <= 1):
+            raise InputError(f"screen must be a share of each layer's neurons in (0, 1] or None, got {screen!r}")
+        self.screen = screen
+
+    def settings(self) -> dict[str, Any]:
+        return {"screen": self.screen}
 
     @torch.no_grad()
     def scores(self, paragraphs: ParagraphSet, contrast: ParagraphSet | None, progress: bool):
         P, n = paragraphs.prefix_len, len(paragraphs)
         tokens = paragraphs.tokens.to(self.model.device)
         base = _token_nll(self.model(tokens[:, :-1]), tokens, P)
-        out = torch.zeros(self.layout.n_layers, self.layout.d_mlp)
+        L_all, d_mlp = self.layout.n_layers, self.layout.d_mlp
+        if self.screen is None:
+            candidates = [torch.arange(d_mlp) for _ in range(L_all)]
+            out = torch.zeros(L_all, d_mlp)
+        else:
+            with torch.enable_grad():
+                estimate = self._first_order(paragraphs)
+            k = max(1, math.ceil(self.screen * d_mlp))
+            candidates = [estimate[L].topk(k).indices.sort().values for L in range(L_all)]
+            out = estimate.clone()
         per_batch = max(1, self.batch_size // n)  # neurons per forward pass
-        bar = tqdm(total=self.layout.n_neurons, desc="zero-out", disable=not progress, leave=False)
-        for L in range(self.layout.n_layers):
-            for start in range(0, self.layout.d_mlp, per_batch):
-                neurons = torch.arange(start, min(start + per_batch, self.layout.d_mlp))
+        bar = tqdm(total=sum(len(c) for c in candidates), desc="zero-out", disable=not progress, leave=False)
+        for L in range(L_all):
+            exact = torch.empty(len(candidates[L]))
+            for start in range(0, len(candidates[L]), per_batch):
+                neurons = candidates[L][start: start + per_batch]
                 rows = neurons.repeat_interleave(n)  # row r zeroes neuron rows[r] on paragraph r % n
 
                 def zero(act: Tensor, hook: Any, rows: Tensor = rows) -> Tensor:
@@ -103,10 +137,34 @@ class ZeroOutLocalizer(Localizer):
                 batch = tokens.repeat(len(neurons), 1)
                 with self.model.hooks(fwd_hooks=[(self.layout.hook_name(L), zero)]):
                     nll = _token_nll(self.model(batch[:, :-1]), batch, P)
-                out[L, neurons] = (nll.view(len(neurons), n) - base).mean(1).cpu()
+                exact[start: start + len(neurons)] = (nll.view(len(neurons), n) - base).mean(1).cpu()
                 bar.update(len(neurons))
+            if self.screen is not None:  # the unscreened keep their estimate, below every exact score
+                rest = torch.ones(d_mlp, dtype=torch.bool)
+                rest[candidates[L]] = False
+                if bool(rest.any()):
+                    shift = float(exact.min()) - float(out[L][rest].max()) - 1.0
+                    out[L][rest] = out[L][rest] + shift
+            out[L, candidates[L]] = exact
         bar.close()
         return out, None, 0
+
+    def _first_order(self, paragraphs: ParagraphSet) -> Tensor:
+        """Each neuron's attribution mass ``sum_positions |a * dNLL/da|`` (nats/token, mean over
+        paragraphs), from one backward pass per batch: the screen's ranking."""
+        P = paragraphs.prefix_len
+        names = [self.layout.hook_name(L) for L in range(self.layout.n_layers)]
+        total = torch.zeros(self.layout.n_layers, self.layout.d_mlp)
+        for chunk in paragraphs.tokens.split(max(1, self.batch_size // 8)):
+            chunk = chunk.to(self.model.device)
+
+            def loss(logits: Tensor, chunk: Tensor = chunk) -> Tensor:
+                return nll_of_logits(logits[:, P - 1:], chunk[:, P:], reduction="none").sum()
+
+            _, acts, grads = self.model.capture(chunk[:, :-1], names, loss)
+            for L, name in enumerate(names):
+                total[L] += (acts[name].float() * grads[name].float()).abs().sum(dim=(0, 1)).cpu()
+        return total / len(paragraphs)
 
 
 class IntegratedGradientsLocalizer(Localizer):
@@ -120,8 +178,9 @@ class IntegratedGradientsLocalizer(Localizer):
     name = "integrated_gradients"
 
     def __init__(self, model: "HookedModel", *, steps: int = 16, batch_size: int | None = None,
-                 progress: bool = True) -> None:
-        super().__init__(model, batch_size=batch_size, progress=progress)
+                 progress: bool = True,
+                 precision: str | None = None) -> None:
+        super().__init__(model, batch_size=batch_size, progress=progress, precision=precision)
         if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
             raise InputError(f"steps must be an integer >= 1, got {steps!r}")
         self.steps = steps
@@ -166,10 +225,11 @@ class RandomLocalizer(Localizer):
     scores_weights = True
 
     def __init__(self, model: "HookedModel", *, seed: int = 0, batch_size: int | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True,
+                 precision: str | None = None) -> None:
         from memlens.core.defaults import check_seed
 
-        super().__init__(model, batch_size=batch_size, progress=progress)
+        super().__init__(model, batch_size=batch_size, progress=progress, precision=precision)
         self.seed = check_seed(seed)
 
     def scores(self, paragraphs: ParagraphSet, contrast: ParagraphSet | None, progress: bool):

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from memlens.analyses.base import Analysis
 from memlens.core.data import ParagraphSet, as_paragraph_set
+from memlens.core.defaults import distinct_list
 from memlens.core.errors import InputError
 from memlens.core.neurons import NeuronLayout, top_neurons
 from memlens.core.results import Provenance, Result
@@ -53,8 +54,9 @@ class NeuronScores(Result):
     steps: int = 0
     provenance: Provenance = field(default_factory=Provenance)
 
-    def top(self, per_layer: int | Tensor) -> Bool[Tensor, "layer neuron"]:
-        """The ``per_layer`` highest-scoring neurons of each layer (an int, or one count per layer)."""
+    def top(self, per_layer: Any) -> Bool[Tensor, "layer neuron"]:
+        """The ``per_layer`` highest-scoring neurons of each layer (an int, or one count per layer;
+        anything else is refused with an :class:`InputError`, so it is not typed here)."""
         return top_neurons(self.neuron_scores, per_layer)
 
     def top_weights(self, count: int) -> dict[str, Bool[Tensor, "..."]]:
@@ -109,8 +111,9 @@ class Localizer(Analysis):
     #: whether it scores single weights too (the weight-level INJ scores only those that do)
     scores_weights: ClassVar[bool] = False
 
-    def __init__(self, model: "HookedModel", *, batch_size: int | None = None, progress: bool = True) -> None:
-        super().__init__(model, batch_size=batch_size, progress=progress)
+    def __init__(self, model: "HookedModel", *, batch_size: int | None = None, progress: bool = True,
+                 precision: str | None = None) -> None:
+        super().__init__(model, batch_size=batch_size, progress=progress, precision=precision)
         self.layout = NeuronLayout(model)
 
     def run(self, paragraphs: ParagraphSet, *, contrast: ParagraphSet | None = None,
@@ -179,11 +182,13 @@ def localizer_names() -> tuple[str, ...]:
 
 def check_localizer_names(names: Any) -> tuple[str, ...]:
     """``names`` as a tuple if every one is registered; an :class:`InputError` listing them otherwise."""
-    if isinstance(names, str) or not all(isinstance(n, str) for n in names) or not names:
+    if isinstance(names, str) or not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names) \
+            or not names:
         raise InputError(f"localizers must be a non-empty list of names from {', '.join(_REGISTRY)}; got {names!r}")
     unknown = [n for n in names if n not in _REGISTRY]
     if unknown:
         raise InputError(f"unknown localizer(s) {', '.join(map(repr, unknown))}; the localizers are {', '.join(_REGISTRY)}")
+    distinct_list("localizers", names)
     return tuple(names)
 
 
@@ -191,6 +196,15 @@ def make_localizer(name: str, model: "HookedModel", **kwargs: Any) -> Localizer:
     """The localizer registered as ``name`` for ``model`` (``kwargs`` override its registered settings)."""
     check_localizer_names([name])
     cls, settings = _REGISTRY[name]
+    import inspect
+
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    known = {n for c in cls.__mro__ if "__init__" in vars(c)
+             for n, p in inspect.signature(c.__init__).parameters.items() if p.kind in named} - {"self", "model"}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise InputError(f"the {name} localizer has no setting(s) {', '.join(unknown)}; its settings are "
+                         f"{', '.join(sorted(known))}")
     loc = cls(model, **(settings | kwargs))
     loc.name = name
     return loc

@@ -26,7 +26,6 @@ after every seed. Every figure is reported as the mean over seeds with a bootstr
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +34,11 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import torch
 
 from memlens.analyses.base import Analysis
-from memlens.analyses.injection import inject_neurons, inject_weights
+from memlens.analyses.injection import InjectionSettings, inject_neurons, inject_weights
 from memlens.analyses.localization.base import check_localizer_names, localizer_names, make_localizer
+from memlens.core.checkpoint import Checkpoint, model_identity, paragraph_fingerprint
 from memlens.core.data import ParagraphSet, as_paragraph_set
+from memlens.core.defaults import distinct_list
 from memlens.core.errors import InputError
 from memlens.core.metrics import teacher_forced_scores
 from memlens.core.model import preserved_weights
@@ -168,12 +169,13 @@ class LocalizationBenchmark(Analysis):
 
     def run(
         self, paragraphs: ParagraphSet | None = None, *, memorized: ParagraphSet | None = None,
-        non_memorized: ParagraphSet | None = None, localizers: Sequence[str] | None = None,
-        ratios: Sequence[float] = RATIOS, seeds: Sequence[int] = (0, 1, 2), n_paragraphs: int = 4,
-        weight_ratios: Sequence[float] = (), inject_lr: float = 1e-2, inject_steps: int = 1000,
+        non_memorized: ParagraphSet | None = None, localizers: Any = None,
+        ratios: Any = RATIOS, seeds: Any = (0, 1, 2), n_paragraphs: int = 4,
+        weight_ratios: Any = (), inject_lr: float | None = None, inject_steps: int | None = None,
         contrast_paragraphs: int = 16, del_paragraphs: int = 16,
-        localizer_settings: Mapping[str, Mapping[str, Any]] | None = None,
+        localizer_settings: Any = None,
         del_natural: bool = True, checkpoint: str | Path | None = None, progress: bool | None = None,
+        fresh: bool = False,
     ) -> LocalizationBenchmarkResult:
         """Run the benchmark.
 
@@ -185,12 +187,15 @@ class LocalizationBenchmark(Analysis):
             non_memorized: non-memorized paragraphs: the first ``contrast_paragraphs`` are the
                 localizers' contrast set, the next ``del_paragraphs`` DEL's NLL text; default: the
                 scan's non-memorized ones.
-            localizers: registered names (default: every registered localizer).
-            ratios: planted neuron shares per layer, each in (0, 1).
-            seeds: seeds of the planted sets (and of the paragraphs drawn); at least one.
+            localizers: a list of registered names (default: every registered localizer).
+            ratios: a list of planted neuron shares per layer, each in (0, 1), each once.
+            seeds: a list of seeds of the planted sets (and of the paragraphs drawn); at least
+                one, each once. (The list arguments are not typed: anything else is refused with a
+                one-line :class:`InputError`.)
             n_paragraphs: paragraphs injected per seed.
             weight_ratios: planted single-weight shares for the weight-level INJ (empty: none).
-            inject_lr, inject_steps: the injection's Adam learning rate and step budget.
+            inject_lr, inject_steps: the injection's Adam learning rate and step budget (default:
+                :class:`memlens.InjectionSettings`'s).
             contrast_paragraphs, del_paragraphs: see ``non_memorized``; ``del_paragraphs`` also
                 caps the other memorized paragraphs.
             localizer_settings: constructor settings per localizer name (``{"hard_concrete":
@@ -198,14 +203,26 @@ class LocalizationBenchmark(Analysis):
             del_natural: also DEL on the model's own memorized paragraphs (needs more than
                 ``n_paragraphs`` of them).
             checkpoint: a JSON-lines file each finished (level, ratio, seed) is appended to; a
-                later call with the same file skips them (an interrupted benchmark resumes).
+                later call with the same file and the same computation (model, weight form,
+                precision, every setting, the paragraphs) skips them (an interrupted benchmark
+                resumes); one made by another computation is refused, naming what differs.
             progress: show a progress bar over (level, ratio, seed).
+            fresh: start a checkpoint of another computation afresh instead of refusing it.
         """
-        names = check_localizer_names(tuple(localizers) if localizers is not None else localizer_names())
+        names = check_localizer_names(localizers if localizers is not None else localizer_names())
+        if localizer_settings is not None and not isinstance(localizer_settings, Mapping):
+            raise InputError(f"localizer_settings must map localizer names to their settings, e.g. "
+                             f"{{'hard_concrete': {{'penalty': 50}}}}, got {type(localizer_settings).__name__}")
         settings = {k: dict(v) for k, v in (localizer_settings or {}).items()}
         unknown = sorted(set(settings) - set(names))
         if unknown:
             raise InputError(f"localizer_settings names localizers not in the run: {unknown}; the run has {list(names)}")
+        for name in names:  # every localizer is built once now: a bad setting fails before any injection
+            make_localizer(name, self.model, **settings.get(name, {}))
+        ratios, weight_ratios = distinct_list("ratios", ratios), distinct_list("weight_ratios", weight_ratios)
+        seeds = distinct_list("seeds", seeds)
+        ist = InjectionSettings.resolve(None, lr=inject_lr, steps=inject_steps)
+        inject_lr, inject_steps = ist.lr, ist.steps
         for label, values in (("ratios", ratios), ("weight_ratios", weight_ratios)):
             for r in values:
                 if not (isinstance(r, (int, float)) and not isinstance(r, bool) and 0 < r < 1):
@@ -229,7 +246,16 @@ class LocalizationBenchmark(Analysis):
         jobs = [("neuron", r, s) for r in ratios for s in seeds] + [("weight", r, s) for r in weight_ratios for s in seeds]
         if del_natural and ratios and memorized is not None and len(memorized) > n_paragraphs:
             jobs += [("natural", 0.0, s) for s in seeds]
-        done = _read_blocks(Path(checkpoint)) if checkpoint is not None else {}
+        ckpt = None
+        if checkpoint is not None:
+            ckpt = Checkpoint(checkpoint, "localization", model_identity(self.model) | {
+                "localizers": list(names), "localizer_settings": settings, "ratios": list(ratios), "seeds": list(seeds),
+                "weight_ratios": list(weight_ratios), "n_paragraphs": n_paragraphs, "inject_lr": inject_lr,
+                "inject_steps": inject_steps, "contrast_paragraphs": contrast_paragraphs,
+                "del_paragraphs": del_paragraphs, "del_natural": del_natural, "pool": paragraph_fingerprint(pool),
+                "memorized": paragraph_fingerprint(memorized), "non_memorized": paragraph_fingerprint(non_memorized)},
+                fresh=fresh)
+        done = {(str(k[0]), float(k[1]), int(k[2])): v for k, v in ckpt.load().items()} if ckpt is not None else {}
         rows: list[dict[str, Any]] = []
         injections: list[dict[str, Any]] = []
         for job in tqdm(jobs, desc="localization benchmark", disable=not self._progress(progress)):
@@ -243,9 +269,11 @@ class LocalizationBenchmark(Analysis):
                     block = self._block(*job, pool, n_paragraphs, names, settings, contrast, del_text, others,
                                         inject_lr, inject_steps)
                 block["key"] = list(job)
-                if checkpoint is not None:
-                    with Path(checkpoint).open("a", encoding="utf-8") as f:
-                        f.write(json.dumps(block) + "\n")
+                if ckpt is not None:
+                    ckpt.append(job, block)
+            if not _block_is_sound(block):
+                raise InputError(f"{checkpoint}: the block of {job} is damaged (a row's fields are missing or of the "
+                                 "wrong type); delete the checkpoint, or pass fresh=True, to start over")
             rows += block["rows"]
             if block.get("injection") is not None:
                 injections.append(block["injection"])
@@ -273,6 +301,12 @@ class LocalizationBenchmark(Analysis):
             paragraphs = truth.held_out if paragraphs is None else paragraphs
         pool = as_paragraph_set(paragraphs, self.model, "the localization benchmark (paragraphs)")
         non_memorized = as_paragraph_set(non_memorized, self.model, "the localization benchmark (non_memorized)")
+        if len(pool) == 0:
+            raise InputError("the localization benchmark got an empty paragraph pool (paragraphs=): pass paragraphs the "
+                             f"model does not recite to inject, at least n_paragraphs = {n_paragraphs}")
+        if len(non_memorized) == 0:
+            raise InputError("the localization benchmark got no non-memorized paragraphs (non_memorized=): pass at least "
+                             f"contrast_paragraphs + del_paragraphs = {n_non}")
         for s in (pool, non_memorized, memorized):
             if s is not None and len(s):
                 s.validate(self.model.vocab_size, self.model.n_ctx)
@@ -386,17 +420,25 @@ class LocalizationBenchmark(Analysis):
         return out
 
 
-def _read_blocks(path: Path) -> dict[tuple[str, float, int], dict[str, Any]]:
-    """Finished (level, ratio, seed) blocks of an interrupted benchmark; a torn last line is dropped."""
-    if not path.exists():
-        return {}
-    out = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            block = json.loads(line)
-            level, ratio, seed = block["key"] if "key" in block else (
-                block["injection"]["level"], block["injection"]["ratio"], block["injection"]["seed"])
-            out[(level, float(ratio), int(seed))] = block
-        except (ValueError, KeyError, TypeError):
-            continue
-    return out
+def _block_is_sound(block: Any) -> bool:
+    """Whether a (level, ratio, seed) block read back from a checkpoint has rows of the right shape:
+    a tampered or damaged block is refused rather than breaking the tables later."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if not isinstance(block, dict) or not isinstance(block.get("rows"), list):
+        return False
+    if block.get("injection") is not None and not (isinstance(block["injection"], dict)
+                                                    and number(block["injection"].get("success_rate"))):
+        return False
+    for row in block["rows"]:
+        if not isinstance(row, dict) or not isinstance(row.get("localizer"), str) or not isinstance(row.get("level"), str):
+            return False
+        if not all(number(row.get(k)) for k in ("ratio", "seed", "seconds")):
+            return False
+        if not all(row.get(k) is None or number(row[k]) for k in (*CI_FIELDS, "steps")):
+            return False
+        if row.get("layer_recall") is not None and not (isinstance(row["layer_recall"], list)
+                                                        and all(number(v) for v in row["layer_recall"])):
+            return False
+    return True

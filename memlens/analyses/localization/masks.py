@@ -47,8 +47,9 @@ class _LearnedDrop(Localizer):
 
     def __init__(self, model: "HookedModel", *, penalty: float, lr: float, retain_weight: float = 1.0,
                  max_steps: int = 400, patience: int = 50, tol: float = 1e-3, seed: int = 0,
-                 batch_size: int | None = None, progress: bool = True) -> None:
-        super().__init__(model, batch_size=batch_size, progress=progress)
+                 batch_size: int | None = None, progress: bool = True,
+                 precision: str | None = None) -> None:
+        super().__init__(model, batch_size=batch_size, progress=progress, precision=precision)
         for name, v, ok in (("penalty", penalty, isinstance(penalty, (int, float)) and 0 <= penalty < math.inf),
                             ("retain_weight", retain_weight,
                              isinstance(retain_weight, (int, float)) and 0 <= retain_weight < math.inf),

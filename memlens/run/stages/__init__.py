@@ -8,4 +8,4 @@ runs before the head analysis so that activation patching reuses its perturbed p
 """
 
 from memlens.run.stages import scan, gradients, perturb, heads, head_ablation, rare_attention, pair_gradients  # noqa: F401
-from memlens.run.stages import unlearn, tradeoff, noise, localize, report  # noqa: F401
+from memlens.run.stages import unlearn, tradeoff, noise, localize, resurface, report  # noqa: F401

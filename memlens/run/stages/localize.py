@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from memlens.analyses.localization import LocalizationBenchmark, check_localizer_names, localizer_names
+from memlens.analyses.injection import InjectionSettings
 from memlens.analyses.localization.benchmark import RATIOS
 from memlens.core.defaults import seed_problem
 from memlens.core.errors import InputError
@@ -49,8 +50,8 @@ class LocalizeConfig(StageConfig):
     seeds: tuple[int, ...] = (0, 1, 2)
     n_paragraphs: int = 4
     weight_ratios: tuple[float, ...] = ()
-    inject_lr: float = 1e-2
-    inject_steps: int = 1000
+    inject_lr: float = InjectionSettings().lr
+    inject_steps: int = InjectionSettings().steps
     contrast_paragraphs: int = 16
     del_paragraphs: int = 16
     batch_size: int = _runtime(LocalizationBenchmark.DEFAULT_BATCH_SIZE)
@@ -69,6 +70,7 @@ class LocalizeConfig(StageConfig):
         self._require("seeds", bool(self.seeds) and all(seed_problem(s) is None for s in self.seeds),
                       "must be a non-empty list of integers from 0 to 2**63 - 1")
         self._positive_int("n_paragraphs", "inject_steps", "contrast_paragraphs", "del_paragraphs", "batch_size")
+        self._unique("localizers", "ratios", "weight_ratios", "seeds")
         self._require("inject_lr", isinstance(self.inject_lr, (int, float)) and 0 < self.inject_lr < math.inf,
                       "must be a positive finite number")
 

@@ -64,7 +64,7 @@ def scan_stage(ctx: "RunContext") -> dict[str, Any]:
     cfg = ctx.config.scan
     result = scan(ctx.model, ctx.paragraphs(), **cfg.scan_kwargs(), out=ctx.folder.file("scan"), progress=ctx.progress)
     summary: dict[str, Any] = {"scan": result.summary()}
-    if ctx.model.dtype != torch.float32:
+    if ctx.model.dtype != torch.float32 or ctx.model.precision != "fp32":
         summary["greedy_check"] = greedy_check(ctx.model, result)
     if ctx.paragraphs().skipped:
         summary["skipped_short"] = {"count": len(ctx.paragraphs().skipped), "ids": ctx.paragraphs().skipped[:20]}
@@ -84,7 +84,8 @@ def greedy_check(model: Any, result: Any, n: int = 16) -> dict[str, Any]:
     decoded = exact_match(greedy_decode(model, sample.prefixes, sample.continuation_len).cpu(), sample.continuations)
     scanned = result.em[: len(sample)]
     return {"n": len(sample), "agree": int((decoded == scanned).sum()),
-            "max_abs_diff": int((decoded - scanned).abs().max()), "dtype": str(model.dtype).replace("torch.", "")}
+            "max_abs_diff": int((decoded - scanned).abs().max()), "dtype": str(model.dtype).replace("torch.", ""),
+            "precision": model.precision}
 
 
 def scan_report(rb: "ReportBuilder", parts: list[str], folder: "RunFolder", s: dict[str, Any]) -> None:

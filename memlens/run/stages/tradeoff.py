@@ -60,6 +60,7 @@ class TradeoffConfig(StageConfig):
                       "must be a non-empty list of integers from 0 to 2**63 - 1")
         self._require("masks", bool(self.masks) and set(self.masks) <= set(MASK_KINDS),
                       f"must be a non-empty list of {one_of(MASK_KINDS)}")
+        self._unique("lrs", "steps", "decays", "seeds", "masks")
 
 
 def tradeoff_stage(ctx: "RunContext") -> dict[str, Any]:
@@ -74,7 +75,8 @@ def tradeoff_stage(ctx: "RunContext") -> dict[str, Any]:
     kwargs.pop("seed")
     result = saved(ctx, ctx.folder.file("unlearn_tradeoff"), MaskTradeoff, lambda: mask_tradeoff(
         ctx.model, targets, pool, cfg.lrs, masks=cfg.masks, checkpoint=ctx.folder.file("tradeoff_checkpoint"),
-        steps=cfg.steps, decays=cfg.decays, seeds=cfg.seeds, progress=ctx.progress, **kwargs))
+        steps=cfg.steps, decays=cfg.decays, seeds=cfg.seeds, progress=ctx.progress,
+        out=ctx.folder.file("unlearn_tradeoff"), **kwargs))
     return result.summary()
 
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 _FT = FineTuneSettings()  # the fine-tuning defaults, written once in FineTuneSettings
 #: the settings of this stage that are FineTuneSettings fields of the same name
 FINETUNE_FIELDS = ("fraction", "steps", "lr", "weight_decay", "decay_mode", "kl_weight", "nll_scale", "kl_direction",
-                   "kl_reduction", "random_mask", "selectivity_floor")
+                   "kl_reduction", "random_mask", "selectivity_floor", "forget_loss", "npo_beta")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +51,8 @@ class UnlearnConfig(StageConfig):
         kl_reduction: ``mean`` over positions or ``batchmean`` (summed over positions; the code's).
         random_mask: ``exact`` (the top-k count) or ``bernoulli`` (the code's draw).
         selectivity_floor: quantile of the retain sensitivity added before division (selective).
+        forget_loss: ``nll`` (the paper's -NLL) or ``npo`` (negative preference optimization).
+        npo_beta: NPO's inverse temperature.
         edit: also edit each target to its perturbed continuation (needs the perturb stage).
         edit_masks: masks compared for editing.
         edit_steps, edit_lr: Adam steps and learning rate of editing.
@@ -72,6 +74,8 @@ class UnlearnConfig(StageConfig):
     kl_reduction: str = _FT.kl_reduction
     random_mask: str = _FT.random_mask
     selectivity_floor: float = _FT.selectivity_floor
+    forget_loss: str = _FT.forget_loss
+    npo_beta: float = _FT.npo_beta
     edit: bool = True
     edit_masks: tuple[str, ...] = ("all", "topk", "random")
     edit_steps: int = 30
