@@ -20,6 +20,8 @@ EXPECTED = {
     "scan_at_scale.py": (r"memorized paragraphs: \[('[^']+'.*)\]", lambda ids: len(ids) > 0),
     "scan_organism.py": (r"memorized paragraphs: \[('[^']+'.*)\]", lambda ids: len(ids) > 0),
     "scan_released_paragraphs.py": (r"(\d+) of (\d+) released paragraphs scanned", lambda a, b: 0 < int(a) <= int(b)),
+    "resurfacing_audit.py": (r"all weights unlearned the group from EM ([\d.]+) to ([\d.]+)",
+                             lambda before, after: float(after) < float(before)),
     "sparse_unlearning.py": (r"changed (\d+) of a (\d+)-weight mask", lambda a, b: 0 < int(a) <= int(b)),
 }
 

@@ -87,11 +87,10 @@ def _at_precision(method: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(method)
     def wrapped(self: Analysis, *args: Any, **kwargs: Any) -> Any:
-        precision = getattr(self, "precision", None)
         model = getattr(self, "model", None)
-        if precision is None or model is None or getattr(model, "precision", precision) == precision:
+        if model is None or not hasattr(model, "using_precision"):
             return method(self, *args, **kwargs)
-        with model.using_precision(precision):
+        with model.using_precision(getattr(self, "precision", None)):
             return method(self, *args, **kwargs)
 
     wrapped._at_precision = True  # type: ignore[attr-defined]

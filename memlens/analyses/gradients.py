@@ -50,13 +50,15 @@ def aggregate(grads: Sequence[Tensor], how: str) -> tuple[float, float]:
     """
     if how not in AGGREGATIONS:
         raise InputError(f"unknown aggregation {how!r}; choose one of {sorted(AGGREGATIONS)}")
-    if how == "max":
-        best = max((g.abs().amax() for g in grads), key=float)
+    if how == "max":  # one |g| pass per slice; the first slice holding the largest |g| gives the sign
+        found = []
         for g in grads:
             flat = g.flatten()
-            i = int(flat.abs().argmax())
-            if flat[i].abs() == best:
-                return float(best), float(flat[i])
+            mag = flat.abs()
+            i = int(mag.argmax())
+            found.append((float(mag[i]), float(flat[i])))
+        best = max(v for v, _ in found)
+        return best, next(signed for v, signed in found if v == best)
     total = sum(float(AGGREGATIONS[how](g)) for g in grads)
     signed = sum(float(g.sum()) for g in grads)
     n = sum(g.numel() for g in grads)
@@ -436,18 +438,18 @@ class GradientMap(Analysis):
     def _reduce(self, keys: list[ComponentKey], params: dict[str, nn.Parameter], aggregation: str,
                 keep: bool, signed: bool = False) -> tuple[Tensor, Tensor, dict[str, Tensor] | None]:
         scores, signed_scores = [], []
+        finite = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params.values())  # one pass each
         for key in keys:
             comp = self.registry[key]
             grads = comp.grads()
             if grads is None:
                 raise InputError(f"no gradient reached {key}; is the component used by the model's forward pass?")
-            bad = [g for g in grads if not torch.isfinite(g).all()]
-            if bad:
+            if not finite and any(not torch.isfinite(g).all() for g in grads):
                 raise InputError(f"non-finite gradient in component {tuple(key)}; lower the inputs' scale or check the model")
             a, s = aggregate(grads, aggregation)
             scores.append(a)
             signed_scores.append(s)
-        kept = {name: (p.grad.detach() if signed else p.grad.detach().abs()).float().clone()
+        kept = {name: (p.grad.detach().clone() if signed else p.grad.detach().abs()).float()
                 for name, p in params.items()} if keep else None
         return torch.tensor(scores), torch.tensor(signed_scores), kept
 

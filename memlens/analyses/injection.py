@@ -260,7 +260,7 @@ def inject(
     with only_trainable(model.tl_model, opt.trainable):
         for step in tqdm(range(steps), desc="inject", disable=not progress):
             batch = tokens if len(tokens) <= batch_size else tokens[torch.randperm(len(tokens), generator=g)[:batch_size]]
-            loss = nll_of_logits(model(batch[:, :-1])[:, P - 1 :], batch[:, P:])
+            loss = nll_of_logits(model(batch[:, :-1], positions_from=P - 1), batch[:, P:])
             losses.append(loss.item())
             if ref is not None:
                 loss = loss + retain_weight * kl_to_reference(continuation_logits(model, retain.tokens, retain.prefix_len), ref)

@@ -16,6 +16,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from memlens.analyses.base import Analysis
+from memlens.analyses.trial_cache import GreedyReferences
 from memlens.core.progress import tqdm
 
 from memlens.core.data import ParagraphSet
@@ -281,8 +282,8 @@ class PrefixPerturber(Analysis):
         model = self.model
         pos_list = self._check_sweep(paragraphs, positions, strategy, n_samples, reference, skip_position_0)
         P = paragraphs.prefix_len
-        if reference == "greedy":
-            cont = greedy_decode(model, paragraphs.prefixes, paragraphs.continuation_len)
+        if reference == "greedy":  # a recited paragraph is its own greedy continuation: only the others are decoded
+            cont = GreedyReferences(model, self.batch_size).of(paragraphs).continuations
             paragraphs = ParagraphSet(torch.cat([paragraphs.prefixes, cont], 1), P, paragraphs.continuation_len,
                                       paragraphs.ids, paragraphs.texts, paragraphs.metadata)
         name = strategy if isinstance(strategy, str) else getattr(strategy, "__name__", "callable")
@@ -414,7 +415,7 @@ class PrefixPerturber(Analysis):
         for s in range(0, len(variants), self.batch_size):
             chunk = variants[s : s + self.batch_size]
             if past is None:
-                logits = self.model(chunk[:, :-1])[:, P - 1 :]
+                logits = self.model(chunk[:, :-1], positions_from=P - 1)
             else:
                 rows = torch.arange(s, s + len(chunk)) // n_samples
                 logits = self._suffix_logits(chunk, p, [(k[rows], v[rows]) for k, v in past], P)

@@ -58,7 +58,7 @@ def relearn(
     with only_trainable(model.tl_model, opt.trainable):
         for step in range(1, max(steps) + 1):
             batch = tokens if len(tokens) <= batch_size else tokens[torch.randperm(len(tokens), generator=gen)[:batch_size]]
-            loss = nll_of_logits(model(batch[:, :-1])[:, P - 1:], batch[:, P:])
+            loss = nll_of_logits(model(batch[:, :-1], positions_from=P - 1), batch[:, P:])
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -112,7 +112,7 @@ def teacher_forced_scores(
     starts = range(0, tokens.shape[0], batch_size)
     for s in tqdm(starts, desc="teacher forcing", disable=not progress, leave=False):
         batch = tokens[s : s + batch_size].to(model.device)
-        logits = model(batch[:, :-1])[:, prefix_len - 1 :]
+        logits = model(batch[:, :-1], positions_from=prefix_len - 1)
         parts.append(score_logits(logits, batch[:, prefix_len:], min_k, predictions))
     return ContinuationScores(
         torch.cat([p.em for p in parts]).cpu(),

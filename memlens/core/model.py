@@ -51,6 +51,7 @@ class HookedModel:
         self.prepend_bos = prepend_bos
         self.ground_truth = ground_truth
         self._precision = check_precision(os.environ.get("MEMLENS_PRECISION") or "fp32", "MEMLENS_PRECISION")
+        self._weight_versions: tuple | None = None
         self.hf_model: nn.Module | None = getattr(tl_model, "original_model", None) if _is_bridge(tl_model) else None
         self._registry: ComponentRegistry | None = None
         self._plain: nn.Module | None = None
@@ -100,20 +101,34 @@ class HookedModel:
 
     @contextlib.contextmanager
     def using_precision(self, precision: str | None) -> Iterator["HookedModel"]:
-        """The model at ``precision`` for the block (unchanged when None); the previous precision
-        comes back on exit, also on error."""
-        if precision is None:
-            yield self
-            return
-        before, self.precision = self._precision, precision
+        """The model at ``precision`` for the block (unchanged when None; the previous precision
+        comes back on exit, also on error). Under ``bf16-mixed`` the block also keeps the bfloat16
+        copies of the weights that autocast makes from one forward pass to the next (cast once,
+        not once per pass); a weight changed in place (its version counter moves) or switched to
+        or from ``requires_grad`` is cast again. Every analysis call runs inside one."""
+        before = self._precision
+        if precision is not None:
+            self.precision = precision
         try:
-            yield self
+            if self._precision == "fp32":
+                yield self
+            else:  # an outer autocast region, disabled: autocast's weight cache lives until it ends
+                with torch.autocast(self.device.type, enabled=False):
+                    yield self
         finally:
             self._precision = before
+            self._weight_versions = None
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """The compute context of the model's precision on its device (nothing for ``fp32``):
-        forward passes of the TransformerLens model and of the HuggingFace twin run inside it."""
+        forward passes of the TransformerLens model and of the HuggingFace twin run inside it.
+        Under ``bf16-mixed``, autocast's cached bfloat16 weights are dropped first when any weight
+        changed since the last pass."""
+        if self._precision != "fp32":
+            versions = tuple((id(p), p._version, p.requires_grad) for p in self.tl_model.parameters())
+            if versions != getattr(self, "_weight_versions", None):
+                torch.clear_autocast_cache()
+                self._weight_versions = versions
         return autocast(self.device, self._precision)
 
     @property
@@ -168,24 +183,28 @@ class HookedModel:
     def __call__(self, tokens: Tensor, **kwargs: Any) -> Float[Tensor, "batch pos vocab"]:
         return self.forward(tokens, **kwargs)
 
-    def forward(self, tokens: Tensor, attention_mask: Tensor | None = None) -> Float[Tensor, "batch pos vocab"]:
+    def forward(self, tokens: Tensor, attention_mask: Tensor | None = None,
+                positions_from: int = 0) -> Float[Tensor, "batch pos vocab"]:
         """Logits through the TransformerLens model, so that active hooks apply.
 
         Args:
             tokens: token ids ``[batch, pos]`` (or ``[pos]``); anything else is refused with an
                 :class:`~memlens.core.errors.InputError` (so it is not typed ``Int[...]`` here).
             attention_mask: optional ``[batch, pos]`` mask (1 = attend).
+            positions_from: return the logits of positions ``positions_from`` onwards only (under
+                ``bf16-mixed`` only those are converted to float32).
 
         Returns:
-            Logits ``[batch, pos, vocab]``.
+            Logits ``[batch, pos - positions_from, vocab]``, float32 under ``bf16-mixed``.
         """
         tokens = self._check_tokens(tokens)
         kwargs = {} if attention_mask is None else {"attention_mask": attention_mask.to(self.device)}
         if self._precision == "fp32":
-            return self.tl_model(tokens, **kwargs)
+            logits = self.tl_model(tokens, **kwargs)
+            return logits[:, positions_from:] if positions_from else logits
         with self.autocast():
             logits = self.tl_model(tokens, **kwargs)
-        return logits.float()
+        return logits[:, positions_from:].float()
 
     def _check_tokens(self, tokens: Tensor) -> Tensor:
         if not isinstance(tokens, Tensor) or tokens.dtype not in (torch.long, torch.int, torch.int32, torch.int64):

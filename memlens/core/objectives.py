@@ -30,7 +30,7 @@ def continuation_logits(
     model: "HookedModel", tokens: Int[Tensor, "batch length"], prefix_len: int
 ) -> Float[Tensor, "batch continuation vocab"]:
     """Logits that predict each continuation token (the last token is never fed)."""
-    return model(tokens[:, :-1].to(model.device))[:, prefix_len - 1 :]
+    return model(tokens[:, :-1].to(model.device), positions_from=prefix_len - 1)
 
 
 def continuation_nll(

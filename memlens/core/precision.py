@@ -57,7 +57,7 @@ def with_precision(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapped(model: "HookedModel", *args: Any, precision: str | None = None, **kwargs: Any) -> Any:
-        if precision is None or not hasattr(model, "using_precision"):
+        if not hasattr(model, "using_precision"):
             if precision is not None:
                 check_precision(precision)
             return fn(model, *args, **kwargs)
