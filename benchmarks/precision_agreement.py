@@ -94,7 +94,8 @@ def measure_heads(ctx: dict) -> dict:
     k = min(ctx["args"].head_paragraphs, len(mem) // 2)
 
     def top5(ps: Any, precision: str) -> list:
-        rep = ml.HeadLocalizer(model, precision=precision, progress=False).run(ps, non[:k], max_paragraphs=k)
+        rep = ml.HeadLocalizer(model, precision=precision, progress=False).run(
+            ps, non[:k], max_paragraphs=k, exact_top=ctx["args"].exact_top)
         return [tuple(x) for x in rep.top(5)[["layer", "head"]].values.tolist()]
 
     a, b, r = top5(mem[:k], "fp32"), top5(mem[:k], BF16), top5(mem[k: 2 * k], "fp32")
@@ -116,10 +117,10 @@ def measure_head_ablation(ctx: dict) -> dict:
 
     a, b, r = run(mem[:k], "fp32"), run(mem[:k], BF16), run(mem[k: 2 * k], "fp32")
     drops = lambda x: x.to_dataframe()["em_drop"].tolist()  # noqa: E731
-    out = {"paragraphs": k, "top_head_fp32": list(a.top_head), "top_head_bf16": list(b.top_head),
+    out = {"paragraphs": k, "top_head_fp32": list(a.top_head()), "top_head_bf16": list(b.top_head()),
            "drop_spearman": spearman(drops(a), drops(b)),
            "reference_drop_spearman_other_paragraphs": spearman(drops(a), drops(r))}
-    out["agrees"] = bool(a.top_head == b.top_head and out["drop_spearman"] >= out["reference_drop_spearman_other_paragraphs"])
+    out["agrees"] = bool(a.top_head() == b.top_head() and out["drop_spearman"] >= out["reference_drop_spearman_other_paragraphs"])
     return out
 
 
@@ -220,6 +221,7 @@ def main() -> None:
     ap.add_argument("--greedy-check", type=int, default=32)
     ap.add_argument("--gradient-paragraphs", type=int, default=16)
     ap.add_argument("--head-paragraphs", type=int, default=8)
+    ap.add_argument("--exact-top", type=int, default=0, help="heads patched exactly after the attribution screen (0: all)")
     ap.add_argument("--perturb-paragraphs", type=int, default=8)
     ap.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3, 1e-2])
     ap.add_argument("--steps", type=int, nargs="+", default=[10])

@@ -27,7 +27,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="organism")
     ap.add_argument("--masks", nargs="+", default=["all", "topk", "selective", "random"])
-    ap.add_argument("--lrs", type=float, nargs="+", default=None, help="one learning rate per mask")
+    ap.add_argument("--lrs", type=float, nargs="+", default=None, help="one learning rate per mask (the paper's objective)")
+    ap.add_argument("--npo-lrs", type=float, nargs="+", default=None, help="one learning rate per mask under NPO")
     ap.add_argument("--objectives", nargs="+", default=["paper", "npo"])
     ap.add_argument("--attacks", nargs="+", default=None)
     ap.add_argument("--trials", type=int, default=3)
@@ -68,7 +69,8 @@ def main() -> None:
     t0 = time.perf_counter()
     res = ml.ResurfacingAudit(model, progress=True).run(
         mem, non, masks=args.masks, objectives=args.objectives, attacks=args.attacks or ml.analyses.resurfacing.ATTACKS,
-        n_trials=args.trials, settings=settings, lr=dict(zip(args.masks, args.lrs)), design=design,
+        n_trials=args.trials, settings=settings, design=design,
+        lr={"paper": dict(zip(args.masks, args.lrs)), "npo": dict(zip(args.masks, args.npo_lrs or args.lrs))},
         checkpoint=blocks, fresh=args.fresh)
     out = {"model": args.model, "precision": model.precision, "seconds_this_process": round(time.perf_counter() - t0, 1),
            "memorized": len(mem), "non_memorized": len(non), "settings": vars(args), "summary": res.summary(),

@@ -327,3 +327,17 @@ def test_the_injection_defaults_are_written_once():
     with ml.core.model.preserved_weights(model.tl_model):
         res = ml.inject(model, paras, components=[(1, "W_in")], settings=ml.InjectionSettings(steps=2), progress=False)
     assert res.provenance.config["lr"] == st.lr and res.provenance.config["steps"] == 2
+
+
+def test_a_count_column_is_checked_where_it_enters_the_duplication_profile(neo):
+    from memlens.analyses.scan import ScanResult
+
+    paras = ParagraphSet(random_tokens(3, 24, neo.vocab_size, seed=1), 12, 12, ["a", "b", "c"],
+                         metadata={"count": [4, -2, 1]})
+    scan = ml.scan(neo, paras, progress=False)
+    assert isinstance(scan, ScanResult)
+    with pytest.raises(InputError, match="paragraph 'b': count = -2 is not a count"):
+        ml.duplication_profile(scan)
+    fractional = ParagraphSet(paras.tokens, 12, 12, ["a", "b", "c"], metadata={"count": [4, 2.5, 1]})
+    with pytest.raises(InputError, match="'b': count = 2.5"):
+        ml.duplication_profile(ml.scan(neo, fractional, progress=False))

@@ -287,3 +287,18 @@ def test_the_weight_cast_cache_follows_weight_changes(neo):
             p.copy_(saved)
         assert not torch.equal(changed, first)
         assert torch.equal(neo(tokens), first)
+
+
+def test_gpt_neo_attention_stays_float32_under_bf16_mixed(neo):
+    """GPT-Neo does not scale its attention scores; its HuggingFace code upcasts query and key to
+    keep them in float32, which autocast would undo. memlens keeps that computation in float32 in
+    the bridge's model and in the decoding twin; outside autocast the original method runs."""
+    attn = next(m for m in neo.hf_model.modules() if type(m).__name__ == "GPTNeoSelfAttention")
+    twin_attn = next(m for m in neo.plain_model().modules() if type(m).__name__ == "GPTNeoSelfAttention")
+    q, k, v = (torch.randn(1, 2, 5, 8) * 30).unbind(0)[0][None], torch.randn(1, 2, 5, 8) * 30, torch.randn(1, 2, 5, 8)
+    for module in (attn, twin_attn):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, weights = module._attn(q, k, v.bfloat16())
+        assert weights.dtype == torch.float32 and out.dtype == torch.bfloat16
+        exact, _ = module._attn(q, k, v)
+        assert torch.allclose(out.float(), exact, atol=1e-2)

@@ -233,3 +233,19 @@ def test_an_interrupted_run_leaves_the_weights_as_before_it(neo, sets, monkeypat
         now = snapshot(neo)
         assert all(torch.equal(now[n], after_first[n]) for n in now)  # two steps taken, both undone
     assert all(torch.equal(p, original[n]) for n, p in snapshot(neo).items())
+
+
+def test_retain_at_can_resample_target_paragraphs(neo, sets, tmp_path):
+    """#41: the trade-off keeps each trial's target, so the interval at target EM 25 can cover which
+    paragraphs were drawn (each (seed, target) its own frontier), not only seeds."""
+    from memlens import MaskTradeoff, mask_tradeoff
+
+    target, retain = sets
+    res = mask_tradeoff(neo, target, retain, [1e-3, 1e-1], masks=("all",), steps=[2], seeds=[0, 1], progress=False)
+    assert len(res.trials) == 2 * 2 * len(target) and {t["target"] for t in res.trials} == set(target.ids)
+    by_seed, by_target = res.retain_at(0.0)["all"], res.retain_at(0.0, over="targets")["all"]
+    assert by_target["n_units"] == 2 * len(target) and by_seed["n_seeds"] == 2
+    loaded = MaskTradeoff.load(res.save(tmp_path / "t.safetensors"))
+    assert loaded.trials == res.trials and "retain_at_target_25_over_targets" in loaded.summary()
+    with pytest.raises(InputError, match="over must be"):
+        res.retain_at(25.0, over="paragraphs")

@@ -92,11 +92,16 @@ def duplication_profile(result: ScanLike, count_column: str | None = None) -> Du
                          f"their metadata has {sorted(meta) or 'no columns'}: read them with read_carlini_arrays "
                          "(count) or pass count_column=")
     values: list[float | None] = []
-    for v in meta[column]:
+    for pid, v in zip(result.paragraphs.ids, meta[column]):
         try:
-            values.append(float(v))
-        except (TypeError, ValueError):
+            x = float(v)
+        except (TypeError, ValueError, OverflowError):
             values.append(None)
+            continue
+        if x == x and (x < 0 or x != int(x) or isinstance(v, bool)):  # the check read_carlini_arrays makes
+            raise InputError(f"paragraph {pid!r}: {column} = {v!r} is not a count (a whole number >= 0); fix the "
+                             "paragraph file's count column")
+        values.append(x)
     keep = [i for i, v in enumerate(values) if v is not None and v == v]
     if not keep:
         raise InputError(f"no paragraph has a numeric {column!r}")

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
     from memlens.core.model import HookedModel
 
+#: the per-trial values a MaskTradeoff keeps for each trial
+TRIAL_COLUMNS = ("target_em_before", "target_em_after", "retain_em_before", "retain_em_after")
 #: the per-trial values whose mean gets a bootstrap 95% interval in :attr:`MaskComparison.rows`
 CI_COLUMNS = ("target_em_after", "target_nll_after", "retain_em_after", "retain_nll_after", "other_memorized_em_after")
 
@@ -105,9 +107,13 @@ class MaskTradeoff(Result):
             ``coupled:<w>`` or ``decoupled:<w>``), ``seed``, ``n_trials`` and the trial means of
             :data:`CI_COLUMNS` (with bootstrap 95% intervals over the trials) and of
             ``target_em_before`` / ``retain_em_before``, ``seconds``, ``optimizer_seconds``.
+        trials: one dict per (mask, grid point, seed, trial): ``target`` (the paragraph id) and
+            its target / retain EM before and after, so that :meth:`retain_at` can resample the
+            targets (empty in files written before memlens kept them).
     """
 
     rows: list[dict[str, Any]]
+    trials: list[dict[str, Any]] = field(default_factory=list)
     provenance: Provenance = field(default_factory=Provenance)
 
     def to_dataframe(self) -> "pd.DataFrame":
@@ -138,6 +144,7 @@ class MaskTradeoff(Result):
         design = {k: v for k, v in first.config.items() if k not in grid_keys}
         seen: dict[tuple, int] = {}
         rows: list[dict[str, Any]] = []
+        trials: list[dict[str, Any]] = []
         for i, part in enumerate(parts):
             check_same_model(first.model, part.provenance.model, "trade-off parts")
             if part.provenance.precision != first.precision:
@@ -155,12 +162,15 @@ class MaskTradeoff(Result):
                                      f"{key[2]} steps, decay {key[3]}, seed {key[4]}; drop it from one part")
                 seen[key] = i
                 rows.append(r)
+            trials += part.trials
         config = dict(first.config)
         for k in grid_keys:
             merged = [v for part in parts for v in part.provenance.config.get(k, [])]
             if merged:
                 config[k] = _grid_sorted(set(merged))
-        return cls(rows=rows, provenance=dataclasses.replace(first, config=config))
+        if any(not part.trials for part in parts):
+            trials = []  # a part without per-trial rows: the joined grid cannot resample targets
+        return cls(rows=rows, trials=trials, provenance=dataclasses.replace(first, config=config))
 
     def points(self, mask: str | None = None) -> list[dict[str, Any]]:
         """Per (mask, lr, steps, decay): ``target_em_after`` and ``retain_em_after`` averaged over
@@ -185,25 +195,42 @@ class MaskTradeoff(Result):
             raise InputError(f"no mask {mask!r} in this trade-off; it has {', '.join(self.masks)}")
         return _pareto(self.points(mask))
 
-    def retain_at(self, target_em: Any = 25.0) -> dict[str, dict[str, float]]:
+    def retain_at(self, target_em: Any = 25.0, over: str = "seeds") -> dict[str, dict[str, float]]:
         """Per mask: the retain EM its frontier keeps at target EM ``target_em``, read off each
-        seed's frontier by linear interpolation (the untouched model, target and retain EM before,
-        is a frontier point too), as the mean over seeds with a bootstrap 95% interval; NaN when no
-        setting of the grid forgets that far."""
+        unit's frontier by linear interpolation (the untouched model, target and retain EM before,
+        is a frontier point too), as the mean over the units with a bootstrap 95% interval; NaN when
+        some unit's grid does not forget that far.
+
+        Args:
+            target_em: the target EM (tokens) the masks are compared at.
+            over: the units resampled: ``seeds`` (each seed's frontier of trial means) or
+                ``targets`` (each (seed, target paragraph)'s own frontier: the interval then covers
+                which paragraphs were drawn, not only the retain batches and random masks).
+        """
         if isinstance(target_em, bool) or not isinstance(target_em, (int, float)) or not math.isfinite(target_em):
             raise InputError(f"retain_at takes a target EM (a finite number of tokens, e.g. 25.0), got {target_em!r}")
+        if over not in ("seeds", "targets"):
+            raise InputError(f"over must be 'seeds' or 'targets', got {over!r}")
+        if over == "targets" and not self.trials:
+            raise InputError("this trade-off kept no per-trial rows (written before memlens kept them); resample "
+                             "over='seeds'")
         out = {}
         for mask in self.masks:
-            per_seed = []
-            for seed in dict.fromkeys(r["seed"] for r in self.rows if r["mask"] == mask):
-                rows = [r for r in self.rows if r["mask"] == mask and r["seed"] == seed]
-                anchor = {"target_em_after": rows[0].get("target_em_before", 50.0),
-                          "retain_em_after": rows[0].get("retain_em_before", 50.0)}
-                per_seed.append(_interpolate(_pareto(rows + [anchor]), target_em))
-            vals = [v for v in per_seed if v == v]
-            lo, hi = bootstrap_mean_ci(vals) if len(vals) == len(per_seed) else (float("nan"), float("nan"))
-            out[mask] = {"retain_em": sum(vals) / len(vals) if len(vals) == len(per_seed) else float("nan"),
-                         "ci_low": lo, "ci_high": hi, "n_seeds": len(per_seed)}
+            rows = self.rows if over == "seeds" else self.trials
+            units: dict[Any, list[dict[str, Any]]] = {}
+            for r in rows:
+                if r["mask"] == mask:
+                    units.setdefault(r["seed"] if over == "seeds" else (r["seed"], r["target"]), []).append(r)
+            values = []
+            for group in units.values():
+                anchor = {"target_em_after": group[0].get("target_em_before", 50.0),
+                          "retain_em_after": group[0].get("retain_em_before", 50.0)}
+                values.append(_interpolate(_pareto(group + [anchor]), target_em))
+            vals = [v for v in values if v == v]
+            lo, hi = bootstrap_mean_ci(vals) if len(vals) == len(values) else (float("nan"), float("nan"))
+            out[mask] = {"retain_em": sum(vals) / len(vals) if len(vals) == len(values) else float("nan"),
+                         "ci_low": lo, "ci_high": hi, "n_seeds": len({u if over == "seeds" else u[0] for u in units}),
+                         **({"n_units": len(values)} if over == "targets" else {})}
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -214,8 +241,11 @@ class MaskTradeoff(Result):
         grid = {k: _grid_sorted({r[k] for r in self.rows}) for k in ("lr", "steps", "decay", "seed")}
         keep = ("lr", "steps", "decay", "n_seeds", "target_em_after", "target_em_after_ci_low", "target_em_after_ci_high",
                 "retain_em_after", "retain_em_after_ci_low", "retain_em_after_ci_high")
+        over_targets = {m: {k: r3(v) for k, v in d.items()} for m, d in self.retain_at(25.0, over="targets").items()} \
+            if self.trials else None
         return {"grid": grid, "retain_at_target_25": {m: {k: r3(v) for k, v in d.items()}
                                                       for m, d in self.retain_at(25.0).items()},
+                **({"retain_at_target_25_over_targets": over_targets} if over_targets is not None else {}),
                 "frontier": {m: [{k: p[k] if k == "lr" else r3(p[k]) for k in keep} for p in self.frontier(m)]
                              for m in self.masks}}
 
@@ -478,6 +508,7 @@ def mask_tradeoff(
     jobs = [(point, seed) for seed in seeds for point in grid]
     tuner = SparseFineTuner(model, progress=False)
     rows: list[dict[str, Any]] = []
+    trials: list[dict[str, Any]] = []
     files = []
     for (lr, st, mode, w), seed in tqdm(jobs, desc="trade-off grid", disable=not progress):
         point = dataclasses.replace(base, lr=lr, steps=st, decay_mode=mode, weight_decay=w)
@@ -488,8 +519,10 @@ def mask_tradeoff(
                               checkpoint=ckpt, progress=False, tuner=tuner, fresh=fresh, **compare_kwargs)
         rows += [{"lr": lr, "steps": st, "decay": label, "seed": seed} | {k: v for k, v in r.items() if k != "objective"}
                  for r in table.rows]
+        trials += [{"lr": lr, "steps": st, "decay": label, "seed": seed, "mask": r["mask"], "trial": r["trial"],
+                    "target": r["target"]} | {k: r[k] for k in TRIAL_COLUMNS if k in r} for r in table.trials]
     n_trials = compare_kwargs.get("n_trials") or len(targets)
-    result = MaskTradeoff(rows=rows, provenance=Provenance.capture(
+    result = MaskTradeoff(rows=rows, trials=trials, provenance=Provenance.capture(
         model, **(base.to_dict() | {"lrs": [float(x) for x in lrs], "steps": list(steps) or [base.steps],
                                     "decays": list(decays) or [decay_label(base)], "seeds": list(seeds),
                                     "masks": list(masks)}),

@@ -247,7 +247,7 @@ class ResurfacingAudit(Analysis):
         self, targets: ParagraphSet, retain: ParagraphSet, control: ParagraphSet | None = None, *,
         masks: Any = ("all", "topk", "selective", "random"), objectives: Any = OBJECTIVES,
         attacks: Any = ATTACKS, n_trials: int = 3, seed: int = 0, retain_per_trial: int = 10,
-        settings: FineTuneSettings | None = None, lr: dict[str, float] | float | None = None,
+        settings: FineTuneSettings | None = None, lr: Any = None,
         design: ResurfacingSettings | None = None, checkpoint: str | Path | None = None, fresh: bool = False,
         progress: bool | None = None,
     ) -> ResurfacingResult:
@@ -267,8 +267,10 @@ class ResurfacingAudit(Analysis):
                 attacks' draws).
             retain_per_trial: retain paragraphs per trial (the KL term of unlearning).
             settings: the unlearning's fine-tuning settings (default: the paper's code's, at 10 steps).
-            lr: the unlearning's learning rate per mask (``{"all": 1e-4, ...}``) or one for all,
-                chosen so that every mask forgets to a comparable EM (read off the trade-off frontier).
+            lr: the unlearning's learning rate: one for all, one per mask (``{"all": 1e-4, ...}``)
+                or one per objective and mask (``{"paper": {"all": 1e-3, ...}, "npo": {...}}``),
+                chosen so that every mask forgets to a comparable EM (``benchmarks/resurfacing.py
+                --calibrate``; the trade-off frontier).
             design: the attacks' settings (:class:`ResurfacingSettings`).
             checkpoint: a JSON-lines file each finished (trial, objective, mask) is appended to; a
                 later call of the same audit resumes (another audit's file is refused).
@@ -287,8 +289,7 @@ class ResurfacingAudit(Analysis):
         base = settings if settings is not None else FineTuneSettings.paper_code(steps=10)
         if not isinstance(base, FineTuneSettings):
             raise InputError(f"settings must be a FineTuneSettings, got {type(base).__name__}")
-        if isinstance(lr, dict) and any(m not in lr for m in masks):
-            raise InputError(f"lr gives no learning rate for mask(s) {[m for m in masks if m not in lr]}")
+        lrs = _learning_rates(lr, objectives, masks)
         check_seed(seed)
         if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
             raise InputError(f"n_trials must be an integer >= 1, got {n_trials!r}")
@@ -310,13 +311,13 @@ class ResurfacingAudit(Analysis):
         for s in (targets, retain) + ((control,) if control is not None else ()):
             targets.check_compatible(s, "the audit's paragraph sets")
             s.validate(model.vocab_size, model.n_ctx)
-        per_mask = {m: FineTuneSettings.resolve(base, {} if lr is None else
-                                                {"lr": lr[m] if isinstance(lr, dict) else lr}) for m in masks}
+        per_job = {(o, m): FineTuneSettings.resolve(base, {} if lrs[(o, m)] is None else {"lr": lrs[(o, m)]})
+                   for o in objectives for m in masks}
         ckpt = None
         if checkpoint is not None:
             ckpt = Checkpoint(checkpoint, "resurfacing", model_identity(model) | {
                 "masks": masks, "objectives": objectives, "attacks": attacks, "n_trials": n_trials, "seed": seed,
-                "retain_per_trial": retain_per_trial, "settings": {m: s.to_dict() for m, s in per_mask.items()},
+                "retain_per_trial": retain_per_trial, "settings": {f"{o}/{m}": s.to_dict() for (o, m), s in per_job.items()},
                 "design": dataclasses.asdict(design), "targets": paragraph_fingerprint(targets),
                 "retain": paragraph_fingerprint(retain), "control": paragraph_fingerprint(control)}, fresh=fresh)
         done = {(int(k[0]), str(k[1]), str(k[2])): v for k, v in ckpt.load().items()} if ckpt is not None else {}
@@ -329,7 +330,7 @@ class ResurfacingAudit(Analysis):
         for job in tqdm(jobs, desc="resurfacing audit", disable=not self._progress(progress)):
             if job not in done:
                 t, objective, mask = job
-                block = self._block(tuner, trials[t], objective, mask, per_mask[mask], attacks, control, design,
+                block = self._block(tuner, trials[t], objective, mask, per_job[(objective, mask)], attacks, control, design,
                                     before_maps)
                 if ckpt is not None:
                     ckpt.append(job, block)
@@ -340,7 +341,7 @@ class ResurfacingAudit(Analysis):
                                  provenance=Provenance.capture(
                                      model, masks=masks, objectives=objectives, attacks=attacks, n_trials=n_trials,
                                      seed=seed, retain_per_trial=retain_per_trial,
-                                     settings={m: s.to_dict() for m, s in per_mask.items()},
+                                     settings={f"{o}/{m}": s.to_dict() for (o, m), s in per_job.items()},
                                      design=dataclasses.asdict(design)))
 
     # --- one trial's sets --------------------------------------------------------------------
@@ -466,6 +467,31 @@ class ResurfacingAudit(Analysis):
             details.append(key | {"kind": "quantize", "scheme": scheme.name, "changed": total,
                                   "below_half_bin": below / total if total else float("nan"),
                                   "original_quantized_target_em": sum(original_em) / len(original_em)})
+
+
+def _learning_rates(lr: Any, objectives: Sequence[str], masks: Sequence[str]) -> dict[tuple[str, str], float | None]:
+    """The learning rate of each (objective, mask) from ``lr`` (None: the settings' own)."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf
+
+    if lr is None or number(lr):
+        return {(o, m): lr for o in objectives for m in masks}
+    if not isinstance(lr, dict):
+        raise InputError(f"lr must be a number, a dict by mask or a dict by objective of dicts by mask, got {lr!r}")
+    nested = set(lr) <= set(OBJECTIVES) and all(isinstance(v, dict) for v in lr.values())
+    out = {}
+    for o in objectives:
+        table = lr.get(o) if nested else lr
+        if not isinstance(table, dict):
+            raise InputError(f"lr gives no learning rates for objective {o!r}")
+        missing = [m for m in masks if m not in table]
+        if missing:
+            raise InputError(f"lr gives no learning rate for mask(s) {missing}" + (f" of objective {o!r}" if nested else ""))
+        bad = [m for m in masks if not number(table[m])]
+        if bad:
+            raise InputError(f"lr of mask(s) {bad} must be positive finite numbers")
+        out.update({(o, m): float(table[m]) for m in masks})
+    return out
 
 
 def relearn_localization(before: dict[str, Tensor], after: dict[str, Tensor], changed: dict[str, Tensor],

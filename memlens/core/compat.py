@@ -220,3 +220,28 @@ class quiet_transformers:
             if self._bars:
                 hf_logging.enable_progress_bar()
         self._warn.__exit__(*exc)
+
+
+def keep_fp32_attention(hf_model: nn.Module) -> None:
+    """Under autocast, compute GPT-Neo's attention (scores, softmax, weighted sum) in float32, as its
+    HuggingFace code means to ("Keep the attention weights computation in fp32": it upcasts query and
+    key, which autocast would cast back to bfloat16 for the matmul). GPT-Neo does not scale its
+    attention scores by 1/sqrt(d_head), so bfloat16 scores (spacing 0.5 at 100) flip attention and,
+    through it, greedy tokens. Outside autocast nothing changes (the original method is called).
+    Applied in place to every GPT-Neo self-attention module of ``hf_model``; idempotent."""
+    for module in hf_model.modules():
+        if type(module).__name__ != "GPTNeoSelfAttention" or getattr(module, "_memlens_fp32_attn", False):
+            continue
+        original = module._attn
+
+        def _attn(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any = None,
+                  _original: Any = original) -> Any:
+            device = query.device.type
+            if not torch.is_autocast_enabled(device):
+                return _original(query, key, value, attention_mask)
+            with torch.autocast(device, enabled=False):
+                out, weights = _original(query.float(), key.float(), value.float(), attention_mask)
+            return out.to(value.dtype), weights
+
+        module._attn = _attn
+        module._memlens_fp32_attn = True

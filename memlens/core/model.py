@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from memlens.core.compat import hook_aliases, plain_twin, strip_bridge_name, sync_fused_qkv
+from memlens.core.compat import hook_aliases, keep_fp32_attention, plain_twin, strip_bridge_name, sync_fused_qkv
 from memlens.core.components import ComponentRegistry, build_hf_registry, build_tl3_registry
 from memlens.core.errors import HookError, InputError
 from memlens.core.precision import autocast, check_precision
@@ -53,6 +53,8 @@ class HookedModel:
         self._precision = check_precision(os.environ.get("MEMLENS_PRECISION") or "fp32", "MEMLENS_PRECISION")
         self._weight_versions: tuple | None = None
         self.hf_model: nn.Module | None = getattr(tl_model, "original_model", None) if _is_bridge(tl_model) else None
+        if self.hf_model is not None:
+            keep_fp32_attention(self.hf_model)
         self._registry: ComponentRegistry | None = None
         self._plain: nn.Module | None = None
         cfg = tl_model.cfg
@@ -231,6 +233,7 @@ class HookedModel:
             raise InputError("a TransformerLens 3 model has no HuggingFace twin")
         if self._plain is None:
             self._plain = plain_twin(self.hf_model)
+            keep_fp32_attention(self._plain)
         sync_fused_qkv(self.hf_model, self.n_heads)
         return self._plain
 

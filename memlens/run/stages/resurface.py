@@ -34,8 +34,10 @@ class ResurfaceConfig(StageConfig):
 
     Attributes:
         enabled: run it in ``memlens run`` (``memlens resurface`` runs it regardless).
-        masks, mask_lrs: the unlearning masks and each one's learning rate (aligned lists; chosen
-            so that every mask forgets to a comparable EM, read off the trade-off frontier).
+        masks, mask_lrs: the unlearning masks and each one's learning rate under the paper's
+            objective (aligned lists; chosen so that every mask forgets to a comparable EM where it
+            can: ``benchmarks/resurfacing.py --calibrate`` on the default organism, docs/resurfacing.md).
+        npo_mask_lrs: the same under NPO (empty: ``mask_lrs``; only read when ``npo`` is an objective).
         objectives: ``paper`` (-NLL) and/or ``npo``.
         attacks: any of relearn_split, relearn_unrelated, quantize, prefix, noise.
         n_trials: trials (a fresh group of memorized paragraphs each); steps: unlearning steps.
@@ -46,7 +48,8 @@ class ResurfaceConfig(StageConfig):
     stage: ClassVar[str] = "resurface"
     enabled: bool = False
     masks: tuple[str, ...] = ("all", "topk", "selective", "random")
-    mask_lrs: tuple[float, ...] = (1e-4, 1e-3, 1e-3, 1e-2)
+    mask_lrs: tuple[float, ...] = (1e-3, 3e-2, 3e-1, 1e-1)
+    npo_mask_lrs: tuple[float, ...] = (3e-4, 3e-3, 1e-2, 1e-2)
     objectives: tuple[str, ...] = OBJECTIVES
     attacks: tuple[str, ...] = ATTACKS
     n_trials: int = 3
@@ -71,9 +74,12 @@ class ResurfaceConfig(StageConfig):
             values = getattr(self, name)
             self._require(name, bool(values) and set(values) <= set(known), f"must be a non-empty list of {one_of(known)}")
         self._unique("masks", "objectives", "attacks", "relearn_steps", "prefix_lengths", "noise_scales", "schemes")
-        self._require("mask_lrs", len(self.mask_lrs) == len(self.masks) and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < math.inf for x in self.mask_lrs),
-            "must give one positive learning rate per mask, in the order of masks")
+        for name in ("mask_lrs", "npo_mask_lrs"):
+            values = getattr(self, name)
+            aligned = len(values) == len(self.masks) or (name == "npo_mask_lrs" and (not values or "npo" not in self.objectives))
+            self._require(name, aligned and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < math.inf for x in values),
+                "must give one positive learning rate per mask, in the order of masks")
         self._positive_int("n_trials", "steps", "batch_size")
         for s in self.schemes:
             try:
@@ -115,7 +121,8 @@ def resurface_stage(ctx: "RunContext") -> dict[str, Any]:
         ctx.model, batch_size=cfg.batch_size, progress=ctx.progress).run(
             mem, non, control, masks=cfg.masks, objectives=cfg.objectives, attacks=cfg.attacks, n_trials=cfg.n_trials,
             seed=ctx.config.seed, retain_per_trial=ucfg.retain_paragraphs, settings=settings,
-            lr=dict(zip(cfg.masks, cfg.mask_lrs)), design=cfg.design(), checkpoint=ckpt))
+            lr={"paper": dict(zip(cfg.masks, cfg.mask_lrs)),
+                "npo": dict(zip(cfg.masks, cfg.npo_mask_lrs or cfg.mask_lrs))}, design=cfg.design(), checkpoint=ckpt))
     ckpt.unlink(missing_ok=True)
     return result.summary()
 
