@@ -74,7 +74,8 @@ def test_an_interrupted_benchmark_resumes(organism, tmp_path):
     ckpt = tmp_path / "blocks.jsonl"
     kw = dict(localizers=("activation", "random"), ratios=(0.05,), seeds=(4,), n_paragraphs=1, progress=False)
     first = ml.LocalizationBenchmark(organism).run(checkpoint=ckpt, **kw)
-    assert len(ckpt.read_text().splitlines()) == 2  # the injected block and the natural DEL block
+    lines = ckpt.read_text().splitlines()
+    assert len(lines) == 3 and '"kind": "localization"' in lines[0]  # header, injected block, natural DEL block
 
     def boom(*a, **k):
         raise AssertionError("injected again")

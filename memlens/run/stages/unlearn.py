@@ -135,22 +135,23 @@ def unlearn_stage(ctx: "RunContext") -> dict[str, Any]:
     seed = ctx.config.seed
 
     def compare() -> MaskComparison:
-        ckpt = ctx.folder.file("unlearn_checkpoint")  # each finished run: an interrupted stage resumes
         tables = [compare_masks(ctx.model, targets, pool, other_memorized=others, objectives=("unlearn",),
-                                masks=cfg.masks, checkpoint=ckpt, progress=ctx.progress, **cfg.compare_kwargs(seed))]
+                                masks=cfg.masks, checkpoint=ctx.folder.file("unlearn_checkpoint"), progress=ctx.progress, **cfg.compare_kwargs(seed))]
         pset = perturbed_memorized(ctx) if cfg.edit else None
         if pset is not None:
             by_original = {str(o): i for i, o in enumerate(pset.metadata.get("original", []))}
             if all(t in by_original for t in targets.ids):
                 tables.append(compare_masks(
                     ctx.model, targets, pool, other_memorized=others, objectives=("edit",), masks=cfg.edit_masks,
-                    perturbed=pset[[by_original[t] for t in targets.ids]], checkpoint=ckpt, progress=ctx.progress,
+                    perturbed=pset[[by_original[t] for t in targets.ids]],
+                    checkpoint=ctx.folder.file("edit_checkpoint"), progress=ctx.progress,
                     **cfg.compare_kwargs(seed, edit=True)))
         return MaskComparison(rows=[r for t in tables for r in t.rows], targets=tables[0].targets,
                               trials=[r for t in tables for r in t.trials], provenance=tables[0].provenance)
 
     table_ = saved(ctx, ctx.folder.file("unlearn"), MaskComparison, compare)
-    ctx.folder.file("unlearn_checkpoint").unlink(missing_ok=True)
+    for name in ("unlearn_checkpoint", "edit_checkpoint"):
+        ctx.folder.file(name).unlink(missing_ok=True)
     settings = {"unlearn": {"steps": cfg.steps, "lr": cfg.lr}}
     if any(r["objective"] == "edit" for r in table_.rows):
         settings["edit"] = {"steps": cfg.edit_steps, "lr": cfg.edit_lr}
@@ -189,5 +190,6 @@ def unlearn_report(rb: "ReportBuilder", parts: list[str], folder: "RunFolder", s
 
 ROW = register_stage(Stage(
     "unlearn", unlearn_stage, "sparse unlearning/editing, all vs top-k vs random weights -> unlearn.safetensors",
-    config=UnlearnConfig, files={"unlearn": "unlearn.safetensors", "unlearn_checkpoint": "unlearn.runs.partial"},
+    config=UnlearnConfig, files={"unlearn": "unlearn.safetensors", "unlearn_checkpoint": "unlearn.runs.partial",
+                                         "edit_checkpoint": "unlearn.edit.runs.partial"},
     title="Sparse unlearning and editing", report=unlearn_report, needs=("scan",)))
