@@ -12,6 +12,7 @@ rate where it forgets to a comparable target EM).
         [--lrs 1e-4 1e-3 3e-3 1e-2] [--objectives paper npo] [--trials 3] [--precision bf16-mixed]
         [--out docs/measurements/resurfacing-organism.json]
     python benchmarks/resurfacing.py --calibrate [--model organism] [--grid 1e-4 3e-4 1e-3 3e-3 1e-2]
+        [--out docs/measurements/resurfacing-calibration-organism.json]   (resumable, row by row)
 """
 
 from __future__ import annotations
@@ -85,25 +86,50 @@ def main() -> None:
 
 
 def calibrate(ml, model, mem, non, settings, args) -> None:
-    """Target and retain EM after unlearning one group of ``group_size`` (seed 0) per mask x lr."""
+    """Target and retain EM after unlearning one group of ``group_size`` (seed 0) per mask x lr.
+    With ``--out``, each row is written as it finishes (the JSON is complete after every row) and a
+    later call with the same model, precision, group size and steps skips the rows already there."""
     import dataclasses
 
     import torch
 
+    from memlens.core.io import write_json_atomic
+
+    ident = {"model": args.model, "precision": model.precision, "group_size": args.group_size, "steps": args.steps}
+    rows: list[dict] = []
+    if args.out and Path(args.out).exists() and not args.fresh:
+        old = json.loads(Path(args.out).read_text())
+        if old.get("identity") != ident:
+            raise SystemExit(f"resurfacing: error: {args.out} holds a calibration of {old.get('identity')}, "
+                             f"not {ident}; give another --out or --fresh")
+        rows = old["calibration"]
+    done = {(r["objective"], r["mask"], r["lr"]) for r in rows}
     gen = torch.Generator().manual_seed(0)
     group = mem[torch.randperm(len(mem), generator=gen)[: args.group_size].tolist()]
     retain = non[torch.randperm(len(non), generator=gen)[:10].tolist()]
     tuner = ml.SparseFineTuner(model, progress=False)
-    print("| objective | mask | lr | target EM | retain EM |\n|---|---|---|---|---|")
+    print("| objective | mask | lr | target EM | retain EM | seconds |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['objective']} | {r['mask']} | {r['lr']:g} | {r['target_em_after']:.1f} | "
+              f"{r['retain_em_after']:.1f} | {r['seconds']} (earlier) |")
     for objective in args.objectives:
         for mask in args.masks:
             for lr in args.grid:
+                if (objective, mask, lr) in done:
+                    continue
                 st = dataclasses.replace(settings, lr=lr, forget_loss="npo" if objective == "npo" else "nll")
+                t0 = time.perf_counter()
                 with tuner.restored():
                     r = tuner.unlearn(group, retain, mask=mask, settings=st)
                 s = r.summary()
-                print(f"| {objective} | {mask} | {lr:g} | {s['target_em_after']:.1f} | {s['retain_em_after']:.1f} |",
-                      flush=True)
+                row = {"objective": objective, "mask": mask, "lr": lr, "target_em_after": s["target_em_after"],
+                       "retain_em_after": s["retain_em_after"], "seconds": round(time.perf_counter() - t0, 1)}
+                rows.append(row)
+                print(f"| {objective} | {mask} | {lr:g} | {row['target_em_after']:.1f} | {row['retain_em_after']:.1f} "
+                      f"| {row['seconds']} |", flush=True)
+                if args.out:
+                    write_json_atomic(args.out, {"identity": ident, "group": list(group.ids),
+                                                 "retain": list(retain.ids), "calibration": rows})
 
 
 def markdown(out: dict) -> str:

@@ -15,6 +15,11 @@ from typing import Any, ClassVar
 from memlens.core.errors import InputError
 from memlens.core.io import read_json, write_json_atomic
 
+
+class ForeignResultError(InputError):
+    """A result file in a run folder computed on another model than the folder's: not damage that
+    one report section can show, but a mix of two runs; the whole command refuses it."""
+
 #: every file a stage of the Stage table writes: key -> file name ({name}: a set such as
 #: ``memorized``); each row declares its own (:attr:`memlens.run.stage.Stage.files`)
 FILES: dict[str, str] = {}
@@ -138,12 +143,12 @@ class RunFolder:
 
     def check_provenance(self, result: Any, path: Path, stage: str) -> Any:
         """``result`` if it was computed on this folder's model (its provenance against
-        ``run.json``); an :class:`InputError` naming both models and the command that redoes
+        ``run.json``); a :class:`ForeignResultError` naming both models and the command that redoes
         the stage otherwise."""
         expected = self.model_name()
         got = getattr(getattr(result, "provenance", None), "model", "")
         if expected is not None and got and got != expected:
-            raise InputError(f"{path} was computed on the model {got!r}, but this run folder's model is {expected!r} "
+            raise ForeignResultError(f"{path} was computed on the model {got!r}, but this run folder's model is {expected!r} "
                              f"(run.json); it comes from another run: {self.redo_hint(stage)}")
         return result
 

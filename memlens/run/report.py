@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from memlens.core.io import read_json, write_text_atomic
-from memlens.run.folder import RunFolder
+from memlens.run.folder import ForeignResultError, RunFolder
 from memlens.run.stage import Stage, stages as stage_table
 from memlens.viz.circuits import CircuitsView
 from memlens.viz.html import ReportBuilder, table
@@ -57,6 +57,8 @@ def write_report(folder: str | Path | RunFolder, stages: Sequence[Stage] | None 
         drawn = len(parts)
         try:
             stage.report(rb, parts, rf, summary)
+        except ForeignResultError:
+            raise
         except Exception as e:  # a damaged file or summary: this section says so, the others are still drawn
             del parts[drawn:]
             parts.append(f'<p class="missing">The {html.escape(stage.name)} section could not be drawn: '
