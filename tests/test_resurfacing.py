@@ -154,9 +154,13 @@ def test_the_audit_restores_the_weights_and_resumes(recited, tmp_path, monkeypat
     again = ml.ResurfacingAudit(model, progress=False).run(paras[:6], paras[6:], control=paras[10:12],
                                                            checkpoint=tmp_path / "a.jsonl", **kw)
     assert json.dumps(again.rows) == json.dumps(res.rows)
+    # trial t is drawn from seed + t alone: fewer trials read the first ones back (a run in parts)
+    first = ml.ResurfacingAudit(model, progress=False).run(paras[:6], paras[6:], control=paras[10:12],
+                                                           checkpoint=tmp_path / "a.jsonl", **(kw | {"n_trials": 1}))
+    assert first.rows and json.dumps(first.rows) == json.dumps([r for r in res.rows if r["trial"] == 0])
     with pytest.raises(ml.InputError, match="other settings"):
         ml.ResurfacingAudit(model, progress=False).run(paras[:6], paras[6:], control=paras[10:12],
-                                                       checkpoint=tmp_path / "a.jsonl", **(kw | {"n_trials": 1}))
+                                                       checkpoint=tmp_path / "a.jsonl", **(kw | {"seed": 3}))
     path = res.save(tmp_path / "r.safetensors")
     loaded = ml.ResurfacingResult.load(path)
     assert loaded.rows == res.rows and loaded.summary()["headline"] == res.summary()["headline"]

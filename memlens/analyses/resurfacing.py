@@ -273,7 +273,9 @@ class ResurfacingAudit(Analysis):
                 --calibrate``; the trade-off frontier).
             design: the attacks' settings (:class:`ResurfacingSettings`).
             checkpoint: a JSON-lines file each finished (trial, objective, mask) is appended to; a
-                later call of the same audit resumes (another audit's file is refused).
+                later call of the same audit resumes (another audit's file is refused). Trial ``t``
+                is drawn from ``seed + t`` alone, so ``n_trials`` is not part of the audit's
+                identity: a later call with more trials adds them, one with fewer reads the first.
             fresh: start a checkpoint of another audit afresh instead of refusing it.
             progress: show a progress bar.
         """
@@ -316,7 +318,7 @@ class ResurfacingAudit(Analysis):
         ckpt = None
         if checkpoint is not None:
             ckpt = Checkpoint(checkpoint, "resurfacing", model_identity(model) | {
-                "masks": masks, "objectives": objectives, "attacks": attacks, "n_trials": n_trials, "seed": seed,
+                "masks": masks, "objectives": objectives, "attacks": attacks, "seed": seed,
                 "retain_per_trial": retain_per_trial, "settings": {f"{o}/{m}": s.to_dict() for (o, m), s in per_job.items()},
                 "design": dataclasses.asdict(design), "targets": paragraph_fingerprint(targets),
                 "retain": paragraph_fingerprint(retain), "control": paragraph_fingerprint(control)}, fresh=fresh)
