@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--masks", nargs="+", default=["all", "topk", "random"])
     ap.add_argument("--weights", default=None, help="raw or processed (default: the paper preset's)")
+    ap.add_argument("--precision", default=None, choices=["fp32", "bf16-mixed"],
+                    help="compute precision (default: fp32, or $MEMLENS_PRECISION; docs/precision.md)")
     ap.add_argument("--out", default=None, help="the MaskTradeoff file (.safetensors); JSON beside it")
     ap.add_argument("--table-from", default=None, metavar="FILE.safetensors", help="only print a saved result's tables")
     ap.add_argument("--add-to", default=None, metavar="FILE.safetensors",
@@ -50,7 +52,7 @@ def main() -> None:
         from memlens.core.io import check_output_file
 
         check_output_file(args.out, "--out")
-    model = ml.load_model(args.model, progress=False, weights=weights)
+    model = ml.load_model(args.model, progress=False, weights=weights, precision=args.precision)
     if saved_part is not None:
         ml.core.results.check_same_model(saved_part.provenance.model, model.name, f"--add-to {args.add_to} and this run")
     res = ml.scan(model, model.ground_truth.paragraph_set(), progress=False)
@@ -65,7 +67,8 @@ def main() -> None:
                               checkpoint=(args.out + ".grid") if args.out else None, out=args.out, **kw)
     seconds = time.perf_counter() - t0
     meta = {"model": args.model, "weights": weights, "memorized": len(mem), "non_memorized": len(non),
-            "trials": args.trials, "seconds": round(seconds, 1), "objective": "paper preset (code's)"}
+            "trials": args.trials, "seconds": round(seconds, 1), "objective": "paper preset (code's)",
+            "precision": model.precision}
     if saved_part is not None:
         try:
             result = ml.MaskTradeoff.concat([saved_part, result])
@@ -122,11 +125,16 @@ def _saved_meta(saved: str) -> dict:
 
 def markdown(result, meta: dict) -> str:
     """Retain EM at target EM 25 per mask, each frontier, and where top-k spares like random."""
-    lines = [json.dumps(meta), "", "| mask | retain EM at target EM 25 [95% CI over seeds] | seeds |", "|---|---|---|"]
-    for mask, v in result.retain_at(25.0).items():
-        cell = "never forgets to 25" if v["retain_em"] != v["retain_em"] else \
+    def cell(v: dict) -> str:
+        return "never forgets to 25" if v["retain_em"] != v["retain_em"] else \
             f"{v['retain_em']:.1f} [{v['ci_low']:.1f}, {v['ci_high']:.1f}]"
-        lines.append(f"| {mask} | {cell} | {v['n_seeds']} |")
+
+    over_targets = result.retain_at(25.0, over="targets") if result.trials else {}
+    lines = [json.dumps(meta), "", "| mask | retain EM at target EM 25 [95% CI over seeds] | seeds "
+             "| [95% CI over (seed, target) frontiers] |", "|---|---|---|---|"]
+    for mask, v in result.retain_at(25.0).items():
+        t = over_targets.get(mask)
+        lines.append(f"| {mask} | {cell(v)} | {v['n_seeds']} | {cell(t) if t else ''} |")
     for mask in result.masks:
         lines += ["", f"frontier of {mask}: " + "; ".join(
             f"lr {p['lr']:g} x{p['steps']} {p['decay']}: {p['target_em_after']:.1f} / {p['retain_em_after']:.1f}"
