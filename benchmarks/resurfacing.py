@@ -87,23 +87,23 @@ def main() -> None:
 
 def calibrate(ml, model, mem, non, settings, args) -> None:
     """Target and retain EM after unlearning one group of ``group_size`` (seed 0) per mask x lr.
-    With ``--out``, each row is written as it finishes (the JSON is complete after every row) and a
-    later call with the same model, precision, group size and steps skips the rows already there."""
+    With ``--out``, each row goes to a checkpoint (``OUT.rows``) as it finishes and the JSON is
+    rewritten complete after every row; a later call with the same model, precision, group size
+    and steps skips the rows already there (another calibration's checkpoint is refused)."""
     import dataclasses
 
     import torch
 
+    from memlens.core.checkpoint import Checkpoint, model_identity
     from memlens.core.io import write_json_atomic
 
-    ident = {"model": args.model, "precision": model.precision, "group_size": args.group_size, "steps": args.steps}
-    rows: list[dict] = []
-    if args.out and Path(args.out).exists() and not args.fresh:
-        old = json.loads(Path(args.out).read_text())
-        if old.get("identity") != ident:
-            raise SystemExit(f"resurfacing: error: {args.out} holds a calibration of {old.get('identity')}, "
-                             f"not {ident}; give another --out or --fresh")
-        rows = old["calibration"]
-    done = {(r["objective"], r["mask"], r["lr"]) for r in rows}
+    ckpt = Checkpoint(args.out + ".rows", "resurfacing-calibration", model_identity(model) | {
+        "group_size": args.group_size, "steps": args.steps}, fresh=args.fresh) if args.out else None
+    try:
+        done = {(str(k[0]), str(k[1]), float(k[2])): v for k, v in ckpt.load().items()} if ckpt is not None else {}
+    except ml.InputError as e:
+        raise SystemExit(f"resurfacing: error: {e}") from None
+    rows: list[dict] = list(done.values())
     gen = torch.Generator().manual_seed(0)
     group = mem[torch.randperm(len(mem), generator=gen)[: args.group_size].tolist()]
     retain = non[torch.randperm(len(non), generator=gen)[:10].tolist()]
@@ -127,8 +127,9 @@ def calibrate(ml, model, mem, non, settings, args) -> None:
                 rows.append(row)
                 print(f"| {objective} | {mask} | {lr:g} | {row['target_em_after']:.1f} | {row['retain_em_after']:.1f} "
                       f"| {row['seconds']} |", flush=True)
-                if args.out:
-                    write_json_atomic(args.out, {"identity": ident, "group": list(group.ids),
+                if ckpt is not None:
+                    ckpt.append((objective, mask, lr), row)
+                    write_json_atomic(args.out, {"identity": ckpt.identity, "group": list(group.ids),
                                                  "retain": list(retain.ids), "calibration": rows})
 
 
