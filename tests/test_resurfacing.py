@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import memlens as ml
-from memlens.analyses.resurfacing import recovered_share, relearn_localization
-from memlens.analyses.resurfacing_attacks import below_half_bin, relearn
+from memlens.analyses.resurfacing import recovered_share
+from memlens.analyses.resurfacing_attacks import below_half_bin, relearn, relearn_localization
 from memlens.core.objectives import npo_loss, sequence_nll
 from memlens.core.quantize import SCHEMES, QuantScheme, quantize_dequantize
 from memlens.testing import random_model, random_tokens

@@ -38,7 +38,7 @@ from memlens.analyses.gradients import GradientMap
 from memlens.analyses.noise import noised
 from memlens.analyses.per_example_grads import linear_owners
 from memlens.analyses.resurfacing_attacks import (below_half_bin, exact_match, noised_scores, prefix_variants,
-                                                  quantize_weights, relearn)
+                                                  quantize_weights, relearn, relearn_localization)
 from memlens.analyses.unlearn import SparseFineTuner
 from memlens.core.checkpoint import Checkpoint, model_identity, paragraph_fingerprint
 from memlens.core.data import ParagraphSet, as_paragraph_set
@@ -494,42 +494,6 @@ def _learning_rates(lr: Any, objectives: Sequence[str], masks: Sequence[str]) ->
             raise InputError(f"lr of mask(s) {bad} must be positive finite numbers")
         out.update({(o, m): float(table[m]) for m in masks})
     return out
-
-
-def relearn_localization(before: dict[str, Tensor], after: dict[str, Tensor], changed: dict[str, Tensor],
-                         unlearn_delta: dict[str, Tensor], relearn_delta: dict[str, Tensor]) -> dict[str, float]:
-    """How relearning relates to where the paragraphs were localized and unlearned: the Jaccard of
-    V's top gradient masks before unlearning and after relearning; over the weights the unlearning
-    changed, the share that relearning moved back (opposite sign) and the cosine between
-    relearning's change and the unlearning's undoing; relearning's L1 mass inside those weights
-    against their share of the weights (enrichment)."""
-    inter = sum(int((before[n] & after[n]).sum()) for n in before)
-    union = sum(int((before[n] | after[n]).sum()) for n in before)
-    moved = back = 0
-    dot = nu = nr = 0.0
-    mass_in = mass = 0.0
-    n_changed = n_all = 0
-    for n, c in changed.items():
-        r, u = relearn_delta[n], unlearn_delta[n]
-        mass += float(r.abs().sum())
-        n_all += c.numel()
-        if not bool(c.any()):
-            continue
-        rc, uc = r[c], u[c]
-        n_changed += int(c.sum())
-        mass_in += float(rc.abs().sum())
-        moved += int((rc != 0).sum())
-        back += int(((rc * uc) < 0).sum())
-        dot += float((rc * -uc).sum())
-        nu += float(uc.square().sum())
-        nr += float(rc.square().sum())
-    share = n_changed / n_all if n_all else float("nan")
-    return {"jaccard_before_vs_relearned": inter / union if union else float("nan"),
-            "moved_back_share": back / moved if moved else float("nan"),
-            "cosine_relearn_vs_undo": dot / math.sqrt(nu * nr) if nu > 0 and nr > 0 else float("nan"),
-            "relearn_mass_in_mask": mass_in / mass if mass > 0 else float("nan"),
-            "mask_share": share,
-            "enrichment": (mass_in / mass) / share if mass > 0 and share > 0 else float("nan")}
 
 
 __all__ = ["ATTACKS", "OBJECTIVES", "ResurfacingAudit", "ResurfacingResult", "ResurfacingSettings", "recovered_share"]

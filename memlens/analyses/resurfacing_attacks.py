@@ -12,10 +12,13 @@ weights hold an unlearned state and each leaving them as it found them.
   paper's prefix perturbation): the best EM over the variants.
 - :func:`noised_scores`: Gaussian noise on the unlearning mask's weights (the paper's noise
   intervention), the best EM over draws.
+
+And :func:`relearn_localization`, how relearning's weight changes relate to the unlearning's.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
@@ -159,3 +162,39 @@ def noised_scores(
                 best = [max(a, b) for a, b in zip(best, exact_match(model, targets, batch_size))]
         out[f"scale-{s:g}"] = best
     return out
+
+
+def relearn_localization(before: dict[str, Tensor], after: dict[str, Tensor], changed: dict[str, Tensor],
+                         unlearn_delta: dict[str, Tensor], relearn_delta: dict[str, Tensor]) -> dict[str, float]:
+    """How relearning relates to where the paragraphs were localized and unlearned: the Jaccard of
+    V's top gradient masks before unlearning and after relearning; over the weights the unlearning
+    changed, the share that relearning moved back (opposite sign) and the cosine between
+    relearning's change and the unlearning's undoing; relearning's L1 mass inside those weights
+    against their share of the weights (enrichment)."""
+    inter = sum(int((before[n] & after[n]).sum()) for n in before)
+    union = sum(int((before[n] | after[n]).sum()) for n in before)
+    moved = back = 0
+    dot = nu = nr = 0.0
+    mass_in = mass = 0.0
+    n_changed = n_all = 0
+    for n, c in changed.items():
+        r, u = relearn_delta[n], unlearn_delta[n]
+        mass += float(r.abs().sum())
+        n_all += c.numel()
+        if not bool(c.any()):
+            continue
+        rc, uc = r[c], u[c]
+        n_changed += int(c.sum())
+        mass_in += float(rc.abs().sum())
+        moved += int((rc != 0).sum())
+        back += int(((rc * uc) < 0).sum())
+        dot += float((rc * -uc).sum())
+        nu += float(uc.square().sum())
+        nr += float(rc.square().sum())
+    share = n_changed / n_all if n_all else float("nan")
+    return {"jaccard_before_vs_relearned": inter / union if union else float("nan"),
+            "moved_back_share": back / moved if moved else float("nan"),
+            "cosine_relearn_vs_undo": dot / math.sqrt(nu * nr) if nu > 0 and nr > 0 else float("nan"),
+            "relearn_mass_in_mask": mass_in / mass if mass > 0 else float("nan"),
+            "mask_share": share,
+            "enrichment": (mass_in / mass) / share if mass > 0 and share > 0 else float("nan")}

@@ -16,15 +16,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, TypeVar
+from typing import Any, Callable, ContextManager, TypeVar
 
 import torch
 
 from memlens.core.defaults import PRECISIONS, Precision, one_of
 from memlens.core.errors import InputError
-
-if TYPE_CHECKING:
-    from memlens.core.model import HookedModel
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,7 +53,7 @@ def with_precision(fn: F) -> F:
         raise TypeError(f"{fn.__name__} has a precision parameter already")
 
     @functools.wraps(fn)
-    def wrapped(model: "HookedModel", *args: Any, precision: str | None = None, **kwargs: Any) -> Any:
+    def wrapped(model: Any, *args: Any, precision: str | None = None, **kwargs: Any) -> Any:
         if not hasattr(model, "using_precision"):
             if precision is not None:
                 check_precision(precision)

@@ -18,6 +18,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from memlens.analyses.base import Analysis
+from memlens.analyses.localization.weight_scores import top_weight_mask
 from memlens.core.data import ParagraphSet, as_paragraph_set
 from memlens.core.defaults import distinct_list
 from memlens.core.errors import InputError
@@ -64,17 +65,7 @@ class NeuronScores(Result):
         parameter (the paper's top-k mask at its own granularity)."""
         if self.weight_scores is None:
             raise InputError(f"the {self.localizer} localizer gives no per-weight scores")
-        flat = torch.cat([v.flatten().float() for v in self.weight_scores.values()])
-        if not 0 < count <= flat.numel():
-            raise InputError(f"count must be in 1..{flat.numel()}, got {count}")
-        threshold_index = torch.topk(flat, count, sorted=False).indices
-        chosen = torch.zeros(flat.numel(), dtype=torch.bool)
-        chosen[threshold_index] = True
-        out, offset = {}, 0
-        for name, v in self.weight_scores.items():
-            out[name] = chosen[offset : offset + v.numel()].view(v.shape)
-            offset += v.numel()
-        return out
+        return top_weight_mask(self.weight_scores, count)
 
     def to_dataframe(self) -> "pd.DataFrame":
         """One row per neuron: ``layer, neuron, score, rank`` (rank within its layer, 0 = top)."""

@@ -36,6 +36,7 @@ import torch
 from memlens.analyses.base import Analysis
 from memlens.analyses.injection import InjectionSettings, inject_neurons, inject_weights
 from memlens.analyses.localization.base import check_localizer_names, localizer_names, make_localizer
+from memlens.analyses.localization.weight_scores import mask_recall
 from memlens.core.checkpoint import Checkpoint, model_identity, paragraph_fingerprint
 from memlens.core.data import ParagraphSet, as_paragraph_set
 from memlens.core.defaults import distinct_list
@@ -382,9 +383,8 @@ class LocalizationBenchmark(Analysis):
         if level == "weight":
             planted = res.planted_weights
             count = sum(int(m.sum()) for m in planted.values())
-            top = found.top_weights(count)
-            hit = sum(int((top[k] & planted[k]).sum()) for k in planted)
-            return row | {"recall": hit / count, "precision": hit / count}
+            recall = mask_recall(found.top_weights(count), planted)
+            return row | {"recall": recall, "precision": recall}
         planted = res.planted_neurons
         top = found.top(planted.sum(1))
         hit = top & planted
