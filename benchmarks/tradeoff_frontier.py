@@ -42,7 +42,7 @@ def main() -> None:
     import memlens as ml
 
     if args.table_from:
-        print(markdown(ml.MaskTradeoff.load(args.table_from), {}))
+        print(markdown(ml.MaskTradeoff.load(args.table_from), _saved_meta(args.table_from)))
         return
     cfg = ml.RunConfig.paper(args.model)
     weights = args.weights or cfg.weights
@@ -68,7 +68,7 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     meta = {"model": args.model, "weights": weights, "memorized": len(mem), "non_memorized": len(non),
             "trials": args.trials, "seconds": round(seconds, 1), "objective": "paper preset (code's)",
-            "precision": model.precision}
+            "precision": model.precision, "target_copies": _copies(mem[: args.trials])}
     if saved_part is not None:
         try:
             result = ml.MaskTradeoff.concat([saved_part, result])
@@ -107,6 +107,12 @@ def _check_add_to(args: argparse.Namespace, ml: Any) -> Any:
         raise SystemExit(f"tradeoff_frontier: error: --add-to {args.add_to} has measured {len(both)} of this run's points "
                          f"already (e.g. mask {m}, lr {lr:g}, {st} steps, decay {d}, seed {seed}); drop them from the grid")
     return part
+
+
+def _copies(paragraphs: Any) -> dict[str, Any]:
+    """Each paragraph's planted copy count (the organisms' metadata; empty for other models)."""
+    copies = paragraphs.metadata.get("copies")
+    return dict(zip(paragraphs.ids, copies)) if copies is not None else {}
 
 
 def _json_beside(saved: str) -> str:
@@ -152,7 +158,34 @@ def markdown(result, meta: dict) -> str:
                     f"{'yes' if spares else 'no'} |")
     lines += ["", "| lr | steps | decay | top-k target EM | top-k retain EM [CI] | random target EM | random retain EM [CI] | "
               "top-k spares like random |", "|---|---|---|---|---|---|---|---|", *rows]
+    if result.trials:
+        lines += ["", *per_target_table(result, meta.get("target_copies", {}))]
     return "\n".join(lines)
+
+
+def per_target_table(result, copies: dict) -> list[str]:
+    """Per target paragraph: its planted copies, each mask's retain EM at target EM 25 on that
+    target's own frontier (seeds reaching it) and its target EM after at every grid point."""
+    rows = result.per_target(25.0)
+    masks = list(dict.fromkeys(r["mask"] for r in rows))
+    points = list(dict.fromkeys(k for r in rows for k in r["target_em_after"]))
+    by = {(r["mask"], r["target"]): r for r in rows}
+    head = ["target", "copies"] + [f"{m}: retain at 25 (seeds)" for m in masks] + \
+        [f"{m} target EM, {p}" for m in masks for p in points]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for target in dict.fromkeys(r["target"] for r in rows):
+        cells = [target, str(copies.get(target, ""))]
+        for m in masks:
+            r = by.get((m, target))
+            cells.append("" if r is None else "never" if r["retain_em"] != r["retain_em"] else
+                         f"{r['retain_em']:.1f} ({r['seeds_reaching']}/{r['n_seeds']})")
+        for m in masks:
+            for p in points:
+                r = by.get((m, target))
+                v = None if r is None else r["target_em_after"].get(p)
+                cells.append("" if v is None else f"{v:.1f}")
+        out.append("| " + " | ".join(cells) + " |")
+    return out
 
 
 if __name__ == "__main__":

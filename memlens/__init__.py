@@ -44,7 +44,8 @@ from memlens.analyses.localization import (ActivationLocalizer, GradientLocalize
                                            LocalizationBenchmarkResult, Localizer, NeuronScores, RandomLocalizer,
                                            SlimmingLocalizer, ZeroOutLocalizer, localizer_names, make_localizer,
                                            register_localizer)
-from memlens.analyses.mask_comparison import MaskComparison, MaskTradeoff, compare_masks, mask_tradeoff
+from memlens.analyses.mask_comparison import MaskComparison, compare_masks
+from memlens.analyses.mask_tradeoff import MaskTradeoff, mask_tradeoff
 from memlens.analyses.noise import NoiseIntervention, NoiseResult
 from memlens.analyses.pair_gradients import PairGradientResult, pair_activation_gradients
 from memlens.analyses.patching import PatchingResult, PatchPair, attribution_patching, exact_patching, make_patch_pairs

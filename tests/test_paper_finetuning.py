@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 import memlens as ml
 from memlens import InputError, ParagraphSet, RunConfig, greedy_decode
-from memlens.analyses.mask_comparison import MaskComparison, compare_masks, mask_tradeoff, retain_batches
+from memlens.analyses.mask_comparison import MaskComparison, compare_masks, retain_batches
+from memlens.analyses.mask_tradeoff import mask_tradeoff
 from memlens.analyses.unlearn import FineTuneSettings, SparseFineTuner
 from memlens.core.objectives import kl_to_reference
 from memlens.core.sparse import MaskedAdam
@@ -157,7 +158,7 @@ def _row(mask, seed, target, retain, lr=1e-3):
 
 
 def test_frontiers_and_the_retain_em_at_target_25():
-    from memlens.analyses.mask_comparison import MaskTradeoff
+    from memlens.analyses.mask_tradeoff import MaskTradeoff
 
     pts = [(40, 48), (30, 40), (20, 35), (30, 30), (10, 10)]
     rows = [_row("topk", 0, t, r, lr=i) for i, (t, r) in enumerate(pts)]
@@ -173,8 +174,29 @@ def test_frontiers_and_the_retain_em_at_target_25():
     assert tr.summary()["retain_at_target_25"]["random"]["retain_em"] is None
 
 
+def test_per_target_reads_each_paragraphs_own_frontier():
+    """#41: which target paragraphs a mask forgets cheaply: each target's frontier (over its trials
+    at every grid point) read at target EM 25, NaN for a target no seed forgets that far."""
+    from memlens.analyses.mask_tradeoff import MaskTradeoff
+
+    def trial(target, seed, lr, t, r):
+        return _row("topk", seed, t, r, lr=lr) | {"trial": 0, "target": target}
+
+    trials = [trial("a", s, 0, 50, 48) for s in (0, 1)] + [trial("a", s, 1, 10, 40) for s in (0, 1)]
+    trials += [trial("b", s, 0, 50, 45) for s in (0, 1)] + [trial("b", 0, 1, 40, 44), trial("b", 1, 1, 20, 30)]
+    tr = MaskTradeoff(rows=[_row("topk", s, 30, 40, lr=lr) for s in (0, 1) for lr in (0, 1)], trials=trials)
+    by = {r["target"]: r for r in tr.per_target(25.0)}
+    assert by["a"]["retain_em"] == pytest.approx(40 + 10 * 15 / 40) and by["a"]["seeds_reaching"] == 2
+    assert by["a"]["target_em_after"] == {"lr 0 x10 none": 50.0, "lr 1 x10 none": 10.0}
+    assert by["b"]["seeds_reaching"] == 1 and by["b"]["n_seeds"] == 2  # seed 0 never reaches 25
+    assert by["b"]["retain_em"] == pytest.approx(30 + 20 * 5 / 30)
+    assert math.isnan(MaskTradeoff(rows=[], trials=[trial("c", 0, 0, 50, 50)]).per_target()[0]["retain_em"])
+    with pytest.raises(InputError, match="no per-trial rows"):
+        MaskTradeoff(rows=tr.rows).per_target()
+
+
 def test_a_grid_measured_in_parts_reads_like_one_grid():
-    from memlens.analyses.mask_comparison import MaskTradeoff
+    from memlens.analyses.mask_tradeoff import MaskTradeoff
     from memlens.core.results import Provenance
 
     pts = [(40, 48), (30, 40), (20, 35), (10, 10)]

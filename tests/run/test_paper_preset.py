@@ -47,7 +47,8 @@ def test_a_paper_run_on_the_tiny_organism(organism, organism_cache, tmp_path):
     """A run with the paper preset's settings end to end (fewer trials and learning rates): processed weights,
     the code's objective and trial design in run.json; every trial kept, with a fresh retain batch
     each; the trade-off curves and the Fig. 7 setup in the report."""
-    from memlens.analyses.mask_comparison import MaskComparison, MaskTradeoff
+    from memlens.analyses.mask_comparison import MaskComparison
+    from memlens.analyses.mask_tradeoff import MaskTradeoff
 
     out = tmp_path / "paper"
     settings = tmp_path / "paper.toml"  # the preset, made cheaper: 3 trials, 2 learning rates, no editing

@@ -65,7 +65,7 @@ class TradeoffConfig(StageConfig):
 
 def tradeoff_stage(ctx: "RunContext") -> dict[str, Any]:
     """The masks' trade-off curves -> ``unlearn_tradeoff.safetensors``."""
-    from memlens.analyses.mask_comparison import MaskTradeoff, mask_tradeoff
+    from memlens.analyses.mask_tradeoff import MaskTradeoff, mask_tradeoff
 
     cfg, ucfg = ctx.config.tradeoff, ctx.config.unlearn
     if not cfg.lrs:
@@ -81,7 +81,7 @@ def tradeoff_stage(ctx: "RunContext") -> dict[str, Any]:
 
 
 def tradeoff_report(rb: "ReportBuilder", parts: list[str], folder: "RunFolder", s: dict[str, Any]) -> None:
-    from memlens.analyses.mask_comparison import MaskTradeoff
+    from memlens.analyses.mask_tradeoff import MaskTradeoff
 
     result = folder.load("unlearn_tradeoff", MaskTradeoff, "tradeoff")
     at = s["retain_at_target_25"]
