@@ -10,6 +10,8 @@ not. Writes the MaskTradeoff (``--out``) and its rows as JSON.
     python benchmarks/tradeoff_frontier.py [--model organism] [--lrs ...] [--steps 5 10 20]
         [--decays none coupled:1 decoupled:1] [--seeds 0 1 2] [--trials 20] [--out FILE]
         [--add-to SAVED.safetensors]   # extend a saved grid: --out gets the union
+    python benchmarks/tradeoff_frontier.py --annotate SAVED.safetensors --model MODEL
+        # add each target's planted copies and NLL before to the JSON beside a saved grid
 """
 
 from __future__ import annotations
@@ -37,9 +39,15 @@ def main() -> None:
     ap.add_argument("--table-from", default=None, metavar="FILE.safetensors", help="only print a saved result's tables")
     ap.add_argument("--add-to", default=None, metavar="FILE.safetensors",
                     help="a saved grid of the same design this run extends (e.g. more learning rates): --out gets both")
+    ap.add_argument("--annotate", default=None, metavar="FILE.safetensors",
+                    help="add each target's planted copies and NLL before (on --model) to the JSON beside a saved grid")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     import memlens as ml
+
+    if args.annotate:
+        annotate(ml, args.annotate, args.model)
+        return
 
     if args.table_from:
         print(markdown(ml.MaskTradeoff.load(args.table_from), _saved_meta(args.table_from)))
@@ -68,7 +76,7 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     meta = {"model": args.model, "weights": weights, "memorized": len(mem), "non_memorized": len(non),
             "trials": args.trials, "seconds": round(seconds, 1), "objective": "paper preset (code's)",
-            "precision": model.precision, "target_copies": _copies(mem[: args.trials])}
+            "precision": model.precision} | target_facts(model, mem[: args.trials])
     if saved_part is not None:
         try:
             result = ml.MaskTradeoff.concat([saved_part, result])
@@ -109,10 +117,46 @@ def _check_add_to(args: argparse.Namespace, ml: Any) -> Any:
     return part
 
 
-def _copies(paragraphs: Any) -> dict[str, Any]:
-    """Each paragraph's planted copy count (the organisms' metadata; empty for other models)."""
-    copies = paragraphs.metadata.get("copies")
-    return dict(zip(paragraphs.ids, copies)) if copies is not None else {}
+def target_facts(model: Any, targets: Any) -> dict[str, dict[str, Any]]:
+    """Each target's planted copy count (the organisms' metadata; absent for other models) and its
+    continuation NLL before unlearning (nats/token, teacher-forced)."""
+    from memlens.core.metrics import teacher_forced_scores
+
+    nll = teacher_forced_scores(model, targets.tokens, targets.prefix_len, 8).nll.tolist()
+    out = {"target_nll_before": {t: round(v, 4) for t, v in zip(targets.ids, nll)}}
+    copies = targets.metadata.get("copies")
+    if copies is not None:
+        out["target_copies"] = dict(zip(targets.ids, copies))
+    return out
+
+
+def annotate(ml: Any, saved: str, model_name: str) -> None:
+    """Add :func:`target_facts` of a saved grid's targets to the JSON beside it (for grids saved
+    before this script recorded them)."""
+    from memlens.core.io import write_json_atomic
+
+    try:
+        result = ml.MaskTradeoff.load(saved)
+    except ml.InputError as e:
+        raise SystemExit(f"tradeoff_frontier: error: --annotate: {e}") from None
+    meta = _saved_meta(saved)
+    if not meta:
+        raise SystemExit(f"tradeoff_frontier: error: --annotate: no readable JSON beside {saved} ({_json_beside(saved)})")
+    model = ml.load_model(model_name, progress=False)
+    try:  # copies and NLL do not depend on the weight form
+        ml.core.results.check_same_model(result.provenance.model.removesuffix("+processed"),
+                                         model.name.removesuffix("+processed"), f"--annotate {saved} and --model {model_name}")
+    except ml.InputError as e:
+        raise SystemExit(f"tradeoff_frontier: error: {e}") from None
+    truth = model.ground_truth.paragraph_set() if model.ground_truth is not None else None
+    targets = list(dict.fromkeys(r["target"] for r in result.trials))
+    missing = [t for t in targets if truth is None or t not in truth.ids]
+    if missing:
+        raise SystemExit(f"tradeoff_frontier: error: --annotate: target {missing[0]!r} is not a paragraph of "
+                         f"{model_name}'s ground truth")
+    meta |= target_facts(model, truth[[truth.ids.index(t) for t in targets]])
+    write_json_atomic(_json_beside(saved), meta)
+    print(f"annotated {_json_beside(saved)} ({len(targets)} targets)")
 
 
 def _json_beside(saved: str) -> str:
