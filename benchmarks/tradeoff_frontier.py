@@ -40,7 +40,8 @@ def main() -> None:
     ap.add_argument("--add-to", default=None, metavar="FILE.safetensors",
                     help="a saved grid of the same design this run extends (e.g. more learning rates): --out gets both")
     ap.add_argument("--annotate", default=None, metavar="FILE.safetensors",
-                    help="add each target's planted copies and NLL before (on --model) to the JSON beside a saved grid")
+                    help="add each target's planted copies and NLL before (on --model) to the JSON beside a saved grid, "
+                         "and write its summary again from the saved rows")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     import memlens as ml
@@ -155,6 +156,7 @@ def annotate(ml: Any, saved: str, model_name: str) -> None:
         raise SystemExit(f"tradeoff_frontier: error: --annotate: target {missing[0]!r} is not a paragraph of "
                          f"{model_name}'s ground truth")
     meta |= target_facts(model, truth[[truth.ids.index(t) for t in targets]])
+    meta |= {"summary": result.summary(), "points": result.points()}  # as this memlens reads the saved rows
     write_json_atomic(_json_beside(saved), meta)
     print(f"annotated {_json_beside(saved)} ({len(targets)} targets)")
 

@@ -191,6 +191,9 @@ def test_per_target_reads_each_paragraphs_own_frontier():
     assert by["b"]["seeds_reaching"] == 1 and by["b"]["n_seeds"] == 2  # seed 0 never reaches 25
     assert by["b"]["retain_em"] == pytest.approx(30 + 20 * 5 / 30)
     assert math.isnan(MaskTradeoff(rows=[], trials=[trial("c", 0, 0, 50, 50)]).per_target()[0]["retain_em"])
+    # a point that forgets at no retain cost beats the untouched model: at less forgetting it still holds
+    free = [trial("d", 0, 0, 12, 50), trial("d", 0, 1, 2, 20)]
+    assert MaskTradeoff(rows=[], trials=free).per_target(25.0)[0]["retain_em"] == 50.0
     with pytest.raises(InputError, match="no per-trial rows"):
         MaskTradeoff(rows=tr.rows).per_target()
 

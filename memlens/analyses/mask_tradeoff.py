@@ -239,11 +239,15 @@ def _pareto(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _interpolate(front: list[dict[str, Any]], target_em: float) -> float:
-    """The frontier's retain EM at ``target_em`` (linear between its points); NaN outside it."""
+    """The frontier's retain EM at ``target_em`` (linear between its points); NaN where it never
+    forgets that far. Above its last point (one that beat the untouched model: it forgot some
+    tokens at no retain cost) the retain EM is that point's."""
     xs = [p["target_em_after"] for p in front]
     ys = [p["retain_em_after"] for p in front]
-    if not xs or target_em < xs[0] or target_em > xs[-1]:
+    if not xs or target_em < xs[0]:
         return float("nan")
+    if target_em > xs[-1]:
+        return float(ys[-1])
     for k in range(len(xs) - 1):
         if xs[k] <= target_em <= xs[k + 1]:
             if xs[k + 1] == xs[k]:
