@@ -293,6 +293,13 @@ def inject(
                                                          retain_weight=retain_weight))
 
 
+def not_recited(model: "HookedModel", paragraphs: ParagraphSet, batch_size: int = 8) -> ParagraphSet:
+    """The paragraphs ``model`` does not recite in full (teacher-forced EM below the continuation
+    length): what an injection can plant."""
+    em = teacher_forced_scores(model, paragraphs.tokens, paragraphs.prefix_len, batch_size).em
+    return paragraphs.filter((em < paragraphs.continuation_len).tolist())
+
+
 @with_precision
 def inject_neurons(model: "HookedModel", paragraphs: ParagraphSet, ratio: float, seed: int = 0,
                    **kwargs: Any) -> InjectionResult:

@@ -138,8 +138,7 @@ class MaskTradeoff(Result):
                 ``targets`` (each (seed, target paragraph)'s own frontier: the interval then covers
                 which paragraphs were drawn, not only the retain batches and random masks).
         """
-        if isinstance(target_em, bool) or not isinstance(target_em, (int, float)) or not math.isfinite(target_em):
-            raise InputError(f"retain_at takes a target EM (a finite number of tokens, e.g. 25.0), got {target_em!r}")
+        _check_target_em(target_em, "retain_at")
         if over not in ("seeds", "targets"):
             raise InputError(f"over must be 'seeds' or 'targets', got {over!r}")
         if over == "targets" and not self.trials:
@@ -163,7 +162,7 @@ class MaskTradeoff(Result):
         paragraphs a mask forgets cheaply and which it does not."""
         if not self.trials:
             raise InputError("this trade-off kept no per-trial rows (written before memlens kept them)")
-        self.retain_at(target_em)  # the same checks of target_em
+        _check_target_em(target_em, "per_target")
         out = []
         for mask in dict.fromkeys(r["mask"] for r in self.trials):
             units = self._unit_retain(mask, float(target_em), "targets")
@@ -216,6 +215,11 @@ class MaskTradeoff(Result):
         from memlens.viz.unlearning import plot_tradeoff
 
         return plot_tradeoff(self)
+
+
+def _check_target_em(target_em: Any, where: str) -> None:
+    if isinstance(target_em, bool) or not isinstance(target_em, (int, float)) or not math.isfinite(target_em):
+        raise InputError(f"{where} takes a target EM (a finite number of tokens, e.g. 25.0), got {target_em!r}")
 
 
 def _grid_sorted(values: Any) -> list[Any]:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import torch
 
 from memlens.analyses.base import Analysis
-from memlens.analyses.injection import InjectionSettings, inject_neurons, inject_weights
+from memlens.analyses.injection import InjectionSettings, inject_neurons, inject_weights, not_recited
 from memlens.analyses.localization.base import check_localizer_names, localizer_names, make_localizer
 from memlens.analyses.localization.weight_scores import mask_recall
 from memlens.core.checkpoint import Checkpoint, model_identity, paragraph_fingerprint
@@ -311,8 +311,7 @@ class LocalizationBenchmark(Analysis):
         for s in (pool, non_memorized, memorized):
             if s is not None and len(s):
                 s.validate(self.model.vocab_size, self.model.n_ctx)
-        em = teacher_forced_scores(self.model, pool.tokens, pool.prefix_len, self.batch_size).em
-        pool = pool.filter((em < pool.continuation_len).tolist())  # what the model recites already cannot be planted
+        pool = not_recited(self.model, pool, self.batch_size)  # what the model recites already cannot be planted
         if len(pool) < n_paragraphs:
             raise InputError(f"the injection pool has {len(pool)} paragraphs the model does not recite; n_paragraphs "
                              f"is {n_paragraphs}: pass more paragraphs or a smaller n_paragraphs")

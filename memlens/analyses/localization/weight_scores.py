@@ -22,10 +22,10 @@ from memlens.core.errors import InputError
 _EPS = 1e-30
 
 
-def _matrix_view(g: Tensor, name: str) -> Tensor:
+def _matrix_view(g: Tensor) -> Tensor:
     """``g`` as ``[batch, d_in, d_out]`` (leading axes flattened); a 1-D tensor is refused."""
     if g.dim() < 2:
-        raise InputError(f"weight {name!r} has shape {tuple(g.shape)}; a per-weight score needs a matrix "
+        raise InputError(f"a gradient of shape {tuple(g.shape)}: a per-weight score needs a matrix "
                          "(input axis -2, output axis -1)")
     return g.reshape(-1, g.shape[-2], g.shape[-1])
 
@@ -34,7 +34,7 @@ def rank_one_scale(grad: Float[Tensor, "*head d_in d_out"]) -> Float[Tensor, "*h
     """The outer-product part of ``|grad|``: ``row[i] * col[j] / mean``, where ``row`` is the mean
     ``|grad|`` of each input row, ``col`` that of each output column and ``mean`` that of the whole
     matrix (per leading head index). Exact when ``|grad|`` is itself an outer product."""
-    a = _matrix_view(grad.abs().float(), "grad")
+    a = _matrix_view(grad.abs().float())
     row = a.mean(-1, keepdim=True)
     col = a.mean(-2, keepdim=True)
     mean = a.mean((-2, -1), keepdim=True).clamp_min(_EPS)
@@ -51,7 +51,7 @@ def row_column_r2(grad: Float[Tensor, "*head d_in d_out"]) -> float:
     """Share of the variance of ``log |grad|`` explained by an additive row effect plus an additive
     column effect (per leading head index; 1.0 for an exact outer product). Zero gradients are
     left out."""
-    a = _matrix_view(grad.abs().double(), "grad")
+    a = _matrix_view(grad.abs().double())
     pos = a[a > 0]
     if pos.numel() == 0:
         return float("nan")
@@ -81,10 +81,14 @@ def top_weight_mask(scores: Mapping[str, Tensor], count: int) -> dict[str, Bool[
     return out
 
 
+def _check_same_weights(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> None:
+    if set(a) != set(b):
+        raise InputError(f"the masks cover different weights: {sorted(set(a) ^ set(b))[:3]}")
+
+
 def mask_recall(found: Mapping[str, Tensor], planted: Mapping[str, Tensor]) -> float:
     """Share of the planted weights that ``found`` marks (both masks over the same names)."""
-    if set(found) != set(planted):
-        raise InputError(f"the masks cover different weights: {sorted(set(found) ^ set(planted))[:3]}")
+    _check_same_weights(found, planted)
     total = sum(int(planted[k].sum()) for k in planted)
     if total == 0:
         raise InputError("the planted mask is empty")
@@ -93,8 +97,7 @@ def mask_recall(found: Mapping[str, Tensor], planted: Mapping[str, Tensor]) -> f
 
 def mask_jaccard(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
     """Jaccard index of two weight masks over the same names."""
-    if set(a) != set(b):
-        raise InputError(f"the masks cover different weights: {sorted(set(a) ^ set(b))[:3]}")
+    _check_same_weights(a, b)
     both = sum(int((a[k] & b[k]).sum()) for k in a)
     either = sum(int((a[k] | b[k]).sum()) for k in a)
     return both / either if either else float("nan")
