@@ -39,18 +39,16 @@ def main() -> None:
                     help="compute precision (default: the model's, fp32); docs/precision.md")
     ap.add_argument("--fresh", action="store_true",
                     help="start a checkpoint made with other settings afresh instead of refusing it")
-    ap.add_argument("--table-from", default=None, metavar="FILE.json", help="only print the tables of a saved run")
+    ap.add_argument("--table-from", default=None, metavar="FILE",
+                    help="only print the tables of a saved run (FILE.json), or of the blocks a running or interrupted "
+                         "run has finished (its FILE.json.blocks checkpoint; with --out, also write them as a partial "
+                         "measurement)")
     ap.add_argument("--ig-baseline", action="store_true")
     ap.add_argument("--tune", action="store_true")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     if args.table_from:
-        import memlens as ml
-
-        out = json.loads(open(args.table_from).read())
-        out["summary"] = ml.LocalizationBenchmarkResult(rows=out["rows"], injections=out["injections"]).summary()
-        print(markdown(out))
-        return
+        return table_from(args.table_from, args.out)
     import memlens as ml
 
     if args.threads:
@@ -84,6 +82,39 @@ def main() -> None:
 
         write_json_atomic(args.out, out)
         Path(blocks).unlink(missing_ok=True)  # only once the output is safely written
+    print(markdown(out))
+
+
+def table_from(path: str, out_path: str | None) -> None:
+    """Print the tables of a saved run, or of a checkpoint's finished blocks (and write those as a
+    partial measurement JSON to ``out_path``)."""
+    import memlens as ml
+
+    try:
+        if path.endswith(".blocks"):
+            res = ml.LocalizationBenchmarkResult.from_checkpoint(path)
+            cfg = res.provenance.config
+            total = round(sum(res.seconds_by_localizer().values()), 1)
+            out = {"model": cfg["identity"].get("model", ""), "total_seconds": total, "summary": res.summary(),
+                   "rows": res.rows, "injections": res.injections,
+                   "partial": {"blocks_done": cfg["blocks"], "blocks_planned": cfg["planned"], "checkpoint": path},
+                   "settings": cfg["identity"]}
+        else:
+            out = json.loads(Path(path).read_text())
+            res = ml.LocalizationBenchmarkResult(rows=out["rows"], injections=out["injections"])
+            out["summary"] = res.summary()
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"localization: error: --table-from {path}: {e}") from None
+    except ml.MemlensError as e:
+        raise SystemExit(f"localization: error: {e}") from None
+    if "partial" in out:
+        done, planned = out["partial"]["blocks_done"], out["partial"]["blocks_planned"]
+        print(f"partial: {len(done)} finished blocks (level, ratio, seed) of {len(planned)} planned INJ blocks "
+              f"and the natural-DEL ones: {done}\n")
+    if out_path and "partial" in out:
+        from memlens.core.io import write_json_atomic
+
+        write_json_atomic(out_path, out)
     print(markdown(out))
 
 

@@ -341,3 +341,47 @@ def test_a_count_column_is_checked_where_it_enters_the_duplication_profile(neo):
     fractional = ParagraphSet(paras.tokens, 12, 12, ["a", "b", "c"], metadata={"count": [4, 2.5, 1]})
     with pytest.raises(InputError, match="'b': count = 2.5"):
         ml.duplication_profile(ml.scan(neo, fractional, progress=False))
+
+
+def test_a_partial_localization_table_reads_the_finished_blocks_without_touching_the_checkpoint(neo, tmp_path):
+    paras = ParagraphSet.from_tokens(random_tokens(10, 24, neo.vocab_size, seed=3), prefix_len=12)
+    bench = ml.LocalizationBenchmark(neo, progress=False)
+    path = tmp_path / "b.jsonl"
+    full = bench.run(paras[6:], memorized=paras[:2], non_memorized=paras[2:6], ratios=(0.05,), seeds=(0, 1),
+                     inject_steps=20, contrast_paragraphs=2, del_paragraphs=2, del_natural=False, checkpoint=path,
+                     localizers=["random", "activation"], n_paragraphs=1)
+    lines = path.read_text().splitlines()
+    torn = "\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2]  # seed 1's block cut by a kill
+    path.write_text(torn)
+    part = ml.LocalizationBenchmarkResult.from_checkpoint(path)
+    assert path.read_text() == torn
+    assert part.rows == [r for r in full.rows if r["seed"] == 0] and len(part.rows) == 2
+    assert part.provenance.config["blocks"] == [["neuron", 0.05, 0]]
+    assert part.provenance.config["planned"] == [["neuron", 0.05, 0], ["neuron", 0.05, 1]]
+    assert part.summary()["neuron"][0]["n_seeds"] == 1
+    path.write_text(json.dumps({"format": "memlens.checkpoint", "version": 1, "kind": "compare_masks", "identity": {}}))
+    with pytest.raises(InputError, match="not of 'localization'"):
+        ml.LocalizationBenchmarkResult.from_checkpoint(path)
+
+
+def test_the_localization_script_writes_a_partial_measurement_from_blocks(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("loc_bench", ROOT / "benchmarks" / "localization.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    neo = random_model("gpt_neo")
+    paras = ParagraphSet.from_tokens(random_tokens(10, 24, neo.vocab_size, seed=3), prefix_len=12)
+    blocks = tmp_path / "loc.json.blocks"
+    ml.LocalizationBenchmark(neo, progress=False).run(
+        paras[6:], memorized=paras[:2], non_memorized=paras[2:6], ratios=(0.05,), seeds=(0,), inject_steps=20,
+        contrast_paragraphs=2, del_paragraphs=2, del_natural=False, checkpoint=blocks, localizers=["random"],
+        n_paragraphs=1)
+    out = tmp_path / "partial.json"
+    mod.table_from(str(blocks), str(out))
+    saved = json.loads(out.read_text())
+    assert saved["partial"]["blocks_done"] == [["neuron", 0.05, 0]]
+    assert saved["summary"]["neuron"][0]["localizer"] == "random" and len(saved["rows"]) == 1
+    assert blocks.exists()
+    with pytest.raises(SystemExit, match="no checkpoint file"):
+        mod.table_from(str(tmp_path / "missing.json.blocks"), None)

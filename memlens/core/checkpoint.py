@@ -128,6 +128,32 @@ class Checkpoint:
             done[tuple(record["key"])] = record["record"]
         return done
 
+    @staticmethod
+    def read(path: str | os.PathLike[str], kind: str) -> tuple[dict[str, Any], dict[tuple, dict[str, Any]]]:
+        """The identity and the finished pieces of the ``kind`` checkpoint at ``path``, read without
+        checking them against a computation and without changing the file (a torn last line is
+        skipped, not removed): what a partial table of a running or interrupted computation reads."""
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path}: no checkpoint file there")
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        header = _parse(lines[0]) if lines else None
+        if not isinstance(header, dict) or header.get("format") != CHECKPOINT_FORMAT:
+            raise InputError(f"{path}: holds no checkpoint header; give the checkpoint file a {kind} run writes")
+        if header.get("kind") != kind:
+            raise InputError(f"{path}: is a checkpoint of {header.get('kind')!r}, not of {kind!r}")
+        if not isinstance(header.get("identity"), dict):
+            raise InputError(f"{path}: has a damaged header")
+        done: dict[tuple, dict[str, Any]] = {}
+        for n, line in enumerate(lines[1:], start=2):
+            record = _parse(line)
+            if not isinstance(record, dict) or not isinstance(record.get("key"), list) or "record" not in record:
+                if n == len(lines):
+                    break
+                raise InputError(f"{path}, line {n}: a damaged checkpoint line ({line[:60]!r})")
+            done[tuple(record["key"])] = record["record"]
+        return header["identity"], done
+
     def append(self, key: Iterable[Any], record: dict[str, Any]) -> None:
         """Add one finished piece (flushed to disk before returning)."""
         if not self._opened:

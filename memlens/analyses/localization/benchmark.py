@@ -79,6 +79,23 @@ class LocalizationBenchmarkResult(Result):
     injections: list[dict[str, Any]]
     provenance: Provenance = field(default_factory=Provenance)
 
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> "LocalizationBenchmarkResult":
+        """The blocks a run has finished so far, read from its checkpoint (``checkpoint=`` of
+        :meth:`LocalizationBenchmark.run`) without disturbing it: the tables of a run that is still
+        going or was interrupted. ``provenance.config`` has the run's ``identity`` and the
+        finished ``blocks`` (level, ratio, seed) beside the ``planned`` ones."""
+        identity, done = Checkpoint.read(path, "localization")
+        rows: list[dict[str, Any]] = []
+        injections: list[dict[str, Any]] = []
+        for key, block in done.items():
+            _take_block(block, key, str(path), rows, injections)
+        planned = [["neuron", r, s] for r in identity.get("ratios", []) for s in identity.get("seeds", [])]
+        planned += [["weight", r, s] for r in identity.get("weight_ratios", []) for s in identity.get("seeds", [])]
+        return cls(rows=rows, injections=injections, provenance=Provenance(
+            model=str(identity.get("model", "")), precision=str(identity.get("precision", "fp32")),
+            config={"identity": identity, "blocks": [list(k) for k in done], "planned": planned, "partial": True}))
+
     def to_dataframe(self) -> "pd.DataFrame":
         """One row per (level, ratio, seed, localizer)."""
         import pandas as pd
@@ -272,12 +289,8 @@ class LocalizationBenchmark(Analysis):
                 block["key"] = list(job)
                 if ckpt is not None:
                     ckpt.append(job, block)
-            if not _block_is_sound(block):
-                raise InputError(f"{checkpoint}: the block of {job} is damaged (a row's fields are missing or of the "
-                                 "wrong type); delete the checkpoint, or pass fresh=True, to start over")
-            rows += block["rows"]
-            if block.get("injection") is not None:
-                injections.append(block["injection"])
+            _take_block(block, job, str(checkpoint), rows, injections,
+                        "; delete the checkpoint, or pass fresh=True, to start over")
         return LocalizationBenchmarkResult(rows=rows, injections=injections, provenance=Provenance.capture(
             self.model, localizers=list(names), ratios=list(ratios), seeds=list(seeds), n_paragraphs=n_paragraphs,
             weight_ratios=list(weight_ratios), inject_lr=inject_lr, inject_steps=inject_steps,
@@ -417,6 +430,17 @@ class LocalizationBenchmark(Analysis):
         if "other" in sets:
             out["del_other_em_drop"] = float((before["other"].em - after["other"].em).float().mean())
         return out
+
+
+def _take_block(block: Any, key: Any, source: str, rows: list[dict[str, Any]], injections: list[dict[str, Any]],
+                hint: str = "") -> None:
+    """Append a finished (level, ratio, seed) block's rows and injection, refusing a damaged one."""
+    if not _block_is_sound(block):
+        raise InputError(f"{source}: the block of {key} is damaged (a row's fields are missing or of the wrong type)"
+                         f"{hint}")
+    rows += block["rows"]
+    if block.get("injection") is not None:
+        injections.append(block["injection"])
 
 
 def _block_is_sound(block: Any) -> bool:
