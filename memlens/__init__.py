@@ -57,7 +57,8 @@ from memlens.analyses.scan import ScanResult, scan
 from memlens.analyses.sparse_mask import SparseMask
 from memlens.analyses.base import Analysis
 from memlens.analyses.finetune import FineTuneResult, FineTuneSettings
-from memlens.analyses.unlearn import SparseFineTuner, selective_mask
+from memlens.analyses.mask_drawing import selective_mask
+from memlens.analyses.unlearn import SparseFineTuner
 
 from memlens.scale.ray_scan import scan_with_ray
 from memlens.scale.scan_table import ScanTable, merge_scan_tables

@@ -139,7 +139,7 @@ def test_top1_changes_and_margins(neo, sets):
 def test_selective_mask(neo, sets):
     """Same size as top-k; prefers weights the retain set is less sensitive to; a floor of 1 keeps
     mostly top-k's choice; bad floors are refused."""
-    from memlens.analyses.unlearn import selective_mask
+    from memlens.analyses.mask_drawing import selective_mask
 
     target, retain = sets
     ft = SparseFineTuner(neo)

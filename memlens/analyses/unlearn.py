@@ -5,7 +5,8 @@ KL(retain paragraphs under the model || the original model); *edit* minimises NL
 continuation after the target's prefix) + the same KL. Only weights inside a mask move: the top
 fraction by |gradient| of the objective (fixed at the first step), the same fraction by that
 gradient relative to the weights' sensitivity on the retain set (``selective``), a random mask of
-the same size, all weights of the trainable set, or any user mask. Unlike the original code (whose
+the same size, all weights of the trainable set, or any user mask (drawn in
+:mod:`memlens.analyses.mask_drawing`). Unlike the original code (whose
 Adam weight decay moved "frozen" weights), updates are strictly sparse: gradients are masked, Adam
 has no weight decay, and weights outside the mask are copied back after every step.
 ``restore()`` brings back the exact original weights.
@@ -16,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
@@ -24,24 +24,22 @@ from torch import Tensor, nn
 
 from memlens.analyses.base import Analysis
 from memlens.core.data import Paragraph, ParagraphSet, as_paragraph_set
-from memlens.core.defaults import MASK_KINDS, RANDOM_MASK_DRAWS, SELECTIVITY_FLOOR, RandomMaskDraw, one_of
+from memlens.core.defaults import SELECTIVITY_FLOOR, RandomMaskDraw
 from memlens.core.compat import sync_fused_qkv
 from memlens.core.errors import InputError
 from memlens.analyses.gradients import GradientMap, GradientMapResult
 from memlens.core.metrics import ContinuationScores, teacher_forced_scores
 from memlens.core.objectives import continuation_logits, kl_to_reference, nll_of_logits, npo_loss, sequence_nll
 from memlens.analyses.finetune import FineTuneResult, FineTuneSettings
+from memlens.analyses.mask_drawing import MaskSpec, draw_mask
 from memlens.analyses.sparse_mask import SparseMask
 from memlens.analyses.trial_cache import GreedyReferences, TrialCache, trial_key
-from memlens.core.results import Provenance, check_same_model
-from memlens.core.sparse import MaskedAdam, check_mask_model, only_trainable, warn_rounded_away
+from memlens.core.results import Provenance
+from memlens.core.sparse import MaskedAdam, only_trainable, warn_rounded_away
 
 if TYPE_CHECKING:
     from memlens.core.model import HookedModel
 
-Mask = dict[str, Tensor]
-#: what a run may be given as its mask: a kind, a boolean tensor per parameter, a gradient map or a drawn mask
-MaskSpec = str | Mask | GradientMapResult | SparseMask
 
 
 class SparseFineTuner(Analysis):
@@ -146,77 +144,13 @@ class SparseFineTuner(Analysis):
         ``random_draw="bernoulli"`` each weight independently with probability ``fraction``, as the
         official code drew it), ``all``, a GradientMapResult's top fraction, or a user mask
         (validated). Returns a :class:`SparseMask` (``.masks``, ``.mask_kind``)."""
-        masks, resolved = self._draw_mask(kind, fraction, objective_map, seed, sensitivity, selectivity_floor, random_draw)
+        masks, resolved = draw_mask(self.params, self.model.name, kind, fraction, objective_map, seed, sensitivity,
+                                    selectivity_floor, random_draw)
         kept_fraction = None if resolved in ("all", "user") else float(fraction)
         return SparseMask(masks=masks, mask_kind=resolved, fraction=kept_fraction,
                           seed=int(seed) if resolved == "random" else None,
                           provenance=Provenance.capture(self.model, mask=resolved, fraction=kept_fraction,
                                                         random_draw=random_draw if resolved == "random" else None))
-
-    def _draw_mask(
-        self, kind: MaskSpec, fraction: float, objective_map: GradientMapResult | None,
-        seed: int, sensitivity: dict[str, Tensor] | None, selectivity_floor: float, random_draw: RandomMaskDraw,
-    ) -> tuple[Mask, str]:
-        params = self.params
-        if isinstance(kind, (GradientMapResult, SparseMask)):
-            check_same_model(kind.provenance.model, self.model.name, f"the {type(kind).__name__} and the model tuned")
-        if isinstance(kind, GradientMapResult):
-            return kind.mask(fraction=fraction), "topk"
-        if isinstance(kind, SparseMask):
-            return self._validate_mask(kind.masks), kind.mask_kind
-        if isinstance(kind, dict):
-            check_mask_model(kind, self.model.name, "the mask and the model tuned")
-            return self._validate_mask(kind), "user"
-        if kind not in MASK_KINDS:
-            raise InputError(f"unknown mask {kind!r}; use one of {MASK_KINDS}, a GradientMapResult or a dict of boolean tensors")
-        if kind != "all" and (isinstance(fraction, bool) or not (isinstance(fraction, (int, float)) and 0 < fraction <= 1)):
-            raise InputError(f"fraction must be in (0, 1], got {fraction!r}")
-        if kind == "all":
-            return {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}, "all"
-        if kind in ("topk", "selective") and objective_map is None:
-            raise InputError(f"a {kind} mask needs the objective's GradientMapResult")
-        if kind == "topk":
-            return objective_map.mask(fraction=fraction), "topk"
-        if kind == "selective":
-            if sensitivity is None:
-                raise InputError("a selective mask needs the retain set's sensitivity (SparseFineTuner.retain_sensitivity)")
-            return selective_mask(objective_map, sensitivity, fraction, selectivity_floor), "selective"
-        g = torch.Generator().manual_seed(seed)
-        if random_draw == "bernoulli":
-            return {n: torch.rand(p.shape, generator=g) < fraction for n, p in params.items()}, "random"
-        if random_draw != "exact":
-            raise InputError(f"unknown random mask draw {random_draw!r}; use {one_of(RANDOM_MASK_DRAWS)}")
-        total = sum(p.numel() for p in params.values())
-        count = max(1, int(round(fraction * total)))
-        chosen = torch.zeros(total, dtype=torch.bool)
-        chosen[torch.randperm(total, generator=g)[:count]] = True
-        out, offset = {}, 0
-        for n, p in params.items():
-            out[n] = chosen[offset : offset + p.numel()].view_as(p)
-            offset += p.numel()
-        return out, "random"
-
-    def _validate_mask(self, mask: Mask) -> Mask:
-        params = self.params
-        unknown = sorted(set(mask) - set(params))
-        if unknown:
-            raise InputError(f"mask names parameters the trainable set does not have: {unknown[:3]}; "
-                             f"expected names like {sorted(params)[:2]}")
-        out = {}
-        for n, p in params.items():
-            m = mask.get(n)
-            if m is None:
-                out[n] = torch.zeros_like(p, dtype=torch.bool)
-                continue
-            if not isinstance(m, Tensor) or m.dtype != torch.bool:
-                raise InputError(f"mask for {n!r} must be a boolean tensor (True = may change), got "
-                                 f"{getattr(m, 'dtype', type(m).__name__)}")
-            if m.shape != p.shape:
-                raise InputError(f"mask for {n!r} has shape {tuple(m.shape)}, the parameter {tuple(p.shape)}")
-            out[n] = m
-        if sum(int(m.sum()) for m in out.values()) == 0:
-            raise InputError("the mask selects no weight; nothing could change")
-        return out
 
     def retain_sensitivity(self, retain: ParagraphSet) -> dict[str, Tensor]:
         """Per weight of the trainable set: the sum over retain paragraphs of the squared gradient of
@@ -511,29 +445,3 @@ def drop_targets(retain: ParagraphSet, target: ParagraphSet, what: str) -> Parag
         raise InputError(f"{what} holds only target paragraphs ({named[:5]}); give non-memorized paragraphs to keep")
     warnings.warn(f"{what} also holds target paragraph(s) {named[:5]}; they are left out of it", stacklevel=3)
     return retain.filter([not b for b in both])
-
-
-def selective_mask(
-    objective_map: GradientMapResult, sensitivity: dict[str, Tensor], fraction: float, floor: float = SELECTIVITY_FLOOR
-) -> Mask:
-    """The top ``fraction`` of weights by |gradient of the objective| / sqrt(sensitivity + lambda):
-    weights that move the target much and the retain set little (the ratio of forget to retain
-    importance of Selective Synaptic Dampening, Foster et al. 2023). ``sensitivity`` comes from
-    :meth:`SparseFineTuner.retain_sensitivity`; lambda is its ``floor`` quantile (at least its
-    smallest positive value), so that weights the retain set never uses do not win by division
-    by zero. A large floor tends to the plain top-k mask."""
-    if objective_map.weight_grads is None:
-        raise InputError("a selective mask needs per-weight gradients; compute the map with keep_weight_grads=True")
-    if not 0 < floor <= 1:
-        raise InputError(f"selectivity_floor is a quantile in (0, 1], got {floor}")
-    if set(sensitivity) != set(objective_map.weight_grads):
-        raise InputError("the retain sensitivity and the gradient map cover different parameters")
-    flat = torch.cat([v.flatten() for v in sensitivity.values()])
-    lam = flat.kthvalue(max(1, int(round(floor * flat.numel())))).values
-    positive = flat[flat > 0]
-    if positive.numel():
-        lam = torch.maximum(lam, positive.min())
-    else:
-        lam = torch.ones(())
-    scores = {n: g.abs() / (sensitivity[n] + lam).sqrt() for n, g in objective_map.weight_grads.items()}
-    return replace(objective_map, weight_grads=scores, weight_grads_signed=False).mask(fraction=fraction)
