@@ -3,6 +3,8 @@ untouched), each method computing what it says, the registry, and clear errors."
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -59,6 +61,30 @@ def test_zero_out_is_the_nll_increase_of_each_neuron(neo, sets):
         with torch.no_grad(), layout.dropped(neurons):
             want = float((_nll(neo, target.tokens, target.prefix_len) - base).mean())
         assert res.neuron_scores[layer, n] == pytest.approx(want, abs=1e-5)
+
+
+def test_the_screen_zeroes_a_multiple_of_what_the_caller_keeps_exactly(neo, sets):
+    """keep=k with screen_multiple m: the top m*k of each layer by the screen get brute force's
+    value, and the top k of the result are among them; without keep the share applies."""
+    target, _ = sets
+    brute = ZeroOutLocalizer(neo, progress=False).run(target).neuron_scores
+    calls = []
+    hook = neo.tl_model.register_forward_pre_hook(lambda mod, args: calls.append(args[0].shape[0]))
+    try:
+        screened = ZeroOutLocalizer(neo, screen=0.5, screen_multiple=2, progress=False).run(target, keep=3)
+    finally:
+        hook.remove()
+    rows_zeroed = sum(calls) - 2 * len(target)  # less the unablated forward and the screen's backward pass
+    assert rows_zeroed == 6 * neo.n_layers * len(target)
+    top = screened.neuron_scores.topk(3, dim=1).indices
+    torch.testing.assert_close(screened.neuron_scores.gather(1, top), brute.gather(1, top), rtol=1e-4, atol=1e-6)
+    assert ZeroOutLocalizer(neo, screen=0.5, screen_multiple=2).screened_per_layer() == math.ceil(0.5 * neo.d_mlp)
+    with pytest.raises(InputError, match="keep is a count"):
+        ZeroOutLocalizer(neo, progress=False).run(target, keep=0)
+    with pytest.raises(InputError, match="screen_multiple needs screen"):
+        ZeroOutLocalizer(neo, screen_multiple=4)
+    with pytest.raises(InputError, match="screen_multiple must be"):
+        ZeroOutLocalizer(neo, screen=0.2, screen_multiple=0.5)
 
 
 def test_integrated_gradients_batches_its_steps_and_sums_to_the_effect(neo, sets):

@@ -101,21 +101,29 @@ class Localizer(Analysis):
     needs_contrast: ClassVar[bool] = False
     #: whether it scores single weights too (the weight-level INJ scores only those that do)
     scores_weights: ClassVar[bool] = False
+    #: whether :meth:`scores` takes ``keep=`` (how many neurons per layer the caller will use) to
+    #: spend less compute on the rest (the screened zero-out)
+    uses_keep: ClassVar[bool] = False
 
     def __init__(self, model: "HookedModel", *, batch_size: int | None = None, progress: bool = True,
                  precision: str | None = None) -> None:
         super().__init__(model, batch_size=batch_size, progress=progress, precision=precision)
         self.layout = NeuronLayout(model)
 
-    def run(self, paragraphs: ParagraphSet, *, contrast: ParagraphSet | None = None,
+    def run(self, paragraphs: ParagraphSet, *, contrast: ParagraphSet | None = None, keep: int | None = None,
             progress: bool | None = None) -> NeuronScores:
         """Score every MLP neuron (and weight, where the method can) for ``paragraphs``.
 
         Args:
             paragraphs: the paragraphs to localize (e.g. the injected ones).
             contrast: paragraphs the model should keep (non-memorized), for methods that use them.
+            keep: how many neurons per layer the caller will take from the scores (``top(keep)``);
+                a method that can save compute knowing it (:attr:`uses_keep`) scores those
+                exactly and the rest approximately; the others ignore it.
             progress: show progress bars (default: the constructor's).
         """
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+            raise InputError(f"keep is a count of neurons per layer >= 1 or None, got {keep!r}")
         paragraphs = as_paragraph_set(paragraphs, self.model, f"{self.name} localizer")
         if len(paragraphs) == 0:
             raise InputError(f"the {self.name} localizer got no paragraphs; pass at least one paragraph to localize")
@@ -128,7 +136,10 @@ class Localizer(Analysis):
         before = {n: p.detach().clone() for n, p in self.model.tl_model.named_parameters()}
         t0 = time.perf_counter()
         try:
-            neuron, weight, steps = self.scores(paragraphs, contrast, self._progress(progress))
+            if self.uses_keep:
+                neuron, weight, steps = self.scores(paragraphs, contrast, self._progress(progress), keep=keep)
+            else:
+                neuron, weight, steps = self.scores(paragraphs, contrast, self._progress(progress))
         finally:
             changed = [n for n, p in self.model.tl_model.named_parameters() if not torch.equal(p.detach(), before[n])]
             if changed:

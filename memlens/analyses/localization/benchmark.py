@@ -376,7 +376,9 @@ class LocalizationBenchmark(Analysis):
         layout = NeuronLayout(self.model)
         rows = []
         for name in names:
-            found = make_localizer(name, self.model, progress=False, **settings.get(name, {})).run(targets, contrast=contrast)
+            keep = max(1, int(round(max(ratios) * layout.d_mlp)))
+            found = make_localizer(name, self.model, progress=False, **settings.get(name, {})).run(
+                targets, contrast=contrast, keep=keep)
             for k, ratio in enumerate(ratios):
                 top = found.top(max(1, int(round(ratio * layout.d_mlp))))
                 rows.append({"level": "natural", "ratio": ratio, "seed": seed, "localizer": name,
@@ -389,7 +391,8 @@ class LocalizationBenchmark(Analysis):
         loc = make_localizer(name, self.model, progress=False, **kwargs)
         if level == "weight" and not loc.scores_weights:
             return None
-        found = loc.run(targets, contrast=contrast)
+        keep = int(res.planted_neurons.sum(1).max()) if level == "neuron" else None
+        found = loc.run(targets, contrast=contrast, keep=keep)
         row: dict[str, Any] = {"level": level, "ratio": ratio, "seed": seed, "localizer": name,
                                "seconds": round(found.seconds, 3), "steps": found.steps}
         if level == "weight":
