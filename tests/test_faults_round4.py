@@ -351,7 +351,9 @@ def test_a_partial_localization_table_reads_the_finished_blocks_without_touching
                      inject_steps=20, contrast_paragraphs=2, del_paragraphs=2, del_natural=False, checkpoint=path,
                      localizers=["random", "activation"], n_paragraphs=1)
     lines = path.read_text().splitlines()
-    torn = "\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2]  # seed 1's block cut by a kill
+    blocks = [i for i, x in enumerate(lines[1:], 1) if len(json.loads(x)["key"]) == 3]
+    last = lines[blocks[1]]
+    torn = "\n".join(lines[: blocks[1]]) + "\n" + last[: len(last) // 2]  # seed 1's block cut by a kill
     path.write_text(torn)
     part = ml.LocalizationBenchmarkResult.from_checkpoint(path)
     assert path.read_text() == torn
@@ -385,3 +387,42 @@ def test_the_localization_script_writes_a_partial_measurement_from_blocks(tmp_pa
     assert blocks.exists()
     with pytest.raises(SystemExit, match="no checkpoint file"):
         mod.table_from(str(tmp_path / "missing.json.blocks"), None)
+
+
+def test_an_interrupted_localization_block_resumes_after_its_last_finished_localizer(neo, tmp_path, monkeypatch):
+    """A block on SmolLM2 runs for hours: a kill inside it keeps the localizers that finished
+    (pieces), the resume redoes the seeded injection, reuses them, and gives the rows of an
+    uninterrupted run; a piece made on another injection is computed again."""
+    from memlens.analyses.localization import ActivationLocalizer, RandomLocalizer
+
+    paras = ParagraphSet.from_tokens(random_tokens(10, 24, neo.vocab_size, seed=3), prefix_len=12)
+    kw = dict(memorized=paras[:2], non_memorized=paras[2:6], ratios=(0.05,), seeds=(0,), inject_steps=20,
+              contrast_paragraphs=2, del_paragraphs=2, del_natural=False, localizers=["random", "activation"],
+              n_paragraphs=1)
+    whole = ml.LocalizationBenchmark(neo, progress=False).run(paras[6:], **kw)
+    path = tmp_path / "b.jsonl"
+    real_scores = ActivationLocalizer.scores
+
+    def killed(self, *a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ActivationLocalizer, "scores", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ml.LocalizationBenchmark(neo, progress=False).run(paras[6:], checkpoint=path, **kw)
+    monkeypatch.setattr(ActivationLocalizer, "scores", real_scores)
+    calls = []
+    real_random = RandomLocalizer.scores
+    monkeypatch.setattr(RandomLocalizer, "scores", lambda self, *a, **k: calls.append(1) or real_random(self, *a, **k))
+    partial = ml.LocalizationBenchmarkResult.from_checkpoint(path)
+    assert partial.rows == [] and partial.provenance.config["blocks"] == []
+    resumed = ml.LocalizationBenchmark(neo, progress=False).run(paras[6:], checkpoint=path, **kw)
+    assert calls == []
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in whole.rows]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.rows] == strip
+    # a piece recorded for another injection is not reused
+    lines = path.read_text().splitlines()
+    header, piece = lines[0], next(json.loads(x) for x in lines[1:] if len(json.loads(x)["key"]) == 4)
+    piece["record"]["made"]["steps"] += 1
+    path.write_text(header + "\n" + json.dumps(piece) + "\n")
+    again = ml.LocalizationBenchmark(neo, progress=False).run(paras[6:], checkpoint=path, **kw)
+    assert calls == [1] and len(again.rows) == 2

@@ -4,6 +4,7 @@ dropping them forgets the injected paragraphs, and the model comes back bit for 
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -77,7 +78,10 @@ def test_an_interrupted_benchmark_resumes(organism, tmp_path):
     kw = dict(localizers=("activation", "random"), ratios=(0.05,), seeds=(4,), n_paragraphs=1, progress=False)
     first = ml.LocalizationBenchmark(organism).run(checkpoint=ckpt, **kw)
     lines = ckpt.read_text().splitlines()
-    assert len(lines) == 3 and '"kind": "localization"' in lines[0]  # header, injected block, natural DEL block
+    keys = [json.loads(x)["key"] for x in lines[1:]]
+    assert '"kind": "localization"' in lines[0]
+    assert [k for k in keys if len(k) == 3] == [["neuron", 0.05, 4], ["natural", 0.0, 4]]
+    assert sorted(k[3] for k in keys if len(k) == 4) == ["activation", "activation", "random", "random"]
 
     def boom(*a, **k):
         raise AssertionError("injected again")

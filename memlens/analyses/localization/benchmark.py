@@ -89,12 +89,13 @@ class LocalizationBenchmarkResult(Result):
         rows: list[dict[str, Any]] = []
         injections: list[dict[str, Any]] = []
         for key, block in done.items():
-            _take_block(block, key, str(path), rows, injections)
+            if len(key) == 3:  # (level, ratio, seed) blocks; 4-long keys are one localizer of an unfinished block
+                _take_block(block, key, str(path), rows, injections)
         planned = [["neuron", r, s] for r in identity.get("ratios", []) for s in identity.get("seeds", [])]
         planned += [["weight", r, s] for r in identity.get("weight_ratios", []) for s in identity.get("seeds", [])]
         return cls(rows=rows, injections=injections, provenance=Provenance(
             model=str(identity.get("model", "")), precision=str(identity.get("precision", "fp32")),
-            config={"identity": identity, "blocks": [list(k) for k in done], "planned": planned, "partial": True}))
+            config={"identity": identity, "blocks": [list(k) for k in done if len(k) == 3], "planned": planned, "partial": True}))
 
     def to_dataframe(self) -> "pd.DataFrame":
         """One row per (level, ratio, seed, localizer)."""
@@ -273,7 +274,10 @@ class LocalizationBenchmark(Analysis):
                 "del_paragraphs": del_paragraphs, "del_natural": del_natural, "pool": paragraph_fingerprint(pool),
                 "memorized": paragraph_fingerprint(memorized), "non_memorized": paragraph_fingerprint(non_memorized)},
                 fresh=fresh)
-        done = {(str(k[0]), float(k[1]), int(k[2])): v for k, v in ckpt.load().items()} if ckpt is not None else {}
+        saved = ckpt.load() if ckpt is not None else {}
+        done = {(str(k[0]), float(k[1]), int(k[2])): v for k, v in saved.items() if len(k) == 3}
+        self._pieces = _Pieces(ckpt, {(str(k[0]), float(k[1]), int(k[2]), str(k[3])): v
+                                      for k, v in saved.items() if len(k) == 4})
         rows: list[dict[str, Any]] = []
         injections: list[dict[str, Any]] = []
         for job in tqdm(jobs, desc="localization benchmark", disable=not self._progress(progress)):
@@ -360,8 +364,10 @@ class LocalizationBenchmark(Analysis):
             if len(learned) == 0:
                 injection["note"] = "no paragraph was fully injected; nothing to localize"
                 return {"injection": injection, "rows": []}
-            rows = [self._score(level, ratio, seed, name, settings.get(name, {}), learned, res, contrast, del_text,
-                                others) for name in names]
+            made = {k: injection[k] for k in ("paragraphs", "steps", "success_rate")}
+            rows = [self._pieces.row((level, ratio, seed, name), made, lambda name=name: self._score(
+                level, ratio, seed, name, settings.get(name, {}), learned, res, contrast, del_text, others))
+                for name in names]
             return {"injection": injection, "rows": [r for r in rows if r is not None]}
 
     def _natural_block(self, seed: int, memorized: ParagraphSet, n: int, names: Sequence[str],
@@ -374,16 +380,22 @@ class LocalizationBenchmark(Analysis):
         order = torch.randperm(len(memorized), generator=g).tolist()
         targets, others = memorized[order[:n]], memorized[order[n : n + del_paragraphs]]
         layout = NeuronLayout(self.model)
-        rows = []
-        for name in names:
+        def localize(name: str) -> list[dict[str, Any]]:
             keep = max(1, int(round(max(ratios) * layout.d_mlp)))
             found = make_localizer(name, self.model, progress=False, **settings.get(name, {})).run(
                 targets, contrast=contrast, keep=keep)
+            out = []
             for k, ratio in enumerate(ratios):
                 top = found.top(max(1, int(round(ratio * layout.d_mlp))))
-                rows.append({"level": "natural", "ratio": ratio, "seed": seed, "localizer": name,
-                             "seconds": round(found.seconds, 3) if k == 0 else 0.0, "steps": found.steps,
-                             "paragraphs": list(targets.ids)} | self._drop(top, targets, others, del_text))
+                out.append({"level": "natural", "ratio": ratio, "seed": seed, "localizer": name,
+                            "seconds": round(found.seconds, 3) if k == 0 else 0.0, "steps": found.steps,
+                            "paragraphs": list(targets.ids)} | self._drop(top, targets, others, del_text))
+            return out
+
+        rows: list[dict[str, Any]] = []
+        for name in names:
+            rows += self._pieces.row(("natural", 0.0, seed, name), {"paragraphs": list(targets.ids)},
+                                     lambda name=name: localize(name))
         return {"injection": None, "rows": rows}
 
     def _score(self, level: str, ratio: float, seed: int, name: str, kwargs: dict[str, Any], targets: ParagraphSet,
@@ -433,6 +445,27 @@ class LocalizationBenchmark(Analysis):
         if "other" in sets:
             out["del_other_em_drop"] = float((before["other"].em - after["other"].em).float().mean())
         return out
+
+
+class _Pieces:
+    """The finished localizers of an unfinished (level, ratio, seed) block in a checkpoint, so that
+    a resume loses at most one localizer's run (on SmolLM2 up to an hour), not the whole block.
+    Each piece records what it was computed on (the injected paragraphs, the injection's steps and
+    success); the injection is redone on resume (seeded) and a piece whose record differs is
+    computed again rather than mixed with another injection's rows."""
+
+    def __init__(self, ckpt: Checkpoint | None, done: dict[tuple[str, float, int, str], dict[str, Any]]) -> None:
+        self.ckpt, self.done = ckpt, done
+
+    def row(self, key: tuple[str, float, int, str], made: dict[str, Any], compute: Any) -> Any:
+        """The saved result of ``key`` if it was made on ``made``, else ``compute()`` (saved)."""
+        saved = self.done.get(key)
+        if saved is not None and saved.get("made") == made:
+            return saved["result"]
+        result = compute()
+        if self.ckpt is not None:
+            self.ckpt.append(key, {"made": made, "result": result})
+        return result
 
 
 def _take_block(block: Any, key: Any, source: str, rows: list[dict[str, Any]], injections: list[dict[str, Any]],
