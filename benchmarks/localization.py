@@ -97,7 +97,8 @@ def table_from(path: str, out_path: str | None) -> None:
             total = round(sum(res.seconds_by_localizer().values()), 1)
             out = {"model": cfg["identity"].get("model", ""), "total_seconds": total, "summary": res.summary(),
                    "rows": res.rows, "injections": res.injections,
-                   "partial": {"blocks_done": cfg["blocks"], "blocks_planned": cfg["planned"], "checkpoint": path},
+                   "partial": {"blocks_done": cfg["blocks"], "pieces_done": cfg["pieces"],
+                               "blocks_planned": cfg["planned"], "checkpoint": path},
                    "settings": cfg["identity"]}
         else:
             out = json.loads(Path(path).read_text())
@@ -110,7 +111,8 @@ def table_from(path: str, out_path: str | None) -> None:
     if "partial" in out:
         done, planned = out["partial"]["blocks_done"], out["partial"]["blocks_planned"]
         print(f"partial: {len(done)} finished blocks (level, ratio, seed) of {len(planned)} planned INJ blocks "
-              f"and the natural-DEL ones: {done}\n")
+              f"and the natural-DEL ones: {done}; localizers finished in unfinished blocks (their rows are in the "
+              f"tables, their injection is not): {out['partial']['pieces_done']}\n")
     if out_path and "partial" in out:
         from memlens.core.io import write_json_atomic
 
@@ -127,10 +129,11 @@ def markdown(out: dict) -> str:
     total = max(parts, out["total_seconds"])
     resumed = f" (this process {out['total_seconds']} s; the rest resumed from the checkpoint)" \
         if parts > out["total_seconds"] * 1.01 else ""
-    lines = [f"{out['model']}: total {total:.1f} s{resumed}; injections recited every paragraph in "
-             f"{s['injection_success']:.0%} of (ratio, seed), in {inj.get('steps', 0):.0f} steps on average; they changed "
-             f"the other memorized paragraphs' EM by {inj.get('other_em_change', 0):+.1f} and the non-memorized NLL by "
-             f"{inj.get('non_memorized_nll_change', 0):+.3f}", "",
+    head = (f"injections recited every paragraph in {s['injection_success']:.0%} of (ratio, seed), in "
+            f"{inj.get('steps', 0):.0f} steps on average; they changed the other memorized paragraphs' EM by "
+            f"{inj.get('other_em_change', 0):+.1f} and the non-memorized NLL by {inj.get('non_memorized_nll_change', 0):+.3f}"
+            if out["injections"] else "no injection record yet (a block's is saved when the block finishes)")
+    lines = [f"{out['model']}: total {total:.1f} s{resumed}; {head}", "",
              "| localizer | ratio | INJ recall [95% CI over seeds] | recall per layer | seconds/run | steps/run |",
              "|---|---|---|---|---|---|"]
 

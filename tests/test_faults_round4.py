@@ -357,10 +357,12 @@ def test_a_partial_localization_table_reads_the_finished_blocks_without_touching
     path.write_text(torn)
     part = ml.LocalizationBenchmarkResult.from_checkpoint(path)
     assert path.read_text() == torn
-    assert part.rows == [r for r in full.rows if r["seed"] == 0] and len(part.rows) == 2
+    assert part.rows == full.rows and len(part.rows) == 4  # seed 1's localizers come from its pieces
     assert part.provenance.config["blocks"] == [["neuron", 0.05, 0]]
+    assert sorted(k[3] for k in part.provenance.config["pieces"]) == ["activation", "random"]
+    assert len(part.injections) == 1
     assert part.provenance.config["planned"] == [["neuron", 0.05, 0], ["neuron", 0.05, 1]]
-    assert part.summary()["neuron"][0]["n_seeds"] == 1
+    assert part.summary()["neuron"][0]["n_seeds"] == 2
     path.write_text(json.dumps({"format": "memlens.checkpoint", "version": 1, "kind": "compare_masks", "identity": {}}))
     with pytest.raises(InputError, match="not of 'localization'"):
         ml.LocalizationBenchmarkResult.from_checkpoint(path)
@@ -414,7 +416,7 @@ def test_an_interrupted_localization_block_resumes_after_its_last_finished_local
     real_random = RandomLocalizer.scores
     monkeypatch.setattr(RandomLocalizer, "scores", lambda self, *a, **k: calls.append(1) or real_random(self, *a, **k))
     partial = ml.LocalizationBenchmarkResult.from_checkpoint(path)
-    assert partial.rows == [] and partial.provenance.config["blocks"] == []
+    assert [r["localizer"] for r in partial.rows] == ["random"] and partial.provenance.config["blocks"] == []
     resumed = ml.LocalizationBenchmark(neo, progress=False).run(paras[6:], checkpoint=path, **kw)
     assert calls == []
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in whole.rows]

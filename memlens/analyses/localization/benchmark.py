@@ -81,21 +81,29 @@ class LocalizationBenchmarkResult(Result):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> "LocalizationBenchmarkResult":
-        """The blocks a run has finished so far, read from its checkpoint (``checkpoint=`` of
+        """What a run has finished so far, read from its checkpoint (``checkpoint=`` of
         :meth:`LocalizationBenchmark.run`) without disturbing it: the tables of a run that is still
-        going or was interrupted. ``provenance.config`` has the run's ``identity`` and the
-        finished ``blocks`` (level, ratio, seed) beside the ``planned`` ones."""
+        going or was interrupted. Its rows are those of the finished (level, ratio, seed) blocks and
+        of the localizers finished inside an unfinished block (whose injection record is not
+        there yet). ``provenance.config`` has the run's ``identity``, the finished ``blocks``, the
+        ``pieces`` (level, ratio, seed, localizer) of unfinished ones and the ``planned`` blocks."""
         identity, done = Checkpoint.read(path, "localization")
         rows: list[dict[str, Any]] = []
         injections: list[dict[str, Any]] = []
-        for key, block in done.items():
-            if len(key) == 3:  # (level, ratio, seed) blocks; 4-long keys are one localizer of an unfinished block
-                _take_block(block, key, str(path), rows, injections)
+        blocks = [key for key in done if len(key) == 3]
+        for key in blocks:
+            _take_block(done[key], key, str(path), rows, injections)
+        pieces = [key for key in done if len(key) == 4 and key[:3] not in set(blocks)]
+        for key in pieces:
+            result = done[key].get("result") if isinstance(done[key], dict) else None
+            got = [] if result is None else result if isinstance(result, list) else [result]
+            _take_block({"rows": got}, key, str(path), rows, injections)
         planned = [["neuron", r, s] for r in identity.get("ratios", []) for s in identity.get("seeds", [])]
         planned += [["weight", r, s] for r in identity.get("weight_ratios", []) for s in identity.get("seeds", [])]
         return cls(rows=rows, injections=injections, provenance=Provenance(
             model=str(identity.get("model", "")), precision=str(identity.get("precision", "fp32")),
-            config={"identity": identity, "blocks": [list(k) for k in done if len(k) == 3], "planned": planned, "partial": True}))
+            config={"identity": identity, "blocks": [list(k) for k in blocks], "pieces": [list(k) for k in pieces],
+                    "planned": planned, "partial": True}))
 
     def to_dataframe(self) -> "pd.DataFrame":
         """One row per (level, ratio, seed, localizer)."""
