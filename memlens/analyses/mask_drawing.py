@@ -71,6 +71,7 @@ def draw_mask(
         offset += p.numel()
     return out, "random"
 
+
 def validate_mask(params: dict[str, nn.Parameter], mask: Mask) -> Mask:
     """``mask`` over every parameter of ``params`` (absent ones all False), refused in one line
     when it names other parameters, is not boolean, has another shape or selects nothing."""

@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from memlens.core.model import HookedModel
 
 
-
 class SparseFineTuner(Analysis):
     """Fine-tune a few weights of a HookedModel to unlearn or edit memorized paragraphs; reversible.
 

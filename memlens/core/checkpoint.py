@@ -115,17 +115,9 @@ class Checkpoint:
                 return {}
             raise InputError(f"{self.path}: {problem}; resume with the same settings, or start afresh "
                              "(fresh=True / --fresh, or delete the file)")
-        done: dict[tuple, dict[str, Any]] = {}
-        body = lines[1:]
-        for n, line in enumerate(body, start=2):
-            record = _parse(line)
-            if not isinstance(record, dict) or not isinstance(record.get("key"), list) or "record" not in record:
-                if n == len(lines):  # a torn last line: that piece is computed again
-                    self._rewrite(body[: n - 2])
-                    break
-                raise InputError(f"{self.path}, line {n}: a damaged checkpoint line ({line[:60]!r}); delete the file "
-                                 "to start over")
-            done[tuple(record["key"])] = record["record"]
+        done, torn = _records(self.path, lines)
+        if torn:  # a torn last line: that piece is computed again
+            self._rewrite(lines[1:-1])
         return done
 
     @staticmethod
@@ -144,15 +136,7 @@ class Checkpoint:
             raise InputError(f"{path}: is a checkpoint of {header.get('kind')!r}, not of {kind!r}")
         if not isinstance(header.get("identity"), dict):
             raise InputError(f"{path}: has a damaged header")
-        done: dict[tuple, dict[str, Any]] = {}
-        for n, line in enumerate(lines[1:], start=2):
-            record = _parse(line)
-            if not isinstance(record, dict) or not isinstance(record.get("key"), list) or "record" not in record:
-                if n == len(lines):
-                    break
-                raise InputError(f"{path}, line {n}: a damaged checkpoint line ({line[:60]!r})")
-            done[tuple(record["key"])] = record["record"]
-        return header["identity"], done
+        return header["identity"], _records(path, lines)[0]
 
     def append(self, key: Iterable[Any], record: dict[str, Any]) -> None:
         """Add one finished piece (flushed to disk before returning)."""
@@ -189,6 +173,21 @@ class Checkpoint:
 
     def _rewrite(self, body: list[str]) -> None:
         write_text_atomic(self.path, "\n".join([json.dumps(self.header, default=str), *body]) + "\n")
+
+
+def _records(path: Path, lines: list[str]) -> tuple[dict[tuple, dict[str, Any]], bool]:
+    """The finished pieces of a checkpoint's ``lines`` (after the header) by key, and whether the
+    last line is torn (left out); a damaged line before the last is refused."""
+    done: dict[tuple, dict[str, Any]] = {}
+    for n, line in enumerate(lines[1:], start=2):
+        record = _parse(line)
+        if not isinstance(record, dict) or not isinstance(record.get("key"), list) or "record" not in record:
+            if n == len(lines):
+                return done, True
+            raise InputError(f"{path}, line {n}: a damaged checkpoint line ({line[:60]!r}); delete the file to start "
+                             "over")
+        done[tuple(record["key"])] = record["record"]
+    return done, False
 
 
 def _parse(line: str) -> Any:

@@ -93,7 +93,8 @@ class LocalizationBenchmarkResult(Result):
         blocks = [key for key in done if len(key) == 3]
         for key in blocks:
             _take_block(done[key], key, str(path), rows, injections)
-        pieces = [key for key in done if len(key) == 4 and key[:3] not in set(blocks)]
+        finished = set(blocks)
+        pieces = [key for key in done if len(key) == 4 and key[:3] not in finished]
         for key in pieces:
             result = done[key].get("result") if isinstance(done[key], dict) else None
             got = [] if result is None else result if isinstance(result, list) else [result]
@@ -284,7 +285,7 @@ class LocalizationBenchmark(Analysis):
                 fresh=fresh)
         saved = ckpt.load() if ckpt is not None else {}
         done = {(str(k[0]), float(k[1]), int(k[2])): v for k, v in saved.items() if len(k) == 3}
-        self._pieces = _Pieces(ckpt, {(str(k[0]), float(k[1]), int(k[2]), str(k[3])): v
+        pieces = _Pieces(ckpt, {(str(k[0]), float(k[1]), int(k[2]), str(k[3])): v
                                       for k, v in saved.items() if len(k) == 4})
         rows: list[dict[str, Any]] = []
         injections: list[dict[str, Any]] = []
@@ -294,10 +295,10 @@ class LocalizationBenchmark(Analysis):
             else:
                 if job[0] == "natural":
                     block = self._natural_block(job[2], memorized, n_paragraphs, names, settings, contrast, del_text,
-                                                del_paragraphs, ratios)
+                                                del_paragraphs, ratios, pieces)
                 else:
                     block = self._block(*job, pool, n_paragraphs, names, settings, contrast, del_text, others,
-                                        inject_lr, inject_steps)
+                                        inject_lr, inject_steps, pieces)
                 block["key"] = list(job)
                 if ckpt is not None:
                     ckpt.append(job, block)
@@ -349,7 +350,7 @@ class LocalizationBenchmark(Analysis):
     # --- one (level, ratio, seed) -------------------------------------------------------------
     def _block(self, level: str, ratio: float, seed: int, pool: ParagraphSet, n: int, names: Sequence[str],
                settings: dict[str, dict[str, Any]], contrast: ParagraphSet, del_text: ParagraphSet,
-               others: ParagraphSet | None, inject_lr: float, inject_steps: int) -> dict[str, Any]:
+               others: ParagraphSet | None, inject_lr: float, inject_steps: int, pieces: "_Pieces") -> dict[str, Any]:
         g = torch.Generator().manual_seed(seed)
         targets = pool[torch.randperm(len(pool), generator=g)[:n].tolist()]
         with preserved_weights(self.model.tl_model):  # every injection is undone, bit for bit
@@ -373,14 +374,14 @@ class LocalizationBenchmark(Analysis):
                 injection["note"] = "no paragraph was fully injected; nothing to localize"
                 return {"injection": injection, "rows": []}
             made = {k: injection[k] for k in ("paragraphs", "steps", "success_rate")}
-            rows = [self._pieces.row((level, ratio, seed, name), made, lambda name=name: self._score(
+            rows = [pieces.row((level, ratio, seed, name), made, lambda name=name: self._score(
                 level, ratio, seed, name, settings.get(name, {}), learned, res, contrast, del_text, others))
                 for name in names]
             return {"injection": injection, "rows": [r for r in rows if r is not None]}
 
     def _natural_block(self, seed: int, memorized: ParagraphSet, n: int, names: Sequence[str],
                        settings: dict[str, dict[str, Any]], contrast: ParagraphSet, del_text: ParagraphSet,
-                       del_paragraphs: int, ratios: Sequence[float]) -> dict[str, Any]:
+                       del_paragraphs: int, ratios: Sequence[float], pieces: "_Pieces") -> dict[str, Any]:
         """DEL on ``n`` of the model's own memorized paragraphs (drawn with ``seed``): each
         localizer runs once on the untouched model; for each ratio its top ``ratio`` x d_mlp neurons
         per layer are dropped (a localizer's time is on its first ratio's row)."""
@@ -402,7 +403,7 @@ class LocalizationBenchmark(Analysis):
 
         rows: list[dict[str, Any]] = []
         for name in names:
-            rows += self._pieces.row(("natural", 0.0, seed, name), {"paragraphs": list(targets.ids)},
+            rows += pieces.row(("natural", 0.0, seed, name), {"paragraphs": list(targets.ids)},
                                      lambda name=name: localize(name))
         return {"injection": None, "rows": rows}
 
