@@ -17,7 +17,8 @@ class plus one registration line::
 
 from memlens.analyses.localization.attribution import (ActivationLocalizer, GradientLocalizer,
                                                        IntegratedGradientsLocalizer, RandomLocalizer, ZeroOutLocalizer)
-from memlens.analyses.localization.benchmark import LocalizationBenchmark, LocalizationBenchmarkResult
+from memlens.analyses.localization.benchmark import LocalizationBenchmark
+from memlens.analyses.localization.benchmark_result import LocalizationBenchmarkResult
 from memlens.analyses.localization.base import (Localizer, NeuronScores, check_localizer_names, localizer_names,
                                                 make_localizer, register_localizer)
 from memlens.analyses.localization.masks import HardConcreteLocalizer, SlimmingLocalizer
