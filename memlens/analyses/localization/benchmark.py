@@ -151,7 +151,7 @@ class LocalizationBenchmark(Analysis):
         saved = ckpt.load() if ckpt is not None else {}
         done = {(str(k[0]), float(k[1]), int(k[2])): v for k, v in saved.items() if len(k) == 3}
         pieces = _Pieces(ckpt, {(str(k[0]), float(k[1]), int(k[2]), str(k[3])): v
-                                      for k, v in saved.items() if len(k) == 4})
+                                for k, v in saved.items() if len(k) == 4})
         rows: list[dict[str, Any]] = []
         injections: list[dict[str, Any]] = []
         for job in tqdm(jobs, desc="localization benchmark", disable=not self._progress(progress)):
@@ -168,7 +168,7 @@ class LocalizationBenchmark(Analysis):
                 if ckpt is not None:
                     ckpt.append(job, block)
             take_block(block, job, str(checkpoint), rows, injections,
-                        "; delete the checkpoint, or pass fresh=True, to start over")
+                       "; delete the checkpoint, or pass fresh=True, to start over")
         return LocalizationBenchmarkResult(rows=rows, injections=injections, provenance=Provenance.capture(
             self.model, localizers=list(names), ratios=list(ratios), seeds=list(seeds), n_paragraphs=n_paragraphs,
             weight_ratios=list(weight_ratios), inject_lr=inject_lr, inject_steps=inject_steps,
@@ -269,7 +269,7 @@ class LocalizationBenchmark(Analysis):
         rows: list[dict[str, Any]] = []
         for name in names:
             rows += pieces.row(("natural", 0.0, seed, name), {"paragraphs": list(targets.ids)},
-                                     lambda name=name: localize(name))
+                               lambda name=name: localize(name))
         return {"injection": None, "rows": rows}
 
     def _score(self, level: str, ratio: float, seed: int, name: str, kwargs: dict[str, Any], targets: ParagraphSet,

@@ -3,8 +3,8 @@
 :class:`LocalizationBenchmarkResult` holds one row per (level, ratio, seed, localizer) and one
 record per injection, and aggregates them into tables with bootstrap 95% intervals over seeds.
 :meth:`LocalizationBenchmarkResult.from_checkpoint` reads the tables of a run that is still going
-or was interrupted; :func:`take_block` is the one place where a block read back from a checkpoint
-is checked before its rows are used.
+or was interrupted; every block, computed or read back from a checkpoint, goes through
+:func:`take_block`, which checks its rows before they are used.
 """
 
 from __future__ import annotations
@@ -155,9 +155,9 @@ class LocalizationBenchmarkResult(Result):
 
 
 def take_block(block: Any, key: Any, source: str, rows: list[dict[str, Any]], injections: list[dict[str, Any]],
-                hint: str = "") -> None:
+               hint: str = "") -> None:
     """Append a finished (level, ratio, seed) block's rows and injection, refusing a damaged one."""
-    if not block_is_sound(block):
+    if not _block_is_sound(block):
         raise InputError(f"{source}: the block of {key} is damaged (a row's fields are missing or of the wrong type)"
                          f"{hint}")
     rows += block["rows"]
@@ -165,7 +165,7 @@ def take_block(block: Any, key: Any, source: str, rows: list[dict[str, Any]], in
         injections.append(block["injection"])
 
 
-def block_is_sound(block: Any) -> bool:
+def _block_is_sound(block: Any) -> bool:
     """Whether a (level, ratio, seed) block read back from a checkpoint has rows of the right shape:
     a tampered or damaged block is refused rather than breaking the tables later."""
     def number(v: Any) -> bool:
