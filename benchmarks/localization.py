@@ -134,21 +134,28 @@ def markdown(out: dict) -> str:
             f"{inj.get('other_em_change', 0):+.1f} and the non-memorized NLL by {inj.get('non_memorized_nll_change', 0):+.3f}"
             if out["injections"] else "no injection record yet (a block's is saved when the block finishes)")
     lines = [f"{out['model']}: total {total:.1f} s{resumed}; {head}", "",
-             "| localizer | ratio | INJ recall [95% CI over seeds] | recall per layer | seconds/run | steps/run |",
-             "|---|---|---|---|---|---|"]
+             "| localizer | ratio | seeds | INJ recall [95% CI over seeds] | recall per layer | seconds/run | steps/run |",
+             "|---|---|---|---|---|---|---|"]
 
     def ci(r: dict, k: str, d: int) -> str:
         return f"{r[k]:.{d}f} [{r[k + '_ci_low']:.{d}f}, {r[k + '_ci_high']:.{d}f}]" if k in r and r[k] is not None else "-"
 
     for r in s["neuron"]:
         layers = " ".join(f"{x:.2f}" for x in r.get("layer_recall", []))
-        lines.append(f"| {r['localizer']} | {r['ratio']:g} | {ci(r, 'recall', 3)} | {layers} | {r['seconds']:.1f} | "
-                     f"{r.get('steps', 0):.0f} |")
+        lines.append(f"| {r['localizer']} | {r['ratio']:g} | {r['n_seeds']} | {ci(r, 'recall', 3)} | {layers} | "
+                     f"{r['seconds']:.1f} | {r.get('steps', 0):.0f} |")
+    injected_del = [r for r in s["neuron"] if r.get("del_target_em_drop") is not None]
+    if injected_del:
+        lines += ["", "DEL on the injected paragraphs (each localizer's top ratio x d_mlp neurons per layer dropped):", "",
+                  "| localizer | ratio | seeds | target EM drop | other memorized EM drop | non-memorized NLL change |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['localizer']} | {r['ratio']:g} | {r['n_seeds']} | {ci(r, 'del_target_em_drop', 1)} | "
+                  f"{ci(r, 'del_other_em_drop', 1)} | {ci(r, 'del_non_memorized_nll_change', 3)} |" for r in injected_del]
     if "natural" in s:
         lines += ["", "DEL on the model's own memorized paragraphs (the top ratio x d_mlp neurons per layer dropped):", "",
-                  "| localizer | ratio | target EM drop | other memorized EM drop | non-memorized NLL change |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {r['localizer']} | {r['ratio']:g} | {ci(r, 'del_target_em_drop', 1)} | {ci(r, 'del_other_em_drop', 1)} "
+                  "| localizer | ratio | seeds | target EM drop | other memorized EM drop | non-memorized NLL change |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['localizer']} | {r['ratio']:g} | {r['n_seeds']} | {ci(r, 'del_target_em_drop', 1)} | {ci(r, 'del_other_em_drop', 1)} "
                   f"| {ci(r, 'del_non_memorized_nll_change', 3)} |" for r in s["natural"]]
     if "weight" in s:
         lines += ["", "| localizer (single weights) | ratio | recall [95% CI] |", "|---|---|---|"]

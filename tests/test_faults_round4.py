@@ -368,7 +368,7 @@ def test_a_partial_localization_table_reads_the_finished_blocks_without_touching
         ml.LocalizationBenchmarkResult.from_checkpoint(path)
 
 
-def test_the_localization_script_writes_a_partial_measurement_from_blocks(tmp_path):
+def test_the_localization_script_writes_a_partial_measurement_from_blocks(tmp_path, capsys):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("loc_bench", ROOT / "benchmarks" / "localization.py")
@@ -387,6 +387,11 @@ def test_the_localization_script_writes_a_partial_measurement_from_blocks(tmp_pa
     assert saved["partial"]["blocks_done"] == [["neuron", 0.05, 0]]
     assert saved["summary"]["neuron"][0]["localizer"] == "random" and len(saved["rows"]) == 1
     assert blocks.exists()
+    printed = capsys.readouterr().out
+    recall = saved["summary"]["neuron"][0]["recall"]
+    assert f"| random | 0.05 | 1 | {recall:.3f} [" in printed  # the INJ table says how many seeds each mean has
+    del_table = printed.split("DEL on the injected paragraphs")[1]
+    assert f"| random | 0.05 | 1 | {saved['summary']['neuron'][0]['del_target_em_drop']:.1f} [" in del_table
     with pytest.raises(SystemExit, match="no checkpoint file"):
         mod.table_from(str(tmp_path / "missing.json.blocks"), None)
 
