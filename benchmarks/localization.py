@@ -142,8 +142,9 @@ def markdown(out: dict) -> str:
 
     for r in s["neuron"]:
         layers = " ".join(f"{x:.2f}" for x in r.get("layer_recall", []))
+        gain = f" (last-window gain <= {r['loss_window_gain']:.2%})" if r.get("loss_window_gain") is not None else ""
         lines.append(f"| {r['localizer']} | {r['ratio']:g} | {r['n_seeds']} | {ci(r, 'recall', 3)} | {layers} | "
-                     f"{r['seconds']:.1f} | {r.get('steps', 0):.0f} |")
+                     f"{r['seconds']:.1f} | {r.get('steps', 0):.0f}{gain} |")
     injected_del = [r for r in s["neuron"] if r.get("del_target_em_drop") is not None]
     if injected_del:
         lines += ["", "DEL on the injected paragraphs (each localizer's top ratio x d_mlp neurons per layer dropped):", "",

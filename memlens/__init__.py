@@ -43,7 +43,7 @@ from memlens.analyses.localization import (ActivationLocalizer, GradientLocalize
                                            IntegratedGradientsLocalizer, LocalizationBenchmark,
                                            LocalizationBenchmarkResult, Localizer, NeuronScores, RandomLocalizer,
                                            SlimmingLocalizer, ZeroOutLocalizer, localizer_names, make_localizer,
-                                           register_localizer)
+                                           register_localizer, window_gain)
 from memlens.analyses.mask_comparison import MaskComparison, compare_masks
 from memlens.analyses.mask_tradeoff import MaskTradeoff, mask_tradeoff
 from memlens.analyses.noise import NoiseIntervention, NoiseResult
@@ -212,5 +212,6 @@ __all__ = [
     "stages",
     "teacher_forced_scores",
     "unregister_stage",
+    "window_gain",
     "write_report",
 ]

@@ -86,9 +86,10 @@ def test_compare_masks_refuses_to_resume_another_weight_form_or_setting(neo, set
 def test_the_localization_checkpoint_refuses_other_localizers_and_paragraph_counts(neo, tmp_path):
     paras = ParagraphSet.from_tokens(random_tokens(10, 24, neo.vocab_size, seed=3), prefix_len=12)
     bench = ml.LocalizationBenchmark(neo, progress=False)
-    kw = dict(memorized=paras[:2], non_memorized=paras[2:6], ratios=(0.05,), seeds=(0,), inject_steps=2,
+    kw = dict(memorized=paras[:2], non_memorized=paras[2:6], ratios=(0.05,), seeds=(0,), inject_steps=20,
               contrast_paragraphs=2, del_paragraphs=2, del_natural=False, checkpoint=tmp_path / "b.jsonl")
     first = bench.run(paras[6:], localizers=["random"], n_paragraphs=1, **kw)
+    assert len(first.rows) == 1  # the injection recited its paragraph, so the block has its row
     with pytest.raises(InputError, match=r"localizers: \[\"random\"\] -> \[\"random\", \"activation\"\]"):
         bench.run(paras[6:], localizers=["random", "activation"], n_paragraphs=1, **kw)
     with pytest.raises(InputError, match="n_paragraphs: 1 -> 2"):

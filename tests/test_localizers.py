@@ -46,8 +46,30 @@ def test_every_localizer_keeps_the_protocol(neo, sets, name):
     top = res.top(3)
     assert top.sum(1).tolist() == [3] * neo.n_layers
     assert (res.weight_scores is not None) == loc.scores_weights
+    assert len(res.loss_trace) == (res.steps if name in ("slimming", "hard_concrete") else 0)
     assert len(res.to_dataframe()) == neo.n_layers * neo.d_mlp and res.summary()["localizer"] == name
     res.plot()
+
+
+def test_window_gain_is_the_stopping_criterion_s_quantity():
+    assert ml.window_gain([4.0, 3.0, 2.0, 2.5, 1.5], 2) == pytest.approx(0.25)  # best 2.0 before, 1.5 in the window
+    assert ml.window_gain([4.0, 2.0, 2.5, 3.0], 2) == 0.0
+    assert ml.window_gain([4.0, 2.0], 2) is None
+
+
+@pytest.mark.parametrize("name", ["slimming", "hard_concrete"])
+def test_a_learned_mask_records_its_loss_and_a_stop_by_its_criterion_has_a_small_last_window_gain(neo, sets, name):
+    """The trace has one loss per step; a run that stopped before its cap did so because its last
+    ``patience`` steps did not beat the best loss by ``tol``: its window gain is at most
+    tol / (1 - tol); a run cut by its cap still reports its gain over a window."""
+    target, contrast = sets
+    loc = ml.make_localizer(name, neo, progress=False, max_steps=200, patience=4, tol=0.05)
+    res = loc.run(target, contrast=contrast)
+    assert len(res.loss_trace) == res.steps and all(math.isfinite(x) and x >= 0 for x in res.loss_trace)
+    assert res.steps < 200, "a tolerance of 5% over 4 steps should stop well before 200 steps"
+    assert ml.window_gain(res.loss_trace, 4) <= 0.05 / 0.95 + 1e-9
+    capped = ml.make_localizer(name, neo, progress=False, max_steps=12, patience=100).run(target, contrast=contrast)
+    assert capped.steps == 12 and ml.window_gain(capped.loss_trace, 4) is not None
 
 
 def test_zero_out_is_the_nll_increase_of_each_neuron(neo, sets):
@@ -193,3 +215,28 @@ def test_the_localize_settings_refuse_bad_values_in_one_line():
     with pytest.raises(InputError, match="setting localize.seeds"):
         RunConfig().override({"localize.seeds": []})
     assert RunConfig().override({"localize.localizers": ["gradient", "random"]}).localize.localizers == ("gradient", "random")
+
+
+def test_the_benchmark_rows_of_a_learned_mask_say_how_far_from_converged_it_stopped(neo, tmp_path):
+    """Each slimming row carries its loss trace and its last-window gain; the table keeps the
+    largest gain over seeds; a checkpoint row with a damaged trace is refused."""
+    import json
+
+    paras = ParagraphSet.from_tokens(random_tokens(10, 24, neo.vocab_size, seed=3), prefix_len=12)
+    kw = dict(memorized=paras[:2], non_memorized=paras[2:6], ratios=(0.05,), seeds=(0, 1), inject_steps=20,
+              contrast_paragraphs=2, del_paragraphs=2, del_natural=False, localizers=["slimming", "random"],
+              n_paragraphs=1, localizer_settings={"slimming": {"max_steps": 6, "patience": 2}}, checkpoint=tmp_path / "b.jsonl")
+    res = ml.LocalizationBenchmark(neo, progress=False).run(paras[6:], **kw)
+    slim = [r for r in res.rows if r["localizer"] == "slimming"]
+    assert len(slim) == 2 and all(len(r["loss_trace"]) == r["steps"] for r in slim)
+    assert [r["loss_window_gain"] for r in slim] == [round(ml.window_gain(r["loss_trace"], 2), 6) for r in slim]
+    assert all("loss_trace" not in r for r in res.rows if r["localizer"] == "random")
+    table = {r["localizer"]: r for r in res.table("neuron")}
+    assert table["slimming"]["loss_window_gain"] == max(r["loss_window_gain"] for r in slim)
+    assert "loss_window_gain" not in table["random"]
+    lines = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
+    block = next(line for line in lines[1:] if len(line["key"]) == 3)  # a finished (level, ratio, seed) block
+    block["record"]["rows"][0]["loss_trace"] = ["low"]
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    with pytest.raises(InputError, match="is damaged"):
+        ml.LocalizationBenchmark(neo, progress=False).run(paras[6:], **kw)

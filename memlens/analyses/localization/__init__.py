@@ -20,7 +20,7 @@ from memlens.analyses.localization.attribution import (ActivationLocalizer, Grad
 from memlens.analyses.localization.benchmark import LocalizationBenchmark
 from memlens.analyses.localization.benchmark_result import LocalizationBenchmarkResult
 from memlens.analyses.localization.base import (Localizer, NeuronScores, check_localizer_names, localizer_names,
-                                                make_localizer, register_localizer)
+                                                make_localizer, register_localizer, window_gain)
 from memlens.analyses.localization.masks import HardConcreteLocalizer, SlimmingLocalizer
 
 # the built-in localizers, in the order tables list them
@@ -37,4 +37,4 @@ register_localizer("random", RandomLocalizer)
 __all__ = ["ActivationLocalizer", "GradientLocalizer", "HardConcreteLocalizer", "IntegratedGradientsLocalizer",
            "LocalizationBenchmark", "LocalizationBenchmarkResult",
            "Localizer", "NeuronScores", "RandomLocalizer", "SlimmingLocalizer", "ZeroOutLocalizer",
-           "check_localizer_names", "localizer_names", "make_localizer", "register_localizer"]
+           "check_localizer_names", "localizer_names", "make_localizer", "register_localizer", "window_gain"]

@@ -45,6 +45,9 @@ class NeuronScores(Result):
         paragraph_ids: the paragraphs localized.
         seconds: wall time of the run.
         steps: optimizer steps taken (learned masks), else 0.
+        loss_trace: the training loss of each optimizer step (learned masks: the loss the method
+            minimizes, in its own units, at the parameters the step started from), else empty: how far from converged a run that hit its
+            step cap was (:func:`window_gain`).
     """
 
     localizer: str
@@ -53,6 +56,7 @@ class NeuronScores(Result):
     seconds: float
     weight_scores: dict[str, Tensor] | None = field(default=None, repr=False)
     steps: int = 0
+    loss_trace: list[float] = field(default_factory=list, repr=False)
     provenance: Provenance = field(default_factory=Provenance)
 
     def top(self, per_layer: Any) -> Bool[Tensor, "layer neuron"]:
@@ -104,11 +108,14 @@ class Localizer(Analysis):
     #: whether :meth:`scores` takes ``keep=`` (how many neurons per layer the caller will use) to
     #: spend less compute on the rest (the screened zero-out)
     uses_keep: ClassVar[bool] = False
+    #: the loss after each optimizer step of the last :meth:`scores` (learned masks append to it)
+    loss_trace: list[float]
 
     def __init__(self, model: "HookedModel", *, batch_size: int | None = None, progress: bool = True,
                  precision: str | None = None) -> None:
         super().__init__(model, batch_size=batch_size, progress=progress, precision=precision)
         self.layout = NeuronLayout(model)
+        self.loss_trace = []
 
     def run(self, paragraphs: ParagraphSet, *, contrast: ParagraphSet | None = None, keep: int | None = None,
             progress: bool | None = None) -> NeuronScores:
@@ -134,6 +141,7 @@ class Localizer(Analysis):
             paragraphs.check_compatible(contrast, "the paragraphs and the contrast set")
             contrast.validate(self.model.vocab_size, self.model.n_ctx)
         before = {n: p.detach().clone() for n, p in self.model.tl_model.named_parameters()}
+        self.loss_trace = []
         t0 = time.perf_counter()
         try:
             if self.uses_keep:
@@ -151,6 +159,7 @@ class Localizer(Analysis):
                              "put back; this is a bug in that localizer")
         return NeuronScores(localizer=self.name, neuron_scores=neuron.float().cpu(), paragraph_ids=list(paragraphs.ids),
                             seconds=time.perf_counter() - t0, weight_scores=weight, steps=steps,
+                            loss_trace=list(self.loss_trace),
                             provenance=Provenance.capture(self.model, localizer=self.name, **self.settings()))
 
     def scores(self, paragraphs: ParagraphSet, contrast: ParagraphSet | None, progress: bool
@@ -161,6 +170,17 @@ class Localizer(Analysis):
     def settings(self) -> dict[str, Any]:
         """The method's settings, recorded in the result's provenance."""
         return {}
+
+
+def window_gain(trace: list[float], window: int) -> float | None:
+    """The relative fall of the best loss during the last ``window`` steps of ``trace``:
+    ``(best before - best in the window) / |best before|`` (0 when the window found nothing better).
+    The learned masks stop when this stays below their ``tol``, so for a run that hit its step cap it
+    says how far from its own criterion it stopped. None when the trace is not longer than ``window``."""
+    if len(trace) <= window:
+        return None
+    before, last = min(trace[:-window]), min(trace[-window:])
+    return max(0.0, (before - last) / abs(before)) if before != 0 else 0.0
 
 
 #: name -> (class, constructor settings); :func:`register_localizer` adds to it

@@ -34,7 +34,8 @@ import torch
 
 from memlens.analyses.base import Analysis
 from memlens.analyses.injection import InjectionSettings, inject_neurons, inject_weights, not_recited
-from memlens.analyses.localization.base import check_localizer_names, localizer_names, make_localizer
+from memlens.analyses.localization.base import (Localizer, NeuronScores, check_localizer_names, localizer_names,
+                                                make_localizer, window_gain)
 from memlens.analyses.localization.benchmark_result import LocalizationBenchmarkResult, take_block
 from memlens.analyses.localization.weight_scores import mask_recall
 from memlens.core.checkpoint import Checkpoint, model_identity, paragraph_fingerprint
@@ -256,14 +257,15 @@ class LocalizationBenchmark(Analysis):
         layout = NeuronLayout(self.model)
         def localize(name: str) -> list[dict[str, Any]]:
             keep = max(1, int(round(max(ratios) * layout.d_mlp)))
-            found = make_localizer(name, self.model, progress=False, **settings.get(name, {})).run(
-                targets, contrast=contrast, keep=keep)
+            loc = make_localizer(name, self.model, progress=False, **settings.get(name, {}))
+            found = loc.run(targets, contrast=contrast, keep=keep)
             out = []
             for k, ratio in enumerate(ratios):
                 top = found.top(max(1, int(round(ratio * layout.d_mlp))))
                 out.append({"level": "natural", "ratio": ratio, "seed": seed, "localizer": name,
                             "seconds": round(found.seconds, 3) if k == 0 else 0.0, "steps": found.steps,
-                            "paragraphs": list(targets.ids)} | self._drop(top, targets, others, del_text))
+                            "paragraphs": list(targets.ids)} | _convergence(loc, found)
+                           | self._drop(top, targets, others, del_text))
             return out
 
         rows: list[dict[str, Any]] = []
@@ -280,7 +282,7 @@ class LocalizationBenchmark(Analysis):
         keep = int(res.planted_neurons.sum(1).max()) if level == "neuron" else None
         found = loc.run(targets, contrast=contrast, keep=keep)
         row: dict[str, Any] = {"level": level, "ratio": ratio, "seed": seed, "localizer": name,
-                               "seconds": round(found.seconds, 3), "steps": found.steps}
+                               "seconds": round(found.seconds, 3), "steps": found.steps} | _convergence(loc, found)
         if level == "weight":
             planted = res.planted_weights
             count = sum(int(m.sum()) for m in planted.values())
@@ -319,6 +321,17 @@ class LocalizationBenchmark(Analysis):
         if "other" in sets:
             out["del_other_em_drop"] = float((before["other"].em - after["other"].em).float().mean())
         return out
+
+
+def _convergence(loc: Localizer, found: NeuronScores) -> dict[str, Any]:
+    """For a learned mask: its ``loss_trace`` (5 significant digits) and ``loss_window_gain``, the
+    relative fall of its best loss over its last ``patience`` steps (below ``tol``: converged by its
+    own criterion); nothing for one-pass methods."""
+    if not found.loss_trace:
+        return {}
+    gain = window_gain(found.loss_trace, getattr(loc, "patience", 50))
+    return {"loss_trace": [float(f"{x:.5g}") for x in found.loss_trace],
+            "loss_window_gain": None if gain is None else round(gain, 6)}
 
 
 class _Pieces:

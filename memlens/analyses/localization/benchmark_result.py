@@ -83,7 +83,8 @@ class LocalizationBenchmarkResult(Result):
     def table(self, level: str = "neuron") -> list[dict[str, Any]]:
         """Per (localizer, ratio) at ``level``: ``n_seeds``, the mean of each :data:`CI_FIELDS` figure
         with its bootstrap 95% interval over seeds (``<name>_ci_low`` / ``_ci_high``), the mean
-        recall of each layer and the mean seconds."""
+        recall of each layer, the mean seconds and steps, and for learned masks the largest
+        ``loss_window_gain`` over seeds (the seed farthest from its stopping criterion)."""
         out = []
         rows = [r for r in self.rows if r["level"] == level]
         for name in dict.fromkeys(r["localizer"] for r in rows):
@@ -100,6 +101,9 @@ class LocalizationBenchmarkResult(Result):
                     row["layer_recall"] = [sum(v) / len(v) for v in zip(*layers)]
                 row["seconds"] = sum(r["seconds"] for r in group) / len(group)
                 row["steps"] = sum(r.get("steps", 0) for r in group) / len(group)
+                gains = [r["loss_window_gain"] for r in group if r.get("loss_window_gain") is not None]
+                if gains:
+                    row["loss_window_gain"] = max(gains)
                 out.append(row)
         return out
 
@@ -181,7 +185,10 @@ def _block_is_sound(block: Any) -> bool:
             return False
         if not all(number(row.get(k)) for k in ("ratio", "seed", "seconds")):
             return False
-        if not all(row.get(k) is None or number(row[k]) for k in (*CI_FIELDS, "steps")):
+        if not all(row.get(k) is None or number(row[k]) for k in (*CI_FIELDS, "steps", "loss_window_gain")):
+            return False
+        if row.get("loss_trace") is not None and not (isinstance(row["loss_trace"], list)
+                                                      and all(number(v) for v in row["loss_trace"])):
             return False
         if row.get("layer_recall") is not None and not (isinstance(row["layer_recall"], list)
                                                         and all(number(v) for v in row["layer_recall"])):

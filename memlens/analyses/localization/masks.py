@@ -113,6 +113,7 @@ class _LearnedDrop(Localizer):
                     total += loss.item()
                 opt.step()
                 self.project(params)
+                self.loss_trace.append(total)
                 if total < best * (1 - self.tol):
                     best, since = total, 0
                 else:
