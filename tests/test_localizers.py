@@ -234,6 +234,11 @@ def test_the_benchmark_rows_of_a_learned_mask_say_how_far_from_converged_it_stop
     table = {r["localizer"]: r for r in res.table("neuron")}
     assert table["slimming"]["loss_window_gain"] == max(r["loss_window_gain"] for r in slim)
     assert "loss_window_gain" not in table["random"]
+    fig = res.plot_convergence()
+    assert [len(t.y) for t in fig.data] == [r["steps"] for r in slim]
+    with pytest.raises(InputError, match="no row has a loss trace"):
+        ml.LocalizationBenchmarkResult(rows=[r for r in res.rows if r["localizer"] == "random"],
+                                       injections=res.injections).plot_convergence()
     lines = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
     block = next(line for line in lines[1:] if len(line["key"]) == 3)  # a finished (level, ratio, seed) block
     block["record"]["rows"][0]["loss_trace"] = ["low"]

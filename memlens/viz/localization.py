@@ -1,4 +1,5 @@
-"""Figures of localization: neuron-score heatmaps, recall against ratio, and the DEL scatter."""
+"""Figures of localization: neuron-score heatmaps, recall against ratio, the DEL scatter, and the
+learned masks' loss curves."""
 
 from __future__ import annotations
 
@@ -56,4 +57,15 @@ def plot_del_scatter(rows: Sequence[dict[str, Any]], title: str) -> "go.Figure":
     fig.add_shape(type="line", x0=0, y0=0, x1=50, y1=50, line={"dash": "dot", "color": "grey"})
     fig.update_layout(title=title, xaxis={"title": "EM drop of other memorized paragraphs (collateral)", "range": [-1, 51]},
                       yaxis={"title": "EM drop of the target paragraphs", "range": [-1, 51]})
+    return fig
+
+
+def plot_loss_traces(traces: dict[str, Sequence[float]], title: str) -> "go.Figure":
+    """The training loss (y) against the optimizer step (x), one line per labelled trace."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for label, trace in traces.items():
+        fig.add_trace(go.Scatter(x=list(range(1, len(trace) + 1)), y=list(trace), mode="lines", name=label))
+    fig.update_layout(title=title, xaxis_title="optimizer step", yaxis_title="loss (the mask's objective)")
     return fig

@@ -146,6 +146,18 @@ class LocalizationBenchmarkResult(Result):
 
         return plot_recall_by_ratio(self.table("neuron"), "INJ: recall of the planted neurons (mean over seeds, 95% CI)")
 
+    def plot_convergence(self) -> "go.Figure":
+        """The learned masks' training loss against the step, one line per (level, ratio, seed,
+        localizer) row that kept its trace: where a run cut at its step cap was still falling."""
+        from memlens.viz.localization import plot_loss_traces
+
+        traces = {f"{r['localizer']} {r['level']} {r['ratio']:g} seed {r['seed']}": r["loss_trace"]
+                  for r in self.rows if r.get("loss_trace")}
+        if not traces:
+            raise InputError("no row has a loss trace: only the learned masks (slimming, hard_concrete) keep one, "
+                             "and rows written before memlens kept traces have none")
+        return plot_loss_traces(traces, "Learned masks: training loss per step")
+
     def plot_del(self) -> "go.Figure":
         """DEL: the target paragraphs' EM drop against the other memorized paragraphs' EM drop when
         each localizer's neurons are dropped (on natural memorization when it was measured, else
