@@ -72,6 +72,27 @@ def test_a_learned_mask_records_its_loss_and_a_stop_by_its_criterion_has_a_small
     assert capped.steps == 12 and ml.window_gain(capped.loss_trace, 4) is not None
 
 
+@pytest.mark.parametrize("name", ["slimming", "hard_concrete"])
+def test_restore_best_scores_the_mask_of_the_lowest_loss_step(neo, sets, name):
+    """The trace's entry j is the loss of the mask after j updates, so restore_best's scores are a
+    plain run's scores after argmin(trace) updates (the same seed draws the same gates)."""
+    target, contrast = sets
+    kw = dict(progress=False, max_steps=12, patience=100, lr=0.5)
+    best = ml.make_localizer(name, neo, restore_best=True, **kw).run(target, contrast=contrast)
+    j = min(range(len(best.loss_trace)), key=best.loss_trace.__getitem__)
+    last = ml.make_localizer(name, neo, **kw).run(target, contrast=contrast)
+    assert last.loss_trace == best.loss_trace
+    if j == 0:
+        want = ml.make_localizer(name, neo, **kw).init_params()
+        assert torch.equal(best.neuron_scores, want.float())
+    else:
+        upto = ml.make_localizer(name, neo, **(kw | {"max_steps": j})).run(target, contrast=contrast)
+        torch.testing.assert_close(best.neuron_scores, upto.neuron_scores)
+    assert best.provenance.config.get("restore_best") is True and "restore_best" not in last.provenance.config
+    with pytest.raises(InputError, match="restore_best is True or False"):
+        ml.make_localizer(name, neo, restore_best="yes")
+
+
 def test_zero_out_is_the_nll_increase_of_each_neuron(neo, sets):
     target, _ = sets
     res = ZeroOutLocalizer(neo, batch_size=5, progress=False).run(target)  # 5 rows: neurons split across batches

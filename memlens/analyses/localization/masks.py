@@ -9,7 +9,10 @@ continuation NLL of the contrast paragraphs under the same drops (what dropping 
 model should keep), plus ``penalty`` x the share of neurons dropped (L1 of the drop amounts, or the
 expected L0 of the gates). A neuron's score is how strongly it is dropped. All target paragraphs go through the model as one
 batch (``batch_size`` at a time when there are more), and training stops when the loss has not
-improved by ``tol`` (relative) over ``patience`` steps, or after ``max_steps``.
+improved by ``tol`` (relative) over ``patience`` steps, or after ``max_steps``. The scores are
+those of the last step's mask, as in a plain training loop; ``restore_best=True`` (memlens's
+variant) scores the mask of the step with the lowest loss instead, for runs whose loss spikes
+before the criterion stops them (``NeuronScores.loss_trace`` shows it).
 """
 
 from __future__ import annotations
@@ -48,8 +51,13 @@ class _LearnedDrop(Localizer):
     def __init__(self, model: "HookedModel", *, penalty: float, lr: float, retain_weight: float = 1.0,
                  max_steps: int = 400, patience: int = 50, tol: float = 1e-3, seed: int = 0,
                  batch_size: int | None = None, progress: bool = True,
-                 precision: str | None = None) -> None:
+                 precision: str | None = None, restore_best: Any = False) -> None:
+        """``restore_best``: score the lowest-loss step's mask (True) or the last one (False); any
+        other value is refused with an :class:`InputError`, so it is not typed ``bool`` here."""
         super().__init__(model, batch_size=batch_size, progress=progress, precision=precision)
+        if not isinstance(restore_best, bool):
+            raise InputError(f"{type(self).__name__}: restore_best is True or False, got {restore_best!r}")
+        self.restore_best = restore_best
         for name, v, ok in (("penalty", penalty, isinstance(penalty, (int, float)) and 0 <= penalty < math.inf),
                             ("retain_weight", retain_weight,
                              isinstance(retain_weight, (int, float)) and 0 <= retain_weight < math.inf),
@@ -89,6 +97,7 @@ class _LearnedDrop(Localizer):
         opt = torch.optim.Adam([params], lr=self.lr)
         g = torch.Generator().manual_seed(self.seed)
         best, since, step = math.inf, 0, 0
+        lowest, kept = math.inf, params.detach().clone()
         chunks = [("forget", c) for c in paragraphs.tokens.split(self.batch_size)]
         if self.retain_weight > 0 and contrast is not None:
             chunks += [("retain", c) for c in contrast.tokens.split(self.batch_size)]
@@ -111,6 +120,8 @@ class _LearnedDrop(Localizer):
                     loss = term * len(chunk) / sizes[kind]
                     loss.backward()
                     total += loss.item()
+                if self.restore_best and total < lowest:
+                    lowest, kept = total, params.detach().clone()
                 opt.step()
                 self.project(params)
                 self.loss_trace.append(total)
@@ -121,11 +132,12 @@ class _LearnedDrop(Localizer):
                     if since >= self.patience:
                         break
         bar.close()
-        return self.final_scores(params.detach()), None, step + 1
+        return self.final_scores(kept if self.restore_best else params.detach()), None, step + 1
 
     def settings(self) -> dict[str, Any]:
-        return {"penalty": self.penalty, "retain_weight": self.retain_weight, "lr": self.lr, "max_steps": self.max_steps,
-                "patience": self.patience, "tol": self.tol, "seed": self.seed}
+        out = {"penalty": self.penalty, "retain_weight": self.retain_weight, "lr": self.lr, "max_steps": self.max_steps,
+               "patience": self.patience, "tol": self.tol, "seed": self.seed}
+        return out | ({"restore_best": True} if self.restore_best else {})
 
 
 class SlimmingLocalizer(_LearnedDrop):
