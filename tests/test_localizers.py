@@ -266,3 +266,17 @@ def test_the_benchmark_rows_of_a_learned_mask_say_how_far_from_converged_it_stop
     (tmp_path / "b.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     with pytest.raises(InputError, match="is damaged"):
         ml.LocalizationBenchmark(neo, progress=False).run(paras[6:], **kw)
+
+
+def test_a_natural_del_run_keeps_its_loss_trace_once(neo):
+    """One learned mask serves every ratio of the natural DEL: its trace is on the first ratio's
+    row only (as its time is), its last-window gain on every row."""
+    paras = ParagraphSet.from_tokens(random_tokens(10, 24, neo.vocab_size, seed=3), prefix_len=12)
+    res = ml.LocalizationBenchmark(neo, progress=False).run(
+        paras[6:], memorized=paras[:3], non_memorized=paras[3:7], ratios=(0.05, 0.1), seeds=(0,), inject_steps=20,
+        contrast_paragraphs=2, del_paragraphs=2, localizers=["slimming"], n_paragraphs=1,
+        localizer_settings={"slimming": {"max_steps": 6, "patience": 2}})
+    natural = sorted((r for r in res.rows if r["level"] == "natural"), key=lambda r: r["ratio"])
+    assert [r["ratio"] for r in natural] == [0.05, 0.1]
+    assert len(natural[0]["loss_trace"]) == natural[0]["steps"] and "loss_trace" not in natural[1]
+    assert natural[0]["loss_window_gain"] == natural[1]["loss_window_gain"] is not None

@@ -46,8 +46,8 @@ class NeuronScores(Result):
         seconds: wall time of the run.
         steps: optimizer steps taken (learned masks), else 0.
         loss_trace: the training loss of each optimizer step (learned masks: the loss the method
-            minimizes, in its own units, at the parameters the step started from), else empty: how far from converged a run that hit its
-            step cap was (:func:`window_gain`).
+            minimizes, in its own units, at the parameters the step started from), else empty; it
+            says how far from converged a run that hit its step cap was (:func:`window_gain`).
     """
 
     localizer: str
@@ -108,7 +108,7 @@ class Localizer(Analysis):
     #: whether :meth:`scores` takes ``keep=`` (how many neurons per layer the caller will use) to
     #: spend less compute on the rest (the screened zero-out)
     uses_keep: ClassVar[bool] = False
-    #: the loss after each optimizer step of the last :meth:`scores` (learned masks append to it)
+    #: the loss of each optimizer step of the last :meth:`run` (learned masks append to it)
     loss_trace: list[float]
 
     def __init__(self, model: "HookedModel", *, batch_size: int | None = None, progress: bool = True,

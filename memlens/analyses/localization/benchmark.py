@@ -250,7 +250,7 @@ class LocalizationBenchmark(Analysis):
                        del_paragraphs: int, ratios: Sequence[float], pieces: "_Pieces") -> dict[str, Any]:
         """DEL on ``n`` of the model's own memorized paragraphs (drawn with ``seed``): each
         localizer runs once on the untouched model; for each ratio its top ``ratio`` x d_mlp neurons
-        per layer are dropped (a localizer's time is on its first ratio's row)."""
+        per layer are dropped (a localizer's time and loss trace are on its first ratio's row)."""
         g = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(memorized), generator=g).tolist()
         targets, others = memorized[order[:n]], memorized[order[n : n + del_paragraphs]]
@@ -259,13 +259,14 @@ class LocalizationBenchmark(Analysis):
             keep = max(1, int(round(max(ratios) * layout.d_mlp)))
             loc = make_localizer(name, self.model, progress=False, **settings.get(name, {}))
             found = loc.run(targets, contrast=contrast, keep=keep)
+            convergence = _convergence(loc, found)
             out = []
             for k, ratio in enumerate(ratios):
                 top = found.top(max(1, int(round(ratio * layout.d_mlp))))
+                once = convergence if k == 0 else {x: v for x, v in convergence.items() if x != "loss_trace"}
                 out.append({"level": "natural", "ratio": ratio, "seed": seed, "localizer": name,
                             "seconds": round(found.seconds, 3) if k == 0 else 0.0, "steps": found.steps,
-                            "paragraphs": list(targets.ids)} | _convergence(loc, found)
-                           | self._drop(top, targets, others, del_text))
+                            "paragraphs": list(targets.ids)} | once | self._drop(top, targets, others, del_text))
             return out
 
         rows: list[dict[str, Any]] = []
@@ -326,10 +327,11 @@ class LocalizationBenchmark(Analysis):
 def _convergence(loc: Localizer, found: NeuronScores) -> dict[str, Any]:
     """For a learned mask: its ``loss_trace`` (5 significant digits) and ``loss_window_gain``, the
     relative fall of its best loss over its last ``patience`` steps (below ``tol``: converged by its
-    own criterion); nothing for one-pass methods."""
+    own criterion; None for a localizer without a ``patience``); nothing for one-pass methods."""
     if not found.loss_trace:
         return {}
-    gain = window_gain(found.loss_trace, getattr(loc, "patience", 50))
+    patience = getattr(loc, "patience", None)
+    gain = None if patience is None else window_gain(found.loss_trace, patience)
     return {"loss_trace": [float(f"{x:.5g}") for x in found.loss_trace],
             "loss_window_gain": None if gain is None else round(gain, 6)}
 
