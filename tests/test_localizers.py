@@ -106,6 +106,22 @@ def test_zero_out_is_the_nll_increase_of_each_neuron(neo, sets):
         assert res.neuron_scores[layer, n] == pytest.approx(want, abs=1e-5)
 
 
+def test_zero_out_and_ig_resumed_at_their_layer_equal_the_full_pass(neo, sets, monkeypatch):
+    """Both resume each pass at the layer they intervene on (HookedModel.forward_from); the scores
+    are bit for bit those of the full forward pass they ran before."""
+    import memlens.analyses.localization.attribution as attribution
+
+    target, _ = sets
+    def both():
+        return (ZeroOutLocalizer(neo, batch_size=5, progress=False).run(target).neuron_scores,
+                IntegratedGradientsLocalizer(neo, steps=3, progress=False).run(target).neuron_scores)
+    resumed = both()
+    monkeypatch.setattr(attribution, "can_forward_from", lambda model: False)
+    full = both()
+    for a, b in zip(resumed, full):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
 def test_the_screen_zeroes_a_multiple_of_what_the_caller_keeps_exactly(neo, sets):
     """keep=k with screen_multiple m: the top m*k of each layer by the screen get brute force's
     value, and the top k of the result are among them; without keep the share applies."""
@@ -117,7 +133,8 @@ def test_the_screen_zeroes_a_multiple_of_what_the_caller_keeps_exactly(neo, sets
         screened = ZeroOutLocalizer(neo, screen=0.5, screen_multiple=2, progress=False).run(target, keep=3)
     finally:
         hook.remove()
-    rows_zeroed = sum(calls) - 2 * len(target)  # less the unablated forward and the screen's backward pass
+    # less the unablated forward, the screen's backward pass and each layer's residual pass
+    rows_zeroed = sum(calls) - (2 + neo.n_layers) * len(target)
     assert rows_zeroed == 6 * neo.n_layers * len(target)
     top = screened.neuron_scores.topk(3, dim=1).indices
     torch.testing.assert_close(screened.neuron_scores.gather(1, top), brute.gather(1, top), rtol=1e-4, atol=1e-6)
@@ -141,7 +158,10 @@ def test_integrated_gradients_batches_its_steps_and_sums_to_the_effect(neo, sets
         res = IntegratedGradientsLocalizer(neo, steps=64, progress=False).run(target[:1])
     finally:
         hook.remove()
-    assert calls == [64] * neo.n_layers
+    # per layer: the residual entering it (one row), then the 64 steps as one batch resumed there
+    # (the first call on a model also learns its blocks' output form: one more one-row pass)
+    assert [c for c in calls if c != 1] == [64] * neo.n_layers
+    assert neo.n_layers <= calls.count(1) <= neo.n_layers + 1
     layout = ml.NeuronLayout(neo)
     P = target.prefix_len
     with torch.no_grad():

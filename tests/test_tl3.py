@@ -68,3 +68,9 @@ def test_patch_and_ablate_remove_hooks(tl3_model):
     with m.ablate("blocks.0.attn.hook_z", head=1):
         assert not torch.allclose(m(toks), clean)
     torch.testing.assert_close(m(toks), clean)
+
+
+def test_forward_from_on_a_hooked_transformer(tl3_model):
+    toks = random_tokens(2, 16, vocab_size=512)
+    _, acts, _ = tl3_model.capture(toks, ["blocks.1.hook_resid_pre"])
+    torch.testing.assert_close(tl3_model.forward_from(acts["blocks.1.hook_resid_pre"], 1), tl3_model(toks))

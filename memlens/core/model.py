@@ -55,6 +55,7 @@ class HookedModel(HookPoints):
             keep_fp32_attention(self.hf_model)
         self._registry: ComponentRegistry | None = None
         self._plain: nn.Module | None = None
+        self._block_arity: list[int] | None = None
         cfg = tl_model.cfg
         self.n_layers: int = int(cfg.n_layers)
         self.n_heads: int = int(cfg.n_heads)
@@ -205,6 +206,16 @@ class HookedModel(HookPoints):
         with self.autocast():
             logits = self.tl_model(tokens, **kwargs)
         return logits[:, positions_from:].float()
+
+    def forward_from(self, residual: Float[Tensor, "batch pos d_model"], layer: int,
+                     positions_from: int = 0) -> Float[Tensor, "batch pos_out vocab"]:
+        """Logits from the residual stream entering block ``layer`` (``blocks.{layer}.hook_resid_pre``),
+        computing blocks ``layer`` onwards only; active hooks apply. The same logits as
+        :meth:`forward` on the tokens that gave ``residual``, at the cost of the upper blocks: for
+        methods that intervene at one layer many times (see :mod:`memlens.core.partial_forward`)."""
+        from memlens.core.partial_forward import forward_from
+
+        return forward_from(self, residual, layer, positions_from)
 
     def _check_tokens(self, tokens: Tensor) -> Tensor:
         if not isinstance(tokens, Tensor) or tokens.dtype not in (torch.long, torch.int, torch.int32, torch.int64):

@@ -4,10 +4,10 @@ zero-out, integrated gradients (knowledge neurons) and the random floor."""
 from __future__ import annotations
 
 import math
-
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
+from jaxtyping import Int
 from torch import Tensor
 
 from memlens.analyses.gradients import GradientMap
@@ -15,6 +15,7 @@ from memlens.analyses.localization.base import Localizer
 from memlens.core.data import ParagraphSet
 from memlens.core.errors import InputError
 from memlens.core.objectives import nll_of_logits
+from memlens.core.partial_forward import can_forward_from
 from memlens.core.progress import tqdm
 
 if TYPE_CHECKING:
@@ -24,6 +25,28 @@ if TYPE_CHECKING:
 def _token_nll(logits: Tensor, tokens: Tensor, prefix_len: int) -> Tensor:
     """Mean continuation NLL per row (nats/token) from the logits of ``tokens[:, :-1]``."""
     return nll_of_logits(logits[:, prefix_len - 1 :], tokens[:, prefix_len:], reduction="none")
+
+
+def _from_layer(model: "HookedModel", tokens: Int[Tensor, "n pos"], layer: int) -> Callable[..., Tensor]:
+    """A function ``run(copies, positions_from, row=None)`` giving the logits of ``tokens[:, :-1]``
+    (or of its row ``row`` only) repeated ``copies`` times (copy-major), from ``positions_from`` on,
+    with the hooks active when it is called: through :meth:`HookedModel.forward_from` from the
+    residual entering ``layer`` (computed once here), or the full forward pass on a model where that
+    is not exact. For methods that intervene at ``layer`` only, many times."""
+    inputs = tokens[:, :-1]
+    if not can_forward_from(model):
+        def full(copies: int, positions_from: int, row: int | None = None) -> Tensor:
+            x = inputs if row is None else inputs[row : row + 1]
+            return model(x.repeat(copies, 1), positions_from=positions_from)
+        return full
+    name = f"blocks.{layer}.hook_resid_pre"
+    _, acts, _ = model.capture(inputs, [name])
+    residual = acts[name]
+
+    def partial(copies: int, positions_from: int, row: int | None = None) -> Tensor:
+        x = residual if row is None else residual[row : row + 1]
+        return model.forward_from(x.repeat(copies, 1, 1), layer, positions_from=positions_from)
+    return partial
 
 
 class GradientLocalizer(Localizer):
@@ -80,7 +103,8 @@ class ActivationLocalizer(Localizer):
 class ZeroOutLocalizer(Localizer):
     """The continuation NLL increase (nats/token, mean over the paragraphs) when one neuron's
     activation is zeroed (at every position): one forward pass per neuron and paragraph, batched
-    ``batch_size`` rows at a time (a row = one neuron zeroed on one paragraph).
+    ``batch_size`` rows at a time (a row = one neuron zeroed on one paragraph), each resumed at the
+    zeroed layer (:meth:`HookedModel.forward_from`: the blocks below run once per layer).
 
     With ``screen`` (a share of each layer's neurons), an attribution screen comes first: one
     backward pass gives every neuron its attribution mass ``sum over positions of |activation x
@@ -147,6 +171,7 @@ class ZeroOutLocalizer(Localizer):
         bar = tqdm(total=sum(len(c) for c in candidates), desc="zero-out", disable=not progress, leave=False)
         for L in range(L_all):
             exact = torch.empty(len(candidates[L]))
+            run = _from_layer(self.model, tokens, L)
             for start in range(0, len(candidates[L]), per_batch):
                 neurons = candidates[L][start: start + per_batch]
                 rows = neurons.repeat_interleave(n)  # row r zeroes neuron rows[r] on paragraph r % n
@@ -158,7 +183,7 @@ class ZeroOutLocalizer(Localizer):
 
                 batch = tokens.repeat(len(neurons), 1)
                 with self.model.hooks(fwd_hooks=[(self.layout.hook_name(L), zero)]):
-                    nll = _token_nll(self.model(batch[:, :-1]), batch, P)
+                    nll = nll_of_logits(run(len(neurons), P - 1), batch[:, P:], reduction="none")
                 exact[start: start + len(neurons)] = (nll.view(len(neurons), n) - base).mean(1).cpu()
                 bar.update(len(neurons))
             if self.screen is not None:  # the unscreened keep their estimate, below every exact score
@@ -195,7 +220,8 @@ class IntegratedGradientsLocalizer(Localizer):
     neuron i is ``sum over positions of a_i x mean over alpha of d log p(continuation) / d(alpha a_i)``
     (midpoint Riemann sum of ``steps`` points), averaged over paragraphs. The ``steps`` scaled
     copies of a paragraph go through the model as one batch: one forward and backward pass per
-    paragraph and layer."""
+    paragraph and layer, resumed at that layer (:meth:`HookedModel.forward_from`; the blocks below
+    run once per layer for all paragraphs)."""
 
     name = "integrated_gradients"
 
@@ -218,8 +244,11 @@ class IntegratedGradientsLocalizer(Localizer):
                    leave=False)
         with only_trainable(self.model.tl_model, []), preserved_grads(self.model.tl_model):
             for L in range(self.layout.n_layers):
+                tokens = paragraphs.tokens.to(self.model.device)
+                with torch.no_grad():
+                    run = _from_layer(self.model, tokens, L)
                 for i in range(len(paragraphs)):
-                    batch = paragraphs.tokens[i : i + 1].to(self.model.device).expand(m, -1)
+                    batch = tokens[i : i + 1].expand(m, -1)
                     kept: dict[str, Tensor] = {}
 
                     def scale(act: Tensor, hook: Any) -> Tensor:
@@ -228,7 +257,7 @@ class IntegratedGradientsLocalizer(Localizer):
                         return act * alphas.to(act.device, act.dtype)[:, None, None] + kept["delta"]
 
                     with self.model.hooks(fwd_hooks=[(self.layout.hook_name(L), scale)]):
-                        logp = -_token_nll(self.model(batch[:, :-1]), batch, P)
+                        logp = -nll_of_logits(run(m, P - 1, row=i), batch[:, P:], reduction="none")
                     (grad,) = torch.autograd.grad(logp.sum(), kept["delta"])
                     # a_i x mean over alpha of the gradient, summed over positions
                     out[L] += (kept["act"][0].float() * grad.float().mean(0)).sum(0).cpu()
