@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -200,11 +200,16 @@ class HookedModel(HookPoints):
         """
         tokens = self._check_tokens(tokens)
         kwargs = {} if attention_mask is None else {"attention_mask": attention_mask.to(self.device)}
+        return self._logits_of(lambda: self.tl_model(tokens, **kwargs), positions_from)
+
+    def _logits_of(self, run: Callable[[], Tensor], positions_from: int = 0) -> Float[Tensor, "batch pos_out vocab"]:
+        """The logits ``run()`` returns, run at this model's precision: under ``bf16-mixed`` inside
+        :meth:`autocast`, and the logits of positions ``positions_from`` onwards converted to float32."""
         if self._precision == "fp32":
-            logits = self.tl_model(tokens, **kwargs)
+            logits = run()
             return logits[:, positions_from:] if positions_from else logits
         with self.autocast():
-            logits = self.tl_model(tokens, **kwargs)
+            logits = run()
         return logits[:, positions_from:].float()
 
     def forward_from(self, residual: Float[Tensor, "batch pos d_model"], layer: int,

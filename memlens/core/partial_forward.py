@@ -111,7 +111,5 @@ def forward_from(model: Any, residual: Float[Tensor, "batch pos d_model"], layer
         if model._block_arity is None:
             model._block_arity = block_output_arity(tl)
         skip = lower_blocks_skipped(tl, layer, model._block_arity)
-    with skip, model.autocast() if model.precision != "fp32" else contextlib.nullcontext():
-        logits = tl(residual, start_at_layer=layer)
-    logits = logits[:, positions_from:] if positions_from else logits
-    return logits.float() if model.precision != "fp32" else logits
+    with skip:
+        return model._logits_of(lambda: tl(residual, start_at_layer=layer), positions_from)

@@ -242,9 +242,9 @@ class IntegratedGradientsLocalizer(Localizer):
         out = torch.zeros(self.layout.n_layers, self.layout.d_mlp)
         bar = tqdm(total=self.layout.n_layers * len(paragraphs), desc="integrated gradients", disable=not progress,
                    leave=False)
+        tokens = paragraphs.tokens.to(self.model.device)
         with only_trainable(self.model.tl_model, []), preserved_grads(self.model.tl_model):
             for L in range(self.layout.n_layers):
-                tokens = paragraphs.tokens.to(self.model.device)
                 with torch.no_grad():
                     run = _from_layer(self.model, tokens, L)
                 for i in range(len(paragraphs)):
